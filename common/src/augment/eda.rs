@@ -1,0 +1,290 @@
+//! EDA (Wei & Zou, 2019): synonym replacement, random insertion, random swap and random
+//! deletion, following the paper's reference code operation by operation.
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::stopwords::is_stop_word;
+use super::synonyms::Synonyms;
+
+/// The four per-operation rates (the paper's alpha_sr, alpha_ri, alpha_rs, p_rd).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EdaRates {
+    pub sr: f64,
+    pub ri: f64,
+    pub rs: f64,
+    pub rd: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    SynonymReplacement,
+    RandomInsertion,
+    RandomSwap,
+    RandomDeletion,
+}
+
+impl EdaRates {
+    pub fn uniform(alpha: f64) -> Self {
+        EdaRates {
+            sr: alpha,
+            ri: alpha,
+            rs: alpha,
+            rd: alpha,
+        }
+    }
+
+    /// The operations with a non-zero rate.
+    pub fn ops(&self) -> Vec<Op> {
+        [
+            (self.sr, Op::SynonymReplacement),
+            (self.ri, Op::RandomInsertion),
+            (self.rs, Op::RandomSwap),
+            (self.rd, Op::RandomDeletion),
+        ]
+        .into_iter()
+        .filter(|(r, _)| *r > 0.0)
+        .map(|(_, op)| op)
+        .collect()
+    }
+
+    /// Applies one operation with its rate.
+    pub fn apply<'a, R: Rng>(
+        &self,
+        op: Op,
+        words: &[&'a str],
+        syn: &Synonyms,
+        rng: &mut R,
+    ) -> Vec<&'a str> {
+        let count = |rate: f64| ((rate * words.len() as f64) as usize).max(1);
+        match op {
+            Op::SynonymReplacement => synonym_replacement(words, count(self.sr), syn, rng),
+            Op::RandomInsertion => random_insertion(words, count(self.ri), syn, rng),
+            Op::RandomSwap => random_swap(words, count(self.rs), rng),
+            Op::RandomDeletion => random_deletion(words, self.rd, rng),
+        }
+    }
+
+    /// `num_aug` augmentations of `words`, each made by one operation; as in the reference,
+    /// every operation gets `num_aug / 4 + 1` slots and `num_aug` of them are drawn.
+    pub fn augment<'a, R: Rng>(
+        &self,
+        words: &[&'a str],
+        num_aug: usize,
+        syn: &Synonyms,
+        rng: &mut R,
+    ) -> Vec<Vec<&'a str>> {
+        let ops = self.ops();
+        if ops.is_empty() || words.is_empty() {
+            return vec![words.to_vec(); num_aug];
+        }
+        let per_op = num_aug / 4 + 1;
+        let mut slots: Vec<Op> = ops
+            .iter()
+            .flat_map(|&op| std::iter::repeat_n(op, per_op))
+            .collect();
+        slots.shuffle(rng);
+        slots.truncate(num_aug);
+        slots
+            .into_iter()
+            .map(|op| self.apply(op, words, syn, rng))
+            .collect()
+    }
+}
+
+/// Multi-word synonyms ("ice cream") become several tokens.
+fn push_synonym<'a>(out: &mut Vec<&'a str>, synonym: &'static str) {
+    out.extend(synonym.split(' ').filter(|s| !s.is_empty()));
+}
+
+/// Replaces up to `n` distinct non-stop words (every occurrence of each) with a random synonym.
+pub fn synonym_replacement<'a, R: Rng>(
+    words: &[&'a str],
+    n: usize,
+    syn: &Synonyms,
+    rng: &mut R,
+) -> Vec<&'a str> {
+    let mut candidates: Vec<&str> = Vec::new();
+    for &w in words {
+        if !is_stop_word(w) && !candidates.contains(&w) {
+            candidates.push(w);
+        }
+    }
+    candidates.shuffle(rng);
+    let mut replacements: Vec<(&str, &'static str)> = Vec::new();
+    for w in candidates {
+        if replacements.len() >= n {
+            break;
+        }
+        let options = syn.get(w);
+        if let Some(&s) = options.choose(rng) {
+            replacements.push((w, s));
+        }
+    }
+    let mut out = Vec::with_capacity(words.len() + 2);
+    for &w in words {
+        match replacements.iter().find(|(from, _)| *from == w) {
+            Some(&(_, to)) => push_synonym(&mut out, to),
+            None => out.push(w),
+        }
+    }
+    out
+}
+
+/// Inserts, `n` times, a synonym of a random non-stop word at a random position.
+pub fn random_insertion<'a, R: Rng>(
+    words: &[&'a str],
+    n: usize,
+    syn: &Synonyms,
+    rng: &mut R,
+) -> Vec<&'a str> {
+    let mut out = words.to_vec();
+    for _ in 0..n {
+        // The reference gives up after 10 draws without a word that has synonyms.
+        for _ in 0..10 {
+            let w = out[rng.gen_range(0..out.len())];
+            if is_stop_word(w) {
+                continue;
+            }
+            let options = syn.get(w);
+            if let Some(&s) = options.choose(rng) {
+                let at = rng.gen_range(0..out.len());
+                let mut piece = Vec::new();
+                push_synonym(&mut piece, s);
+                out.splice(at..at, piece);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Swaps two random positions, `n` times.
+pub fn random_swap<'a, R: Rng>(words: &[&'a str], n: usize, rng: &mut R) -> Vec<&'a str> {
+    let mut out = words.to_vec();
+    if out.len() < 2 {
+        return out;
+    }
+    for _ in 0..n {
+        let i = rng.gen_range(0..out.len());
+        let mut j = rng.gen_range(0..out.len());
+        // The reference retries three times to find a second, different position.
+        for _ in 0..3 {
+            if j != i {
+                break;
+            }
+            j = rng.gen_range(0..out.len());
+        }
+        out.swap(i, j);
+    }
+    out
+}
+
+/// Deletes each word with probability `p`, never leaving the sentence empty.
+pub fn random_deletion<'a, R: Rng>(words: &[&'a str], p: f64, rng: &mut R) -> Vec<&'a str> {
+    if words.len() <= 1 {
+        return words.to_vec();
+    }
+    let kept: Vec<&str> = words
+        .iter()
+        .copied()
+        .filter(|_| rng.gen::<f64>() > p)
+        .collect();
+    if kept.is_empty() {
+        vec![words[rng.gen_range(0..words.len())]]
+    } else {
+        kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::stream;
+    use proptest::prelude::*;
+
+    const WORDS: &[&str] = &[
+        "what", "is", "the", "car", "film", "of", "a", "red", "house", "?",
+    ];
+
+    fn sentence() -> impl Strategy<Value = Vec<&'static str>> {
+        prop::collection::vec(prop::sample::select(WORDS), 1..30)
+    }
+
+    proptest! {
+        #[test]
+        fn swap_keeps_the_multiset(words in sentence(), n in 0usize..10, seed: u64) {
+            let mut before = words.clone();
+            let mut after = random_swap(&words, n, &mut stream(&[seed]));
+            before.sort_unstable();
+            after.sort_unstable();
+            prop_assert_eq!(before, after);
+        }
+
+        #[test]
+        fn deletion_never_empties(words in sentence(), p in 0.0f64..=1.0, seed: u64) {
+            let out = random_deletion(&words, p, &mut stream(&[seed]));
+            prop_assert!(!out.is_empty());
+            prop_assert!(out.iter().all(|w| words.contains(w)));
+        }
+
+        #[test]
+        fn replacement_only_swaps_non_stop_words_for_their_synonyms(words in sentence(), n in 1usize..5, seed: u64) {
+            let syn = Synonyms::wordnet();
+            let out = synonym_replacement(&words, n, syn, &mut stream(&[seed]));
+            // Walk both sequences: each input word is either kept or replaced by the tokens of
+            // one of its synonyms.
+            let mut j = 0;
+            let mut replaced = std::collections::HashSet::new();
+            for &w in &words {
+                if out.get(j) == Some(&w) && !replaced.contains(w) {
+                    j += 1;
+                    continue;
+                }
+                prop_assert!(!is_stop_word(w), "stop word {w} replaced");
+                let found = syn.get(w).into_iter().find(|s| {
+                    let toks: Vec<&str> = s.split(' ').collect();
+                    out.get(j..j + toks.len()) == Some(&toks[..])
+                });
+                prop_assert!(found.is_some(), "{w} replaced by something not a synonym: {out:?}");
+                replaced.insert(w);
+                j += found.unwrap().split(' ').count();
+            }
+            prop_assert_eq!(j, out.len());
+            prop_assert!(replaced.len() <= n);
+        }
+
+        #[test]
+        fn augment_gives_num_aug_nonempty_sentences(words in sentence(), k in 0usize..20, seed: u64) {
+            let out = EdaRates::uniform(0.1).augment(&words, k, Synonyms::wordnet(), &mut stream(&[seed]));
+            prop_assert_eq!(out.len(), k);
+            prop_assert!(out.iter().all(|s| !s.is_empty()));
+        }
+    }
+
+    #[test]
+    fn insertion_adds_a_synonym_of_a_word() {
+        let words = ["a", "car"];
+        let out = random_insertion(&words, 1, Synonyms::wordnet(), &mut stream(&[3]));
+        assert!(out.len() > words.len(), "{out:?}");
+        let syns = Synonyms::wordnet().get("car");
+        let added: Vec<&str> = out.iter().copied().filter(|w| !words.contains(w)).collect();
+        assert!(
+            syns.iter()
+                .any(|s| s.split(' ').collect::<Vec<_>>() == added),
+            "{added:?}"
+        );
+    }
+
+    #[test]
+    fn zero_rates_disable_operations() {
+        let rates = EdaRates {
+            sr: 0.0,
+            ri: 0.1,
+            rs: 0.0,
+            rd: 0.0,
+        };
+        assert_eq!(rates.ops(), vec![Op::RandomInsertion]);
+    }
+}

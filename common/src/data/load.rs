@@ -1,0 +1,493 @@
+//! Reading labelled examples from TSV (`label<TAB>text`), CSV with a header, and JSON lines.
+//!
+//! Every bad line is an error naming `file:line`, unless the caller asks to skip bad lines,
+//! in which case they are counted and reported.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DataError;
+
+/// Longest line (or CSV record) accepted, in bytes.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Tsv,
+    Csv,
+    Jsonl,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Result<Format, DataError> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("tsv") | Some("txt") => Ok(Format::Tsv),
+            Some("csv") => Ok(Format::Csv),
+            Some("jsonl") | Some("ndjson") | Some("json") => Ok(Format::Jsonl),
+            _ => Err(DataError::UnknownFormat {
+                path: path.to_path_buf(),
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BadLinePolicy {
+    /// Stop at the first bad line with an error naming it.
+    #[default]
+    Error,
+    /// Skip bad lines and report how many per file.
+    Skip,
+}
+
+/// How to read a data file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadOptions {
+    pub format: Option<Format>,
+    pub text_column: String,
+    pub label_column: String,
+    pub on_bad_line: BadLinePolicy,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            format: None,
+            text_column: "text".into(),
+            label_column: "label".into(),
+            on_bad_line: BadLinePolicy::Error,
+        }
+    }
+}
+
+/// One labelled line of a file; `line` is 1-based and, with the file, identifies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub line: u32,
+    pub label: String,
+    pub text: String,
+}
+
+#[derive(Debug)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub records: Vec<Record>,
+    /// Bad lines skipped under [`BadLinePolicy::Skip`].
+    pub skipped: usize,
+}
+
+/// Reads every example of `path`.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> {
+    let format = match opts.format {
+        Some(f) => f,
+        None => Format::from_path(path)?,
+    };
+    let shown = path.display().to_string();
+    let file = File::open(path).map_err(|e| DataError::io(&shown, e))?;
+    let mut sink = Sink {
+        path: shown.clone(),
+        policy: opts.on_bad_line,
+        records: Vec::new(),
+        skipped: 0,
+    };
+    match format {
+        Format::Tsv => read_lines(file, &mut sink, parse_tsv)?,
+        Format::Jsonl => read_lines(file, &mut sink, |line| {
+            parse_json(line, &opts.text_column, &opts.label_column)
+        })?,
+        Format::Csv => read_csv(file, &mut sink, opts)?,
+    }
+    if sink.skipped > 0 {
+        tracing::warn!("{shown}: skipped {} bad lines", sink.skipped);
+    }
+    if sink.records.is_empty() {
+        return Err(DataError::Empty { path: shown });
+    }
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        records: sink.records,
+        skipped: sink.skipped,
+    })
+}
+
+/// Collects records and applies the bad-line policy in one place.
+struct Sink {
+    path: String,
+    policy: BadLinePolicy,
+    records: Vec<Record>,
+    skipped: usize,
+}
+
+impl Sink {
+    fn push(
+        &mut self,
+        line: u64,
+        parsed: Result<(String, String), String>,
+    ) -> Result<(), DataError> {
+        match parsed {
+            Ok((label, text)) => {
+                let line = u32::try_from(line).map_err(|_| DataError::BadLine {
+                    path: self.path.clone(),
+                    line,
+                    msg: "file has more than 4 billion lines".into(),
+                })?;
+                self.records.push(Record { line, label, text });
+                Ok(())
+            }
+            Err(msg) => self.bad(line, msg),
+        }
+    }
+
+    fn bad(&mut self, line: u64, msg: String) -> Result<(), DataError> {
+        match self.policy {
+            BadLinePolicy::Skip => {
+                self.skipped += 1;
+                Ok(())
+            }
+            BadLinePolicy::Error => Err(DataError::BadLine {
+                path: self.path.clone(),
+                line,
+                msg,
+            }),
+        }
+    }
+}
+
+/// Reads newline-separated lines without ever holding more than [`MAX_LINE_BYTES`] of one.
+fn read_lines(
+    file: File,
+    sink: &mut Sink,
+    parse: impl Fn(&str) -> Result<(String, String), String>,
+) -> Result<(), DataError> {
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut buf = Vec::new();
+    let mut line_no: u64 = 0;
+    loop {
+        buf.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 2)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| DataError::io(&sink.path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        line_no += 1;
+        if !buf.ends_with(b"\n") && buf.len() > MAX_LINE_BYTES {
+            skip_rest_of_line(&mut reader).map_err(|e| DataError::io(&sink.path, e))?;
+            sink.bad(line_no, format!("line longer than {MAX_LINE_BYTES} bytes"))?;
+            continue;
+        }
+        while matches!(buf.last(), Some(b'\n' | b'\r')) {
+            buf.pop();
+        }
+        if buf.len() > MAX_LINE_BYTES {
+            sink.bad(line_no, format!("line longer than {MAX_LINE_BYTES} bytes"))?;
+            continue;
+        }
+        let parsed = match std::str::from_utf8(&buf) {
+            Ok(line) => parse(line),
+            Err(e) => Err(format!(
+                "invalid UTF-8 at byte {} of the line",
+                e.valid_up_to() + 1
+            )),
+        };
+        sink.push(line_no, parsed)?;
+    }
+}
+
+fn skip_rest_of_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(());
+        }
+        if let Some(pos) = available.iter().position(|&b| b == b'\n') {
+            reader.consume(pos + 1);
+            return Ok(());
+        }
+        let len = available.len();
+        reader.consume(len);
+    }
+}
+
+fn parse_tsv(line: &str) -> Result<(String, String), String> {
+    if line.trim().is_empty() {
+        return Err("empty line (expected label<TAB>text)".into());
+    }
+    let (label, text) = line
+        .split_once('\t')
+        .ok_or("no tab separator (expected label<TAB>text)")?;
+    labelled(label, text)
+}
+
+fn labelled(label: &str, text: &str) -> Result<(String, String), String> {
+    let (label, text) = (label.trim(), text.trim());
+    if label.is_empty() {
+        return Err("empty label".into());
+    }
+    if text.is_empty() {
+        return Err("empty text".into());
+    }
+    Ok((label.to_string(), text.to_string()))
+}
+
+fn parse_json(line: &str, text_key: &str, label_key: &str) -> Result<(String, String), String> {
+    if line.trim().is_empty() {
+        return Err("empty line (expected a JSON object)".into());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("malformed JSON: {e}"))?;
+    let obj = value.as_object().ok_or("expected a JSON object")?;
+    let text = match obj.get(text_key) {
+        Some(serde_json::Value::String(s)) => s.as_str(),
+        Some(_) => return Err(format!("field \"{text_key}\" is not a string")),
+        None => return Err(format!("missing field \"{text_key}\"")),
+    };
+    let label = match obj.get(label_key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        Some(serde_json::Value::Bool(b)) => b.to_string(),
+        Some(_) => return Err(format!("field \"{label_key}\" is not a string or number")),
+        None => return Err(format!("missing field \"{label_key}\"")),
+    };
+    labelled(&label, text)
+}
+
+fn read_csv(file: File, sink: &mut Sink, opts: &LoadOptions) -> Result<(), DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(BufReader::with_capacity(1 << 16, file));
+    let headers = match reader.byte_headers() {
+        Ok(h) => h.clone(),
+        Err(e) => return Err(csv_error(&sink.path, 1, &e)),
+    };
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name.as_bytes())
+            .ok_or_else(|| DataError::BadLine {
+                path: sink.path.clone(),
+                line: 1,
+                msg: format!(
+                    "header has no column \"{name}\" (columns: {}); use --text-column/--label-column",
+                    String::from_utf8_lossy(&headers.as_slice().to_vec())
+                ),
+            })
+    };
+    let (text_col, label_col) = (column(&opts.text_column)?, column(&opts.label_column)?);
+    let mut record = csv::ByteRecord::new();
+    loop {
+        let line = reader.position().line();
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {
+                let line = record.position().map_or(line, |p| p.line());
+                let parsed = if record.as_slice().len() > MAX_LINE_BYTES {
+                    Err(format!("record longer than {MAX_LINE_BYTES} bytes"))
+                } else {
+                    csv_fields(&record, label_col, text_col)
+                };
+                sink.push(line, parsed)?;
+            }
+            Err(e) => {
+                let line = e.position().map_or(line, |p| p.line());
+                if sink.policy == BadLinePolicy::Error {
+                    return Err(csv_error(&sink.path, line, &e));
+                }
+                sink.bad(line, String::new())?;
+                if matches!(e.kind(), csv::ErrorKind::Io(_)) {
+                    return Err(csv_error(&sink.path, line, &e));
+                }
+            }
+        }
+    }
+}
+
+fn csv_fields(
+    record: &csv::ByteRecord,
+    label_col: usize,
+    text_col: usize,
+) -> Result<(String, String), String> {
+    let field = |i: usize| -> Result<&str, String> {
+        let bytes = record.get(i).unwrap_or_default();
+        std::str::from_utf8(bytes).map_err(|e| {
+            format!(
+                "invalid UTF-8 at byte {} of field {}",
+                e.valid_up_to() + 1,
+                i + 1
+            )
+        })
+    };
+    labelled(field(label_col)?, field(text_col)?)
+}
+
+fn csv_error(path: &str, line: u64, e: &csv::Error) -> DataError {
+    let msg = match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => {
+            format!("malformed CSV: {len} fields where the header has {expected_len}")
+        }
+        csv::ErrorKind::Utf8 { err, .. } => format!("invalid UTF-8: {err}"),
+        _ => format!("malformed CSV: {e}"),
+    };
+    DataError::BadLine {
+        path: path.to_string(),
+        line,
+        msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.path().join(name);
+        let mut f = File::create(&path).unwrap();
+        f.write_all(bytes).unwrap();
+        path
+    }
+
+    fn err(path: &Path) -> String {
+        load(path, &LoadOptions::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reads_each_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let tsv = write(&dir, "a.tsv", b"pos\tgood film\r\nneg\tbad\tfilm\n");
+        let got = load(&tsv, &LoadOptions::default()).unwrap();
+        assert_eq!(
+            got.records[0],
+            Record {
+                line: 1,
+                label: "pos".into(),
+                text: "good film".into()
+            }
+        );
+        assert_eq!(got.records[1].text, "bad\tfilm");
+        let csv = write(
+            &dir,
+            "a.csv",
+            b"id,label,text\n1,pos,\"good, film\"\n2,neg,bad\n",
+        );
+        let got = load(&csv, &LoadOptions::default()).unwrap();
+        assert_eq!(got.records[0].text, "good, film");
+        assert_eq!(got.records[1].line, 3);
+        let jsonl = write(
+            &dir,
+            "a.jsonl",
+            b"{\"text\": \"fine\", \"label\": 1}\n{\"label\":\"x\",\"text\":\"y\"}\n",
+        );
+        let got = load(&jsonl, &LoadOptions::default()).unwrap();
+        assert_eq!(got.records[0].label, "1");
+        assert_eq!(got.records[1].label, "x");
+    }
+
+    #[test]
+    fn csv_columns_can_be_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = write(&dir, "r.csv", b"sentence,y\nhello,a\n");
+        let opts = LoadOptions {
+            text_column: "sentence".into(),
+            label_column: "y".into(),
+            ..Default::default()
+        };
+        assert_eq!(load(&csv, &opts).unwrap().records[0].text, "hello");
+        assert!(err(&csv).contains("r.csv:1: header has no column \"text\""));
+    }
+
+    #[test]
+    fn every_bad_line_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "bad.tsv",
+                b"a\tok\nno separator\n".to_vec(),
+                "bad.tsv:2: no tab",
+            ),
+            (
+                "empty_text.tsv",
+                b"a\tok\nb\t  \n".to_vec(),
+                "empty_text.tsv:2: empty text",
+            ),
+            (
+                "empty_label.tsv",
+                b"a\tok\n\tx\n".to_vec(),
+                "empty_label.tsv:2: empty label",
+            ),
+            (
+                "utf8.tsv",
+                b"a\tok\na\tb\xff\n".to_vec(),
+                "utf8.tsv:2: invalid UTF-8",
+            ),
+            (
+                "bad.jsonl",
+                b"{\"text\":\"a\",\"label\":\"b\"}\n{\"text\": \n".to_vec(),
+                "bad.jsonl:2: malformed JSON",
+            ),
+            (
+                "nolabel.jsonl",
+                b"{\"text\":\"a\"}\n".to_vec(),
+                "nolabel.jsonl:1: missing field \"label\"",
+            ),
+            (
+                "bad.csv",
+                b"text,label\na,b\nc,d,e\n".to_vec(),
+                "bad.csv:3: malformed CSV",
+            ),
+            (
+                "utf8.csv",
+                b"text,label\na,b\nc\xfe,d\n".to_vec(),
+                "utf8.csv:3: invalid UTF-8",
+            ),
+        ];
+        for (name, bytes, want) in cases {
+            let path = write(&dir, name, &bytes);
+            let got = err(&path);
+            assert!(got.contains(want), "{name}: got {got:?}, want {want:?}");
+        }
+        let mut long = b"a\tok\nb\t".to_vec();
+        long.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
+        long.extend(b"\nc\tfine\n");
+        let path = write(&dir, "long.tsv", &long);
+        assert!(err(&path).contains("long.tsv:2: line longer than"));
+    }
+
+    #[test]
+    fn skip_counts_bad_lines_and_keeps_good_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = b"a\tone\nbroken\nb\t\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 1));
+        bytes.extend(b"\nc\tthree\n");
+        let path = write(&dir, "mixed.tsv", &bytes);
+        let opts = LoadOptions {
+            on_bad_line: BadLinePolicy::Skip,
+            ..Default::default()
+        };
+        let got = load(&path, &opts).unwrap();
+        assert_eq!(got.skipped, 3);
+        let lines: Vec<u32> = got.records.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![1, 5]);
+    }
+
+    #[test]
+    fn unknown_extension_and_missing_file_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "data.xml", b"<a/>");
+        assert!(err(&path).contains("--format"));
+        assert!(err(&dir.path().join("missing.tsv")).contains("missing.tsv"));
+    }
+}

@@ -1,0 +1,597 @@
+//! The data pipeline as one object: load → mix → eval split → (per epoch) augment → balance →
+//! shuffle. The coordinator calls [`Pipeline::epoch`] once per epoch and shards the result.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::augment::eda::EdaRates;
+use crate::augment::AugmentPlan;
+use crate::data::config::{AugmentKind, DataConfig, NumAug, UnknownLabels};
+use crate::data::load::{self, Record};
+use crate::data::vocab::Vocab;
+use crate::data::{Doc, Example, ExampleId};
+use crate::error::DataError;
+use crate::mix;
+use crate::resample::{self, Balance};
+use crate::rng::{stream, tag};
+
+/// What was read from one `--data` source.
+#[derive(Clone, Debug)]
+pub struct SourceInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub weight: Option<f64>,
+    /// Lines read as examples.
+    pub rows: usize,
+    /// Bad lines skipped (`--on-bad-line skip`).
+    pub skipped: usize,
+    /// Exact (text, label) duplicates dropped, within and across sources.
+    pub duplicates: usize,
+    /// Training rows dropped because the validation set holds the same text.
+    pub in_eval: usize,
+    /// SHA-256 of the file, for provenance.
+    pub sha256: String,
+}
+
+/// One sentence of an epoch, as tokens borrowed from the pipeline (and the synonym table).
+#[derive(Clone, Debug)]
+pub struct Item<'a> {
+    pub doc: &'a Doc,
+    /// 0 for the original; k > 0 for an augmentation.
+    pub aug: u32,
+    pub tokens: Vec<&'a str>,
+}
+
+impl Item<'_> {
+    pub fn label(&self) -> u32 {
+        self.doc.label
+    }
+}
+
+/// An epoch's sentences, with class counts per source before and after balancing.
+pub struct Epoch<'a> {
+    pub items: Vec<Item<'a>>,
+    /// counts[source][class] after augmentation, before balancing.
+    pub before: Vec<Vec<usize>>,
+    /// counts[source][class] after balancing.
+    pub after: Vec<Vec<usize>>,
+}
+
+pub struct Pipeline {
+    cfg: DataConfig,
+    sources: Vec<SourceInfo>,
+    labels: Vec<String>,
+    label_map: HashMap<String, String>,
+    train: Vec<Vec<Doc>>,
+    eval: Vec<Doc>,
+    probs: Option<Vec<f64>>,
+    plan: AugmentPlan,
+    vocab: Vocab,
+}
+
+impl Pipeline {
+    pub fn new(cfg: &DataConfig) -> Result<Self, DataError> {
+        if cfg.data.is_empty() {
+            return Err(DataError::Config(
+                "no training data: give at least one --data PATH".into(),
+            ));
+        }
+        if cfg.data.len() > u16::MAX as usize {
+            return Err(DataError::Config("too many --data sources".into()));
+        }
+        let probs = mix::probabilities(&cfg.data.iter().map(|s| s.weight).collect::<Vec<_>>())
+            .map_err(DataError::Config)?;
+        let label_map = match &cfg.label_map {
+            Some(p) => read_label_map(p)?,
+            None => HashMap::new(),
+        };
+        let opts = cfg.load_options();
+
+        let eval_records = match &cfg.eval {
+            Some(path) => Some((path, load::load(path, &opts)?)),
+            None => None,
+        };
+        let eval_texts: HashSet<String> = eval_records
+            .iter()
+            .flat_map(|(_, l)| l.records.iter().map(|r| r.text.clone()))
+            .collect();
+
+        let mut sources = Vec::new();
+        let mut per_source: Vec<Vec<Record>> = Vec::new();
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        for spec in &cfg.data {
+            let loaded = load::load(&spec.path, &opts)?;
+            let mut info = SourceInfo {
+                name: spec.path.display().to_string(),
+                path: spec.path.clone(),
+                weight: spec.weight,
+                rows: loaded.records.len(),
+                skipped: loaded.skipped,
+                duplicates: 0,
+                in_eval: 0,
+                sha256: file_sha256(&spec.path)?,
+            };
+            let mut kept = Vec::with_capacity(loaded.records.len());
+            for mut r in loaded.records {
+                if let Some(l) = label_map.get(&r.label) {
+                    r.label = l.clone();
+                }
+                if eval_texts.contains(&r.text) {
+                    info.in_eval += 1;
+                } else if seen.insert((r.text.clone(), r.label.clone())) {
+                    kept.push(r);
+                } else {
+                    info.duplicates += 1;
+                }
+            }
+            if info.duplicates > 0 {
+                tracing::info!(
+                    "{}: dropped {} duplicate (text, label) rows",
+                    info.name,
+                    info.duplicates
+                );
+            }
+            if info.in_eval > 0 {
+                tracing::warn!(
+                    "{}: dropped {} rows whose text is in the validation set",
+                    info.name,
+                    info.in_eval
+                );
+            }
+            sources.push(info);
+            per_source.push(kept);
+        }
+
+        let mut labels: Vec<String> = per_source
+            .iter()
+            .flatten()
+            .map(|r| r.label.clone())
+            .collect();
+        labels.sort_unstable();
+        labels.dedup();
+        if labels.len() < 2 {
+            return Err(DataError::SingleClass(
+                labels.first().cloned().unwrap_or_default(),
+            ));
+        }
+        let label_ids: HashMap<&str, u32> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i as u32))
+            .collect();
+
+        let mut train: Vec<Vec<Doc>> = per_source
+            .iter()
+            .enumerate()
+            .map(|(s, records)| {
+                records
+                    .iter()
+                    .map(|r| Doc {
+                        id: ExampleId {
+                            source: s as u16,
+                            line: r.line,
+                        },
+                        tokens: cfg.tokenizer.tokenize(&r.text),
+                        label: label_ids[r.label.as_str()],
+                    })
+                    .collect()
+            })
+            .collect();
+
+        let mut pipeline = Pipeline {
+            cfg: cfg.clone(),
+            sources,
+            labels,
+            label_map,
+            train: Vec::new(),
+            eval: Vec::new(),
+            probs,
+            plan: AugmentPlan::NONE,
+            vocab: Vocab::build(std::iter::empty(), 2, 1),
+        };
+        pipeline.eval = match eval_records {
+            Some((path, loaded)) => pipeline.docs_of(
+                &path.display().to_string(),
+                loaded.records,
+                "validation set",
+            )?,
+            None => match cfg.eval_split {
+                Some(f) => split_off_eval(&mut train[0], f, cfg.seed, pipeline.labels.len()),
+                None => Vec::new(),
+            },
+        };
+        pipeline.train = train;
+        pipeline.plan = pipeline.resolve_plan()?;
+        pipeline.vocab = pipeline.build_vocab();
+        Ok(pipeline)
+    }
+
+    fn resolve_plan(&self) -> Result<AugmentPlan, DataError> {
+        let cfg = &self.cfg;
+        let rows = self.train_rows();
+        let (auto_k, auto_alpha) = AugmentPlan::recommended(rows);
+        let num_aug = match cfg.num_aug {
+            NumAug::Count(k) => k,
+            NumAug::Auto => auto_k,
+        };
+        let alpha = cfg.alpha.unwrap_or(match cfg.num_aug {
+            NumAug::Auto => auto_alpha,
+            NumAug::Count(_) => 0.1,
+        });
+        let eda = match cfg.augment {
+            AugmentKind::None => None,
+            AugmentKind::Eda => {
+                let rates = EdaRates {
+                    sr: cfg.alpha_sr.unwrap_or(alpha),
+                    ri: cfg.alpha_ri.unwrap_or(alpha),
+                    rs: cfg.alpha_rs.unwrap_or(alpha),
+                    rd: cfg.alpha_rd.unwrap_or(alpha),
+                };
+                if rates.ops().is_empty() {
+                    return Err(DataError::Config(
+                        "--augment eda with every rate at 0 does nothing".into(),
+                    ));
+                }
+                Some(rates)
+            }
+        };
+        let active = eda.is_some() || cfg.crop.is_some();
+        Ok(AugmentPlan {
+            eda,
+            crop: cfg.crop,
+            num_aug: if active { num_aug } else { 0 },
+        })
+    }
+
+    /// Training words plus those epoch 0's augmentations produce, so that inserted synonyms
+    /// are not all UNK (the reference builds its vocabulary after augmentation too).
+    fn build_vocab(&self) -> Vocab {
+        let originals = self
+            .train
+            .iter()
+            .flatten()
+            .flat_map(|d| d.tokens.iter().map(String::as_str));
+        if !self.plan.is_active() {
+            return Vocab::build(originals, self.cfg.max_vocab, self.cfg.min_freq);
+        }
+        let epoch0 = self.epoch_items(0);
+        let tokens = epoch0.items.iter().flat_map(|it| it.tokens.iter().copied());
+        Vocab::build(tokens, self.cfg.max_vocab, self.cfg.min_freq)
+    }
+
+    pub fn config(&self) -> &DataConfig {
+        &self.cfg
+    }
+    pub fn sources(&self) -> &[SourceInfo] {
+        &self.sources
+    }
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+    pub fn plan(&self) -> &AugmentPlan {
+        &self.plan
+    }
+    /// Training examples (originals) after de-duplication and the validation split.
+    pub fn train_rows(&self) -> usize {
+        self.train.iter().map(Vec::len).sum()
+    }
+    pub fn train_docs(&self, source: usize) -> &[Doc] {
+        &self.train[source]
+    }
+    pub fn eval_docs(&self) -> &[Doc] {
+        &self.eval
+    }
+
+    /// The sentences of epoch `epoch`: mixed, augmented, balanced and shuffled. Depends only
+    /// on (seed, epoch), never on the number of threads.
+    pub fn epoch_items(&self, epoch: u64) -> Epoch<'_> {
+        let seed = self.cfg.seed;
+        let drawn: Vec<&Doc> = match &self.probs {
+            None => self.train.iter().flatten().collect(),
+            Some(p) => {
+                let sizes: Vec<usize> = self.train.iter().map(Vec::len).collect();
+                mix::interleave(
+                    &sizes,
+                    p,
+                    self.cfg.mix_stop,
+                    &mut stream(&[seed, tag::MIX, epoch]),
+                )
+                .into_iter()
+                .map(|(s, i)| &self.train[s][i])
+                .collect()
+            }
+        };
+        let mut items: Vec<Item<'_>> = drawn
+            .par_iter()
+            .flat_map_iter(|&doc| {
+                let words: Vec<&str> = doc.tokens.iter().map(String::as_str).collect();
+                let mut rng = stream(&[
+                    seed,
+                    tag::AUGMENT,
+                    doc.id.source as u64,
+                    doc.id.line as u64,
+                    epoch,
+                ]);
+                let augs = self.plan.augmentations(&words, &mut rng);
+                std::iter::once(Item {
+                    doc,
+                    aug: 0,
+                    tokens: words,
+                })
+                .chain(augs.into_iter().enumerate().map(move |(k, tokens)| {
+                    Item {
+                        doc,
+                        aug: k as u32 + 1,
+                        tokens,
+                    }
+                }))
+            })
+            .collect();
+        let before = self.counts(&items);
+
+        let labels: Vec<u32> = items.iter().map(Item::label).collect();
+        let class_counts = class_counts(&labels, self.labels.len());
+        let targets = resample::targets(&class_counts, self.cfg.balance, self.cfg.balance_ratio);
+        match self.cfg.balance {
+            Balance::None => {}
+            Balance::Oversample | Balance::Undersample => {
+                let idx = resample::resample(
+                    &labels,
+                    &targets,
+                    &mut stream(&[seed, tag::BALANCE, epoch]),
+                );
+                items = idx.into_iter().map(|i| items[i].clone()).collect();
+            }
+            Balance::Augment => self.fill_with_augmentations(&mut items, &targets, epoch),
+        }
+        let after = self.counts(&items);
+        items.shuffle(&mut stream(&[seed, tag::SHUFFLE, epoch]));
+        Epoch {
+            items,
+            before,
+            after,
+        }
+    }
+
+    /// Brings each class to its target with new augmentations of its own examples, avoiding
+    /// exact duplicates as long as the synonyms allow, then with copies.
+    fn fill_with_augmentations<'a>(
+        &'a self,
+        items: &mut Vec<Item<'a>>,
+        targets: &[Option<usize>],
+        epoch: u64,
+    ) {
+        let seed = self.cfg.seed;
+        let first_extra = self.plan.num_aug as u64 + 1;
+        for (class, target) in targets.iter().enumerate() {
+            let Some(target) = *target else { continue };
+            let class = class as u32;
+            let mut members: Vec<&Doc> = items
+                .iter()
+                .filter(|it| it.aug == 0 && it.label() == class)
+                .map(|it| it.doc)
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            members.sort_by_key(|d| d.id);
+            members.dedup_by_key(|d| d.id);
+            members.shuffle(&mut stream(&[
+                seed,
+                tag::BALANCE_AUGMENT,
+                epoch,
+                class as u64,
+            ]));
+            let mut existing: HashSet<Vec<&str>> = items
+                .iter()
+                .filter(|it| it.label() == class)
+                .map(|it| it.tokens.clone())
+                .collect();
+            let mut have = items.iter().filter(|it| it.label() == class).count();
+            let budget = (target.saturating_sub(have)) * 20;
+            let mut attempt = 0usize;
+            while have < target && attempt < budget {
+                let doc = members[attempt % members.len()];
+                let round = (attempt / members.len()) as u64;
+                let words: Vec<&str> = doc.tokens.iter().map(String::as_str).collect();
+                let mut rng = stream(&[
+                    seed,
+                    tag::BALANCE_AUGMENT,
+                    doc.id.source as u64,
+                    doc.id.line as u64,
+                    epoch,
+                    round,
+                ]);
+                let tokens = self.plan.one(&words, &mut rng);
+                if existing.insert(tokens.clone()) {
+                    items.push(Item {
+                        doc,
+                        aug: (first_extra + round) as u32,
+                        tokens,
+                    });
+                    have += 1;
+                }
+                attempt += 1;
+            }
+            if have < target {
+                tracing::debug!(
+                    "class {}: {} exact copies where augmentation ran out of new sentences",
+                    self.labels[class as usize],
+                    target - have
+                );
+                let mut rng = stream(&[seed, tag::BALANCE, epoch, class as u64]);
+                let pool: Vec<Item<'a>> = items
+                    .iter()
+                    .filter(|it| it.label() == class)
+                    .cloned()
+                    .collect();
+                while have < target {
+                    if let Some(it) = pool.choose(&mut rng) {
+                        items.push(it.clone());
+                    }
+                    have += 1;
+                }
+            }
+        }
+    }
+
+    fn counts(&self, items: &[Item<'_>]) -> Vec<Vec<usize>> {
+        let mut c = vec![vec![0; self.labels.len()]; self.sources.len()];
+        for it in items {
+            c[it.doc.id.source as usize][it.label() as usize] += 1;
+        }
+        c
+    }
+
+    /// Epoch `epoch` as token ids, cut at `--max-len`.
+    pub fn epoch(&self, epoch: u64) -> Vec<Example> {
+        self.encode_items(&self.epoch_items(epoch).items)
+    }
+
+    pub fn encode_items(&self, items: &[Item<'_>]) -> Vec<Example> {
+        items
+            .par_iter()
+            .map(|it| Example {
+                id: it.doc.id,
+                aug: it.aug,
+                tokens: self.vocab.encode(&it.tokens, self.cfg.max_len),
+                label: it.label(),
+            })
+            .collect()
+    }
+
+    pub fn encode_docs(&self, docs: &[Doc]) -> Vec<Example> {
+        docs.iter()
+            .map(|d| Example {
+                id: d.id,
+                aug: 0,
+                tokens: self.vocab.encode(&d.tokens, self.cfg.max_len),
+                label: d.label,
+            })
+            .collect()
+    }
+
+    /// The validation set as token ids.
+    pub fn eval_examples(&self) -> Vec<Example> {
+        self.encode_docs(&self.eval)
+    }
+
+    /// Reads a labelled file (a test set) with the pipeline's format options, label map,
+    /// tokenizer and labels.
+    pub fn load_labelled(&self, path: &Path, what: &str) -> Result<Vec<Doc>, DataError> {
+        let loaded = load::load(path, &self.cfg.load_options())?;
+        self.docs_of(&path.display().to_string(), loaded.records, what)
+    }
+
+    fn docs_of(&self, name: &str, records: Vec<Record>, what: &str) -> Result<Vec<Doc>, DataError> {
+        let mut docs = Vec::with_capacity(records.len());
+        let mut unknown: Vec<String> = Vec::new();
+        let mut unknown_count = 0;
+        for r in records {
+            let label = self.label_map.get(&r.label).unwrap_or(&r.label);
+            match self.labels.binary_search(label) {
+                Ok(id) => docs.push(Doc {
+                    id: ExampleId {
+                        source: 0,
+                        line: r.line,
+                    },
+                    tokens: self.cfg.tokenizer.tokenize(&r.text),
+                    label: id as u32,
+                }),
+                Err(_) => {
+                    unknown_count += 1;
+                    if !unknown.contains(label) {
+                        unknown.push(label.clone());
+                    }
+                }
+            }
+        }
+        if unknown_count > 0 {
+            match self.cfg.unknown_labels {
+                UnknownLabels::Error => {
+                    unknown.sort();
+                    return Err(DataError::UnknownLabels {
+                        what: format!("{what} {name}"),
+                        count: unknown_count,
+                        labels: unknown.join(", "),
+                    });
+                }
+                UnknownLabels::Skip => {
+                    tracing::warn!("{what} {name}: skipped {unknown_count} examples with labels never seen in training ({})", unknown.join(", "))
+                }
+            }
+        }
+        if docs.is_empty() {
+            return Err(DataError::Empty {
+                path: name.to_string(),
+            });
+        }
+        Ok(docs)
+    }
+}
+
+fn class_counts(labels: &[u32], k: usize) -> Vec<usize> {
+    let mut c = vec![0; k];
+    for &l in labels {
+        c[l as usize] += 1;
+    }
+    c
+}
+
+/// Removes a stratified, seeded `fraction` of `docs` and returns it.
+fn split_off_eval(docs: &mut Vec<Doc>, fraction: f64, seed: u64, num_classes: usize) -> Vec<Doc> {
+    let mut take = vec![false; docs.len()];
+    for class in 0..num_classes as u32 {
+        let mut members: Vec<usize> = (0..docs.len())
+            .filter(|&i| docs[i].label == class)
+            .collect();
+        members.shuffle(&mut stream(&[seed, tag::SPLIT, class as u64]));
+        let n = (fraction * members.len() as f64).round() as usize;
+        for &i in members.iter().take(n) {
+            take[i] = true;
+        }
+    }
+    let mut eval = Vec::new();
+    let mut kept = Vec::with_capacity(docs.len());
+    for (doc, t) in docs.drain(..).zip(take) {
+        if t {
+            eval.push(doc)
+        } else {
+            kept.push(doc)
+        }
+    }
+    *docs = kept;
+    eval
+}
+
+fn read_label_map(path: &Path) -> Result<HashMap<String, String>, DataError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(&shown, e))?;
+    let mut map = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (alias, label) = line.split_once('\t').ok_or_else(|| DataError::BadLine {
+            path: shown.clone(),
+            line: i as u64 + 1,
+            msg: "expected alias<TAB>label".into(),
+        })?;
+        map.insert(alias.trim().to_string(), label.trim().to_string());
+    }
+    Ok(map)
+}
+
+pub fn file_sha256(path: &Path) -> Result<String, DataError> {
+    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path.display(), e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| DataError::io(path.display(), e))?;
+    Ok(hex::encode(h.finalize()))
+}

@@ -1,0 +1,290 @@
+//! The pipeline on real data: the bundled TREC training file and slices of it.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+
+use common::data::config::{AugmentKind, DataConfig, NumAug};
+use common::pipeline::Pipeline;
+use common::resample::Balance;
+
+fn trec() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/trec/train.tsv")
+}
+
+/// The first `n` lines of TREC's training file, as a file of their own.
+fn trec_slice(dir: &tempfile::TempDir, name: &str, skip: usize, n: usize) -> PathBuf {
+    let text = std::fs::read_to_string(trec()).unwrap();
+    let path = dir.path().join(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    for line in text.lines().skip(skip).take(n) {
+        writeln!(f, "{line}").unwrap();
+    }
+    path
+}
+
+fn cfg(data: &[&PathBuf]) -> DataConfig {
+    DataConfig {
+        data: data
+            .iter()
+            .map(|p| p.display().to_string().parse().unwrap())
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn class_counts(p: &Pipeline, epoch: u64) -> Vec<usize> {
+    let mut c = vec![0; p.labels().len()];
+    for ex in p.epoch(epoch) {
+        c[ex.label as usize] += 1;
+    }
+    c
+}
+
+#[test]
+fn trec_eda_oversample_gives_five_times_the_majority_in_every_class() {
+    let c = DataConfig {
+        augment: AugmentKind::Eda,
+        num_aug: NumAug::Count(4),
+        balance: Balance::Oversample,
+        ..cfg(&[&trec()])
+    };
+    let p = Pipeline::new(&c).unwrap();
+    let enty = p.labels().iter().position(|l| l == "ENTY").unwrap();
+    let distinct_enty = p
+        .train_docs(0)
+        .iter()
+        .filter(|d| d.label as usize == enty)
+        .count();
+    assert_eq!(distinct_enty, 1245);
+    assert_eq!(class_counts(&p, 0), vec![5 * 1245; 6]);
+}
+
+#[test]
+fn duplicates_are_dropped_and_counted() {
+    let p = Pipeline::new(&cfg(&[&trec()])).unwrap();
+    let s = &p.sources()[0];
+    assert!(s.duplicates > 0);
+    assert_eq!(s.rows, 5452);
+    assert_eq!(p.train_rows(), 5452 - s.duplicates);
+    let texts: HashSet<(String, u32)> = p
+        .train_docs(0)
+        .iter()
+        .map(|d| (d.tokens.join(" "), d.label))
+        .collect();
+    assert!(
+        texts.len() >= p.train_rows() - 5,
+        "near-unique after de-duplication"
+    );
+}
+
+#[test]
+fn augment_balance_fills_classes_without_exact_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let slice = trec_slice(&dir, "slice.tsv", 0, 400);
+    let c = DataConfig {
+        augment: AugmentKind::Eda,
+        num_aug: NumAug::Count(2),
+        balance: Balance::Augment,
+        ..cfg(&[&slice])
+    };
+    let p = Pipeline::new(&c).unwrap();
+    let epoch = p.epoch_items(0);
+    let counts = &epoch.after[0];
+    let max = *counts.iter().max().unwrap();
+    assert!(counts.iter().all(|&n| n == max), "{counts:?}");
+    // The filled-in sentences (augmentation indices past --num-aug) are all new.
+    let mut seen = HashSet::new();
+    let mut filled = 0;
+    for it in &epoch.items {
+        let fresh = seen.insert((it.tokens.clone(), it.label()));
+        if it.aug > 2 {
+            filled += 1;
+            assert!(fresh, "duplicate filled-in sentence {:?}", it.tokens);
+        }
+    }
+    assert!(filled > 100, "{filled}");
+}
+
+#[test]
+fn eval_split_is_stratified_and_never_reaches_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let slice = trec_slice(&dir, "slice.tsv", 0, 600);
+    let c = DataConfig {
+        augment: AugmentKind::Eda,
+        num_aug: NumAug::Count(4),
+        balance: Balance::Augment,
+        eval_split: Some(0.1),
+        ..cfg(&[&slice])
+    };
+    let p = Pipeline::new(&c).unwrap();
+    let eval_ids: HashSet<_> = p.eval_docs().iter().map(|d| d.id).collect();
+    let eval_texts: HashSet<String> = p.eval_docs().iter().map(|d| d.tokens.join(" ")).collect();
+    assert!((55..=65).contains(&eval_ids.len()), "{}", eval_ids.len());
+    for epoch in 0..3 {
+        for it in p.epoch_items(epoch).items {
+            assert!(
+                !eval_ids.contains(&it.doc.id),
+                "an augmentation of a validation example reached training"
+            );
+            assert!(!eval_texts.contains(&it.tokens.join(" ")));
+        }
+    }
+    // Stratified: every class's share of the validation set is within one example of 10%.
+    let mut per_class: HashMap<u32, (usize, usize)> = HashMap::new();
+    for d in p.train_docs(0) {
+        per_class.entry(d.label).or_default().0 += 1;
+    }
+    for d in p.eval_docs() {
+        per_class.entry(d.label).or_default().1 += 1;
+    }
+    for (train, eval) in per_class.values() {
+        let want = 0.1 * (*train + *eval) as f64;
+        assert!(
+            (*eval as f64 - want).abs() <= 1.0,
+            "{eval} of {}",
+            train + eval
+        );
+    }
+}
+
+#[test]
+fn eval_split_comes_only_from_the_first_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = trec_slice(&dir, "a.tsv", 0, 300);
+    let b = trec_slice(&dir, "b.tsv", 300, 300);
+    let p = Pipeline::new(&DataConfig {
+        eval_split: Some(0.2),
+        ..cfg(&[&a, &b])
+    })
+    .unwrap();
+    assert!(p.eval_docs().iter().all(|d| d.id.source == 0));
+    assert_eq!(
+        p.train_docs(1).len(),
+        p.sources()[1].rows - p.sources()[1].duplicates
+    );
+}
+
+#[test]
+fn weighted_mix_keeps_sources_and_concatenation_sees_everything_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = trec_slice(&dir, "a.tsv", 0, 300);
+    let b = trec_slice(&dir, "b.tsv", 300, 300);
+    let concat = Pipeline::new(&cfg(&[&a, &b])).unwrap();
+    let ex = concat.epoch(0);
+    assert_eq!(ex.len(), concat.train_rows());
+    let ids: HashSet<_> = ex.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), ex.len());
+    let mut c = cfg(&[&a, &b]);
+    c.data[1].weight = Some(0.25);
+    let mixed = Pipeline::new(&c).unwrap();
+    let ex = mixed.epoch(1);
+    let from_b = ex.iter().filter(|e| e.source() == 1).count() as f64 / ex.len() as f64;
+    assert!((0.15..0.35).contains(&from_b), "{from_b}");
+}
+
+#[test]
+fn same_seed_same_epoch_is_identical_and_epochs_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let slice = trec_slice(&dir, "s.tsv", 0, 300);
+    let c = DataConfig {
+        augment: AugmentKind::Eda,
+        num_aug: NumAug::Count(3),
+        balance: Balance::Oversample,
+        ..cfg(&[&slice])
+    };
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let a = one.install(|| Pipeline::new(&c).unwrap().epoch(2));
+    let b = two.install(|| Pipeline::new(&c).unwrap().epoch(2));
+    assert_eq!(a, b);
+    let other = Pipeline::new(&c).unwrap().epoch(3);
+    assert_ne!(a, other);
+}
+
+#[test]
+fn labels_unseen_in_training_are_an_error_or_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.tsv");
+    std::fs::write(&train, "pos\tgood\nneg\tbad\n").unwrap();
+    let test = dir.path().join("test.tsv");
+    std::fs::write(&test, "pos\tfine\nmaybe\thmm\nunsure\tso so\n").unwrap();
+    let p = Pipeline::new(&cfg(&[&train])).unwrap();
+    let err = p.load_labelled(&test, "test set").unwrap_err().to_string();
+    assert!(
+        err.contains("maybe, unsure") && err.contains("test.tsv"),
+        "{err}"
+    );
+    let skip = DataConfig {
+        unknown_labels: common::data::config::UnknownLabels::Skip,
+        ..cfg(&[&train])
+    };
+    let p = Pipeline::new(&skip).unwrap();
+    assert_eq!(p.load_labelled(&test, "test set").unwrap().len(), 1);
+}
+
+#[test]
+fn single_class_training_data_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("one.tsv");
+    std::fs::write(&train, "pos\tgood\npos\tgreat\n").unwrap();
+    let err = Pipeline::new(&cfg(&[&train])).err().unwrap().to_string();
+    assert!(err.contains("single class (pos)"), "{err}");
+}
+
+#[test]
+fn label_map_merges_spellings_across_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.tsv");
+    std::fs::write(&a, "positive\tgood\nnegative\tbad\n").unwrap();
+    let b = dir.path().join("b.tsv");
+    std::fs::write(&b, "1\tfine\n0\tawful\n").unwrap();
+    let map = dir.path().join("map.tsv");
+    std::fs::write(&map, "1\tpositive\n0\tnegative\n").unwrap();
+    let p = Pipeline::new(&DataConfig {
+        label_map: Some(map),
+        ..cfg(&[&a, &b])
+    })
+    .unwrap();
+    assert_eq!(p.labels(), ["negative", "positive"]);
+}
+
+#[test]
+fn vocabulary_covers_inserted_synonyms() {
+    let dir = tempfile::tempdir().unwrap();
+    let slice = trec_slice(&dir, "s.tsv", 0, 300);
+    let c = DataConfig {
+        augment: AugmentKind::Eda,
+        num_aug: NumAug::Count(4),
+        ..cfg(&[&slice])
+    };
+    let p = Pipeline::new(&c).unwrap();
+    let originals: HashSet<&str> = p
+        .train_docs(0)
+        .iter()
+        .flat_map(|d| d.tokens.iter().map(String::as_str))
+        .collect();
+    let new_words: Vec<String> = p
+        .epoch_items(0)
+        .items
+        .iter()
+        .flat_map(|it| {
+            it.tokens
+                .iter()
+                .filter(|t| !originals.contains(**t))
+                .map(|t| t.to_string())
+        })
+        .collect();
+    assert!(!new_words.is_empty(), "augmentation inserted no new word");
+    let unk = new_words
+        .iter()
+        .filter(|w| p.vocab().id(w) == common::data::vocab::UNK)
+        .count();
+    assert_eq!(unk, 0, "epoch 0's synonyms are in the vocabulary");
+}

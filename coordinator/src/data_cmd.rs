@@ -1,0 +1,184 @@
+//! `coordinator data preview|export`: what the pipeline makes of the data, to read or to keep.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use common::data::config::DataConfig;
+use common::pipeline::{Epoch, Pipeline};
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Print originals beside their augmentations, then class counts per source before and
+    /// after balancing.
+    Preview(PreviewArgs),
+    /// Write one epoch of the processed training set as `label<TAB>text` (`--with-source`
+    /// adds the source as a third column).
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Common {
+    #[command(flatten)]
+    pub data: DataConfig,
+    /// Which epoch to show (augmentation and balance are redrawn every epoch).
+    #[arg(long, default_value_t = 0)]
+    pub epoch: u64,
+    /// Worker threads for augmentation (the result does not depend on it).
+    #[arg(long, default_value_t = default_threads())]
+    pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct PreviewArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// How many original examples to show with their augmentations.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Output file (written atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Add the source of each example as a third column.
+    #[arg(long)]
+    pub with_source: bool,
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub fn run(cmd: DataCommand) -> Result<()> {
+    let common = match &cmd {
+        DataCommand::Preview(a) => &a.common,
+        DataCommand::Export(a) => &a.common,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(common.threads.max(1))
+        .build()
+        .context("starting the worker threads")?;
+    pool.install(|| {
+        let pipeline = Pipeline::new(&common.data).context("preparing the training data")?;
+        match &cmd {
+            DataCommand::Preview(a) => preview(&pipeline, a),
+            DataCommand::Export(a) => export(&pipeline, a),
+        }
+    })
+}
+
+fn export(p: &Pipeline, args: &ExportArgs) -> Result<()> {
+    let epoch = p.epoch_items(args.common.epoch);
+    let labels = p.labels();
+    let sources = p.sources();
+    common::fsutil::write_atomic_with(&args.out, |w| {
+        for it in &epoch.items {
+            w.write_all(labels[it.label() as usize].as_bytes())?;
+            w.write_all(b"\t")?;
+            for (i, t) in it.tokens.iter().enumerate() {
+                if i > 0 {
+                    w.write_all(b" ")?;
+                }
+                w.write_all(t.as_bytes())?;
+            }
+            if args.with_source {
+                w.write_all(b"\t")?;
+                w.write_all(sources[it.doc.id.source as usize].name.as_bytes())?;
+            }
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    tracing::info!(
+        "wrote {} examples to {}",
+        epoch.items.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn preview(p: &Pipeline, args: &PreviewArgs) -> Result<()> {
+    let epoch = p.epoch_items(args.common.epoch);
+    let mut out = std::io::stdout().lock();
+    describe_sources(p, &mut out)?;
+    // Originals in file order, each followed by its augmentations.
+    let mut originals: Vec<_> = epoch.items.iter().filter(|it| it.aug == 0).collect();
+    originals.sort_by_key(|it| it.doc.id);
+    originals.dedup_by_key(|it| it.doc.id);
+    for orig in originals.iter().take(args.limit) {
+        let label = &p.labels()[orig.label() as usize];
+        writeln!(out, "\n{label}\t{}", orig.tokens.join(" "))?;
+        let mut augs: Vec<_> = epoch
+            .items
+            .iter()
+            .filter(|it| it.doc.id == orig.doc.id && it.aug > 0)
+            .collect();
+        augs.sort_by_key(|it| it.aug);
+        augs.dedup_by_key(|it| it.aug);
+        for a in augs {
+            writeln!(out, "  +{:<3}\t{}", a.aug, a.tokens.join(" "))?;
+        }
+    }
+    writeln!(out)?;
+    counts_table(p, &epoch, &mut out)?;
+    Ok(())
+}
+
+fn describe_sources(p: &Pipeline, out: &mut impl Write) -> Result<()> {
+    for s in p.sources() {
+        write!(
+            out,
+            "source {}: {} rows, {} duplicates dropped",
+            s.name, s.rows, s.duplicates
+        )?;
+        if s.skipped > 0 {
+            write!(out, ", {} bad lines skipped", s.skipped)?;
+        }
+        if let Some(w) = s.weight {
+            write!(out, ", weight {w}")?;
+        }
+        writeln!(out)?;
+    }
+    let plan = p.plan();
+    writeln!(
+        out,
+        "training rows {} (validation {}), augmentations per example {}, vocabulary {}",
+        p.train_rows(),
+        p.eval_docs().len(),
+        plan.num_aug,
+        p.vocab().len()
+    )?;
+    Ok(())
+}
+
+fn counts_table(p: &Pipeline, epoch: &Epoch<'_>, out: &mut impl Write) -> Result<()> {
+    let labels = p.labels();
+    let width = labels.iter().map(|l| l.len()).max().unwrap_or(0).max(7);
+    writeln!(out, "class counts, before → after balancing")?;
+    for (s, src) in p.sources().iter().enumerate() {
+        writeln!(out, "{}", src.name)?;
+        for (c, label) in labels.iter().enumerate() {
+            writeln!(
+                out,
+                "  {label:<width$}  {:>7} → {:>7}",
+                epoch.before[s][c], epoch.after[s][c]
+            )?;
+        }
+    }
+    if p.sources().len() > 1 {
+        writeln!(out, "all sources")?;
+        for (c, label) in labels.iter().enumerate() {
+            let before: usize = epoch.before.iter().map(|v| v[c]).sum();
+            let after: usize = epoch.after.iter().map(|v| v[c]).sum();
+            writeln!(out, "  {label:<width$}  {before:>7} → {after:>7}")?;
+        }
+    }
+    Ok(())
+}
