@@ -1,0 +1,2 @@
+pub mod stopwords;
+pub mod synonyms;
