@@ -2,6 +2,7 @@
 //! balance), the model and its training step, and the collective operations between workers.
 
 pub mod augment;
+pub mod collective;
 pub mod data;
 pub mod error;
 pub mod fsutil;
