@@ -70,7 +70,8 @@ pub struct Pipeline {
     eval: Vec<Doc>,
     probs: Option<Vec<f64>>,
     plan: AugmentPlan,
-    vocab: Vocab,
+    /// Built on first use: exporting data needs no vocabulary.
+    vocab: std::sync::OnceLock<Vocab>,
 }
 
 impl Pipeline {
@@ -191,7 +192,7 @@ impl Pipeline {
             eval: Vec::new(),
             probs,
             plan: AugmentPlan::NONE,
-            vocab: Vocab::build(std::iter::empty(), 2, 1),
+            vocab: std::sync::OnceLock::new(),
         };
         pipeline.eval = match eval_records {
             Some((path, loaded)) => pipeline.docs_of(
@@ -206,7 +207,6 @@ impl Pipeline {
         };
         pipeline.train = train;
         pipeline.plan = pipeline.resolve_plan()?;
-        pipeline.vocab = pipeline.build_vocab();
         Ok(pipeline)
     }
 
@@ -273,7 +273,7 @@ impl Pipeline {
         &self.labels
     }
     pub fn vocab(&self) -> &Vocab {
-        &self.vocab
+        self.vocab.get_or_init(|| self.build_vocab())
     }
     pub fn plan(&self) -> &AugmentPlan {
         &self.plan
@@ -310,29 +310,7 @@ impl Pipeline {
         };
         let mut items: Vec<Item<'_>> = drawn
             .par_iter()
-            .flat_map_iter(|&doc| {
-                let words: Vec<&str> = doc.tokens.iter().map(String::as_str).collect();
-                let mut rng = stream(&[
-                    seed,
-                    tag::AUGMENT,
-                    doc.id.source as u64,
-                    doc.id.line as u64,
-                    epoch,
-                ]);
-                let augs = self.plan.augmentations(&words, &mut rng);
-                std::iter::once(Item {
-                    doc,
-                    aug: 0,
-                    tokens: words,
-                })
-                .chain(augs.into_iter().enumerate().map(move |(k, tokens)| {
-                    Item {
-                        doc,
-                        aug: k as u32 + 1,
-                        tokens,
-                    }
-                }))
-            })
+            .flat_map_iter(|&doc| self.augmented(doc, epoch))
             .collect();
         let before = self.counts(&items);
 
@@ -358,6 +336,30 @@ impl Pipeline {
             before,
             after,
         }
+    }
+
+    /// An example and its augmentations in epoch `epoch`, which depend only on (seed, its id, epoch).
+    pub fn augmented<'a>(&'a self, doc: &'a Doc, epoch: u64) -> Vec<Item<'a>> {
+        let words: Vec<&str> = doc.tokens.iter().map(String::as_str).collect();
+        let mut rng = stream(&[
+            self.cfg.seed,
+            tag::AUGMENT,
+            doc.id.source as u64,
+            doc.id.line as u64,
+            epoch,
+        ]);
+        let augs = self.plan.augmentations(&words, &mut rng);
+        std::iter::once(Item {
+            doc,
+            aug: 0,
+            tokens: words,
+        })
+        .chain(augs.into_iter().enumerate().map(|(k, tokens)| Item {
+            doc,
+            aug: k as u32 + 1,
+            tokens,
+        }))
+        .collect()
     }
 
     /// Brings each class to its target with new augmentations of its own examples, avoiding
@@ -461,7 +463,7 @@ impl Pipeline {
             .map(|it| Example {
                 id: it.doc.id,
                 aug: it.aug,
-                tokens: self.vocab.encode(&it.tokens, self.cfg.max_len),
+                tokens: self.vocab().encode(&it.tokens, self.cfg.max_len),
                 label: it.label(),
             })
             .collect()
@@ -472,7 +474,7 @@ impl Pipeline {
             .map(|d| Example {
                 id: d.id,
                 aug: 0,
-                tokens: self.vocab.encode(&d.tokens, self.cfg.max_len),
+                tokens: self.vocab().encode(&d.tokens, self.cfg.max_len),
                 label: d.label,
             })
             .collect()

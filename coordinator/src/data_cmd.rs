@@ -108,21 +108,18 @@ fn preview(p: &Pipeline, args: &PreviewArgs) -> Result<()> {
     let epoch = p.epoch_items(args.common.epoch);
     let mut out = std::io::stdout().lock();
     describe_sources(p, &mut out)?;
-    // Originals in file order, each followed by its augmentations.
-    let mut originals: Vec<_> = epoch.items.iter().filter(|it| it.aug == 0).collect();
-    originals.sort_by_key(|it| it.doc.id);
-    originals.dedup_by_key(|it| it.doc.id);
-    for orig in originals.iter().take(args.limit) {
-        let label = &p.labels()[orig.label() as usize];
-        writeln!(out, "\n{label}\t{}", orig.tokens.join(" "))?;
-        let mut augs: Vec<_> = epoch
-            .items
-            .iter()
-            .filter(|it| it.doc.id == orig.doc.id && it.aug > 0)
-            .collect();
-        augs.sort_by_key(|it| it.aug);
-        augs.dedup_by_key(|it| it.aug);
-        for a in augs {
+    // The first examples of each source, in file order, each followed by its augmentations.
+    let docs = (0..p.sources().len()).flat_map(|s| p.train_docs(s).iter());
+    for doc in docs.take(args.limit) {
+        let mut items = p.augmented(doc, args.common.epoch).into_iter();
+        let Some(orig) = items.next() else { continue };
+        writeln!(
+            out,
+            "\n{}\t{}",
+            p.labels()[orig.label() as usize],
+            orig.tokens.join(" ")
+        )?;
+        for a in items {
             writeln!(out, "  +{:<3}\t{}", a.aug, a.tokens.join(" "))?;
         }
     }

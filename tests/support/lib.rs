@@ -1,1 +1,71 @@
-//! Helpers shared by the integration tests: where the binaries and the bundled data are.
+//! Helpers shared by the integration tests: the project's binaries (built on first use, in the
+//! same profile as the tests) and the bundled data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bundled TREC file `name` (`train.tsv` or `test.tsv`).
+pub fn trec(name: &str) -> PathBuf {
+    root().join("data/trec").join(name)
+}
+
+/// The first `n` lines after `skip` of the bundled TREC file `name`, as a file in `dir`.
+pub fn trec_slice(dir: &Path, name: &str, skip: usize, n: usize) -> PathBuf {
+    let text = std::fs::read_to_string(trec(name)).expect("bundled TREC data");
+    let out = dir.join(format!("{}-{skip}-{n}.tsv", name.trim_end_matches(".tsv")));
+    let lines: Vec<&str> = text.lines().skip(skip).take(n).collect();
+    std::fs::write(&out, lines.join("\n") + "\n").expect("writing a data slice");
+    out
+}
+
+/// The directory holding the binaries of the profile the tests were built with.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+/// Path to the project binary `name` (`coordinator` or `worker`), built once per test process.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = bin_dir();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let target_dir = dir.parent().expect("target dir").to_path_buf();
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(root())
+            .args(["build", "--quiet", "--workspace", "--bins", "--target-dir"])
+            .arg(&target_dir);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+    });
+    dir.join(name)
+}
+
+/// Runs `coordinator` with `args` and returns its output.
+pub fn coordinator(args: &[&str]) -> Output {
+    Command::new(bin("coordinator"))
+        .args(args)
+        .output()
+        .expect("running coordinator")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

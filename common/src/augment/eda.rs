@@ -101,7 +101,7 @@ fn synonyms_of(syn: &Synonyms, word: &str) -> Vec<&'static str> {
 }
 
 /// Multi-word synonyms ("ice cream") become several tokens.
-fn push_synonym<'a>(out: &mut Vec<&'a str>, synonym: &'static str) {
+fn push_synonym(out: &mut Vec<&str>, synonym: &'static str) {
     out.extend(synonym.split(' ').filter(|s| !s.is_empty()));
 }
 
@@ -258,11 +258,20 @@ mod tests {
     }
 
     /// Backtracking search for a consistent word → replacement mapping that turns `words` into `out`.
-    fn explain<'a>(words: &[&'a str], out: &[&str], syn: &Synonyms, mapping: &mut std::collections::HashMap<&'a str, String>) -> bool {
-        let Some((&w, rest)) = words.split_first() else { return out.is_empty() };
+    fn explain<'a>(
+        words: &[&'a str],
+        out: &[&str],
+        syn: &Synonyms,
+        mapping: &mut std::collections::HashMap<&'a str, String>,
+    ) -> bool {
+        let Some((&w, rest)) = words.split_first() else {
+            return out.is_empty();
+        };
         let candidates: Vec<String> = match mapping.get(w) {
             Some(to) => vec![to.clone()],
-            None => std::iter::once(w.to_string()).chain(synonyms_of(syn, w).into_iter().map(str::to_string)).collect(),
+            None => std::iter::once(w.to_string())
+                .chain(synonyms_of(syn, w).into_iter().map(str::to_string))
+                .collect(),
         };
         let fixed = mapping.contains_key(w);
         for to in candidates {

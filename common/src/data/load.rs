@@ -280,7 +280,7 @@ fn read_csv(file: File, sink: &mut Sink, opts: &LoadOptions) -> Result<(), DataE
                 line: 1,
                 msg: format!(
                     "header has no column \"{name}\" (columns: {}); use --text-column/--label-column",
-                    String::from_utf8_lossy(&headers.as_slice().to_vec())
+                    headers.iter().map(String::from_utf8_lossy).collect::<Vec<_>>().join(", ")
                 ),
             })
     };

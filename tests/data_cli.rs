@@ -1,0 +1,161 @@
+//! `coordinator data preview|export` as a user runs them, on the bundled TREC data.
+
+use std::collections::HashMap;
+
+use smalltext_tests::{coordinator, stderr, stdout, trec, trec_slice};
+
+fn counts(tsv: &str) -> HashMap<String, usize> {
+    let mut c = HashMap::new();
+    for line in tsv.lines() {
+        *c.entry(line.split('\t').next().unwrap().to_string())
+            .or_default() += 1;
+    }
+    c
+}
+
+#[test]
+fn export_eda_oversample_balances_trec_to_five_times_the_majority() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("train.processed.tsv");
+    let train = trec("train.tsv");
+    let o = coordinator(&[
+        "data",
+        "export",
+        "--data",
+        train.to_str().unwrap(),
+        "--augment",
+        "eda",
+        "--num-aug",
+        "4",
+        "--balance",
+        "oversample",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = counts(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(c.len(), 6);
+    assert!(c.values().all(|&n| n == 6225), "{c:?}");
+}
+
+#[test]
+fn export_is_byte_identical_with_one_and_two_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = trec_slice(dir.path(), "train.tsv", 0, 400);
+    let b = trec_slice(dir.path(), "train.tsv", 400, 300);
+    let mut outputs = Vec::new();
+    for threads in ["1", "2"] {
+        let out = dir.path().join(format!("out{threads}.tsv"));
+        let o = coordinator(&[
+            "data",
+            "export",
+            "--data",
+            a.to_str().unwrap(),
+            "--data",
+            &format!("{}:0.4", b.display()),
+            "--augment",
+            "eda",
+            "--num-aug",
+            "auto",
+            "--balance",
+            "augment",
+            "--seed",
+            "7",
+            "--epoch",
+            "3",
+            "--threads",
+            threads,
+            "--with-source",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    assert!(!outputs[0].is_empty());
+    assert_eq!(outputs[0], outputs[1]);
+    let text = String::from_utf8(outputs[0].clone()).unwrap();
+    assert!(
+        text.lines().all(|l| l.split('\t').count() == 3),
+        "source column on every line"
+    );
+}
+
+#[test]
+fn preview_shows_augmentations_and_counts_per_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = trec_slice(dir.path(), "train.tsv", 0, 200);
+    let o = coordinator(&[
+        "data",
+        "preview",
+        "--data",
+        a.to_str().unwrap(),
+        "--augment",
+        "eda",
+        "--num-aug",
+        "2",
+        "--balance",
+        "undersample",
+        "--limit",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert_eq!(
+        s.lines().filter(|l| l.starts_with("  +1")).count(),
+        3,
+        "{s}"
+    );
+    assert!(s.contains("before → after balancing"), "{s}");
+}
+
+#[test]
+fn bad_lines_are_errors_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.tsv");
+    std::fs::write(&bad, "DESC\tfine question ?\nno tab here\n").unwrap();
+    let out = dir.path().join("out.tsv");
+    let o = coordinator(&[
+        "data",
+        "export",
+        "--data",
+        bad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad.tsv:2"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"));
+    assert!(!out.exists(), "no output on error");
+
+    let o = coordinator(&[
+        "data",
+        "export",
+        "--data",
+        bad.to_str().unwrap(),
+        "--on-bad-line",
+        "skip",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    // One good line left, a single class: still an error, and it says so.
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("single class"), "{}", stderr(&o));
+}
+
+#[test]
+fn skipped_bad_lines_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("some_bad.tsv");
+    std::fs::write(&bad, "A\tone\nbroken\nB\ttwo\n\tno label\n").unwrap();
+    let o = coordinator(&[
+        "data",
+        "preview",
+        "--data",
+        bad.to_str().unwrap(),
+        "--on-bad-line",
+        "skip",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("2 bad lines skipped"), "{}", stdout(&o));
+}
