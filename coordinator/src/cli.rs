@@ -1,0 +1,111 @@
+//! The training command line: `coordinator [OPTIONS]`.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Args;
+use common::data::config::DataConfig;
+use serde::{Deserialize, Serialize};
+
+/// `--workers N` (start N local workers) or `--workers host:port,host:port` (worker daemons).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Workers {
+    Local(usize),
+    Remote(Vec<String>),
+}
+
+impl FromStr for Workers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(n) = s.parse::<usize>() {
+            return if n == 0 { Err("--workers needs at least one worker".into()) } else { Ok(Workers::Local(n)) };
+        }
+        let addrs: Vec<String> = s.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect();
+        if addrs.is_empty() || addrs.iter().any(|a| !a.contains(':')) {
+            return Err(format!("{s:?}: expected a number of local workers or a list host:port,host:port"));
+        }
+        Ok(Workers::Remote(addrs))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// A number N: start N worker processes on this machine. Or a list host:port,... of
+    /// worker daemons (`worker --listen`) to run the job on.
+    #[arg(long, default_value = "1", help_heading = "Cluster")]
+    pub workers: Workers,
+    /// Compute threads per worker (default: cores / local workers).
+    #[arg(long, help_heading = "Cluster")]
+    pub threads: Option<usize>,
+    /// Address the coordinator's gRPC service listens on (default: loopback, a free port, for
+    /// local workers).
+    #[arg(long, help_heading = "Cluster")]
+    pub listen: Option<String>,
+    /// With --listen: wait for this many workers to join (`worker --coordinator URL`).
+    #[arg(long, help_heading = "Cluster")]
+    pub expect_workers: Option<usize>,
+    /// File holding the join token (trailing newline ignored); or set SMALLTEXT_TOKEN. Local
+    /// workers get a fresh random token.
+    #[arg(long, help_heading = "Cluster")]
+    pub token_file: Option<PathBuf>,
+    /// Seconds to wait for every worker to join.
+    #[arg(long, default_value_t = 120, help_heading = "Cluster")]
+    pub join_timeout: u64,
+    /// Seconds without a heartbeat after which a worker counts as lost.
+    #[arg(long, default_value_t = 5, help_heading = "Cluster")]
+    pub heartbeat_timeout: u64,
+
+    #[command(flatten)]
+    pub data: DataConfig,
+
+    #[command(flatten)]
+    pub train: TrainConfig,
+
+    /// Test set, evaluated once at the end with the selected model; never used for training
+    /// or model selection.
+    #[arg(long, value_name = "FILE", help_heading = "Data")]
+    pub test: Option<PathBuf>,
+    /// Where checkpoints, metrics and the model go (default runs/<timestamp>).
+    #[arg(long, help_heading = "Output")]
+    pub run_dir: Option<PathBuf>,
+}
+
+/// The model and optimisation options.
+#[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 10, help_heading = "Training")]
+    pub epochs: u64,
+    /// Examples per optimizer step, over all workers.
+    #[arg(long, default_value_t = 32, help_heading = "Training")]
+    pub batch_size: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3, help_heading = "Training")]
+    pub lr: f64,
+    /// Clip the gradient to this L2 norm (off by default, as the reference).
+    #[arg(long, help_heading = "Training")]
+    pub clip_norm: Option<f32>,
+    /// Stop when the validation loss has not improved for this many epochs (needs --eval or
+    /// --eval-split).
+    #[arg(long, help_heading = "Training")]
+    pub patience: Option<u64>,
+    /// Embedding width.
+    #[arg(long, default_value_t = 100, help_heading = "Model")]
+    pub embedding_dim: usize,
+    /// LSTM units per direction.
+    #[arg(long, default_value_t = 200, help_heading = "Model")]
+    pub hidden_dim: usize,
+    /// Stacked BiLSTM layers.
+    #[arg(long, default_value_t = 1, help_heading = "Model")]
+    pub layers: usize,
+    /// Dropout between layers and before the output layer.
+    #[arg(long, default_value_t = 0.0, help_heading = "Model")]
+    pub dropout: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { epochs: 10, batch_size: 32, lr: 1e-3, clip_norm: None, patience: None, embedding_dim: 100, hidden_dim: 200, layers: 1, dropout: 0.0 }
+    }
+}

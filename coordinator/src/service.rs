@@ -1,0 +1,294 @@
+//! The coordinator's gRPC service: rendezvous, shard streaming, reports, heartbeats. The only
+//! place that builds a `tonic::Status`.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use common::data::Example;
+use common::pb;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::sharding::part;
+
+/// What every worker receives at join.
+pub struct RunInfo {
+    pub run_id: u64,
+    pub spec_json: String,
+    pub vocab_json: String,
+    pub labels: Vec<String>,
+}
+
+/// One epoch as the coordinator planned it.
+pub struct EpochPlan {
+    pub epoch: u64,
+    /// No more epochs: workers receive a `finished` header and exit.
+    pub finished: bool,
+    pub upload_weights: bool,
+    pub examples: Vec<Example>,
+    /// Global batches, indices into `examples`.
+    pub batches: Vec<Vec<usize>>,
+    pub eval: Arc<Vec<Example>>,
+}
+
+impl EpochPlan {
+    pub fn finished(epoch: u64) -> Self {
+        EpochPlan { epoch, finished: true, upload_weights: false, examples: Vec::new(), batches: Vec::new(), eval: Arc::new(Vec::new()) }
+    }
+}
+
+/// A worker that joined.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub rank: usize,
+    pub ring_addr: String,
+    pub host: String,
+    pub pid: u32,
+}
+
+/// Progress a worker reported in its last heartbeat.
+#[derive(Default)]
+pub struct Progress {
+    pub step: AtomicU64,
+    pub epoch: AtomicU64,
+    pub last_seen_ms: AtomicU64,
+}
+
+struct Pending {
+    req: pb::JoinRequest,
+    reply: oneshot::Sender<pb::JoinReply>,
+}
+
+/// State shared by the service handlers and the run driver.
+pub struct Shared {
+    token: String,
+    expected: usize,
+    run: RunInfo,
+    pending: Mutex<Vec<Pending>>,
+    /// Set once every expected worker has joined.
+    pub members: watch::Sender<Option<Vec<Member>>>,
+    /// The current epoch plan; handlers wait on it.
+    pub plan: watch::Sender<Option<Arc<EpochPlan>>>,
+    reports: mpsc::UnboundedSender<pb::EpochReport>,
+    pub progress: Vec<Progress>,
+    pub running: AtomicBool,
+    started: Instant,
+}
+
+impl Shared {
+    pub fn new(token: String, expected: usize, run: RunInfo) -> (Arc<Self>, mpsc::UnboundedReceiver<pb::EpochReport>) {
+        let (reports, rx) = mpsc::unbounded_channel();
+        let shared = Shared {
+            token,
+            expected,
+            run,
+            pending: Mutex::new(Vec::new()),
+            members: watch::channel(None).0,
+            plan: watch::channel(None).0,
+            reports,
+            progress: (0..expected).map(|_| Progress::default()).collect(),
+            running: AtomicBool::new(true),
+            started: Instant::now(),
+        };
+        (Arc::new(shared), rx)
+    }
+
+    pub fn millis(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn check_token(&self, token: &str, what: &str) -> Result<(), Status> {
+        if constant_time_eq(token.as_bytes(), self.token.as_bytes()) {
+            Ok(())
+        } else {
+            tracing::warn!("{what} refused: wrong or missing join token");
+            Err(Status::permission_denied("join token refused"))
+        }
+    }
+
+    fn check_rank(&self, rank: u32) -> Result<usize, Status> {
+        let rank = rank as usize;
+        if rank < self.expected {
+            Ok(rank)
+        } else {
+            Err(Status::invalid_argument(format!("rank {rank} is not in this run of {} workers", self.expected)))
+        }
+    }
+
+    /// Assigns ranks in join order and answers every waiting worker.
+    fn rendezvous(&self, pending: &mut Vec<Pending>) {
+        let peers: Vec<String> = pending.iter().map(|p| p.req.ring_addr.clone()).collect();
+        let members: Vec<Member> = pending
+            .iter()
+            .enumerate()
+            .map(|(rank, p)| Member { rank, ring_addr: p.req.ring_addr.clone(), host: p.req.hostname.clone(), pid: p.req.pid })
+            .collect();
+        for (rank, p) in pending.drain(..).enumerate() {
+            let reply = pb::JoinReply {
+                rank: rank as u32,
+                world_size: self.expected as u32,
+                peers: peers.clone(),
+                run_id: self.run.run_id,
+                run_spec_json: self.run.spec_json.clone(),
+                vocab_json: self.run.vocab_json.clone(),
+                labels: self.run.labels.clone(),
+                initial_weights: Vec::new(),
+            };
+            let _ = p.reply.send(reply);
+        }
+        for m in &members {
+            tracing::info!("worker rank {} joined: host {} pid {}, ring {}", m.rank, m.host, m.pid, m.ring_addr);
+        }
+        self.members.send_replace(Some(members));
+    }
+}
+
+/// Compares secrets without an early exit, so timing does not reveal how much matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() != b.len()) as u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
+}
+
+pub struct Service(pub Arc<Shared>);
+
+type EpochStream = Pin<Box<dyn Stream<Item = Result<pb::EpochMessage, Status>> + Send>>;
+
+fn message(kind: pb::epoch_message::Kind) -> Result<pb::EpochMessage, Status> {
+    Ok(pb::EpochMessage { kind: Some(kind) })
+}
+
+fn to_pb(e: &Example) -> pb::Example {
+    pb::Example { tokens: e.tokens.clone(), label: e.label }
+}
+
+const EVAL_BATCH: usize = 256;
+
+#[tonic::async_trait]
+impl pb::coordinator_server::Coordinator for Service {
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        let req = request.into_inner();
+        if req.protocol_version != pb::PROTOCOL_VERSION {
+            tracing::warn!("join from {} refused: protocol version {} (this coordinator speaks {})", req.hostname, req.protocol_version, pb::PROTOCOL_VERSION);
+            return Err(Status::failed_precondition(format!(
+                "protocol version {} not supported; this coordinator speaks {}",
+                req.protocol_version,
+                pb::PROTOCOL_VERSION
+            )));
+        }
+        self.0.check_token(&req.token, &format!("join from {} (pid {})", req.hostname, req.pid))?;
+        if req.ring_addr.len() > 256 || req.hostname.len() > 256 {
+            return Err(Status::invalid_argument("ring address or host name too long"));
+        }
+        let rx = {
+            let mut pending = self.0.pending.lock().map_err(|_| Status::internal("poisoned lock"))?;
+            if self.0.members.borrow().is_some() {
+                return Err(Status::resource_exhausted("the cluster is complete; this run takes no more workers"));
+            }
+            let (tx, rx) = oneshot::channel();
+            pending.push(Pending { req, reply: tx });
+            if pending.len() == self.0.expected {
+                self.0.rendezvous(&mut pending);
+            }
+            rx
+        };
+        rx.await.map(Response::new).map_err(|_| Status::unavailable("the run ended before every worker joined"))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let req = request.into_inner();
+        self.0.check_token(&req.token, "heartbeat")?;
+        let rank = self.0.check_rank(req.rank)?;
+        let p = &self.0.progress[rank];
+        p.step.store(req.step, Ordering::Relaxed);
+        p.epoch.store(req.epoch, Ordering::Relaxed);
+        p.last_seen_ms.store(self.0.millis(), Ordering::Relaxed);
+        Ok(Response::new(pb::HeartbeatReply { running: self.0.running.load(Ordering::Relaxed) }))
+    }
+
+    type StreamEpochStream = EpochStream;
+
+    async fn stream_epoch(&self, request: Request<pb::EpochRequest>) -> Result<Response<EpochStream>, Status> {
+        let req = request.into_inner();
+        self.0.check_token(&req.token, "epoch stream")?;
+        let rank = self.0.check_rank(req.rank)?;
+        let world = self.0.expected;
+        let mut plans = self.0.plan.subscribe();
+        let plan = plans
+            .wait_for(|p| p.as_ref().is_some_and(|p| p.epoch >= req.epoch || p.finished))
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+            .clone()
+            .ok_or_else(|| Status::internal("no plan"))?;
+        if plan.epoch != req.epoch && !plan.finished {
+            return Err(Status::failed_precondition(format!("epoch {} was asked for; the run is at epoch {}", req.epoch, plan.epoch)));
+        }
+        let (tx, rx) = mpsc::channel(32);
+        tokio::spawn(async move {
+            let header = pb::EpochHeader {
+                epoch: plan.epoch,
+                finished: plan.finished,
+                steps: plan.batches.len() as u64,
+                examples: plan.examples.len() as u64,
+                eval_examples: plan.eval.len() as u64,
+                upload_weights: plan.upload_weights && rank == 0,
+            };
+            if tx.send(message(pb::epoch_message::Kind::Header(header))).await.is_err() {
+                return;
+            }
+            for (index, batch) in plan.batches.iter().enumerate() {
+                let mine = &batch[part(batch.len(), world, rank)];
+                let step = pb::Step {
+                    index: index as u64,
+                    global_batch: batch.len() as u32,
+                    examples: mine.iter().map(|&i| to_pb(&plan.examples[i])).collect(),
+                };
+                if tx.send(message(pb::epoch_message::Kind::Step(step))).await.is_err() {
+                    return;
+                }
+            }
+            let mine = &plan.eval[part(plan.eval.len(), world, rank)];
+            for chunk in mine.chunks(EVAL_BATCH) {
+                let eval = pb::EvalBatch { examples: chunk.iter().map(to_pb).collect() };
+                if tx.send(message(pb::epoch_message::Kind::Eval(eval))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_epoch(&self, request: Request<pb::EpochReport>) -> Result<Response<pb::EpochAck>, Status> {
+        let report = request.into_inner();
+        self.0.check_token(&report.token, "epoch report")?;
+        self.0.check_rank(report.rank)?;
+        self.0.reports.send(report).map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        Ok(Response::new(pb::EpochAck {}))
+    }
+
+    async fn run_status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let epoch = self.0.plan.borrow().as_ref().map_or(0, |p| p.epoch);
+        let workers = self.0.members.borrow().as_ref().map_or(0, |m| m.len()) as u32;
+        let state = if self.0.running.load(Ordering::Relaxed) { "running" } else { "finished" };
+        Ok(Response::new(pb::StatusReply { state: state.into(), epoch, workers, best_eval_loss: 0.0 }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}
