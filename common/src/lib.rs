@@ -8,9 +8,11 @@ pub mod error;
 pub mod fsutil;
 pub mod metrics;
 pub mod mix;
+pub mod model;
 pub mod pb;
 pub mod pipeline;
 pub mod resample;
 pub mod rng;
+pub mod train;
 
 pub use error::DataError;

@@ -22,7 +22,10 @@ pub struct ClassMetrics {
 
 impl Confusion {
     pub fn new(classes: usize) -> Self {
-        Confusion { classes, counts: vec![0; classes * classes] }
+        Confusion {
+            classes,
+            counts: vec![0; classes * classes],
+        }
     }
 
     /// From a row-major matrix; `None` if its size is not `classes²`.
@@ -41,7 +44,10 @@ impl Confusion {
         if other.classes != self.classes {
             return false;
         }
-        self.counts.iter_mut().zip(&other.counts).for_each(|(a, b)| *a += b);
+        self.counts
+            .iter_mut()
+            .zip(&other.counts)
+            .for_each(|(a, b)| *a += b);
         true
     }
 
@@ -119,7 +125,11 @@ mod tests {
         let (mut a, mut b) = (Confusion::new(3), Confusion::new(3));
         for (i, &(t, p)) in pairs.iter().enumerate() {
             whole.add(t, p);
-            if i % 2 == 0 { a.add(t, p) } else { b.add(t, p) }
+            if i % 2 == 0 {
+                a.add(t, p)
+            } else {
+                b.add(t, p)
+            }
         }
         assert!(a.merge(&b));
         assert_eq!(a, whole);

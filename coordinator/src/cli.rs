@@ -18,11 +18,22 @@ impl FromStr for Workers {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         if let Ok(n) = s.parse::<usize>() {
-            return if n == 0 { Err("--workers needs at least one worker".into()) } else { Ok(Workers::Local(n)) };
+            return if n == 0 {
+                Err("--workers needs at least one worker".into())
+            } else {
+                Ok(Workers::Local(n))
+            };
         }
-        let addrs: Vec<String> = s.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect();
+        let addrs: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
         if addrs.is_empty() || addrs.iter().any(|a| !a.contains(':')) {
-            return Err(format!("{s:?}: expected a number of local workers or a list host:port,host:port"));
+            return Err(format!(
+                "{s:?}: expected a number of local workers or a list host:port,host:port"
+            ));
         }
         Ok(Workers::Remote(addrs))
     }
@@ -106,6 +117,16 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 10, batch_size: 32, lr: 1e-3, clip_norm: None, patience: None, embedding_dim: 100, hidden_dim: 200, layers: 1, dropout: 0.0 }
+        TrainConfig {
+            epochs: 10,
+            batch_size: 32,
+            lr: 1e-3,
+            clip_norm: None,
+            patience: None,
+            embedding_dim: 100,
+            hidden_dim: 200,
+            layers: 1,
+            dropout: 0.0,
+        }
     }
 }

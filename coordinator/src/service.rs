@@ -37,7 +37,14 @@ pub struct EpochPlan {
 
 impl EpochPlan {
     pub fn finished(epoch: u64) -> Self {
-        EpochPlan { epoch, finished: true, upload_weights: false, examples: Vec::new(), batches: Vec::new(), eval: Arc::new(Vec::new()) }
+        EpochPlan {
+            epoch,
+            finished: true,
+            upload_weights: false,
+            examples: Vec::new(),
+            batches: Vec::new(),
+            eval: Arc::new(Vec::new()),
+        }
     }
 }
 
@@ -80,7 +87,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(token: String, expected: usize, run: RunInfo) -> (Arc<Self>, mpsc::UnboundedReceiver<pb::EpochReport>) {
+    pub fn new(
+        token: String,
+        expected: usize,
+        run: RunInfo,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<pb::EpochReport>) {
         let (reports, rx) = mpsc::unbounded_channel();
         let shared = Shared {
             token,
@@ -115,7 +126,10 @@ impl Shared {
         if rank < self.expected {
             Ok(rank)
         } else {
-            Err(Status::invalid_argument(format!("rank {rank} is not in this run of {} workers", self.expected)))
+            Err(Status::invalid_argument(format!(
+                "rank {rank} is not in this run of {} workers",
+                self.expected
+            )))
         }
     }
 
@@ -125,7 +139,12 @@ impl Shared {
         let members: Vec<Member> = pending
             .iter()
             .enumerate()
-            .map(|(rank, p)| Member { rank, ring_addr: p.req.ring_addr.clone(), host: p.req.hostname.clone(), pid: p.req.pid })
+            .map(|(rank, p)| Member {
+                rank,
+                ring_addr: p.req.ring_addr.clone(),
+                host: p.req.hostname.clone(),
+                pid: p.req.pid,
+            })
             .collect();
         for (rank, p) in pending.drain(..).enumerate() {
             let reply = pb::JoinReply {
@@ -141,7 +160,13 @@ impl Shared {
             let _ = p.reply.send(reply);
         }
         for m in &members {
-            tracing::info!("worker rank {} joined: host {} pid {}, ring {}", m.rank, m.host, m.pid, m.ring_addr);
+            tracing::info!(
+                "worker rank {} joined: host {} pid {}, ring {}",
+                m.rank,
+                m.host,
+                m.pid,
+                m.ring_addr
+            );
         }
         self.members.send_replace(Some(members));
     }
@@ -165,31 +190,53 @@ fn message(kind: pb::epoch_message::Kind) -> Result<pb::EpochMessage, Status> {
 }
 
 fn to_pb(e: &Example) -> pb::Example {
-    pb::Example { tokens: e.tokens.clone(), label: e.label }
+    pb::Example {
+        tokens: e.tokens.clone(),
+        label: e.label,
+    }
 }
 
 const EVAL_BATCH: usize = 256;
 
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for Service {
-    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinReply>, Status> {
         let req = request.into_inner();
         if req.protocol_version != pb::PROTOCOL_VERSION {
-            tracing::warn!("join from {} refused: protocol version {} (this coordinator speaks {})", req.hostname, req.protocol_version, pb::PROTOCOL_VERSION);
+            tracing::warn!(
+                "join from {} refused: protocol version {} (this coordinator speaks {})",
+                req.hostname,
+                req.protocol_version,
+                pb::PROTOCOL_VERSION
+            );
             return Err(Status::failed_precondition(format!(
                 "protocol version {} not supported; this coordinator speaks {}",
                 req.protocol_version,
                 pb::PROTOCOL_VERSION
             )));
         }
-        self.0.check_token(&req.token, &format!("join from {} (pid {})", req.hostname, req.pid))?;
+        self.0.check_token(
+            &req.token,
+            &format!("join from {} (pid {})", req.hostname, req.pid),
+        )?;
         if req.ring_addr.len() > 256 || req.hostname.len() > 256 {
-            return Err(Status::invalid_argument("ring address or host name too long"));
+            return Err(Status::invalid_argument(
+                "ring address or host name too long",
+            ));
         }
         let rx = {
-            let mut pending = self.0.pending.lock().map_err(|_| Status::internal("poisoned lock"))?;
+            let mut pending = self
+                .0
+                .pending
+                .lock()
+                .map_err(|_| Status::internal("poisoned lock"))?;
             if self.0.members.borrow().is_some() {
-                return Err(Status::resource_exhausted("the cluster is complete; this run takes no more workers"));
+                return Err(Status::resource_exhausted(
+                    "the cluster is complete; this run takes no more workers",
+                ));
             }
             let (tx, rx) = oneshot::channel();
             pending.push(Pending { req, reply: tx });
@@ -198,10 +245,15 @@ impl pb::coordinator_server::Coordinator for Service {
             }
             rx
         };
-        rx.await.map(Response::new).map_err(|_| Status::unavailable("the run ended before every worker joined"))
+        rx.await
+            .map(Response::new)
+            .map_err(|_| Status::unavailable("the run ended before every worker joined"))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
         let req = request.into_inner();
         self.0.check_token(&req.token, "heartbeat")?;
         let rank = self.0.check_rank(req.rank)?;
@@ -209,25 +261,36 @@ impl pb::coordinator_server::Coordinator for Service {
         p.step.store(req.step, Ordering::Relaxed);
         p.epoch.store(req.epoch, Ordering::Relaxed);
         p.last_seen_ms.store(self.0.millis(), Ordering::Relaxed);
-        Ok(Response::new(pb::HeartbeatReply { running: self.0.running.load(Ordering::Relaxed) }))
+        Ok(Response::new(pb::HeartbeatReply {
+            running: self.0.running.load(Ordering::Relaxed),
+        }))
     }
 
     type StreamEpochStream = EpochStream;
 
-    async fn stream_epoch(&self, request: Request<pb::EpochRequest>) -> Result<Response<EpochStream>, Status> {
+    async fn stream_epoch(
+        &self,
+        request: Request<pb::EpochRequest>,
+    ) -> Result<Response<EpochStream>, Status> {
         let req = request.into_inner();
         self.0.check_token(&req.token, "epoch stream")?;
         let rank = self.0.check_rank(req.rank)?;
         let world = self.0.expected;
         let mut plans = self.0.plan.subscribe();
         let plan = plans
-            .wait_for(|p| p.as_ref().is_some_and(|p| p.epoch >= req.epoch || p.finished))
+            .wait_for(|p| {
+                p.as_ref()
+                    .is_some_and(|p| p.epoch >= req.epoch || p.finished)
+            })
             .await
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
             .clone()
             .ok_or_else(|| Status::internal("no plan"))?;
         if plan.epoch != req.epoch && !plan.finished {
-            return Err(Status::failed_precondition(format!("epoch {} was asked for; the run is at epoch {}", req.epoch, plan.epoch)));
+            return Err(Status::failed_precondition(format!(
+                "epoch {} was asked for; the run is at epoch {}",
+                req.epoch, plan.epoch
+            )));
         }
         let (tx, rx) = mpsc::channel(32);
         tokio::spawn(async move {
@@ -239,7 +302,11 @@ impl pb::coordinator_server::Coordinator for Service {
                 eval_examples: plan.eval.len() as u64,
                 upload_weights: plan.upload_weights && rank == 0,
             };
-            if tx.send(message(pb::epoch_message::Kind::Header(header))).await.is_err() {
+            if tx
+                .send(message(pb::epoch_message::Kind::Header(header)))
+                .await
+                .is_err()
+            {
                 return;
             }
             for (index, batch) in plan.batches.iter().enumerate() {
@@ -249,14 +316,24 @@ impl pb::coordinator_server::Coordinator for Service {
                     global_batch: batch.len() as u32,
                     examples: mine.iter().map(|&i| to_pb(&plan.examples[i])).collect(),
                 };
-                if tx.send(message(pb::epoch_message::Kind::Step(step))).await.is_err() {
+                if tx
+                    .send(message(pb::epoch_message::Kind::Step(step)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
             let mine = &plan.eval[part(plan.eval.len(), world, rank)];
             for chunk in mine.chunks(EVAL_BATCH) {
-                let eval = pb::EvalBatch { examples: chunk.iter().map(to_pb).collect() };
-                if tx.send(message(pb::epoch_message::Kind::Eval(eval))).await.is_err() {
+                let eval = pb::EvalBatch {
+                    examples: chunk.iter().map(to_pb).collect(),
+                };
+                if tx
+                    .send(message(pb::epoch_message::Kind::Eval(eval)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -264,19 +341,37 @@ impl pb::coordinator_server::Coordinator for Service {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn report_epoch(&self, request: Request<pb::EpochReport>) -> Result<Response<pb::EpochAck>, Status> {
+    async fn report_epoch(
+        &self,
+        request: Request<pb::EpochReport>,
+    ) -> Result<Response<pb::EpochAck>, Status> {
         let report = request.into_inner();
         self.0.check_token(&report.token, "epoch report")?;
         self.0.check_rank(report.rank)?;
-        self.0.reports.send(report).map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        self.0
+            .reports
+            .send(report)
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         Ok(Response::new(pb::EpochAck {}))
     }
 
-    async fn run_status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn run_status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
         let epoch = self.0.plan.borrow().as_ref().map_or(0, |p| p.epoch);
         let workers = self.0.members.borrow().as_ref().map_or(0, |m| m.len()) as u32;
-        let state = if self.0.running.load(Ordering::Relaxed) { "running" } else { "finished" };
-        Ok(Response::new(pb::StatusReply { state: state.into(), epoch, workers, best_eval_loss: 0.0 }))
+        let state = if self.0.running.load(Ordering::Relaxed) {
+            "running"
+        } else {
+            "finished"
+        };
+        Ok(Response::new(pb::StatusReply {
+            state: state.into(),
+            epoch,
+            workers,
+            best_eval_loss: 0.0,
+        }))
     }
 }
 

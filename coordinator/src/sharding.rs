@@ -9,9 +9,18 @@ use common::rng::{stream, tag};
 use common::train::bucket_batches;
 
 /// Global batches of `batch_size` examples (indices into `examples`); the last may be smaller.
-pub fn global_batches(examples: &[Example], batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+pub fn global_batches(
+    examples: &[Example],
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+) -> Vec<Vec<usize>> {
     let lengths: Vec<usize> = examples.iter().map(|e| e.tokens.len()).collect();
-    bucket_batches(&lengths, batch_size.max(1), &mut stream(&[seed, tag::SHUFFLE, epoch, 1]))
+    bucket_batches(
+        &lengths,
+        batch_size.max(1),
+        &mut stream(&[seed, tag::SHUFFLE, epoch, 1]),
+    )
 }
 
 /// The part of `n` items that `rank` of `world` gets: the first `n % world` ranks one more.

@@ -1,0 +1,337 @@
+//! Adam with PyTorch's dense semantics (`torch.optim.Adam`, no weight decay, no amsgrad),
+//! updating the parameters in place in one fused pass over each parameter's memory.
+//!
+//! The embedding gradient arrives sparse, but as in PyTorch every row's moments still decay
+//! each step (an untouched row has gradient zero, not no gradient), so the whole table is
+//! swept; untouched rows take a cheaper path that needs no gradient memory.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::gradients::Gradients;
+use crate::model::persist::write_atomically;
+use crate::model::simd::multiversion;
+use crate::model::{threads, Classifier, ModelError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip the (averaged) gradient to this L2 norm before the update; `None` (the
+    /// reference's setting) does not clip.
+    pub clip_norm: Option<f32>,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            clip_norm: None,
+        }
+    }
+}
+
+/// Everything Adam remembers between steps; save it to resume a run exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdamState {
+    /// Steps taken.
+    pub step: u64,
+    /// First and second moments of the dense parameters (flat, gradient order)…
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    /// …and of the embedding table (V × E).
+    pub m_embedding: Vec<f32>,
+    pub v_embedding: Vec<f32>,
+}
+
+pub struct Adam {
+    config: AdamConfig,
+    state: AdamState,
+}
+
+/// The scalars of one step, as PyTorch computes them.
+#[derive(Clone, Copy)]
+struct Coef {
+    beta1: f32,
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    /// lr / (1 − β1^t)
+    step_size: f32,
+    /// √(1 − β2^t)
+    bc2_sqrt: f32,
+    eps: f32,
+}
+
+/// One contiguous span of a parameter with its moments; `grad: None` means a zero gradient.
+struct Span<'a> {
+    p: &'a mut [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+    grad: Option<&'a [f32]>,
+    c: Coef,
+}
+
+#[inline(always)]
+fn update_impl(s: Span<'_>) {
+    let c = s.c;
+    match s.grad {
+        Some(g) => {
+            for (((p, m), v), &g) in
+                s.p.iter_mut()
+                    .zip(s.m.iter_mut())
+                    .zip(s.v.iter_mut())
+                    .zip(g)
+            {
+                // m.lerp_(g, 1 − β1); v = β2·v + (1 − β2)·g²; p −= step · m / (√v / √bc2 + ε)
+                *m += (g - *m) * c.one_minus_beta1;
+                *v = *v * c.beta2 + c.one_minus_beta2 * g * g;
+                *p -= c.step_size * (*m / (v.sqrt() / c.bc2_sqrt + c.eps));
+            }
+        }
+        None => {
+            for ((p, m), v) in s.p.iter_mut().zip(s.m.iter_mut()).zip(s.v.iter_mut()) {
+                *m *= c.beta1;
+                *v *= c.beta2;
+                *p -= c.step_size * (*m / (v.sqrt() / c.bc2_sqrt + c.eps));
+            }
+        }
+    }
+}
+
+multiversion!(fn update(s: Span<'_>) => update_impl);
+
+/// Updates rows `first..first + p.len()/dim` of a table whose nonzero gradient rows are
+/// `ids` (sorted, all inside that range) with values `rows`.
+#[allow(clippy::too_many_arguments)]
+fn update_rows(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    first: usize,
+    dim: usize,
+    ids: &[u32],
+    rows: &[f32],
+    c: Coef,
+    split: bool,
+) {
+    let n_rows = p.len() / dim;
+    if split && n_rows >= 2 {
+        let mid = n_rows / 2;
+        let k = ids.partition_point(|&id| (id as usize) < first + mid);
+        let (p0, p1) = p.split_at_mut(mid * dim);
+        let (m0, m1) = m.split_at_mut(mid * dim);
+        let (v0, v1) = v.split_at_mut(mid * dim);
+        let (r0, r1) = rows.split_at(k * dim);
+        rayon::join(
+            || update_rows(p0, m0, v0, first, dim, &ids[..k], r0, c, false),
+            || update_rows(p1, m1, v1, first + mid, dim, &ids[k..], r1, c, false),
+        );
+        return;
+    }
+    let mut span = |from: usize, to: usize, grad: Option<&[f32]>| {
+        update(Span {
+            p: &mut p[from * dim..to * dim],
+            m: &mut m[from * dim..to * dim],
+            v: &mut v[from * dim..to * dim],
+            grad,
+            c,
+        })
+    };
+    let mut next = 0;
+    for (k, &id) in ids.iter().enumerate() {
+        let local = id as usize - first;
+        if local > next {
+            span(next, local, None);
+        }
+        span(local, local + 1, Some(&rows[k * dim..(k + 1) * dim]));
+        next = local + 1;
+    }
+    if next < n_rows {
+        span(next, n_rows, None);
+    }
+}
+
+/// Hands a parameter's own memory to a closure (candle's in-place op hook), so the update
+/// neither copies nor allocates.
+struct InPlace<'a>(RefCell<&'a mut dyn FnMut(&mut [f32])>);
+
+impl InplaceOp1 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "adam_update"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("adam: parameters must be contiguous f32");
+        };
+        (self.0.borrow_mut())(&mut data[start..end]);
+        Ok(())
+    }
+}
+
+fn with_param_mut(var: &Var, mut f: impl FnMut(&mut [f32])) -> Result<()> {
+    let op = InPlace(RefCell::new(&mut f));
+    Ok(var.as_tensor().inplace_op1(&op)?)
+}
+
+impl Adam {
+    /// A fresh optimizer (zero moments) for `model`'s parameters.
+    pub fn new(model: &Classifier, config: AdamConfig) -> Self {
+        let dense = model.dense_len();
+        let table = model.embedding().elem_count();
+        Self {
+            config,
+            state: AdamState {
+                step: 0,
+                m: vec![0.0; dense],
+                v: vec![0.0; dense],
+                m_embedding: vec![0.0; table],
+                v_embedding: vec![0.0; table],
+            },
+        }
+    }
+
+    /// Resumes from saved state, which must fit `model`.
+    pub fn from_state(model: &Classifier, config: AdamConfig, state: AdamState) -> Result<Self> {
+        let (dense, table) = (model.dense_len(), model.embedding().elem_count());
+        if state.m.len() != dense
+            || state.v.len() != dense
+            || state.m_embedding.len() != table
+            || state.v_embedding.len() != table
+        {
+            return Err(ModelError::Gradients(format!(
+                "optimizer state for {}+{} parameters, model has {dense}+{table}",
+                state.m.len(),
+                state.m_embedding.len()
+            )));
+        }
+        Ok(Self { config, state })
+    }
+
+    pub fn config(&self) -> &AdamConfig {
+        &self.config
+    }
+
+    pub fn state(&self) -> &AdamState {
+        &self.state
+    }
+
+    /// One update of `model` with the (already averaged, clipped) gradients.
+    pub fn step(&mut self, model: &Classifier, grads: &Gradients) -> Result<()> {
+        let cfg = model.config();
+        if grads.dense.len() != self.state.m.len() {
+            return Err(ModelError::Gradients(format!(
+                "{} dense gradients for {} parameters",
+                grads.dense.len(),
+                self.state.m.len()
+            )));
+        }
+        grads.embedding.validate(cfg.vocab_size)?;
+        if grads.embedding.dim != cfg.embedding_dim {
+            return Err(ModelError::Gradients(format!(
+                "embedding rows of width {}, model has {}",
+                grads.embedding.dim, cfg.embedding_dim
+            )));
+        }
+        self.state.step += 1;
+        let c = self.coef();
+        let split = threads() > 1;
+        let st = &mut self.state;
+        let mut offset = 0;
+        for (_, var) in model.dense_params() {
+            let n = var.elem_count();
+            let (m, v) = (&mut st.m[offset..offset + n], &mut st.v[offset..offset + n]);
+            let g = &grads.dense[offset..offset + n];
+            // One "row" per parameter: the same row sweep, with the whole gradient present.
+            with_param_mut(var, |p| update_rows(p, m, v, 0, n, &[0], g, c, false))?;
+            offset += n;
+        }
+        let e = &grads.embedding;
+        let (m, v) = (&mut st.m_embedding, &mut st.v_embedding);
+        with_param_mut(model.embedding(), |p| {
+            update_rows(p, m, v, 0, e.dim, &e.ids, &e.rows, c, split)
+        })
+    }
+
+    fn coef(&self) -> Coef {
+        let AdamConfig {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            ..
+        } = self.config;
+        // Saturates for absurd step counts instead of wrapping; β^t is 0 long before.
+        let t = i32::try_from(self.state.step).unwrap_or(i32::MAX);
+        Coef {
+            beta1: beta1 as f32,
+            beta2: beta2 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            step_size: (lr / (1.0 - beta1.powi(t))) as f32,
+            bc2_sqrt: (1.0 - beta2.powi(t)).sqrt() as f32,
+            eps: eps as f32,
+        }
+    }
+
+    /// Saves the state as safetensors, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let st = &self.state;
+        let dev = Device::Cpu;
+        let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &dev);
+        let step = i64::try_from(st.step).unwrap_or(i64::MAX);
+        let tensors: HashMap<String, Tensor> = [
+            ("step", Tensor::from_slice(&[step], 1, &dev)?),
+            ("m", t(&st.m)?),
+            ("v", t(&st.v)?),
+            ("m_embedding", t(&st.m_embedding)?),
+            ("v_embedding", t(&st.v_embedding)?),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        write_atomically(path, |tmp| {
+            Ok(candle_core::safetensors::save(&tensors, tmp)?)
+        })
+    }
+
+    /// Loads state saved by [`Adam::save`] for `model`.
+    pub fn load(model: &Classifier, config: AdamConfig, path: &Path) -> Result<Self> {
+        let bad = |msg: String| ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let mut tensors =
+            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
+        let mut take = |name: &str| -> Result<Tensor> {
+            tensors
+                .remove(name)
+                .ok_or_else(|| bad(format!("no tensor {name}")))
+        };
+        let f32s = |t: Tensor| -> Result<Vec<f32>> { Ok(t.to_vec1::<f32>()?) };
+        let step = take("step")?.to_vec1::<i64>()?;
+        let state = AdamState {
+            step: step
+                .first()
+                .and_then(|&s| u64::try_from(s).ok())
+                .ok_or_else(|| bad("bad step count".into()))?,
+            m: f32s(take("m")?)?,
+            v: f32s(take("v")?)?,
+            m_embedding: f32s(take("m_embedding")?)?,
+            v_embedding: f32s(take("v_embedding")?)?,
+        };
+        Self::from_state(model, config, state)
+    }
+}

@@ -1,0 +1,101 @@
+//! A batch of token-id sequences, right-padded with PAD (0), with their lengths and labels.
+
+use crate::model::{ModelError, Result};
+
+/// Token id of padding.
+pub const PAD: u32 = 0;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    ids: Vec<u32>,
+    lengths: Vec<usize>,
+    labels: Vec<u32>,
+    steps: usize,
+}
+
+impl Batch {
+    /// A labelled batch; every sequence must have at least one token.
+    pub fn new(seqs: &[&[u32]], labels: &[u32]) -> Result<Self> {
+        if seqs.len() != labels.len() {
+            return Err(ModelError::Batch(format!(
+                "{} sequences but {} labels",
+                seqs.len(),
+                labels.len()
+            )));
+        }
+        let mut batch = Self::unlabeled(seqs)?;
+        batch.labels = labels.to_vec();
+        Ok(batch)
+    }
+
+    /// A batch without labels, for prediction.
+    pub fn unlabeled(seqs: &[&[u32]]) -> Result<Self> {
+        if seqs.is_empty() {
+            return Err(ModelError::Batch("empty batch".into()));
+        }
+        if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
+            return Err(ModelError::Batch(format!("sequence {i} has no tokens")));
+        }
+        let steps = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut ids = vec![PAD; seqs.len() * steps];
+        for (row, s) in ids.chunks_exact_mut(steps).zip(seqs) {
+            row[..s.len()].copy_from_slice(s);
+        }
+        Ok(Self {
+            ids,
+            lengths: seqs.iter().map(|s| s.len()).collect(),
+            labels: Vec::new(),
+            steps,
+        })
+    }
+
+    /// Padded ids, B × T row-major.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    pub fn lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+
+    /// Empty for an unlabelled batch.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// Rows (B).
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// Never true: a batch has at least one row.
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// The padded length (T).
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pads_on_the_right() -> Result<()> {
+        let b = Batch::new(&[&[5, 6, 7], &[8]], &[1, 0])?;
+        assert_eq!(b.ids(), &[5, 6, 7, 8, 0, 0]);
+        assert_eq!(b.lengths(), &[3, 1]);
+        assert_eq!(b.steps(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(Batch::new(&[&[1]], &[]).is_err());
+        assert!(Batch::new(&[&[1], &[]], &[0, 0]).is_err());
+        assert!(Batch::unlabeled(&[]).is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! One step's gradients in the form an all-reduce exchanges cheaply: every dense parameter in
+//! one flat vector (the order of `ModelConfig::dense_params`), and the embedding gradient as
+//! only the rows the batch touched.
+//!
+//! Gradients are sums over examples, not means: workers hold different numbers of examples,
+//! so the caller divides once by the global batch size after summing across workers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ModelError, Result};
+
+/// Some rows of a `V × dim` matrix; every other row is zero.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SparseRows {
+    /// Row indices, strictly increasing.
+    pub ids: Vec<u32>,
+    /// `ids.len() × dim`, row-major.
+    pub rows: Vec<f32>,
+    pub dim: usize,
+}
+
+impl SparseRows {
+    pub fn empty(dim: usize) -> Self {
+        Self {
+            ids: Vec::new(),
+            rows: Vec::new(),
+            dim,
+        }
+    }
+
+    /// Checks the invariants, for rows that came from elsewhere (e.g. over the network).
+    pub fn validate(&self, vocab_size: usize) -> Result<()> {
+        let sorted = self.ids.windows(2).all(|w| w[0] < w[1]);
+        let in_range = self.ids.last().is_none_or(|&id| (id as usize) < vocab_size);
+        if !sorted || !in_range || self.rows.len() != self.ids.len() * self.dim {
+            return Err(ModelError::Gradients(format!(
+                "sparse rows: {} ids (sorted: {sorted}, below {vocab_size}: {in_range}), \
+                 {} values of width {}",
+                self.ids.len(),
+                self.rows.len(),
+                self.dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// `self += other`, the union of both row sets.
+    pub fn add(&mut self, other: &SparseRows) -> Result<()> {
+        if self.dim != other.dim {
+            return Err(ModelError::Gradients(format!(
+                "adding rows of width {} to rows of width {}",
+                other.dim, self.dim
+            )));
+        }
+        let d = self.dim;
+        let mut ids = Vec::with_capacity(self.ids.len() + other.ids.len());
+        let mut rows = Vec::with_capacity(self.rows.len() + other.rows.len());
+        let (mut i, mut j) = (0, 0);
+        while i < self.ids.len() || j < other.ids.len() {
+            let a = self.ids.get(i).copied().unwrap_or(u32::MAX);
+            let b = other.ids.get(j).copied().unwrap_or(u32::MAX);
+            let take_a = i < self.ids.len() && (j >= other.ids.len() || a <= b);
+            let take_b = j < other.ids.len() && (i >= self.ids.len() || b <= a);
+            let start = rows.len();
+            if take_a {
+                rows.extend_from_slice(&self.rows[i * d..(i + 1) * d]);
+                ids.push(a);
+                i += 1;
+            }
+            if take_b {
+                let src = &other.rows[j * d..(j + 1) * d];
+                if take_a {
+                    rows[start..].iter_mut().zip(src).for_each(|(x, y)| *x += y);
+                } else {
+                    rows.extend_from_slice(src);
+                    ids.push(b);
+                }
+                j += 1;
+            }
+        }
+        self.ids = ids;
+        self.rows = rows;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gradients {
+    /// All dense parameters, flat, in `ModelConfig::dense_params` order.
+    pub dense: Vec<f32>,
+    /// The embedding table's gradient; PAD (row 0) never has one.
+    pub embedding: SparseRows,
+}
+
+impl Gradients {
+    /// Multiplies every gradient by `factor` (e.g. `1 / global_batch_size`).
+    pub fn scale(&mut self, factor: f32) {
+        self.dense.iter_mut().for_each(|x| *x *= factor);
+        self.embedding.rows.iter_mut().for_each(|x| *x *= factor);
+    }
+
+    /// The L2 norm over all parameters.
+    pub fn norm(&self) -> f32 {
+        let sq = |v: &[f32]| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+        (sq(&self.dense) + sq(&self.embedding.rows)).sqrt() as f32
+    }
+
+    /// Scales the gradients down so that their L2 norm is at most `max` (as PyTorch's
+    /// `clip_grad_norm_`); returns the norm before clipping.
+    pub fn clip_norm(&mut self, max: f32) -> f32 {
+        let norm = self.norm();
+        let coef = max / (norm + 1e-6);
+        if coef < 1.0 {
+            self.scale(coef);
+        }
+        norm
+    }
+
+    /// `self += other` (e.g. summing workers' gradients).
+    pub fn add(&mut self, other: &Gradients) -> Result<()> {
+        if self.dense.len() != other.dense.len() {
+            return Err(ModelError::Gradients(format!(
+                "adding {} dense values to {}",
+                other.dense.len(),
+                self.dense.len()
+            )));
+        }
+        self.dense
+            .iter_mut()
+            .zip(&other.dense)
+            .for_each(|(x, y)| *x += y);
+        self.embedding.add(&other.embedding)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_add_is_a_union() -> Result<()> {
+        let mut a = SparseRows {
+            ids: vec![1, 4],
+            rows: vec![1.0, 1.0, 4.0, 4.0],
+            dim: 2,
+        };
+        let b = SparseRows {
+            ids: vec![2, 4, 9],
+            rows: vec![2.0, 2.0, 0.5, 0.5, 9.0, 9.0],
+            dim: 2,
+        };
+        a.add(&b)?;
+        assert_eq!(a.ids, vec![1, 2, 4, 9]);
+        assert_eq!(a.rows, vec![1.0, 1.0, 2.0, 2.0, 4.5, 4.5, 9.0, 9.0]);
+        a.validate(10)?;
+        assert!(a.validate(9).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn clipping_bounds_the_norm() {
+        let mut g = Gradients {
+            dense: vec![3.0],
+            embedding: SparseRows {
+                ids: vec![1],
+                rows: vec![4.0],
+                dim: 1,
+            },
+        };
+        assert_eq!(g.clip_norm(10.0), 5.0);
+        assert_eq!(g.dense, vec![3.0]);
+        g.clip_norm(1.0);
+        assert!((g.norm() - 1.0).abs() < 1e-5);
+    }
+}

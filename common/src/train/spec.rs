@@ -1,0 +1,14 @@
+//! What a worker needs to know about the run it joins: the model's shape, the optimizer and
+//! the seed every replica initialises from (so all start identical without shipping weights).
+
+use serde::{Deserialize, Serialize};
+
+use super::adam::AdamConfig;
+use crate::model::ModelConfig;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub model: ModelConfig,
+    pub adam: AdamConfig,
+    pub seed: u64,
+}

@@ -1,0 +1,124 @@
+//! The training step as a library function, split where a distributed run inserts its
+//! all-reduce: gradients of the local examples, the hook, then the shared update.
+
+use candle_core::{Tensor, Var};
+
+use super::adam::Adam;
+use super::batch::{Batch, PAD};
+use super::gradients::{Gradients, SparseRows};
+use crate::model::{Classifier, Mode, ModelError, Result};
+
+/// The index of the largest value (NaN never wins).
+pub(crate) fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] || xs[best].is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Forward and backward over `batch`: the gradients of the summed cross-entropy (not the
+/// mean, see [`Gradients`]), the summed loss, and how many examples were classified right.
+pub fn compute_gradients(model: &Classifier, batch: &Batch) -> Result<(Gradients, f64, usize)> {
+    let cfg = model.config();
+    let labels = batch.labels();
+    if labels.len() != batch.len() {
+        return Err(ModelError::Batch("training needs a labelled batch".into()));
+    }
+    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= cfg.num_classes) {
+        return Err(ModelError::Batch(format!(
+            "label {bad} ≥ number of classes {}",
+            cfg.num_classes
+        )));
+    }
+    // The embedded batch is a leaf of its own, so backward stops there and hands us dX.
+    let x = Var::from_tensor(&model.embed(batch)?)?;
+    let logits = model.forward_embedded(x.as_tensor(), batch.lengths(), Mode::Train)?;
+    let targets = Tensor::from_slice(labels, (batch.len(), 1), model.device())?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, 1)?;
+    let loss = log_probs.gather(&targets, 1)?.sum_all()?.neg()?;
+    let grads = loss.backward()?;
+
+    let mut dense = Vec::with_capacity(model.dense_len());
+    for (_, var) in model.dense_params() {
+        match grads.get(var) {
+            Some(g) => dense.extend(g.flatten_all()?.to_vec1::<f32>()?),
+            None => dense.resize(dense.len() + var.elem_count(), 0.0),
+        }
+    }
+    let embedding = match grads.get(&x) {
+        Some(dx) => scatter_rows(
+            batch,
+            &dx.flatten_all()?.to_vec1::<f32>()?,
+            cfg.embedding_dim,
+        ),
+        None => SparseRows::empty(cfg.embedding_dim),
+    };
+
+    let loss_sum = f64::from(loss.to_scalar::<f32>()?);
+    let correct = logits
+        .to_vec2::<f32>()?
+        .iter()
+        .zip(labels)
+        .filter(|(row, &label)| argmax(row) == label as usize)
+        .count();
+    Ok((Gradients { dense, embedding }, loss_sum, correct))
+}
+
+/// Sums the rows of `dx` (B × T × E) into the rows of the tokens they embedded. PAD gets no
+/// gradient (PyTorch's `padding_idx`), nor does padding.
+fn scatter_rows(batch: &Batch, dx: &[f32], dim: usize) -> SparseRows {
+    let t_len = batch.steps();
+    let valid = || {
+        batch
+            .lengths()
+            .iter()
+            .enumerate()
+            .flat_map(move |(b, &len)| {
+                (0..len).map(move |t| (b * t_len + t, batch.ids()[b * t_len + t]))
+            })
+    };
+    let mut ids: Vec<u32> = valid().map(|(_, id)| id).filter(|&id| id != PAD).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut rows = vec![0.0; ids.len() * dim];
+    for (pos, id) in valid() {
+        if let Ok(k) = ids.binary_search(&id) {
+            let src = &dx[pos * dim..(pos + 1) * dim];
+            rows[k * dim..(k + 1) * dim]
+                .iter_mut()
+                .zip(src)
+                .for_each(|(r, g)| *r += g);
+        }
+    }
+    SparseRows { ids, rows, dim }
+}
+
+/// One optimizer step: local gradients → `hook` (the all-reduce: sum across workers) →
+/// divide by `global_batch_size` → clip (if configured) → Adam. Returns the local summed loss
+/// and number correct. If the hook fails, the model is untouched.
+pub fn train_step<E>(
+    model: &Classifier,
+    opt: &mut Adam,
+    batch: &Batch,
+    global_batch_size: usize,
+    hook: impl FnOnce(&mut Gradients) -> std::result::Result<(), E>,
+) -> Result<(f64, usize)>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    if global_batch_size == 0 {
+        return Err(ModelError::Batch("global batch size 0".into()));
+    }
+    let (mut grads, loss_sum, correct) = compute_gradients(model, batch)?;
+    hook(&mut grads).map_err(|e| ModelError::Hook(Box::new(e)))?;
+    super::apply::apply_gradients(model, opt, &mut grads, global_batch_size)?;
+    Ok((loss_sum, correct))
+}
+
+/// A hook for single-process training: leaves the gradients as they are.
+pub fn no_all_reduce(_: &mut Gradients) -> std::result::Result<(), std::convert::Infallible> {
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The sparse embedding gradient of `compute_gradients` equals the dense gradient candle's
+//! autograd gives for the table when the lookup is an ordinary (differentiable) op.
+
+mod support;
+
+use std::error::Error;
+
+use candle_core::Tensor;
+use common::model::{Classifier, Mode, ModelConfig};
+use common::train::{compute_gradients, Batch};
+use support::{assert_close, flat};
+
+#[test]
+fn sparse_rows_equal_dense_autograd() -> Result<(), Box<dyn Error>> {
+    let cfg = ModelConfig {
+        vocab_size: 20,
+        num_classes: 3,
+        embedding_dim: 5,
+        hidden_dim: 4,
+        ..ModelConfig::default()
+    };
+    let model = Classifier::new(&cfg, 9)?;
+    // Token 7 twice in one sentence and once in another; token 19 (last row) once.
+    let batch = Batch::new(&[&[7, 3, 7, 2], &[7, 19], &[5]], &[0, 2, 1])?;
+    let (grads, _, _) = compute_gradients(&model, &batch)?;
+
+    let ids = Tensor::from_slice(batch.ids(), batch.ids().len(), model.device())?;
+    let x = model.embedding().as_tensor().embedding(&ids)?.reshape((
+        batch.len(),
+        batch.steps(),
+        cfg.embedding_dim,
+    ))?;
+    let logits = model.forward_embedded(&x, batch.lengths(), Mode::Train)?;
+    let targets = Tensor::from_slice(batch.labels(), (batch.len(), 1), model.device())?;
+    let loss = candle_nn::ops::log_softmax(&logits, 1)?
+        .gather(&targets, 1)?
+        .sum_all()?
+        .neg()?;
+    let autograd = loss.backward()?;
+    let dense_table = flat(autograd.get(model.embedding()).ok_or("no table gradient")?)?;
+
+    let e = cfg.embedding_dim;
+    let mut ours = vec![0.0; cfg.vocab_size * e];
+    for (k, &id) in grads.embedding.ids.iter().enumerate() {
+        for j in 0..e {
+            ours[id as usize * e + j] = f64::from(grads.embedding.rows[k * e + j]);
+        }
+    }
+    assert_eq!(grads.embedding.ids, vec![2, 3, 5, 7, 19]);
+    assert_close("embedding gradient", &ours, &dense_table, 1e-5, 1e-4);
+
+    let mut dense = Vec::new();
+    for (_, var) in model.dense_params() {
+        dense.extend(flat(autograd.get(var).ok_or("no dense gradient")?)?);
+    }
+    let g: Vec<f64> = grads.dense.iter().map(|&x| f64::from(x)).collect();
+    assert_close("dense gradient", &g, &dense, 1e-5, 1e-4);
+    Ok(())
+}

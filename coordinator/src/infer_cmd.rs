@@ -1,0 +1,152 @@
+//! `coordinator evaluate` and `coordinator predict`: a trained model on new data.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use common::data::load::{BadLinePolicy, Format, LoadOptions};
+use common::metrics::Confusion;
+use common::model::Classifier;
+use common::train::{predict, Batch};
+use serde_json::json;
+
+use crate::model_dir;
+
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    /// Model directory (RUN_DIR/model).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Labelled data to evaluate on.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    /// Print one JSON object on stdout instead of a report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Model directory (RUN_DIR/model).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Sentences to classify; without them, one per line from --input or stdin.
+    pub texts: Vec<String>,
+    /// File with one sentence per line.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const BATCH: usize = 256;
+
+/// Most probable class and class probabilities of each sequence.
+pub fn predict_all(model: &Classifier, seqs: &[Vec<u32>]) -> Result<Vec<(usize, Vec<f32>)>> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(BATCH) {
+        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        out.extend(predict(model, &Batch::unlabeled(&refs)?)?);
+    }
+    Ok(out)
+}
+
+/// Confusion matrix of `model` on labelled sequences.
+pub fn confusion(
+    model: &Classifier,
+    data: &[(Vec<u32>, u32)],
+    classes: usize,
+) -> Result<Confusion> {
+    let seqs: Vec<Vec<u32>> = data.iter().map(|(s, _)| s.clone()).collect();
+    let mut c = Confusion::new(classes);
+    for ((pred, _), (_, label)) in predict_all(model, &seqs)?.into_iter().zip(data) {
+        c.add(*label as usize, pred);
+    }
+    Ok(c)
+}
+
+pub fn evaluate(args: EvaluateArgs) -> Result<()> {
+    let m = model_dir::load(&args.model)?;
+    let opts = LoadOptions {
+        format: args.format,
+        text_column: args.text_column,
+        label_column: args.label_column,
+        on_bad_line: BadLinePolicy::Error,
+    };
+    let data = model_dir::load_labelled(&m.meta, &args.data, &opts)?;
+    let c = confusion(&m.model, &data, m.meta.labels.len())?;
+    let per_class = c.per_class(&m.meta.labels);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = json!({"accuracy": c.accuracy(), "macro_f1": c.macro_f1(), "examples": c.total(), "per_class": per_class, "confusion": c.counts, "labels": m.meta.labels});
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "{}: {} examples, accuracy {:.4}, macro-F1 {:.4}",
+            args.data.display(),
+            c.total(),
+            c.accuracy(),
+            c.macro_f1()
+        )?;
+        writeln!(
+            out,
+            "{:<12} {:>9} {:>9} {:>9} {:>8}",
+            "class", "precision", "recall", "f1", "support"
+        )?;
+        for p in per_class {
+            writeln!(
+                out,
+                "{:<12} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+                p.label, p.precision, p.recall, p.f1, p.support
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn predict_cmd(args: PredictArgs) -> Result<()> {
+    let m = model_dir::load(&args.model)?;
+    let texts: Vec<String> = if !args.texts.is_empty() {
+        args.texts
+    } else {
+        let reader: Box<dyn BufRead> = match &args.input {
+            Some(p) => Box::new(std::io::BufReader::new(
+                std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+            )),
+            None => Box::new(std::io::stdin().lock()),
+        };
+        let mut v = Vec::new();
+        for (i, line) in reader.lines().enumerate() {
+            let line = line.with_context(|| format!("reading line {} of the input", i + 1))?;
+            if !line.trim().is_empty() {
+                v.push(line);
+            }
+        }
+        v
+    };
+    let seqs: Vec<Vec<u32>> = texts.iter().map(|t| m.meta.encode(t)).collect();
+    let preds = predict_all(&m.model, &seqs)?;
+    let mut out = std::io::stdout().lock();
+    for (text, (label, probs)) in texts.iter().zip(preds) {
+        let name = &m.meta.labels[label];
+        if args.json {
+            writeln!(
+                out,
+                "{}",
+                json!({"text": text, "label": name, "probability": probs[label]})
+            )?;
+        } else {
+            writeln!(out, "{name}\t{:.4}\t{text}", probs[label])?;
+        }
+    }
+    Ok(())
+}

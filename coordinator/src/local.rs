@@ -1,0 +1,111 @@
+//! Single-node mode: the coordinator starts its workers as child processes, forwards their
+//! logs with a rank prefix, and never leaves one behind (killed on error, on Ctrl-C and when
+//! the handle is dropped).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct Fleet {
+    children: Vec<(usize, Child)>,
+}
+
+/// The `worker` binary installed beside this `coordinator`.
+fn worker_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the coordinator binary")?;
+    let path = exe.with_file_name(format!("worker{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        bail!("the worker binary is not beside the coordinator ({}); build it with `cargo build --release --bin worker`", path.display());
+    }
+    Ok(path)
+}
+
+impl Fleet {
+    pub fn none() -> Self {
+        Fleet {
+            children: Vec::new(),
+        }
+    }
+
+    /// Starts `n` workers joining `url` with `token`, `threads` compute threads each.
+    pub fn spawn(n: usize, url: &str, token: &str, threads: usize) -> Result<Self> {
+        let bin = worker_binary()?;
+        let mut children = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut child = Command::new(&bin)
+                .args([
+                    "--coordinator",
+                    url,
+                    "--threads",
+                    &threads.to_string(),
+                    "--advertise-addr",
+                    "127.0.0.1",
+                ])
+                .env("SMALLTEXT_TOKEN", token)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting worker {i} ({})", bin.display()))?;
+            if let Some(err) = child.stderr.take() {
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(err).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        eprintln!("[worker {i}] {line}");
+                    }
+                });
+            }
+            children.push((i, child));
+        }
+        Ok(Fleet { children })
+    }
+
+    /// An error naming the first worker that has exited (a worker only exits on its own when
+    /// the run is over).
+    pub fn check(&mut self) -> Result<()> {
+        for (i, child) in &mut self.children {
+            if let Some(status) = child.try_wait().context("checking a worker")? {
+                bail!("worker {i} exited unexpectedly ({status})");
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every worker to exit, killing those still running after `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> Result<()> {
+        let mut failed = Vec::new();
+        for (i, child) in &mut self.children {
+            match tokio::time::timeout(timeout, child.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => failed.push(format!("worker {i} exited with {status}")),
+                Ok(Err(e)) => failed.push(format!("worker {i}: {e}")),
+                Err(_) => {
+                    let _ = child.kill().await;
+                    failed.push(format!(
+                        "worker {i} did not stop within {} s and was killed",
+                        timeout.as_secs()
+                    ));
+                }
+            }
+        }
+        self.children.clear();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            bail!(failed.join("; "))
+        }
+    }
+
+    /// Kills every worker still running and reaps it.
+    pub async fn kill_all(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill().await;
+        }
+        self.children.clear();
+    }
+}

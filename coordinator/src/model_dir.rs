@@ -1,0 +1,141 @@
+//! A trained model on disk: `weights.safetensors` plus `model.json` (shape, vocabulary, labels,
+//! tokenizer and the configuration it was trained with), so `evaluate` and `predict` need
+//! nothing else.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use common::data::load::{self, LoadOptions};
+use common::data::tokenize::Tokenizer;
+use common::data::vocab::Vocab;
+use common::model::{Classifier, ModelConfig};
+use serde::{Deserialize, Serialize};
+
+pub const WEIGHTS: &str = "weights.safetensors";
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+pub const META: &str = "model.json";
+const FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub format: u32,
+    pub model: ModelConfig,
+    pub labels: Vec<String>,
+    pub tokenizer: Tokenizer,
+    pub max_len: usize,
+    pub vocab: Vocab,
+    /// Epoch (0-based) these weights come from.
+    pub epoch: u64,
+    /// The full training configuration, for provenance.
+    pub training: serde_json::Value,
+    pub version: String,
+}
+
+impl ModelMeta {
+    pub fn new(
+        model: ModelConfig,
+        labels: Vec<String>,
+        tokenizer: Tokenizer,
+        max_len: usize,
+        vocab: Vocab,
+        training: serde_json::Value,
+    ) -> Self {
+        ModelMeta {
+            format: FORMAT,
+            model,
+            labels,
+            tokenizer,
+            max_len,
+            vocab,
+            epoch: 0,
+            training,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// Token ids of a sentence, as at training.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.vocab
+            .encode(&self.tokenizer.tokenize(text), self.max_len)
+    }
+}
+
+/// Writes a model directory: weights (and optimizer state) as uploaded by a worker, then the
+/// metadata, each file atomically.
+pub fn save(dir: &Path, meta: &ModelMeta, weights: &[u8], optimizer: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        common::fsutil::write_atomic(&p, bytes).with_context(|| format!("writing {}", p.display()))
+    };
+    write(WEIGHTS, weights)?;
+    if !optimizer.is_empty() {
+        write(OPTIMIZER, optimizer)?;
+    }
+    write(META, &serde_json::to_vec_pretty(meta)?)?;
+    Ok(())
+}
+
+pub struct LoadedModel {
+    pub meta: ModelMeta,
+    pub model: Classifier,
+}
+
+pub fn load(dir: &Path) -> Result<LoadedModel> {
+    if !dir.is_dir() {
+        bail!(
+            "{} is not a model directory (expected {META} and {WEIGHTS} in it)",
+            dir.display()
+        );
+    }
+    let meta_path = dir.join(META);
+    let text = std::fs::read_to_string(&meta_path)
+        .with_context(|| format!("reading {}", meta_path.display()))?;
+    let meta: ModelMeta = serde_json::from_str(&text)
+        .with_context(|| format!("{} is corrupt", meta_path.display()))?;
+    if meta.format != FORMAT {
+        bail!(
+            "{}: model format {} is not supported (this build reads {FORMAT})",
+            meta_path.display(),
+            meta.format
+        );
+    }
+    if meta.labels.len() != meta.model.num_classes || meta.vocab.len() != meta.model.vocab_size {
+        bail!(
+            "{} is inconsistent: labels or vocabulary do not match the model's shape",
+            meta_path.display()
+        );
+    }
+    let weights = dir.join(WEIGHTS);
+    let model = Classifier::load(&meta.model, &weights)
+        .with_context(|| format!("loading the weights {}", weights.display()))?;
+    Ok(LoadedModel { meta, model })
+}
+
+/// A labelled file as (token ids, label id), with the model's tokenizer and labels. Labels the
+/// model does not know are an error listing them.
+pub fn load_labelled(
+    meta: &ModelMeta,
+    path: &PathBuf,
+    opts: &LoadOptions,
+) -> Result<Vec<(Vec<u32>, u32)>> {
+    let loaded = load::load(path, opts)?;
+    let mut out = Vec::with_capacity(loaded.records.len());
+    let mut unknown: Vec<String> = Vec::new();
+    for r in loaded.records {
+        match meta.labels.iter().position(|l| *l == r.label) {
+            Some(id) => out.push((meta.encode(&r.text), id as u32)),
+            None if !unknown.contains(&r.label) => unknown.push(r.label),
+            None => {}
+        }
+    }
+    if !unknown.is_empty() {
+        unknown.sort();
+        bail!(
+            "{} has labels the model was not trained on: {}",
+            path.display(),
+            unknown.join(", ")
+        );
+    }
+    Ok(out)
+}

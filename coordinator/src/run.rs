@@ -1,0 +1,569 @@
+//! A training run from the coordinator's side: prepare the data, serve the workers, plan and
+//! hand out every epoch, gather reports, select and checkpoint the model, write the record.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use common::data::Example;
+use common::metrics::Confusion;
+use common::model::ModelConfig;
+use common::pb;
+use common::pipeline::Pipeline;
+use common::train::{AdamConfig, RunSpec};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::cli::{TrainArgs, Workers};
+use crate::local::Fleet;
+use crate::model_dir::{self, ModelMeta};
+use crate::rundir::RunDir;
+use crate::service::{EpochPlan, Member, RunInfo, Service, Shared};
+use crate::sharding::global_batches;
+
+/// What one epoch's reports add up to.
+#[derive(Debug)]
+struct EpochSummary {
+    examples: u64,
+    loss: f64,
+    accuracy: f64,
+    samples_per_s: f64,
+    allreduce_s_per_step: f64,
+    bytes_per_step: f64,
+    eval: Option<(f64, Confusion)>,
+    weights: Vec<u8>,
+    optimizer: Vec<u8>,
+    diverged: bool,
+}
+
+pub async fn train(args: TrainArgs) -> Result<()> {
+    let started = Instant::now();
+    let run_dir = RunDir::create(args.run_dir.clone())?;
+    tracing::info!("run directory {}", run_dir.path().display());
+
+    let data_cfg = args.data.clone();
+    let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&data_cfg))
+        .await?
+        .context("preparing the training data")?;
+    let pipeline = Arc::new(pipeline);
+    let test = match &args.test {
+        Some(path) => {
+            let docs = pipeline.load_labelled(path, "test set")?;
+            Some(pipeline.encode_docs(&docs))
+        }
+        None => None,
+    };
+    let eval = Arc::new(pipeline.eval_examples());
+    let has_eval = !eval.is_empty();
+    if args.train.patience.is_some() && !has_eval {
+        bail!("--patience needs a validation set: give --eval FILE or --eval-split FRACTION");
+    }
+    let labels = pipeline.labels().to_vec();
+    let vocab = pipeline.vocab().clone();
+    tracing::info!(
+        "training data: {} examples, {} classes, vocabulary {}, validation {}, augmentations per example {}",
+        pipeline.train_rows(),
+        labels.len(),
+        vocab.len(),
+        eval.len(),
+        pipeline.plan().num_aug
+    );
+
+    let t = &args.train;
+    let spec = RunSpec {
+        model: ModelConfig {
+            vocab_size: vocab.len(),
+            num_classes: labels.len(),
+            embedding_dim: t.embedding_dim,
+            hidden_dim: t.hidden_dim,
+            layers: t.layers,
+            dropout: t.dropout,
+        },
+        adam: AdamConfig {
+            lr: t.lr,
+            clip_norm: t.clip_norm,
+            ..AdamConfig::default()
+        },
+        seed: args.data.seed,
+    };
+    let (world, local) = match (&args.workers, args.expect_workers) {
+        (_, Some(n)) => (n, None),
+        (Workers::Local(n), None) => (*n, Some(*n)),
+        (Workers::Remote(_), None) => bail!("launching on worker daemons (--workers host:port,...) is not supported yet; start the workers with `worker --coordinator URL` and use --listen ADDR --expect-workers N"),
+    };
+    if world == 0 {
+        bail!("a run needs at least one worker");
+    }
+    let token = match local {
+        Some(_) => random_token(),
+        None => read_token(args.token_file.as_deref())?,
+    };
+    let run_id: u64 = rand::random();
+    let info = RunInfo {
+        run_id,
+        spec_json: serde_json::to_string(&spec)?,
+        vocab_json: serde_json::to_string(&vocab)?,
+        labels: labels.clone(),
+    };
+    let (shared, mut reports) = Shared::new(token.clone(), world, info);
+
+    let listen = args.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, shared.clone(), server_stopped));
+    tracing::info!("coordinator listening on {addr}, waiting for {world} workers");
+
+    let threads = args.threads.unwrap_or_else(|| (cores() / world).max(1));
+    let mut fleet = match local {
+        Some(n) => Fleet::spawn(n, &format!("http://{addr}"), &token, threads)?,
+        None => Fleet::none(),
+    };
+    let result = drive(
+        &args,
+        &shared,
+        &mut reports,
+        &mut fleet,
+        &pipeline,
+        eval.clone(),
+        &spec,
+        &run_dir,
+        &labels,
+        &vocab,
+    )
+    .await;
+    shared.running.store(false, Ordering::Relaxed);
+    let last_epoch = shared.plan.borrow().as_ref().map_or(0, |p| p.epoch + 1);
+    shared
+        .plan
+        .send_replace(Some(Arc::new(EpochPlan::finished(last_epoch))));
+    let outcome = match result {
+        Ok(record) => {
+            fleet.wait(Duration::from_secs(30)).await?;
+            Ok(record)
+        }
+        Err(e) => {
+            fleet.kill_all().await;
+            Err(e)
+        }
+    };
+    let _ = stop_server.send(());
+    let _ = server.await;
+    let record = outcome?;
+
+    finish(
+        &args, &run_dir, record, test, &labels, started, world, threads,
+    )
+    .await
+}
+
+/// What the epochs produced, for the summary.
+struct Record {
+    epochs: u64,
+    best_epoch: u64,
+    selected_on: &'static str,
+    eval: Option<(f64, Confusion)>,
+    samples_per_s: Vec<f64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    args: &TrainArgs,
+    shared: &Arc<Shared>,
+    reports: &mut mpsc::UnboundedReceiver<pb::EpochReport>,
+    fleet: &mut Fleet,
+    pipeline: &Arc<Pipeline>,
+    eval: Arc<Vec<Example>>,
+    spec: &RunSpec,
+    run_dir: &RunDir,
+    labels: &[String],
+    vocab: &common::data::vocab::Vocab,
+) -> Result<Record> {
+    let world = shared.progress.len();
+    let members =
+        wait_for_members(shared, fleet, Duration::from_secs(args.join_timeout), world).await?;
+    let t = &args.train;
+    let training_config =
+        json!({"data": args.data, "train": args.train, "workers": world, "test": args.test});
+    let mut meta = ModelMeta::new(
+        spec.model.clone(),
+        labels.to_vec(),
+        args.data.tokenizer,
+        args.data.max_len,
+        vocab.clone(),
+        training_config,
+    );
+    let has_eval = !eval.is_empty();
+    let mut best: Option<(f64, u64, Confusion)> = None;
+    let mut since_best = 0;
+    let mut rates = Vec::new();
+    let mut epochs = 0;
+    let bar = progress_bar();
+    for epoch in 0..t.epochs {
+        let p = pipeline.clone();
+        let examples = tokio::task::spawn_blocking(move || p.epoch(epoch)).await?;
+        let batches = global_batches(&examples, t.batch_size, args.data.seed, epoch);
+        let steps = batches.len() as u64;
+        let n = examples.len();
+        shared.plan.send_replace(Some(Arc::new(EpochPlan {
+            epoch,
+            finished: false,
+            upload_weights: true,
+            examples,
+            batches,
+            eval: eval.clone(),
+        })));
+        bar.set_length(steps);
+        bar.set_position(0);
+        bar.set_message(format!("epoch {}/{}", epoch + 1, t.epochs));
+        let s = gather(
+            shared,
+            reports,
+            fleet,
+            &members,
+            epoch,
+            labels.len(),
+            Duration::from_secs(args.heartbeat_timeout),
+            &bar,
+        )
+        .await?;
+        epochs = epoch + 1;
+        if s.diverged || !s.loss.is_finite() {
+            bail!("training diverged in epoch {}: the loss is not finite; the last good checkpoint is in {}", epoch + 1, run_dir.checkpoint().display());
+        }
+        if s.examples != n as u64 {
+            bail!(
+                "epoch {}: workers trained {} examples of {n}",
+                epoch + 1,
+                s.examples
+            );
+        }
+        rates.push(s.samples_per_s);
+        meta.epoch = epoch;
+        model_dir::save(&run_dir.checkpoint(), &meta, &s.weights, &s.optimizer)?;
+        let mut line = json!({
+            "epoch": epoch + 1, "examples": s.examples, "train_loss": s.loss, "train_accuracy": s.accuracy,
+            "samples_per_s": s.samples_per_s, "allreduce_s_per_step": s.allreduce_s_per_step, "bytes_per_step": s.bytes_per_step,
+        });
+        let mut improved = !has_eval;
+        if let Some((loss, c)) = &s.eval {
+            line["eval_loss"] = json!(loss);
+            line["eval_accuracy"] = json!(c.accuracy());
+            line["eval_macro_f1"] = json!(c.macro_f1());
+            improved = best.as_ref().is_none_or(|(b, _, _)| *loss < b - 1e-6);
+            if improved {
+                best = Some((*loss, epoch, c.clone()));
+                since_best = 0;
+            } else {
+                since_best += 1;
+            }
+        }
+        if improved {
+            model_dir::save(&run_dir.model(), &meta, &s.weights, &s.optimizer)?;
+        }
+        run_dir.append_metrics(&line)?;
+        let eval_note = s.eval.as_ref().map_or(String::new(), |(l, c)| {
+            format!(", eval loss {l:.4} accuracy {:.4}", c.accuracy())
+        });
+        let note = format!(
+            "epoch {}/{}: loss {:.4} accuracy {:.4}{eval_note}, {:.0} samples/s, all-reduce {:.1} ms/step",
+            epoch + 1,
+            t.epochs,
+            s.loss,
+            s.accuracy,
+            s.samples_per_s,
+            s.allreduce_s_per_step * 1e3
+        );
+        if bar.is_hidden() {
+            tracing::info!("{note}");
+        } else {
+            bar.println(note);
+        }
+        if let Some(patience) = t.patience {
+            if since_best >= patience {
+                tracing::info!(
+                    "early stopping: validation loss has not improved for {patience} epochs"
+                );
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(match best {
+        Some((loss, epoch, c)) => Record {
+            epochs,
+            best_epoch: epoch + 1,
+            selected_on: "eval",
+            eval: Some((loss, c)),
+            samples_per_s: rates,
+        },
+        None => Record {
+            epochs,
+            best_epoch: epochs,
+            selected_on: "last",
+            eval: None,
+            samples_per_s: rates,
+        },
+    })
+}
+
+fn progress_bar() -> ProgressBar {
+    if std::io::stdout().is_terminal() {
+        let bar = ProgressBar::new(0);
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+async fn wait_for_members(
+    shared: &Arc<Shared>,
+    fleet: &mut Fleet,
+    timeout: Duration,
+    world: usize,
+) -> Result<Vec<Member>> {
+    let deadline = Instant::now() + timeout;
+    let mut rx = shared.members.subscribe();
+    loop {
+        if let Some(m) = rx.borrow_and_update().clone() {
+            return Ok(m);
+        }
+        fleet.check()?;
+        if Instant::now() > deadline {
+            bail!("only some of the {world} workers joined within {} s; check that every worker can reach the coordinator and has the right token", timeout.as_secs());
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
+    }
+}
+
+/// Waits for every worker's report of `epoch`, watching for lost workers meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn gather(
+    shared: &Arc<Shared>,
+    reports: &mut mpsc::UnboundedReceiver<pb::EpochReport>,
+    fleet: &mut Fleet,
+    members: &[Member],
+    epoch: u64,
+    classes: usize,
+    heartbeat_timeout: Duration,
+    bar: &ProgressBar,
+) -> Result<EpochSummary> {
+    let world = members.len();
+    let mut got: Vec<Option<pb::EpochReport>> = (0..world).map(|_| None).collect();
+    let epoch_start = shared.millis();
+    while got.iter().any(Option::is_none) {
+        tokio::select! {
+            r = reports.recv() => {
+                let r = r.context("the service stopped")?;
+                if r.epoch == epoch {
+                    let rank = r.rank as usize;
+                    got[rank] = Some(r);
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                fleet.check()?;
+                bar.set_position(shared.progress[0].step.load(Ordering::Relaxed));
+                let now = shared.millis();
+                for m in members {
+                    let seen = shared.progress[m.rank].last_seen_ms.load(Ordering::Relaxed).max(epoch_start);
+                    if got[m.rank].is_none() && now.saturating_sub(seen) > heartbeat_timeout.as_millis() as u64 {
+                        bail!("worker rank {} (host {}, pid {}) lost: no heartbeat for {} s", m.rank, m.host, m.pid, heartbeat_timeout.as_secs());
+                    }
+                }
+            }
+        }
+    }
+    let reports: Vec<pb::EpochReport> = got.into_iter().flatten().collect();
+    let examples: u64 = reports.iter().map(|r| r.examples).sum();
+    let loss: f64 = reports.iter().map(|r| r.loss_sum).sum();
+    let correct: u64 = reports.iter().map(|r| r.correct).sum();
+    let train_s = reports.iter().map(|r| r.train_seconds).fold(0.0, f64::max);
+    let steps = reports.iter().map(|r| r.steps).max().unwrap_or(0).max(1) as f64;
+    let allreduce = reports
+        .iter()
+        .map(|r| r.allreduce_seconds)
+        .fold(0.0, f64::max);
+    let bytes = reports.iter().map(|r| r.bytes_sent).max().unwrap_or(0) as f64;
+    let eval_n: u64 = reports
+        .iter()
+        .map(|r| r.confusion.iter().sum::<u64>())
+        .sum();
+    let eval = if eval_n > 0 {
+        let mut c = Confusion::new(classes);
+        for r in &reports {
+            let part = Confusion::from_counts(classes, r.confusion.clone())
+                .context("a worker sent a confusion matrix of the wrong size")?;
+            c.merge(&part);
+        }
+        let l: f64 = reports.iter().map(|r| r.eval_loss_sum).sum();
+        Some((l / eval_n as f64, c))
+    } else {
+        None
+    };
+    let mut rank0 = reports.into_iter().next().context("no report")?;
+    Ok(EpochSummary {
+        examples,
+        loss: loss / examples.max(1) as f64,
+        accuracy: correct as f64 / examples.max(1) as f64,
+        samples_per_s: if train_s > 0.0 {
+            examples as f64 / train_s
+        } else {
+            0.0
+        },
+        allreduce_s_per_step: allreduce / steps,
+        bytes_per_step: bytes / steps,
+        eval,
+        weights: std::mem::take(&mut rank0.weights),
+        optimizer: std::mem::take(&mut rank0.optimizer_state),
+        diverged: rank0.diverged,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    args: &TrainArgs,
+    run_dir: &RunDir,
+    record: Record,
+    test: Option<Vec<Example>>,
+    labels: &[String],
+    started: Instant,
+    world: usize,
+    threads: usize,
+) -> Result<()> {
+    let model_path = run_dir.model();
+    let loaded = tokio::task::spawn_blocking(move || model_dir::load(&model_path)).await??;
+    let test_confusion = match &test {
+        Some(examples) => {
+            let data: Vec<(Vec<u32>, u32)> = examples
+                .iter()
+                .map(|e| (e.tokens.clone(), e.label))
+                .collect();
+            Some(crate::infer_cmd::confusion(
+                &loaded.model,
+                &data,
+                labels.len(),
+            )?)
+        }
+        None => None,
+    };
+    let headline = test_confusion
+        .as_ref()
+        .or(record.eval.as_ref().map(|(_, c)| c));
+    let mut rates = record.samples_per_s.clone();
+    rates.sort_by(|a, b| a.total_cmp(b));
+    let median = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
+    let mut files = Vec::new();
+    for spec in &args.data.data {
+        files
+            .push(json!({"path": spec.path, "sha256": common::pipeline::file_sha256(&spec.path)?}));
+    }
+    for p in [&args.data.eval, &args.test].into_iter().flatten() {
+        files.push(json!({"path": p, "sha256": common::pipeline::file_sha256(p)?}));
+    }
+    let summary = json!({
+        "accuracy": headline.map(Confusion::accuracy),
+        "macro_f1": headline.map(Confusion::macro_f1),
+        "evaluated_on": if test_confusion.is_some() { "test" } else if record.eval.is_some() { "eval" } else { "none" },
+        "eval_accuracy": record.eval.as_ref().map(|(_, c)| c.accuracy()),
+        "eval_macro_f1": record.eval.as_ref().map(|(_, c)| c.macro_f1()),
+        "eval_loss": record.eval.as_ref().map(|(l, _)| l),
+        "per_class": headline.map(|c| c.per_class(labels)),
+        "confusion": headline.map(|c| c.counts.clone()),
+        "labels": labels,
+        "best_epoch": record.best_epoch,
+        "selected_on": record.selected_on,
+        "epochs": record.epochs,
+        "workers": world,
+        "threads_per_worker": threads,
+        "samples_per_s": median,
+        "samples_per_s_by_epoch": record.samples_per_s,
+        "seconds": started.elapsed().as_secs_f64(),
+        "seed": args.data.seed,
+        "version": env!("CARGO_PKG_VERSION"),
+        "config": {"data": args.data, "train": args.train, "test": args.test, "workers": world, "threads": threads},
+        "data_files": files,
+    });
+    run_dir.write_summary(&summary)?;
+    match headline {
+        Some(c) => tracing::info!(
+            "done in {:.0} s: {} accuracy {:.4}, macro-F1 {:.4}; model in {}",
+            started.elapsed().as_secs_f64(),
+            summary["evaluated_on"].as_str().unwrap_or(""),
+            c.accuracy(),
+            c.macro_f1(),
+            run_dir.model().display()
+        ),
+        None => tracing::info!(
+            "done in {:.0} s; model in {}",
+            started.elapsed().as_secs_f64(),
+            run_dir.model().display()
+        ),
+    }
+    Ok(())
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<pb::coordinator_server::CoordinatorServer<Service>>()
+        .await;
+    let service = pb::coordinator_server::CoordinatorServer::new(Service(shared))
+        .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop.await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!("gRPC server: {e}");
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+pub fn read_token(file: Option<&Path>) -> Result<String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        let token = text.trim_end_matches(['\n', '\r']).to_string();
+        if token.is_empty() {
+            bail!("the token file {} is empty", path.display());
+        }
+        return Ok(token);
+    }
+    std::env::var("SMALLTEXT_TOKEN")
+        .context("no join token: give --token-file FILE or set SMALLTEXT_TOKEN")
+}
+
+pub fn default_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PathBuf::from("runs").join(format!("{secs}"))
+}

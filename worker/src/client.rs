@@ -1,0 +1,115 @@
+//! Talking to the coordinator: connecting with retries, joining, heartbeats from their own
+//! task so a long compute step never starves them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use common::pb;
+use common::pb::coordinator_client::CoordinatorClient;
+use tonic::transport::Channel;
+use tonic::Code;
+
+pub type Client = CoordinatorClient<Channel>;
+
+/// The coordinator refused this worker (wrong token, other protocol version): retrying
+/// cannot help.
+#[derive(Debug, thiserror::Error)]
+#[error("the coordinator refused this worker: {0}")]
+pub struct Refused(pub String);
+
+/// Connects and joins, retrying with backoff while the coordinator is unreachable, never
+/// after a refusal.
+pub async fn join(
+    url: &str,
+    req: pb::JoinRequest,
+    timeout: Duration,
+) -> Result<(Client, pb::JoinReply)> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let channel = Channel::from_shared(url.to_string())
+                .with_context(|| format!("bad coordinator address {url:?}"))?
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await?;
+            let mut client = CoordinatorClient::new(channel)
+                .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
+            let reply = client.join(req.clone()).await;
+            anyhow::Ok((client, reply))
+        };
+        match attempt.await {
+            Ok((client, Ok(reply))) => return Ok((client, reply.into_inner())),
+            Ok((_, Err(status))) => match status.code() {
+                Code::PermissionDenied => bail!(Refused(format!(
+                    "the join token was refused ({})",
+                    status.message()
+                ))),
+                Code::FailedPrecondition | Code::ResourceExhausted | Code::InvalidArgument => {
+                    bail!(Refused(status.message().to_string()))
+                }
+                _ if Instant::now() > deadline => bail!("joining {url}: {}", status.message()),
+                _ => tracing::debug!("join: {status}; retrying"),
+            },
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("cannot reach the coordinator at {url}")))
+            }
+            Err(e) => tracing::debug!("coordinator not reachable yet: {e:#}; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Progress shared between the training loop and the heartbeat task.
+#[derive(Default)]
+pub struct Progress {
+    pub epoch: AtomicU64,
+    pub step: AtomicU64,
+    pub examples: AtomicU64,
+    pub loss_milli: AtomicU64,
+}
+
+/// Sends a heartbeat every second. When the coordinator has not answered for `timeout`, or
+/// says the run is over while we still train, the worker cannot go on: it says so and exits.
+pub async fn heartbeats(
+    mut client: Client,
+    token: String,
+    rank: u32,
+    progress: Arc<Progress>,
+    timeout: Duration,
+) {
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let req = pb::HeartbeatRequest {
+            rank,
+            token: token.clone(),
+            epoch: progress.epoch.load(Ordering::Relaxed),
+            step: progress.step.load(Ordering::Relaxed),
+            loss_sum: progress.loss_milli.load(Ordering::Relaxed) as f64 / 1000.0,
+            examples: progress.examples.load(Ordering::Relaxed),
+        };
+        match tokio::time::timeout(Duration::from_secs(2), client.heartbeat(req)).await {
+            Ok(Ok(_)) => last_ok = Instant::now(),
+            Ok(Err(status)) if status.code() == Code::PermissionDenied => {
+                tracing::error!(
+                    "the coordinator no longer accepts this worker: {}",
+                    status.message()
+                );
+                std::process::exit(3);
+            }
+            _ if last_ok.elapsed() > timeout => {
+                tracing::error!(
+                    "lost the coordinator: no answer for {} s; exiting",
+                    timeout.as_secs()
+                );
+                std::process::exit(3);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The worker's training loop: per epoch, stream its part of every step, train in lock step
+//! with the ring, evaluate its part of the validation set, report.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use common::collective::{Collective, Local, RingAuth};
+use common::collective::{RingAllReduce, RingOptions};
+use common::metrics::Confusion;
+use common::model::Classifier;
+use common::pb;
+use common::train::{
+    apply_gradients, compute_gradients, predict, zero_gradients, Adam, Batch, RunSpec,
+};
+
+use crate::client::{self, Progress};
+use crate::Args;
+
+pub fn run(args: &Args, token: &str, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let bind_ip = if args.advertise_addr.starts_with("127.") || args.advertise_addr == "localhost" {
+        "127.0.0.1"
+    } else {
+        "0.0.0.0"
+    };
+    let listener = TcpListener::bind((bind_ip, args.ring_port))
+        .with_context(|| format!("binding the ring port {}:{}", bind_ip, args.ring_port))?;
+    let ring_addr = format!("{}:{}", args.advertise_addr, listener.local_addr()?.port());
+    let req = pb::JoinRequest {
+        protocol_version: pb::PROTOCOL_VERSION,
+        token: token.to_string(),
+        ring_addr: ring_addr.clone(),
+        hostname: hostname(),
+        pid: std::process::id(),
+        threads: args.threads as u32,
+    };
+    let (mut client, reply) = rt.block_on(client::join(
+        &args.coordinator,
+        req,
+        Duration::from_secs(args.connect_timeout),
+    ))?;
+    let rank = reply.rank;
+    let world = reply.world_size as usize;
+    tracing::info!("joined as rank {rank} of {world}; ring address {ring_addr}");
+    let spec: RunSpec = serde_json::from_str(&reply.run_spec_json)
+        .context("the coordinator sent an unreadable run spec")?;
+    let classes = reply.labels.len();
+    if spec.model.num_classes != classes {
+        bail!(
+            "the run spec has {} classes but {} labels",
+            spec.model.num_classes,
+            classes
+        );
+    }
+
+    let mut ring: Box<dyn Collective> = if world == 1 {
+        Box::new(Local)
+    } else {
+        let peers = reply
+            .peers
+            .iter()
+            .map(|p| resolve(p))
+            .collect::<Result<Vec<_>>>()?;
+        let options = RingOptions {
+            connect_timeout: Duration::from_secs(60),
+            io_timeout: Duration::from_secs(30),
+            ..RingOptions::default()
+        };
+        Box::new(
+            RingAllReduce::connect_with(
+                rank as usize,
+                &peers,
+                &listener,
+                &RingAuth::new(token.as_bytes(), reply.run_id),
+                &options,
+            )
+            .context("forming the ring")?,
+        )
+    };
+
+    let model = Classifier::new(&spec.model, spec.seed).context("building the model")?;
+    let mut opt = Adam::new(&model, spec.adam);
+    let progress = Arc::new(Progress::default());
+    rt.spawn(client::heartbeats(
+        client.clone(),
+        token.to_string(),
+        rank,
+        progress.clone(),
+        Duration::from_secs(args.heartbeat_timeout),
+    ));
+
+    for epoch in 0.. {
+        progress.epoch.store(epoch, Ordering::Relaxed);
+        progress.step.store(0, Ordering::Relaxed);
+        let request = pb::EpochRequest {
+            rank,
+            token: token.to_string(),
+            epoch,
+        };
+        let mut stream = rt
+            .block_on(client.stream_epoch(request))
+            .context("asking for the next epoch")?
+            .into_inner();
+        let header = match rt.block_on(stream.message())?.and_then(|m| m.kind) {
+            Some(pb::epoch_message::Kind::Header(h)) => h,
+            _ => bail!("epoch {epoch}: the coordinator's stream did not start with a header"),
+        };
+        if header.finished {
+            tracing::info!("the run is over");
+            return Ok(());
+        }
+        let mut report = pb::EpochReport {
+            rank,
+            token: token.to_string(),
+            epoch,
+            ..Default::default()
+        };
+        let mut confusion = Confusion::new(classes);
+        while let Some(msg) = rt
+            .block_on(stream.message())
+            .context("receiving the epoch's shard")?
+        {
+            match msg.kind {
+                Some(pb::epoch_message::Kind::Step(step)) => {
+                    train_one(&model, &mut opt, ring.as_mut(), &step, classes, &mut report)?;
+                    progress.step.store(step.index + 1, Ordering::Relaxed);
+                    progress.examples.store(report.examples, Ordering::Relaxed);
+                    progress.loss_milli.store(
+                        (report.loss_sum * 1000.0).max(0.0) as u64,
+                        Ordering::Relaxed,
+                    );
+                }
+                Some(pb::epoch_message::Kind::Eval(eval)) => {
+                    report.eval_loss_sum +=
+                        evaluate(&model, &eval.examples, classes, &mut confusion)?;
+                }
+                _ => bail!("epoch {epoch}: unexpected message in the shard stream"),
+            }
+        }
+        report.confusion = confusion.counts;
+        report.bytes_sent = ring.take_bytes_sent();
+        if header.upload_weights {
+            let (weights, optimizer) = snapshot(&model, &opt)?;
+            report.weights = weights;
+            report.optimizer_state = optimizer;
+        }
+        rt.block_on(client.report_epoch(report))
+            .context("reporting the epoch")?;
+    }
+    Ok(())
+}
+
+fn train_one(
+    model: &Classifier,
+    opt: &mut Adam,
+    ring: &mut dyn Collective,
+    step: &pb::Step,
+    classes: usize,
+    report: &mut pb::EpochReport,
+) -> Result<()> {
+    let start = Instant::now();
+    let (mut grads, loss, correct) = if step.examples.is_empty() {
+        (zero_gradients(model), 0.0, 0)
+    } else {
+        let batch = to_batch(&step.examples, classes, model.config().vocab_size)?;
+        compute_gradients(model, &batch)?
+    };
+    let reduce = Instant::now();
+    ring.all_reduce_sum(&mut grads.dense)
+        .context("all-reduce of the dense gradients")?;
+    let dim = grads.embedding.dim;
+    ring.all_reduce_sparse_rows(&mut grads.embedding.ids, &mut grads.embedding.rows, dim)
+        .context("all-reduce of the embedding rows")?;
+    report.allreduce_seconds += reduce.elapsed().as_secs_f64();
+    apply_gradients(model, opt, &mut grads, step.global_batch as usize)?;
+    report.train_seconds += start.elapsed().as_secs_f64();
+    report.examples += step.examples.len() as u64;
+    report.loss_sum += loss;
+    report.correct += correct as u64;
+    report.steps += 1;
+    if !loss.is_finite() {
+        report.diverged = true;
+    }
+    Ok(())
+}
+
+/// Checks what came over the wire before it reaches the model.
+fn to_batch(examples: &[pb::Example], classes: usize, vocab: usize) -> Result<Batch> {
+    for e in examples {
+        if e.label as usize >= classes
+            || e.tokens.is_empty()
+            || e.tokens.iter().any(|&t| t as usize >= vocab)
+        {
+            bail!(
+                "malformed example from the coordinator (label {}, {} tokens)",
+                e.label,
+                e.tokens.len()
+            );
+        }
+    }
+    let seqs: Vec<&[u32]> = examples.iter().map(|e| e.tokens.as_slice()).collect();
+    let labels: Vec<u32> = examples.iter().map(|e| e.label).collect();
+    Ok(Batch::new(&seqs, &labels)?)
+}
+
+/// Adds the examples' predictions to `confusion`; returns their summed cross-entropy.
+fn evaluate(
+    model: &Classifier,
+    examples: &[pb::Example],
+    classes: usize,
+    confusion: &mut Confusion,
+) -> Result<f64> {
+    if examples.is_empty() {
+        return Ok(0.0);
+    }
+    let batch = to_batch(examples, classes, model.config().vocab_size)?;
+    let mut loss = 0.0;
+    for ((pred, probs), e) in predict(model, &batch)?.into_iter().zip(examples) {
+        confusion.add(e.label as usize, pred);
+        loss -= f64::from(probs[e.label as usize].max(1e-30)).ln();
+    }
+    Ok(loss)
+}
+
+/// The weights and optimizer state as safetensors bytes.
+fn snapshot(model: &Classifier, opt: &Adam) -> Result<(Vec<u8>, Vec<u8>)> {
+    let dir = std::env::temp_dir();
+    let stem = format!("smalltext-worker-{}", std::process::id());
+    let (w, o) = (
+        dir.join(format!("{stem}-weights.safetensors")),
+        dir.join(format!("{stem}-adam.safetensors")),
+    );
+    model.save(&w)?;
+    opt.save(&o)?;
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("reading back {}", p.display()))
+    };
+    let out = (read(&w)?, read(&o)?);
+    let _ = std::fs::remove_file(&w);
+    let _ = std::fs::remove_file(&o);
+    Ok(out)
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("resolving ring peer {addr}"))?
+        .next()
+        .ok_or_else(|| anyhow!("ring peer {addr} has no address"))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
