@@ -38,6 +38,8 @@ struct EpochSummary {
     weights: Vec<u8>,
     optimizer: Vec<u8>,
     diverged: bool,
+    /// Peak resident memory of each worker, bytes.
+    peak_rss: Vec<u64>,
 }
 
 pub async fn train(args: TrainArgs) -> Result<()> {
@@ -170,6 +172,7 @@ struct Record {
     selected_on: &'static str,
     eval: Option<(f64, Confusion)>,
     samples_per_s: Vec<f64>,
+    worker_peak_rss: Vec<u64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -204,6 +207,7 @@ async fn drive(
     let mut since_best = 0;
     let mut rates = Vec::new();
     let mut epochs = 0;
+    let mut worker_peak_rss = vec![0u64; world];
     let bar = progress_bar();
     for epoch in 0..t.epochs {
         let p = pipeline.clone();
@@ -234,6 +238,9 @@ async fn drive(
         )
         .await?;
         epochs = epoch + 1;
+        for (peak, r) in worker_peak_rss.iter_mut().zip(&s.peak_rss) {
+            *peak = (*peak).max(*r);
+        }
         if s.diverged || !s.loss.is_finite() {
             bail!("training diverged in epoch {}: the loss is not finite; the last good checkpoint is in {}", epoch + 1, run_dir.checkpoint().display());
         }
@@ -302,6 +309,7 @@ async fn drive(
             selected_on: "eval",
             eval: Some((loss, c)),
             samples_per_s: rates,
+            worker_peak_rss,
         },
         None => Record {
             epochs,
@@ -309,6 +317,7 @@ async fn drive(
             selected_on: "last",
             eval: None,
             samples_per_s: rates,
+            worker_peak_rss,
         },
     })
 }
@@ -411,6 +420,7 @@ async fn gather(
     } else {
         None
     };
+    let peak_rss = reports.iter().map(|r| r.peak_rss_bytes).collect();
     let mut rank0 = reports.into_iter().next().context("no report")?;
     Ok(EpochSummary {
         examples,
@@ -427,6 +437,7 @@ async fn gather(
         weights: std::mem::take(&mut rank0.weights),
         optimizer: std::mem::take(&mut rank0.optimizer_state),
         diverged: rank0.diverged,
+        peak_rss,
     })
 }
 
@@ -489,6 +500,10 @@ async fn finish(
         "samples_per_s": median,
         "samples_per_s_by_epoch": record.samples_per_s,
         "seconds": started.elapsed().as_secs_f64(),
+        "peak_rss_mb": {
+            "coordinator": common::peak_rss_bytes() as f64 / 1048576.0,
+            "workers": record.worker_peak_rss.iter().map(|b| *b as f64 / 1048576.0).collect::<Vec<_>>(),
+        },
         "seed": args.data.seed,
         "version": env!("CARGO_PKG_VERSION"),
         "config": {"data": args.data, "train": args.train, "test": args.test, "workers": world, "threads": threads},

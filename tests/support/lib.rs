@@ -69,3 +69,50 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Reads a JSON file.
+pub fn json(path: &Path) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// Largest absolute difference between the tensors of two safetensors files (same names).
+pub fn max_weight_diff(a: &Path, b: &Path) -> f32 {
+    let dev = candle_core::Device::Cpu;
+    let ta = candle_core::safetensors::load(a, &dev).expect("weights a");
+    let tb = candle_core::safetensors::load(b, &dev).expect("weights b");
+    assert_eq!(ta.len(), tb.len());
+    let mut max = 0f32;
+    for (name, x) in &ta {
+        let y = &tb[name];
+        let d = (x - y)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>());
+        max = max.max(d.expect("comparing tensors"));
+    }
+    max
+}
+
+/// Process ids of the workers a coordinator's log names ("... joined: host H pid N, ...").
+pub fn worker_pids(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter(|l| l.contains("joined: host"))
+        .filter_map(|l| l.split(" pid ").nth(1))
+        .filter_map(|rest| rest.split(',').next())
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+/// Whether a process is still alive (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .split(") ")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}

@@ -141,6 +141,7 @@ pub fn run(args: &Args, token: &str, rt: &tokio::runtime::Runtime) -> Result<()>
         }
         report.confusion = confusion.counts;
         report.bytes_sent = ring.take_bytes_sent();
+        report.peak_rss_bytes = common::peak_rss_bytes();
         if header.upload_weights {
             let (weights, optimizer) = snapshot(&model, &opt)?;
             report.weights = weights;

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Training speed and memory, ours vs the PyTorch reference, side by side on the same data,
+# model, batch, epochs and threads (issue #3), and data-parallel (issue #4).
+#
+#   bench/train_vs_torch.sh [trec|sst2] [threads] [epochs]     # one process each
+#   bench/train_vs_torch.sh ddp [trec|sst2] [epochs]           # 1×1 and 2×1 ours vs torchrun 2×1
+#
+# Needs PyTorch: python3 -m venv ~/torchref && ~/torchref/bin/pip install torch
+# (TORCH_PYTHON overrides the interpreter; ANCHORS the folder holding torch_bilstm.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${TORCH_PYTHON:-$HOME/torchref/bin/python}
+ANCHORS=${ANCHORS:-../shared/anchors}
+SHARED=${SHARED_DATA:-../shared/datasets}
+mode=single
+if [ "${1:-}" = ddp ]; then mode=ddp; shift; fi
+corpus=${1:-trec}
+case "$corpus" in
+  trec) train=data/trec/train.tsv; test=data/trec/test.tsv ;;
+  sst2) train=$SHARED/sst2/train.tsv; test=$SHARED/sst2/test.tsv ;;
+  *) echo "unknown corpus $corpus (trec|sst2)" >&2; exit 2 ;;
+esac
+cargo build --release --quiet --bin coordinator --bin worker
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+ours() { # workers threads epochs tag
+  ./target/release/coordinator --workers "$1" --threads "$2" --epochs "$3" --data "$train" --test "$test" \
+    --run-dir "$tmp/$4" 2>"$tmp/$4.log" >/dev/null
+  python3 - "$tmp/$4/summary.json" "$tmp/$4/metrics.jsonl" <<'PY'
+import json, sys, statistics
+s = json.load(open(sys.argv[1]))
+m = [json.loads(l) for l in open(sys.argv[2])]
+ar = statistics.median(x["allreduce_s_per_step"] for x in m) * 1e3
+by = statistics.median(x["bytes_per_step"] for x in m)
+rss = max([s["peak_rss_mb"]["coordinator"]] + s["peak_rss_mb"]["workers"])
+print(f'{s["samples_per_s"]:.1f} {s["accuracy"]:.4f} {rss:.0f} {ar:.2f} {by:.0f}')
+PY
+}
+torch() { # threads epochs tag [torchrun]
+  if [ "${4:-}" = torchrun ]; then
+    "$(dirname "$PY")/torchrun" --nproc-per-node 2 "$ANCHORS/torch_bilstm.py" --train "$train" --test "$test" \
+      --epochs "$2" --threads "$1" 2>"$tmp/$3.log" | tail -1 > "$tmp/$3.json"
+    rss=0
+  else
+    /usr/bin/time -f '%M' -o "$tmp/$3.rss" "$PY" "$ANCHORS/torch_bilstm.py" --train "$train" --test "$test" \
+      --epochs "$2" --threads "$1" 2>"$tmp/$3.log" | tail -1 > "$tmp/$3.json"
+    rss=$(( $(cat "$tmp/$3.rss") / 1024 ))
+  fi
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(f"{d[\"samples_per_s_median\"]:.1f} {d[\"accuracy\"]:.4f}", sys.argv[2])' "$tmp/$3.json" "$rss"
+}
+
+if [ "$mode" = single ]; then
+  threads=${2:-2}; epochs=${3:-3}
+  read -r o_sps o_acc o_rss _ _ <<<"$(ours 1 "$threads" "$epochs" ours)"
+  read -r t_sps t_acc t_rss <<<"$(torch "$threads" "$epochs" torch)"
+  printf '%s, %s thread(s), %s epochs, batch 32\n' "$corpus" "$threads" "$epochs"
+  printf '%-28s %12s %10s %14s\n' run samples/s accuracy "peak RSS MB"
+  printf '%-28s %12s %10s %14s\n' "ours (coordinator+1 worker)" "$o_sps" "$o_acc" "$o_rss"
+  printf '%-28s %12s %10s %14s\n' "PyTorch reference" "$t_sps" "$t_acc" "$t_rss"
+  python3 -c "import sys; print(f'ratio ours/PyTorch: {float(sys.argv[1])/float(sys.argv[2]):.2f}x')" "$o_sps" "$t_sps"
+else
+  epochs=${2:-3}
+  read -r a_sps a_acc a_rss a_ar a_by <<<"$(ours 1 1 "$epochs" one)"
+  read -r b_sps b_acc b_rss b_ar b_by <<<"$(ours 2 1 "$epochs" two)"
+  read -r d_sps d_acc _ <<<"$(torch 1 "$epochs" ddp torchrun)"
+  printf '%s, %s epochs, batch 32 (global), 1 thread per process\n' "$corpus" "$epochs"
+  printf '%-26s %12s %10s %16s %14s\n' run samples/s accuracy "all-reduce ms/st" "bytes/step"
+  printf '%-26s %12s %10s %16s %14s\n' "ours 1 worker x 1 thread" "$a_sps" "$a_acc" "$a_ar" "$a_by"
+  printf '%-26s %12s %10s %16s %14s\n' "ours 2 workers x 1 thread" "$b_sps" "$b_acc" "$b_ar" "$b_by"
+  printf '%-26s %12s %10s %16s %14s\n' "PyTorch DDP (gloo) 2 x 1" "$d_sps" "$d_acc" - -
+  python3 -c "import sys; a,b,d=map(float,sys.argv[1:]); print(f'scaling 2 workers / 1 worker: {b/a:.2f}x (target 1.6x); ours 2x1 / PyTorch DDP 2x1: {b/d:.2f}x')" "$a_sps" "$b_sps" "$d_sps"
+fi

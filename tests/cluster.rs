@@ -1,0 +1,102 @@
+//! Cluster mode on loopback: a listening coordinator, workers that join it by URL with the
+//! join token, and one that brings the wrong token.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use smalltext_tests::{bin, json, trec_slice};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = trec_slice(dir.path(), "train.tsv", 0, 300);
+    let token = dir.path().join("join.token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let wrong = dir.path().join("wrong.token");
+    std::fs::write(&wrong, "guess\n").unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let run = dir.path().join("run");
+    let mut coord = Command::new(bin("coordinator"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--expect-workers",
+            "2",
+            "--token-file",
+            token.to_str().unwrap(),
+        ])
+        .args([
+            "--data",
+            train.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--join-timeout",
+            "60",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // The intruder is refused at once, says so, and exits non-zero (2) without retrying.
+    let start = Instant::now();
+    let intruder = Command::new(bin("worker"))
+        .args([
+            "--coordinator",
+            &url,
+            "--token-file",
+            wrong.to_str().unwrap(),
+            "--threads",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        intruder.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&intruder.stderr)
+    );
+    let said = String::from_utf8_lossy(&intruder.stderr);
+    assert!(said.contains("token was refused"), "{said}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+
+    // The real workers (one started before, one after) train the run and exit 0.
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(bin("worker"))
+                .args([
+                    "--coordinator",
+                    &url,
+                    "--token-file",
+                    token.to_str().unwrap(),
+                    "--threads",
+                    "1",
+                ])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut w in workers {
+        assert!(w.wait().unwrap().success());
+    }
+    let out = coord.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("refused: wrong or missing join token"),
+        "the coordinator logs the refusal: {log}"
+    );
+    assert_eq!(json(&run.join("summary.json"))["workers"], 2);
+}

@@ -1,0 +1,232 @@
+//! Training as a user runs it: the coordinator starts real worker processes on loopback, and
+//! the run directory, `evaluate` and `predict` are checked on the result. TREC slices keep it
+//! fast.
+
+use std::path::Path;
+
+use smalltext_tests::{
+    alive, coordinator, json, max_weight_diff, stderr, stdout, trec_slice, worker_pids,
+};
+
+fn train(run: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--run-dir", run.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = coordinator(&all);
+    let log = stderr(&o);
+    assert!(o.status.success(), "training failed:\n{log}");
+    log
+}
+
+#[test]
+fn one_worker_run_writes_its_record_and_evaluate_reproduces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_file = trec_slice(dir.path(), "train.tsv", 0, 600);
+    let test_file = trec_slice(dir.path(), "test.tsv", 0, 200);
+    let run = dir.path().join("run");
+    let log = train(
+        &run,
+        &[
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--epochs",
+            "2",
+            "--data",
+            train_file.to_str().unwrap(),
+            "--test",
+            test_file.to_str().unwrap(),
+        ],
+    );
+    let summary = json(&run.join("summary.json"));
+    for key in [
+        "accuracy",
+        "macro_f1",
+        "best_epoch",
+        "selected_on",
+        "epochs",
+        "workers",
+        "samples_per_s",
+        "config",
+        "seed",
+        "version",
+        "data_files",
+    ] {
+        assert!(!summary[key].is_null(), "summary.json lacks {key}");
+    }
+    assert_eq!(summary["selected_on"], "last");
+    assert_eq!(summary["epochs"], 2);
+    assert_eq!(summary["workers"], 1);
+    let acc = summary["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert!(
+        acc > 0.35,
+        "two epochs on 600 questions beat the majority class: {acc}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    for f in [
+        "model/weights.safetensors",
+        "model/model.json",
+        "model/optimizer.safetensors",
+        "checkpoint/weights.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    // Every worker process is gone when the coordinator returns.
+    let pids = worker_pids(&log);
+    assert_eq!(pids.len(), 1, "{log}");
+    assert!(pids.iter().all(|&p| !alive(p)));
+
+    // evaluate reproduces the summary's test accuracy from the saved model.
+    let model = run.join("model");
+    let o = coordinator(&[
+        "evaluate",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        test_file.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let eval: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(eval["accuracy"].as_f64().unwrap(), acc);
+    assert_eq!(eval["macro_f1"], summary["macro_f1"]);
+
+    // predict: a label and probability per sentence, the same on every load.
+    let q = ["what is the capital of peru ?", "who wrote hamlet ?"];
+    let o1 = coordinator(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        q[0],
+        q[1],
+    ]);
+    let o2 = coordinator(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        q[0],
+        q[1],
+    ]);
+    assert!(o1.status.success(), "{}", stderr(&o1));
+    assert_eq!(stdout(&o1), stdout(&o2));
+    let lines: Vec<serde_json::Value> = stdout(&o1)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        let p = l["probability"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0 && l["label"].is_string());
+    }
+}
+
+#[test]
+fn two_workers_compute_the_same_update_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // 640 distinct questions: one epoch is 20 steps of 32.
+    let train_file = trec_slice(dir.path(), "train.tsv", 0, 660);
+    let mut weights = Vec::new();
+    for workers in ["1", "2"] {
+        let run = dir.path().join(format!("run{workers}"));
+        train(
+            &run,
+            &[
+                "--workers",
+                workers,
+                "--threads",
+                "1",
+                "--epochs",
+                "1",
+                "--data",
+                train_file.to_str().unwrap(),
+            ],
+        );
+        weights.push(run.join("model/weights.safetensors"));
+        let m = json(&run.join("summary.json"));
+        assert_eq!(m["workers"].as_u64().unwrap().to_string(), workers);
+    }
+    let diff = max_weight_diff(&weights[0], &weights[1]);
+    assert!(diff <= 1e-4, "2 workers differ from 1 by {diff}");
+}
+
+#[test]
+fn sharded_evaluation_equals_single_process_evaluation_and_shards_cover_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_file = trec_slice(dir.path(), "train.tsv", 0, 500);
+    let eval_file = trec_slice(dir.path(), "train.tsv", 3000, 157);
+    let run = dir.path().join("run");
+    train(
+        &run,
+        &[
+            "--workers",
+            "3",
+            "--threads",
+            "1",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--data",
+            train_file.to_str().unwrap(),
+            "--eval",
+            eval_file.to_str().unwrap(),
+        ],
+    );
+    let summary = json(&run.join("summary.json"));
+    assert_eq!(summary["selected_on"], "eval");
+    // The selected model, evaluated in one process, scores what the 3 shards added up to.
+    let o = coordinator(&[
+        "evaluate",
+        "--model",
+        run.join("model").to_str().unwrap(),
+        "--data",
+        eval_file.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let single: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(single["accuracy"], summary["eval_accuracy"]);
+    assert_eq!(single["examples"], 157);
+    // Every example of every epoch was trained exactly once across the workers.
+    let rows = summary["data_files"][0]["path"]
+        .as_str()
+        .map(|_| 500)
+        .unwrap();
+    for line in std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        let n = m["examples"].as_u64().unwrap();
+        assert!(n as usize <= rows && n > 450, "{n}");
+    }
+}
+
+#[test]
+fn bad_training_input_fails_cleanly_without_workers_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.tsv");
+    std::fs::write(&bad, "A\tfine\nno tab\n").unwrap();
+    let o = coordinator(&[
+        "--workers",
+        "2",
+        "--data",
+        bad.to_str().unwrap(),
+        "--run-dir",
+        dir.path().join("r").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad.tsv:2"), "{}", stderr(&o));
+    let o = coordinator(&["--workers", "1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--data"), "{}", stderr(&o));
+}
