@@ -138,19 +138,13 @@ impl BiLstm {
         output: LstmOutput,
         mode: Mode,
     ) -> Result<Tensor> {
-        let (b, t, e) = x.dims3()?;
         let p = |w: &Tensor| match mode {
             Mode::Train => w.clone(),
             // Inference must not build an autograd graph over the parameters.
             Mode::Eval => w.detach(),
         };
         let bias = (p(&layer.b_ih) + p(&layer.b_hh))?;
-        // The input projection of every token and both directions: one product.
-        let xp = x
-            .reshape((b * t, e))?
-            .matmul(&p(&layer.w_ih).t()?)?
-            .broadcast_add(&bias)?
-            .reshape((b, t, 8 * self.hidden))?;
+        let w_aug = FusedLstm::augment(&p(&layer.w_ih), &bias)?;
         let op = FusedLstm::new(
             plan.clone(),
             &DIRECTIONS,
@@ -159,6 +153,6 @@ impl BiLstm {
             threads() > 1,
             mode == Mode::Train,
         );
-        Ok(op.apply(&xp, &p(&layer.w_hh))?)
+        Ok(op.apply(x, &w_aug, &p(&layer.w_hh))?)
     }
 }

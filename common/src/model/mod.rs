@@ -8,6 +8,7 @@ pub mod classifier;
 mod dropout;
 pub mod error;
 mod gemm;
+mod lstm_direction;
 pub mod lstm_op;
 pub mod packing;
 pub(crate) mod persist;
