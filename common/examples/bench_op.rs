@@ -34,10 +34,15 @@ fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
 /// `dst (m×n) += op(lhs) (m×k) · op(rhs)` with gemm; `lhs_t`: lhs is stored k×m, `rhs_t`:
 /// rhs is stored n×k.
 fn gemm_probe(m: usize, n: usize, k: usize, lhs_t: bool, rhs_t: bool) -> f64 {
+    gemm_probe_ld(m, n, k, lhs_t, rhs_t, 0)
+}
+
+/// As [`gemm_probe`], with `pad` extra elements at the end of each stored rhs row.
+fn gemm_probe_ld(m: usize, n: usize, k: usize, lhs_t: bool, rhs_t: bool, pad: usize) -> f64 {
     let lhs = vec![0.5f32; m * k];
-    let rhs = vec![0.25f32; k * n];
+    let rhs = vec![0.25f32; (k + pad) * (n + pad)];
     let mut dst = vec![0.0f32; m * n];
-    let (rhs_rs, rhs_cs) = if rhs_t { (1, k) } else { (n, 1) };
+    let (rhs_rs, rhs_cs) = if rhs_t { (1, k + pad) } else { (n + pad, 1) };
     let (lhs_rs, lhs_cs) = if lhs_t { (1, m) } else { (k, 1) };
     let ms = time_ms(200, || unsafe {
         gemm::gemm(
@@ -90,13 +95,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         println!("{what:45} {:6.1} GFLOP/s", gemm_probe(m, n, k, lt, rt));
     }
+    for (m, n, k, rt, what) in [
+        (32, h, 4 * h, false, "step bwd: dg·W_hh (stored 4H×(H+1))"),
+        (n_tok, 4 * h, e, true, "proj: X·W_ihᵀ (stored 4H×(E+1))"),
+        (n_tok, e, 4 * h, false, "dX = dG·W_ih (stored 4H×(E+1))"),
+    ] {
+        println!("{what:45} {:6.1} GFLOP/s", gemm_probe_ld(m, n, k, false, rt, 1));
+    }
 
     let dev = Device::Cpu;
     let lengths: Vec<usize> = (0..b).map(|i| t - i % 4).collect();
     let plan = Arc::new(PackPlan::new(&lengths, t)?);
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, e), &dev)?)?;
-    let w_aug = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (8 * h, e + 1), &dev)? * 0.05)?)?;
-    let w_hh = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (2, 4 * h, h), &dev)? * 0.05)?)?;
+    let w_ih = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (8 * h, e + 1), &dev)? * 0.05)?)?;
+    let w_hh = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (2, 4 * h, h + 1), &dev)? * 0.05)?)?;
     let op = |record| {
         let dirs = [Direction::Forward, Direction::Reverse];
         FusedLstm::new(plan.clone(), &dirs, h, LstmOutput::Last, threads > 1, record)
@@ -104,11 +116,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tokens: usize = lengths.iter().sum();
     let flops = 2.0 * (tokens * 4 * h * (h + e) * 2) as f64;
     let fwd = time_ms(50, || {
-        black_box(op(false).apply(&x, &w_aug, &w_hh).ok());
+        black_box(op(false).apply(&x, &w_ih, &w_hh).ok());
     });
     println!("op forward (no trace)   {fwd:7.3} ms  {:6.1} GFLOP/s", flops / fwd / 1e6);
     let both = time_ms(50, || {
-        let y = op(true).apply(&x, &w_aug, &w_hh).and_then(|y| y.sum_all()?.backward());
+        let y = op(true).apply(&x, &w_ih, &w_hh).and_then(|y| y.sum_all()?.backward());
         black_box(y.ok());
     });
     println!(

@@ -97,23 +97,6 @@ pub fn matmul_into<T: Real>(
     }
 }
 
-/// `dst (m×n) = [dst +] op(lhs) (m×k) · op(rhs) (k×n)`, all contiguous.
-pub fn matmul<T: Real>(
-    dst: &mut [T],
-    (m, n, k): (usize, usize, usize),
-    lhs: &[T],
-    lhs_op: Op,
-    rhs: &[T],
-    rhs_op: Op,
-    accumulate: bool,
-) {
-    let lhs_ld = if lhs_op == Op::N { k } else { m };
-    let rhs_ld = if rhs_op == Op::N { n } else { k };
-    let lhs = Mat { data: lhs, op: lhs_op, ld: lhs_ld };
-    let rhs = Mat { data: rhs, op: rhs_op, ld: rhs_ld };
-    matmul_into(dst, n, (m, n, k), lhs, rhs, accumulate);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,18 +129,18 @@ mod tests {
         let want = naive(m, n, k, &a, &b);
         let at = transpose(m, k, &a);
         let bt = transpose(k, n, &b);
-        for (l, lo, r, ro) in [
-            (&a, Op::N, &b, Op::N),
-            (&at, Op::T, &b, Op::N),
-            (&a, Op::N, &bt, Op::T),
-            (&at, Op::T, &bt, Op::T),
+        for (l, r) in [
+            (Mat::n(&a, k), Mat::n(&b, n)),
+            (Mat::t(&at, m), Mat::n(&b, n)),
+            (Mat::n(&a, k), Mat::t(&bt, k)),
+            (Mat::t(&at, m), Mat::t(&bt, k)),
         ] {
             let mut c = vec![1.0; m * n];
-            matmul(&mut c, (m, n, k), l, lo, r, ro, true);
+            matmul_into(&mut c, n, (m, n, k), l, r, true);
             for (x, y) in c.iter().zip(&want) {
                 assert!((x - 1.0 - y).abs() < 1e-12);
             }
-            matmul(&mut c, (m, n, k), l, lo, r, ro, false);
+            matmul_into(&mut c, n, (m, n, k), l, r, false);
             for (x, y) in c.iter().zip(&want) {
                 assert!((x - y).abs() < 1e-12);
             }

@@ -13,7 +13,7 @@
 //! place, and both weight gradients come from a single product with that matrix.
 
 use super::activation::{self, BackwardBlock, ForwardBlock, Real};
-use super::gemm::{matmul, matmul_into, Mat, Op};
+use super::gemm::{matmul_into, Mat, Op};
 use super::packing::{Direction, PackPlan};
 
 /// The read-only inputs of one direction.
@@ -26,9 +26,9 @@ pub struct DirectionInput<'a, T> {
     pub input: usize,
     /// H.
     pub hidden: usize,
-    /// This direction's input weights and bias: 4H rows of `[W_ih | b]`, E + 1 wide.
-    pub w_aug: &'a [T],
-    /// This direction's recurrent weights, 4H × H.
+    /// This direction's input weights and bias: 4H rows of `[W_ih | b_ih]`, E + 1 wide.
+    pub w_ih: &'a [T],
+    /// This direction's recurrent weights and bias: 4H rows of `[W_hh | b_hh]`, H + 1 wide.
     pub w_hh: &'a [T],
 }
 
@@ -47,9 +47,9 @@ pub struct Trace<T> {
 pub struct DirectionGrads<T> {
     /// Of the input, packed like [`Trace::x`].
     pub dx: Vec<T>,
-    /// Of `[W_ih | b]`, 4H × (E + 1).
-    pub dw_aug: Vec<T>,
-    /// Of `W_hh`, 4H × H.
+    /// Of `[W_ih | b_ih]`, 4H × (E + 1).
+    pub dw_ih: Vec<T>,
+    /// Of `[W_hh | b_hh]`, 4H × (H + 1).
     pub dw_hh: Vec<T>,
 }
 
@@ -64,20 +64,23 @@ pub struct Injection<'a, T> {
     pub col: usize,
 }
 
-impl<T: Real> DirectionInput<'_, T> {
-    /// `W_ih` without the bias column, 4H × E.
-    fn w_ih(&self) -> Vec<T> {
-        let e = self.input;
-        self.w_aug
-            .chunks_exact(e + 1)
-            .flat_map(|row| &row[..e])
-            .copied()
-            .collect()
+impl<'a, T: Real> DirectionInput<'a, T> {
+    /// `W_ih` (4H × E) in place, skipping the bias column.
+    fn w_ih(&self) -> Mat<'a, T> {
+        Mat { data: self.w_ih, op: Op::N, ld: self.input + 1 }
     }
 
+    /// `W_hh` (4H × H) in place, skipping the bias column.
+    fn w_hh(&self) -> Mat<'a, T> {
+        Mat { data: self.w_hh, op: Op::N, ld: self.hidden + 1 }
+    }
+
+    /// `b_ih + b_hh`.
     fn bias(&self) -> Vec<T> {
-        let e = self.input;
-        self.w_aug.chunks_exact(e + 1).map(|row| row[e]).collect()
+        let (e, h) = (self.input, self.hidden);
+        let b_ih = self.w_ih.chunks_exact(e + 1).map(|row| row[e]);
+        let b_hh = self.w_hh.chunks_exact(h + 1).map(|row| row[h]);
+        b_ih.zip(b_hh).map(|(a, b)| a + b).collect()
     }
 }
 
@@ -98,12 +101,13 @@ pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Trace<T> {
         xh,
     };
     // The input projection of every token at once; the bias is added in the cell kernel.
-    let w_ih = inp.w_ih();
+    // Both weight matrices transposed (E × 4H, H × 4H): gemm runs these products 1.1–1.5×
+    // faster with the 4H-wide operand contiguous.
+    let w_ih_t = transpose(inp.w_ih, g4, e + 1, e);
+    let w_hh_t = transpose(inp.w_hh, g4, h + 1, h);
     let x_part = Mat { data: &tr.xh, op: Op::N, ld: w };
-    matmul_into(&mut tr.gates, g4, (tokens, g4, e), x_part, Mat::t(&w_ih, e), false);
+    matmul_into(&mut tr.gates, g4, (tokens, g4, e), x_part, Mat::n(&w_ih_t, g4), false);
     let bias = inp.bias();
-    // Stored transposed (H × 4H): gemm runs the step product ~1.4× faster this way round.
-    let w_hh_t = transpose(inp.w_hh, g4, h);
     for s in 0..t_len {
         let n = plan.active(s);
         if n == 0 {
@@ -191,7 +195,8 @@ pub fn backward<T: Real>(
         if s > 0 {
             // Rows n.. of dh and dc are untouched zeros: walking backwards those rows have
             // not started yet, and zero is the state they start from.
-            matmul(&mut dh[..n * h], (n, h, g4), block, Op::N, inp.w_hh, Op::N, false);
+            let dg = Mat::n(&*block, g4);
+            matmul_into(&mut dh[..n * h], h, (n, h, g4), dg, inp.w_hh(), false);
         }
     }
 
@@ -205,24 +210,26 @@ pub fn backward<T: Real>(
             *acc = *acc + g;
         }
     }
-    let mut dw_aug = Vec::with_capacity(g4 * (e + 1));
-    let mut dw_hh = Vec::with_capacity(g4 * h);
+    // Both biases enter as the same sum, so both get db.
+    let mut dw_ih = Vec::with_capacity(g4 * (e + 1));
+    let mut dw_hh = Vec::with_capacity(g4 * (h + 1));
     for (row, &b) in dw.chunks_exact(w).zip(&db) {
-        dw_aug.extend_from_slice(&row[..e]);
-        dw_aug.push(b);
+        dw_ih.extend_from_slice(&row[..e]);
+        dw_ih.push(b);
         dw_hh.extend_from_slice(&row[e..]);
+        dw_hh.push(b);
     }
 
     let mut dx = vec![T::zero(); tokens * e];
-    matmul(&mut dx, (tokens, e, g4), &dgates, Op::N, &inp.w_ih(), Op::N, false);
-    DirectionGrads { dx, dw_aug, dw_hh }
+    matmul_into(&mut dx, e, (tokens, e, g4), Mat::n(&dgates, g4), inp.w_ih(), false);
+    DirectionGrads { dx, dw_ih, dw_hh }
 }
 
-/// A `rows × cols` row-major matrix transposed.
-fn transpose<T: Real>(a: &[T], rows: usize, cols: usize) -> Vec<T> {
+/// The first `cols` columns of a `rows × ld` row-major matrix, transposed (`cols × rows`).
+fn transpose<T: Real>(a: &[T], rows: usize, ld: usize, cols: usize) -> Vec<T> {
     let mut t = vec![T::zero(); rows * cols];
-    for (i, row) in a.chunks_exact(cols).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
+    for (i, row) in a.chunks_exact(ld).enumerate() {
+        for (j, &v) in row[..cols].iter().enumerate() {
             t[j * rows + i] = v;
         }
     }

@@ -5,11 +5,11 @@
 //! in the graph, and inside it the work is a few large products and one fused element-wise
 //! pass per step into preallocated packed buffers (see [`lstm_direction`] and [`PackPlan`]).
 //!
-//! Inputs: `x` (B × T × E, right-padded; padding is never read), `w_aug` (D·4H × (E + 1):
-//! each direction's `W_ih` with its combined bias `b_ih + b_hh` as an extra column, so that
-//! three inputs carry all five parameters and candle's autograd splits the gradient back) and
-//! `w_hh` (D × 4H × H). Gate order is PyTorch's: i, f, g, o; direction 0 is forward, 1
-//! reverse. Output: the hidden state at each row's last step (B × D·H) or at every position
+//! Inputs: `x` (B × T × E, right-padded; padding is never read), `w_ih` (D·4H × (E + 1):
+//! each direction's `W_ih` with `b_ih` as an extra column) and `w_hh` (D × 4H × (H + 1): `W_hh`
+//! with `b_hh` as an extra column); biases ride along as columns so that the op's three inputs
+//! are the layer's parameters themselves, with no candle ops to split or join them. Gate order
+//! is PyTorch's: i, f, g, o; direction 0 is forward, 1 reverse. Output: the hidden state at each row's last step (B × D·H) or at every position
 //! (B × T × D·H, zeros in padding). Directions are independent and, when more than one thread
 //! is allowed, run on two threads.
 //!
@@ -130,20 +130,14 @@ impl FusedLstm {
         }
     }
 
-    /// `[W_ih | b]`, the op's second input, from `w_ih` (D·4H × E) and `bias` (D·4H, the sum
-    /// `b_ih + b_hh`); built with candle ops, so autograd routes the gradient back to them.
-    pub fn augment(w_ih: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-        Tensor::cat(&[w_ih, &bias.unsqueeze(1)?], 1)
-    }
-
-    /// Applies the layer to `x` (B × T × E) with `w_aug` (D·4H × (E + 1)) and `w_hh`
-    /// (D × 4H × H); with `record`, autograd can differentiate through it.
-    pub fn apply(self, x: &Tensor, w_aug: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
-        let (x, w_aug, w_hh) = (x.contiguous()?, w_aug.contiguous()?, w_hh.contiguous()?);
+    /// Applies the layer to `x` (B × T × E) with `w_ih` (D·4H × (E + 1)) and `w_hh`
+    /// (D × 4H × (H + 1)); with `record`, autograd can differentiate through it.
+    pub fn apply(self, x: &Tensor, w_ih: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
+        let (x, w_ih, w_hh) = (x.contiguous()?, w_ih.contiguous()?, w_hh.contiguous()?);
         if self.record {
-            x.apply_op3(&w_aug, &w_hh, self)
+            x.apply_op3(&w_ih, &w_hh, self)
         } else {
-            x.apply_op3_no_bwd(&w_aug, &w_hh, &self)
+            x.apply_op3_no_bwd(&w_ih, &w_hh, &self)
         }
     }
 
@@ -154,38 +148,38 @@ impl FusedLstm {
         (b, t, self.directions.len(), e, self.hidden)
     }
 
-    fn check(&self, x: &Layout, w_aug: &Layout, w_hh: &Layout) -> candle_core::Result<()> {
+    fn check(&self, x: &Layout, w_ih: &Layout, w_hh: &Layout) -> candle_core::Result<()> {
         let (b, t, d, e, h) = self.dims(x);
         if x.dims() != [b, t, e] {
             bail!("fused_lstm: x is {:?}, the batch plan is [{b}, {t}, _]", x.dims())
         }
-        if w_aug.dims() != [d * 4 * h, e + 1] {
-            bail!("fused_lstm: w_aug is {:?}, expected [{}, {}]", w_aug.dims(), d * 4 * h, e + 1)
+        if w_ih.dims() != [d * 4 * h, e + 1] {
+            bail!("fused_lstm: w_ih is {:?}, expected [{}, {}]", w_ih.dims(), d * 4 * h, e + 1)
         }
-        if w_hh.dims() != [d, 4 * h, h] {
-            bail!("fused_lstm: w_hh is {:?}, expected [{d}, {}, {h}]", w_hh.dims(), 4 * h)
+        if w_hh.dims() != [d, 4 * h, h + 1] {
+            bail!("fused_lstm: w_hh is {:?}, expected [{d}, {}, {}]", w_hh.dims(), 4 * h, h + 1)
         }
         Ok(())
     }
 
     /// Direction `k`'s view of the inputs.
-    fn input<'a, T>(&'a self, k: usize, x: &'a [T], e: usize, w_aug: &'a [T], w_hh: &'a [T]) -> DirectionInput<'a, T> {
-        let g4 = 4 * self.hidden;
+    fn input<'a, T>(&'a self, k: usize, x: &'a [T], e: usize, w_ih: &'a [T], w_hh: &'a [T]) -> DirectionInput<'a, T> {
+        let (g4, h) = (4 * self.hidden, self.hidden);
         DirectionInput {
             plan: &self.plan,
             dir: self.directions[k],
             x,
             input: e,
             hidden: self.hidden,
-            w_aug: &w_aug[k * g4 * (e + 1)..(k + 1) * g4 * (e + 1)],
-            w_hh: &w_hh[k * g4 * self.hidden..(k + 1) * g4 * self.hidden],
+            w_ih: &w_ih[k * g4 * (e + 1)..(k + 1) * g4 * (e + 1)],
+            w_hh: &w_hh[k * g4 * (h + 1)..(k + 1) * g4 * (h + 1)],
         }
     }
 
     /// Runs `f` for every direction, on two threads when allowed.
     fn each_direction<R: Send>(&self, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
         if self.parallel && self.directions.len() == 2 {
-            let (a, b) = rayon::join(|| f(0), || f(1));
+            let (a, b) = super::threads::join(|| f(0), || f(1));
             vec![a, b]
         } else {
             (0..self.directions.len()).map(f).collect()
@@ -196,12 +190,12 @@ impl FusedLstm {
         &self,
         e: usize,
         x: &[T],
-        w_aug: &[T],
+        w_ih: &[T],
         w_hh: &[T],
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let plan = &self.plan;
         let (b, t, d, h) = (plan.batch(), plan.steps(), self.directions.len(), self.hidden);
-        let traces = self.each_direction(|k| direction::forward(&self.input(k, x, e, w_aug, w_hh)));
+        let traces = self.each_direction(|k| direction::forward(&self.input(k, x, e, w_ih, w_hh)));
         let (out, shape) = match self.output {
             LstmOutput::Last => {
                 let mut out = vec![T::zero(); b * d * h];
@@ -238,7 +232,7 @@ impl FusedLstm {
     fn backward<T: Element>(
         &self,
         e: usize,
-        (x, w_aug, w_hh): (&[T], &[T], &[T]),
+        (x, w_ih, w_hh): (&[T], &[T], &[T]),
         grad: &[T],
     ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
         let plan = &self.plan;
@@ -254,42 +248,42 @@ impl FusedLstm {
                 stride: d * h,
                 col: k * h,
             };
-            direction::backward(&self.input(k, x, e, w_aug, w_hh), &traces[k], inject)
+            direction::backward(&self.input(k, x, e, w_ih, w_hh), &traces[k], inject)
         });
         let mut dx = vec![T::zero(); b * t * e];
-        let mut dw_aug = Vec::with_capacity(d * 4 * h * (e + 1));
-        let mut dw_hh = Vec::with_capacity(d * 4 * h * h);
+        let mut dw_ih = Vec::with_capacity(d * 4 * h * (e + 1));
+        let mut dw_hh = Vec::with_capacity(d * 4 * h * (h + 1));
         for (k, g) in grads.into_iter().enumerate() {
-            let DirectionGrads { dx: dxk, dw_aug: dwa, dw_hh: dwh } = g;
+            let DirectionGrads { dx: dxk, dw_ih: dwi, dw_hh: dwh } = g;
             plan.for_each_token(self.directions[k], |p, row, pos| {
                 let dst = (row * t + pos) * e;
                 for (a, &v) in dx[dst..dst + e].iter_mut().zip(&dxk[p * e..(p + 1) * e]) {
                     *a = *a + v;
                 }
             });
-            dw_aug.extend_from_slice(&dwa);
+            dw_ih.extend_from_slice(&dwi);
             dw_hh.extend_from_slice(&dwh);
         }
-        Ok((dx, dw_aug, dw_hh))
+        Ok((dx, dw_ih, dw_hh))
     }
 
     fn bwd_typed<T: Element>(
         &self,
         x: &Tensor,
-        w_aug: &Tensor,
+        w_ih: &Tensor,
         w_hh: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let e = x.dims().get(2).copied().unwrap_or(0);
-        let (dx, dwa, dwh) = with_cpu::<T, _>(x, |x| {
-            with_cpu::<T, _>(w_aug, |wa| {
+        let (dx, dwi, dwh) = with_cpu::<T, _>(x, |x| {
+            with_cpu::<T, _>(w_ih, |wa| {
                 with_cpu::<T, _>(w_hh, |wh| with_cpu::<T, _>(grad, |g| self.backward(e, (x, wa, wh), g)))
             })
         })?;
         let dev = x.device();
         Ok((
             Tensor::from_vec(dx, x.shape(), dev)?,
-            Tensor::from_vec(dwa, w_aug.shape(), dev)?,
+            Tensor::from_vec(dwi, w_ih.shape(), dev)?,
             Tensor::from_vec(dwh, w_hh.shape(), dev)?,
         ))
     }
@@ -325,17 +319,17 @@ impl CustomOp3 for FusedLstm {
     fn bwd(
         &self,
         x: &Tensor,
-        w_aug: &Tensor,
+        w_ih: &Tensor,
         w_hh: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad_res.contiguous()?;
-        let (dx, dwa, dwh) = match x.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(x, w_aug, w_hh, &grad)?,
-            DType::F64 => self.bwd_typed::<f64>(x, w_aug, w_hh, &grad)?,
+        let (dx, dwi, dwh) = match x.dtype() {
+            DType::F32 => self.bwd_typed::<f32>(x, w_ih, w_hh, &grad)?,
+            DType::F64 => self.bwd_typed::<f64>(x, w_ih, w_hh, &grad)?,
             other => bail!("fused_lstm: f32 or f64 only, got {other:?}"),
         };
-        Ok((Some(dx), Some(dwa), Some(dwh)))
+        Ok((Some(dx), Some(dwi), Some(dwh)))
     }
 }
