@@ -52,7 +52,11 @@ fn read(path: &Path) -> Result<Rows, String> {
         .lines()
         .filter_map(|l| l.split_once('\t'))
         .map(|(label, t)| {
-            let toks = t.to_lowercase().split_whitespace().map(String::from).collect();
+            let toks = t
+                .to_lowercase()
+                .split_whitespace()
+                .map(String::from)
+                .collect();
             (label.to_string(), toks)
         })
         .collect())
@@ -174,7 +178,10 @@ fn main() -> Result<(), String> {
             cpu_rates.push(n as f64 / (b - a));
         }
         last_loss = loss / n as f64;
-        eprintln!("epoch {epoch}: {:.1} samples/s, loss {last_loss:.4}", n as f64 / busy);
+        eprintln!(
+            "epoch {epoch}: {:.1} samples/s, loss {last_loss:.4}",
+            n as f64 / busy
+        );
     }
 
     let accuracy = match &args.test {

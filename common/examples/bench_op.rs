@@ -81,11 +81,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("threads {threads}");
     let n_tok = 326;
     for (m, n, k, lt, rt, what) in [
-        (32, 4 * h, h, false, true, "step fwd: h·W_hhᵀ (W_hh stored 4H×H)"),
+        (
+            32,
+            4 * h,
+            h,
+            false,
+            true,
+            "step fwd: h·W_hhᵀ (W_hh stored 4H×H)",
+        ),
         (32, 4 * h, h, false, false, "step fwd: h·W (W stored H×4H)"),
-        (32, h, 4 * h, false, false, "step bwd: dg·W_hh (stored 4H×H)"),
+        (
+            32,
+            h,
+            4 * h,
+            false,
+            false,
+            "step bwd: dg·W_hh (stored 4H×H)",
+        ),
         (32, h, 4 * h, false, true, "step bwd: dg·Wᵀ (W stored H×4H)"),
-        (n_tok, 4 * h, e, false, true, "proj: X·W_ihᵀ (W_ih stored 4H×E)"),
+        (
+            n_tok,
+            4 * h,
+            e,
+            false,
+            true,
+            "proj: X·W_ihᵀ (W_ih stored 4H×E)",
+        ),
         (n_tok, 4 * h, e, false, false, "proj: X·W (W stored E×4H)"),
         (n_tok, e, 4 * h, false, false, "dX = dG·W_ih (stored 4H×E)"),
         (4 * h, e, n_tok, true, false, "dW_ih = dGᵀ·X"),
@@ -100,7 +121,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (n_tok, 4 * h, e, true, "proj: X·W_ihᵀ (stored 4H×(E+1))"),
         (n_tok, e, 4 * h, false, "dX = dG·W_ih (stored 4H×(E+1))"),
     ] {
-        println!("{what:45} {:6.1} GFLOP/s", gemm_probe_ld(m, n, k, false, rt, 1));
+        println!(
+            "{what:45} {:6.1} GFLOP/s",
+            gemm_probe_ld(m, n, k, false, rt, 1)
+        );
     }
 
     let dev = Device::Cpu;
@@ -111,16 +135,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let w_hh = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (2, 4 * h, h + 1), &dev)? * 0.05)?)?;
     let op = |record| {
         let dirs = [Direction::Forward, Direction::Reverse];
-        FusedLstm::new(plan.clone(), &dirs, h, LstmOutput::Last, threads > 1, record)
+        FusedLstm::new(
+            plan.clone(),
+            &dirs,
+            h,
+            LstmOutput::Last,
+            threads > 1,
+            record,
+        )
     };
     let tokens: usize = lengths.iter().sum();
     let flops = 2.0 * (tokens * 4 * h * (h + e) * 2) as f64;
     let fwd = time_ms(50, || {
         black_box(op(false).apply(&x, &w_ih, &w_hh).ok());
     });
-    println!("op forward (no trace)   {fwd:7.3} ms  {:6.1} GFLOP/s", flops / fwd / 1e6);
+    println!(
+        "op forward (no trace)   {fwd:7.3} ms  {:6.1} GFLOP/s",
+        flops / fwd / 1e6
+    );
     let both = time_ms(50, || {
-        let y = op(true).apply(&x, &w_ih, &w_hh).and_then(|y| y.sum_all()?.backward());
+        let y = op(true)
+            .apply(&x, &w_ih, &w_hh)
+            .and_then(|y| y.sum_all()?.backward());
         black_box(y.ok());
     });
     println!(
@@ -136,7 +172,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seqs: Vec<Vec<u32>> = lengths
         .iter()
         .enumerate()
-        .map(|(i, &l)| (0..l).map(|j| (2 + i * 31 + j * 7) as u32 % 9_000 + 2).collect())
+        .map(|(i, &l)| {
+            (0..l)
+                .map(|j| (2 + i * 31 + j * 7) as u32 % 9_000 + 2)
+                .collect()
+        })
         .collect();
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     let labels: Vec<u32> = (0..b as u32).map(|i| i % 6).collect();

@@ -141,7 +141,11 @@ fn resumed_optimizer_continues_identically() -> TestResult {
     opt.step(&model, &g2)?;
 
     let resumed = Classifier::load(&cfg, &dir.path().join("model.safetensors"))?;
-    let mut opt2 = Adam::load(&resumed, AdamConfig::default(), &dir.path().join("adam.safetensors"))?;
+    let mut opt2 = Adam::load(
+        &resumed,
+        AdamConfig::default(),
+        &dir.path().join("adam.safetensors"),
+    )?;
     assert_eq!(opt2.state().step, 1);
     opt2.step(&resumed, &g2)?;
     assert_eq!(fc_bias(&model)?, fc_bias(&resumed)?);

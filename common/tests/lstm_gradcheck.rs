@@ -47,7 +47,13 @@ fn compare_with_composed(dtype: DType, tol: f64, output: LstmOutput, parallel: b
     assert_eq!(ours.dims(), theirs.dims());
     let w = random_var(ours.dims(), dtype, &mut r)?;
     let what = format!("{dtype:?} {output:?} parallel={parallel}");
-    assert_close(&format!("{what} output"), &flat(&ours)?, &flat(&theirs)?, tol, 1e-3);
+    assert_close(
+        &format!("{what} output"),
+        &flat(&ours)?,
+        &flat(&theirs)?,
+        tol,
+        1e-3,
+    );
     let g_ours = (ours * w.as_tensor())?.sum_all()?.backward()?;
     let g_theirs = (theirs * w.as_tensor())?.sum_all()?.backward()?;
     for (name, var) in [("x", &x), ("w_ih", &w_ih), ("w_hh", &w_hh)] {
@@ -114,10 +120,15 @@ fn fused_op_matches_finite_differences_f64() -> TestResult {
         let x = random_var(&[LENGTHS.len(), STEPS, INPUT], DType::F64, &mut r)?;
         let (w_ih, w_hh) = random_fused(INPUT, HIDDEN, DType::F64, &mut r)?;
         let out = fused_layer(&x, (&w_ih, &w_hh), &LENGTHS, output, true, true)?;
-        let w = random_var(out.dims(), DType::F64, &mut r)?.as_tensor().clone();
+        let w = random_var(out.dims(), DType::F64, &mut r)?
+            .as_tensor()
+            .clone();
         let grads = (out * &w)?.sum_all()?.backward()?;
         let vars = [&x, &w_ih, &w_hh];
-        let mut values = vars.iter().map(|v| flat(v)).collect::<Result<Vec<_>, _>>()?;
+        let mut values = vars
+            .iter()
+            .map(|v| flat(v))
+            .collect::<Result<Vec<_>, _>>()?;
         let eps = 1e-6;
         for (k, var) in vars.iter().enumerate() {
             let analytic = flat(grads.get(var).ok_or("missing gradient")?)?;
@@ -131,7 +142,13 @@ fn fused_op_matches_finite_differences_f64() -> TestResult {
                 values[k][i] = orig;
                 numeric.push((up - down) / (2.0 * eps));
             }
-            assert_close(&format!("{output:?} input {k}"), &analytic, &numeric, 1e-6, 1e-3);
+            assert_close(
+                &format!("{output:?} input {k}"),
+                &analytic,
+                &numeric,
+                1e-6,
+                1e-3,
+            );
         }
     }
     Ok(())
@@ -159,7 +176,13 @@ fn stacked_bilstm_matches_composed_layers() -> TestResult {
     let p1 = LayerParams::from_fused(&l1.0, &l1.1)?;
     let mid = reference_layer(&x, &p0, &LENGTHS, HIDDEN, true)?;
     let theirs = reference_layer(&mid, &p1, &LENGTHS, HIDDEN, false)?;
-    assert_close("stacked output", &flat(&ours)?, &flat(&theirs)?, 1e-10, 1e-3);
+    assert_close(
+        "stacked output",
+        &flat(&ours)?,
+        &flat(&theirs)?,
+        1e-10,
+        1e-3,
+    );
     let w = random_var(ours.dims(), dtype, &mut r)?;
     let g_ours = (ours * w.as_tensor())?.sum_all()?.backward()?;
     let g_theirs = (theirs * w.as_tensor())?.sum_all()?.backward()?;

@@ -23,7 +23,9 @@ fn config() -> ModelConfig {
 fn logits_alone_equal_logits_in_a_padded_batch() -> TestResult {
     let model = Classifier::new(&config(), 1)?;
     let short: &[u32] = &[4, 9, 2];
-    let alone = model.logits(&Batch::unlabeled(&[short])?)?.to_vec2::<f32>()?;
+    let alone = model
+        .logits(&Batch::unlabeled(&[short])?)?
+        .to_vec2::<f32>()?;
     let long: Vec<u32> = (10..40).collect();
     let batch = Batch::unlabeled(&[&long, short, &[7, 7, 7, 7, 7, 7]])?;
     let together = model.logits(&batch)?.to_vec2::<f32>()?;
@@ -53,6 +55,12 @@ fn batch_gradients_are_sums_of_example_gradients() -> TestResult {
     let f = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
     assert_close("dense", &f(&batch.dense), &f(&sum.dense), 1e-4, 1e-3);
     assert_eq!(batch.embedding.ids, sum.embedding.ids);
-    assert_close("embedding", &f(&batch.embedding.rows), &f(&sum.embedding.rows), 1e-4, 1e-3);
+    assert_close(
+        "embedding",
+        &f(&batch.embedding.rows),
+        &f(&sum.embedding.rows),
+        1e-4,
+        1e-3,
+    );
     Ok(())
 }

@@ -25,11 +25,11 @@ fn sparse_rows_equal_dense_autograd() -> Result<(), Box<dyn Error>> {
     let (grads, _, _) = compute_gradients(&model, &batch)?;
 
     let ids = Tensor::from_slice(batch.ids(), batch.ids().len(), model.device())?;
-    let x = model
-        .embedding()
-        .as_tensor()
-        .embedding(&ids)?
-        .reshape((batch.len(), batch.steps(), cfg.embedding_dim))?;
+    let x = model.embedding().as_tensor().embedding(&ids)?.reshape((
+        batch.len(),
+        batch.steps(),
+        cfg.embedding_dim,
+    ))?;
     let logits = model.forward_embedded(&x, batch.lengths(), Mode::Train)?;
     let targets = Tensor::from_slice(batch.labels(), (batch.len(), 1), model.device())?;
     let loss = candle_nn::ops::log_softmax(&logits, 1)?

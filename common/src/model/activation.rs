@@ -11,7 +11,9 @@ use num_traits::Float;
 use super::simd::multiversion;
 
 /// The element types the fused LSTM runs on.
-pub trait Real: Float + candle_core::WithDType + Send + Sync + 'static {
+pub trait Real:
+    Float + std::ops::AddAssign + std::ops::MulAssign + candle_core::WithDType + Send + Sync + 'static
+{
     fn act_sigmoid(x: Self) -> Self;
     fn act_tanh(x: Self) -> Self;
 }
@@ -58,7 +60,7 @@ pub fn fast_exp(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let p = p * r * r + r + 1.0;
     p * f32::from_bits((i.wrapping_add(127) << 23) as u32)
 }
@@ -163,7 +165,7 @@ fn backward_impl<T: Real>(b: BackwardBlock<'_, T>) {
             Some(prev) => {
                 let prev = &prev[span];
                 for k in 0..hd {
-                    df[k] = df[k] * prev[k];
+                    df[k] *= prev[k];
                 }
             }
             None => df.iter_mut().for_each(|x| *x = T::zero()),

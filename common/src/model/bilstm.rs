@@ -59,7 +59,9 @@ pub fn bilstm(
     vb: VarBuilder,
 ) -> Result<BiLstm> {
     if layers == 0 || hidden == 0 {
-        return Err(ModelError::Config("a BiLSTM needs layers ≥ 1 and hidden ≥ 1".into()));
+        return Err(ModelError::Config(
+            "a BiLSTM needs layers ≥ 1 and hidden ≥ 1".into(),
+        ));
     }
     let mut params = bilstm_params(input, hidden, layers).into_iter();
     let mut next = || -> Result<Tensor> {
@@ -122,7 +124,9 @@ impl BiLstm {
             }
             input = self.between[l].forward_t(&y, mode)?;
         }
-        Err(ModelError::Config("a BiLSTM needs at least one layer".into()))
+        Err(ModelError::Config(
+            "a BiLSTM needs at least one layer".into(),
+        ))
     }
 
     fn layer_forward(

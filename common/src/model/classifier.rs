@@ -79,7 +79,10 @@ impl ModelConfig {
             .into_iter()
             .map(|(n, s)| (format!("lstm.{n}"), s))
             .collect();
-        params.push(("fc.weight".into(), vec![self.num_classes, 2 * self.hidden_dim]));
+        params.push((
+            "fc.weight".into(),
+            vec![self.num_classes, 2 * self.hidden_dim],
+        ));
         params.push(("fc.bias".into(), vec![self.num_classes]));
         params
     }
@@ -131,7 +134,12 @@ impl Classifier {
         Self::from_varmap(config, varmap, device, rng.gen())
     }
 
-    fn from_varmap(config: &ModelConfig, varmap: VarMap, device: &Device, seed: u64) -> Result<Self> {
+    fn from_varmap(
+        config: &ModelConfig,
+        varmap: VarMap,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         let (embedding, dense) = {
             let vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
             let get = |name: &str| {
@@ -181,12 +189,10 @@ impl Classifier {
 
     /// Replaces the weights with those saved at `path` (names and shapes must match).
     pub fn load_weights(&mut self, path: &Path) -> Result<()> {
-        self.varmap
-            .load(path)
-            .map_err(|e| ModelError::Checkpoint {
-                path: path.to_path_buf(),
-                msg: e.to_string(),
-            })
+        self.varmap.load(path).map_err(|e| ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
     }
 
     /// Saves the weights as safetensors, atomically.
@@ -223,7 +229,9 @@ impl Classifier {
         let (b, t) = (batch.len(), batch.steps());
         let (v, e) = (self.config.vocab_size, self.config.embedding_dim);
         if let Some(&bad) = batch.ids().iter().find(|&&id| id as usize >= v) {
-            return Err(ModelError::Batch(format!("token id {bad} ≥ vocabulary size {v}")));
+            return Err(ModelError::Batch(format!(
+                "token id {bad} ≥ vocabulary size {v}"
+            )));
         }
         let (storage, layout) = self.embedding.storage_and_layout();
         let table = match (&*storage, layout.contiguous_offsets()) {

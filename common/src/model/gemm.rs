@@ -25,12 +25,20 @@ pub struct Mat<'a, T> {
 impl<'a, T> Mat<'a, T> {
     /// `data` as the whole matrix with `cols` columns as stored.
     pub fn n(data: &'a [T], cols: usize) -> Self {
-        Self { data, op: Op::N, ld: cols }
+        Self {
+            data,
+            op: Op::N,
+            ld: cols,
+        }
     }
 
     /// `data` as the transpose of the matrix stored with `cols` columns.
     pub fn t(data: &'a [T], cols: usize) -> Self {
-        Self { data, op: Op::T, ld: cols }
+        Self {
+            data,
+            op: Op::T,
+            ld: cols,
+        }
     }
 
     /// (row stride, column stride) of the `rows × cols` matrix this operand stands for, after
@@ -40,7 +48,9 @@ impl<'a, T> Mat<'a, T> {
             Op::N => (rows, cols, self.ld, 1),
             Op::T => (cols, rows, 1, self.ld),
         };
-        assert!(stored_cols <= self.ld && self.data.len() >= (stored_rows - 1) * self.ld + stored_cols);
+        assert!(
+            stored_cols <= self.ld && self.data.len() >= (stored_rows - 1) * self.ld + stored_cols
+        );
         (rs as isize, cs as isize)
     }
 }
@@ -153,7 +163,11 @@ mod tests {
         let wide = [9.0, 1.0, 2.0, 3.0, 9.0, 9.0, 4.0, 5.0, 6.0, 9.0];
         let rhs = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
         let mut dst = [0.0, 0.0, 7.0, 0.0, 0.0, 7.0];
-        let lhs = Mat { data: &wide[1..], op: Op::N, ld: 5 };
+        let lhs = Mat {
+            data: &wide[1..],
+            op: Op::N,
+            ld: 5,
+        };
         matmul_into(&mut dst, 3, (2, 2, 3), lhs, Mat::n(&rhs, 2), false);
         assert_eq!(dst, [4.0, 5.0, 7.0, 10.0, 11.0, 7.0]);
     }

@@ -67,12 +67,20 @@ pub struct Injection<'a, T> {
 impl<'a, T: Real> DirectionInput<'a, T> {
     /// `W_ih` (4H × E) in place, skipping the bias column.
     fn w_ih(&self) -> Mat<'a, T> {
-        Mat { data: self.w_ih, op: Op::N, ld: self.input + 1 }
+        Mat {
+            data: self.w_ih,
+            op: Op::N,
+            ld: self.input + 1,
+        }
     }
 
     /// `W_hh` (4H × H) in place, skipping the bias column.
     fn w_hh(&self) -> Mat<'a, T> {
-        Mat { data: self.w_hh, op: Op::N, ld: self.hidden + 1 }
+        Mat {
+            data: self.w_hh,
+            op: Op::N,
+            ld: self.hidden + 1,
+        }
     }
 
     /// `b_ih + b_hh`.
@@ -105,8 +113,19 @@ pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Trace<T> {
     // faster with the 4H-wide operand contiguous.
     let w_ih_t = transpose(inp.w_ih, g4, e + 1, e);
     let w_hh_t = transpose(inp.w_hh, g4, h + 1, h);
-    let x_part = Mat { data: &tr.xh, op: Op::N, ld: w };
-    matmul_into(&mut tr.gates, g4, (tokens, g4, e), x_part, Mat::n(&w_ih_t, g4), false);
+    let x_part = Mat {
+        data: &tr.xh,
+        op: Op::N,
+        ld: w,
+    };
+    matmul_into(
+        &mut tr.gates,
+        g4,
+        (tokens, g4, e),
+        x_part,
+        Mat::n(&w_ih_t, g4),
+        false,
+    );
     let bias = inp.bias();
     for s in 0..t_len {
         let n = plan.active(s);
@@ -116,7 +135,11 @@ pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Trace<T> {
         let base = plan.offset(s);
         let gates = &mut tr.gates[base * g4..(base + n) * g4];
         if s > 0 {
-            let h_prev = Mat { data: &tr.xh[base * w + e..], op: Op::N, ld: w };
+            let h_prev = Mat {
+                data: &tr.xh[base * w + e..],
+                op: Op::N,
+                ld: w,
+            };
             matmul_into(gates, g4, (n, g4, h), h_prev, Mat::n(&w_hh_t, g4), true);
         }
         let (done_cells, cells) = tr.cells.split_at_mut(base * h);
@@ -178,7 +201,7 @@ pub fn backward<T: Real>(
                 .iter_mut()
                 .zip(&inject.grad[src..src + h])
             {
-                *d = *d + *g;
+                *d += *g;
             }
         }
         let prev = (s > 0).then(|| plan.offset(s - 1) * h..(plan.offset(s - 1) + n) * h);
@@ -203,11 +226,18 @@ pub fn backward<T: Real>(
     // [dW_ih | dW_hh] = Σ_t dgates_tᵀ · [x_t | h_{t-1}]: one product over all tokens.
     let w = e + h;
     let mut dw = vec![T::zero(); g4 * w];
-    matmul_into(&mut dw, w, (g4, w, tokens), Mat::t(&dgates, g4), Mat::n(&tr.xh, w), false);
+    matmul_into(
+        &mut dw,
+        w,
+        (g4, w, tokens),
+        Mat::t(&dgates, g4),
+        Mat::n(&tr.xh, w),
+        false,
+    );
     let mut db = vec![T::zero(); g4];
     for row in dgates.chunks_exact(g4) {
         for (acc, &g) in db.iter_mut().zip(row) {
-            *acc = *acc + g;
+            *acc += g;
         }
     }
     // Both biases enter as the same sum, so both get db.
@@ -221,7 +251,14 @@ pub fn backward<T: Real>(
     }
 
     let mut dx = vec![T::zero(); tokens * e];
-    matmul_into(&mut dx, e, (tokens, e, g4), Mat::n(&dgates, g4), inp.w_ih(), false);
+    matmul_into(
+        &mut dx,
+        e,
+        (tokens, e, g4),
+        Mat::n(&dgates, g4),
+        inp.w_ih(),
+        false,
+    );
     DirectionGrads { dx, dw_ih, dw_hh }
 }
 

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 use super::activation::Real;
-pub use super::packing::Direction;
 use super::lstm_direction::{self as direction, DirectionGrads, DirectionInput, Injection, Trace};
+pub use super::packing::Direction;
 use super::packing::PackPlan;
 
 /// What the op returns for each row.
@@ -151,19 +151,39 @@ impl FusedLstm {
     fn check(&self, x: &Layout, w_ih: &Layout, w_hh: &Layout) -> candle_core::Result<()> {
         let (b, t, d, e, h) = self.dims(x);
         if x.dims() != [b, t, e] {
-            bail!("fused_lstm: x is {:?}, the batch plan is [{b}, {t}, _]", x.dims())
+            bail!(
+                "fused_lstm: x is {:?}, the batch plan is [{b}, {t}, _]",
+                x.dims()
+            )
         }
         if w_ih.dims() != [d * 4 * h, e + 1] {
-            bail!("fused_lstm: w_ih is {:?}, expected [{}, {}]", w_ih.dims(), d * 4 * h, e + 1)
+            bail!(
+                "fused_lstm: w_ih is {:?}, expected [{}, {}]",
+                w_ih.dims(),
+                d * 4 * h,
+                e + 1
+            )
         }
         if w_hh.dims() != [d, 4 * h, h + 1] {
-            bail!("fused_lstm: w_hh is {:?}, expected [{d}, {}, {}]", w_hh.dims(), 4 * h, h + 1)
+            bail!(
+                "fused_lstm: w_hh is {:?}, expected [{d}, {}, {}]",
+                w_hh.dims(),
+                4 * h,
+                h + 1
+            )
         }
         Ok(())
     }
 
     /// Direction `k`'s view of the inputs.
-    fn input<'a, T>(&'a self, k: usize, x: &'a [T], e: usize, w_ih: &'a [T], w_hh: &'a [T]) -> DirectionInput<'a, T> {
+    fn input<'a, T>(
+        &'a self,
+        k: usize,
+        x: &'a [T],
+        e: usize,
+        w_ih: &'a [T],
+        w_hh: &'a [T],
+    ) -> DirectionInput<'a, T> {
         let (g4, h) = (4 * self.hidden, self.hidden);
         DirectionInput {
             plan: &self.plan,
@@ -194,7 +214,12 @@ impl FusedLstm {
         w_hh: &[T],
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let plan = &self.plan;
-        let (b, t, d, h) = (plan.batch(), plan.steps(), self.directions.len(), self.hidden);
+        let (b, t, d, h) = (
+            plan.batch(),
+            plan.steps(),
+            self.directions.len(),
+            self.hidden,
+        );
         let traces = self.each_direction(|k| direction::forward(&self.input(k, x, e, w_ih, w_hh)));
         let (out, shape) = match self.output {
             LstmOutput::Last => {
@@ -236,7 +261,12 @@ impl FusedLstm {
         grad: &[T],
     ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
         let plan = &self.plan;
-        let (b, t, d, h) = (plan.batch(), plan.steps(), self.directions.len(), self.hidden);
+        let (b, t, d, h) = (
+            plan.batch(),
+            plan.steps(),
+            self.directions.len(),
+            self.hidden,
+        );
         let guard = self.trace.lock().map_err(|_| poisoned())?;
         let Some(traces) = guard.as_ref().and_then(T::unwrap) else {
             bail!("fused_lstm: backward without a recorded forward pass of this dtype")
@@ -254,11 +284,15 @@ impl FusedLstm {
         let mut dw_ih = Vec::with_capacity(d * 4 * h * (e + 1));
         let mut dw_hh = Vec::with_capacity(d * 4 * h * (h + 1));
         for (k, g) in grads.into_iter().enumerate() {
-            let DirectionGrads { dx: dxk, dw_ih: dwi, dw_hh: dwh } = g;
+            let DirectionGrads {
+                dx: dxk,
+                dw_ih: dwi,
+                dw_hh: dwh,
+            } = g;
             plan.for_each_token(self.directions[k], |p, row, pos| {
                 let dst = (row * t + pos) * e;
                 for (a, &v) in dx[dst..dst + e].iter_mut().zip(&dxk[p * e..(p + 1) * e]) {
-                    *a = *a + v;
+                    *a += v;
                 }
             });
             dw_ih.extend_from_slice(&dwi);
@@ -277,7 +311,9 @@ impl FusedLstm {
         let e = x.dims().get(2).copied().unwrap_or(0);
         let (dx, dwi, dwh) = with_cpu::<T, _>(x, |x| {
             with_cpu::<T, _>(w_ih, |wa| {
-                with_cpu::<T, _>(w_hh, |wh| with_cpu::<T, _>(grad, |g| self.backward(e, (x, wa, wh), g)))
+                with_cpu::<T, _>(w_hh, |wh| {
+                    with_cpu::<T, _>(grad, |g| self.backward(e, (x, wa, wh), g))
+                })
             })
         })?;
         let dev = x.device();
@@ -310,8 +346,18 @@ impl CustomOp3 for FusedLstm {
         self.check(l1, l2, l3)?;
         let e = self.dims(l1).3;
         match s1 {
-            CpuStorage::F32(_) => self.forward::<f32>(e, cpu_slice(s1, l1)?, cpu_slice(s2, l2)?, cpu_slice(s3, l3)?),
-            CpuStorage::F64(_) => self.forward::<f64>(e, cpu_slice(s1, l1)?, cpu_slice(s2, l2)?, cpu_slice(s3, l3)?),
+            CpuStorage::F32(_) => self.forward::<f32>(
+                e,
+                cpu_slice(s1, l1)?,
+                cpu_slice(s2, l2)?,
+                cpu_slice(s3, l3)?,
+            ),
+            CpuStorage::F64(_) => self.forward::<f64>(
+                e,
+                cpu_slice(s1, l1)?,
+                cpu_slice(s2, l2)?,
+                cpu_slice(s3, l3)?,
+            ),
             _ => bail!("fused_lstm: f32 or f64 only"),
         }
     }

@@ -118,7 +118,10 @@ mod tests {
     fn blocks_shrink_as_rows_end() -> Result<()> {
         let plan = PackPlan::new(&[2, 4, 1, 4], 4)?;
         assert_eq!(plan.order(), &[1, 3, 0, 2]);
-        assert_eq!((0..4).map(|s| plan.active(s)).collect::<Vec<_>>(), [4, 3, 2, 2]);
+        assert_eq!(
+            (0..4).map(|s| plan.active(s)).collect::<Vec<_>>(),
+            [4, 3, 2, 2]
+        );
         assert_eq!(plan.tokens(), 11);
         assert_eq!(plan.offset(2), 7);
         // Row 0 (length 2) is packed row 2; reading backwards it starts at token 1.

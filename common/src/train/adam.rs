@@ -87,7 +87,12 @@ fn update_impl(s: Span<'_>) {
     let c = s.c;
     match s.grad {
         Some(g) => {
-            for (((p, m), v), &g) in s.p.iter_mut().zip(s.m.iter_mut()).zip(s.v.iter_mut()).zip(g) {
+            for (((p, m), v), &g) in
+                s.p.iter_mut()
+                    .zip(s.m.iter_mut())
+                    .zip(s.v.iter_mut())
+                    .zip(g)
+            {
                 // m.lerp_(g, 1 − β1); v = β2·v + (1 − β2)·g²; p −= step · m / (√v / √bc2 + ε),
                 // multiplying by 1/√bc2 rather than dividing: one division fewer per element
                 // in a loop bound by divisions, for a last-bit difference from PyTorch.
@@ -186,7 +191,8 @@ fn update_dense(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coef,
 
 /// Hands a parameter's own memory to a closure (candle's in-place op hook), so the update
 /// neither copies nor allocates.
-struct InPlace<'a>(RefCell<&'a mut dyn FnMut(&mut [f32])>);
+type Update<'a> = &'a mut dyn FnMut(&mut [f32]);
+struct InPlace<'a>(RefCell<Update<'a>>);
 
 impl InplaceOp1 for InPlace<'_> {
     fn name(&self) -> &'static str {
@@ -323,7 +329,9 @@ impl Adam {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        write_atomically(path, |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))
+        write_atomically(path, |tmp| {
+            Ok(candle_core::safetensors::save(&tensors, tmp)?)
+        })
     }
 
     /// Loads state saved by [`Adam::save`] for `model`.

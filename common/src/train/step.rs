@@ -87,9 +87,13 @@ fn extend_from(dst: &mut Vec<f32>, t: &Tensor) -> Result<()> {
 fn scatter_rows(batch: &Batch, dx: &[f32], dim: usize) -> SparseRows {
     let t_len = batch.steps();
     let valid = || {
-        batch.lengths().iter().enumerate().flat_map(move |(b, &len)| {
-            (0..len).map(move |t| (b * t_len + t, batch.ids()[b * t_len + t]))
-        })
+        batch
+            .lengths()
+            .iter()
+            .enumerate()
+            .flat_map(move |(b, &len)| {
+                (0..len).map(move |t| (b * t_len + t, batch.ids()[b * t_len + t]))
+            })
     };
     let mut ids: Vec<u32> = valid().map(|(_, id)| id).filter(|&id| id != PAD).collect();
     ids.sort_unstable();

@@ -33,7 +33,12 @@ impl LayerParams {
 }
 
 /// Random fused inputs `[W_ih | b_ih]` (2·4H × (E + 1)) and `[W_hh | b_hh]` (2 × 4H × (H + 1)).
-pub fn random_fused(input: usize, hidden: usize, dtype: DType, rng: &mut ChaCha8Rng) -> Result<(Var, Var)> {
+pub fn random_fused(
+    input: usize,
+    hidden: usize,
+    dtype: DType,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Var, Var)> {
     let g = 4 * hidden;
     Ok((
         random_var(&[2 * g, input + 1], dtype, rng)?,
@@ -59,7 +64,9 @@ pub fn random_var(shape: &[usize], dtype: DType, rng: &mut ChaCha8Rng) -> Result
 pub fn mask_padding(x: &Tensor, lengths: &[usize]) -> Result<Tensor> {
     let (b, t, e) = x.dims3()?;
     let mask: Vec<f64> = (0..b)
-        .flat_map(|r| (0..t).flat_map(move |s| std::iter::repeat_n(f64::from(u8::from(s < lengths[r])), e)))
+        .flat_map(|r| {
+            (0..t).flat_map(move |s| std::iter::repeat_n(f64::from(u8::from(s < lengths[r])), e))
+        })
         .collect();
     x.mul(&Tensor::from_vec(mask, (b, t, e), x.device())?.to_dtype(x.dtype())?)
 }
@@ -84,13 +91,19 @@ pub fn reference_layer(
         for d in 0..2 {
             let w_ih = p.w_ih.narrow(0, d * 4 * h, 4 * h)?;
             let w_hh = p.w_hh.get(d)?;
-            let bias = (p.b_ih.narrow(0, d * 4 * h, 4 * h)? + p.b_hh.narrow(0, d * 4 * h, 4 * h)?)?;
+            let bias =
+                (p.b_ih.narrow(0, d * 4 * h, 4 * h)? + p.b_hh.narrow(0, d * 4 * h, 4 * h)?)?;
             let (mut hs, mut cs) = (zeros.clone(), zeros.clone());
             let mut seq = vec![zeros.squeeze(0)?; t];
-            let positions: Vec<usize> = if d == 0 { (0..len).collect() } else { (0..len).rev().collect() };
+            let positions: Vec<usize> = if d == 0 {
+                (0..len).collect()
+            } else {
+                (0..len).rev().collect()
+            };
             for pos in positions {
                 let xt = x.get(row)?.get(pos)?.unsqueeze(0)?;
-                let gates = (xt.matmul(&w_ih.t()?)? + hs.matmul(&w_hh.t()?)?)?.broadcast_add(&bias)?;
+                let gates =
+                    (xt.matmul(&w_ih.t()?)? + hs.matmul(&w_hh.t()?)?)?.broadcast_add(&bias)?;
                 let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, h)?)?;
                 let f = candle_nn::ops::sigmoid(&gates.narrow(1, h, h)?)?;
                 let g = gates.narrow(1, 2 * h, h)?.tanh()?;
@@ -102,7 +115,11 @@ pub fn reference_layer(
             last.push(hs.squeeze(0)?);
             seqs.push(Tensor::stack(&seq, 0)?);
         }
-        rows.push(if sequence { Tensor::cat(&seqs, 1)? } else { Tensor::cat(&last, 0)? });
+        rows.push(if sequence {
+            Tensor::cat(&seqs, 1)?
+        } else {
+            Tensor::cat(&last, 0)?
+        });
     }
     Tensor::stack(&rows, 0)
 }
@@ -113,7 +130,10 @@ pub fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64, floor: f64) -> f
     let mut worst = 0.0f64;
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         let err = (x - y).abs() / (floor + x.abs().max(y.abs()));
-        assert!(err <= tol, "{what}[{i}]: {x} vs {y} (error {err:e} > {tol:e})");
+        assert!(
+            err <= tol,
+            "{what}[{i}]: {x} vs {y} (error {err:e} > {tol:e})"
+        );
         worst = worst.max(err);
     }
     worst
@@ -124,18 +144,32 @@ pub fn flat(t: &Tensor) -> Result<Vec<f64>> {
 }
 
 /// Rows of a `label<TAB>text` file, lower-cased and split on whitespace (as the reference).
-pub fn read_tsv(path: &std::path::Path, limit: usize) -> std::io::Result<Vec<(String, Vec<String>)>> {
+pub fn read_tsv(
+    path: &std::path::Path,
+    limit: usize,
+) -> std::io::Result<Vec<(String, Vec<String>)>> {
     let text = std::fs::read_to_string(path)?;
     Ok(text
         .lines()
         .filter_map(|l| l.split_once('\t'))
         .take(limit)
-        .map(|(label, t)| (label.to_string(), t.to_lowercase().split_whitespace().map(String::from).collect()))
+        .map(|(label, t)| {
+            (
+                label.to_string(),
+                t.to_lowercase()
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect(),
+            )
+        })
         .collect())
 }
 
 /// Token ids (PAD 0, UNK 1, then words by frequency) and label ids (sorted label names).
-pub fn encode(rows: &[(String, Vec<String>)], max_len: usize) -> (Vec<Vec<u32>>, Vec<u32>, usize, usize) {
+pub fn encode(
+    rows: &[(String, Vec<String>)],
+    max_len: usize,
+) -> (Vec<Vec<u32>>, Vec<u32>, usize, usize) {
     use std::collections::{BTreeSet, HashMap};
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for (_, toks) in rows {
@@ -145,15 +179,35 @@ pub fn encode(rows: &[(String, Vec<String>)], max_len: usize) -> (Vec<Vec<u32>>,
     }
     let mut words: Vec<(&str, usize)> = counts.into_iter().collect();
     words.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let vocab: HashMap<&str, u32> = words.iter().enumerate().map(|(i, (w, _))| (*w, i as u32 + 2)).collect();
-    let labels: Vec<&str> = rows.iter().map(|(l, _)| l.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    let vocab: HashMap<&str, u32> = words
+        .iter()
+        .enumerate()
+        .map(|(i, (w, _))| (*w, i as u32 + 2))
+        .collect();
+    let labels: Vec<&str> = rows
+        .iter()
+        .map(|(l, _)| l.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let seqs = rows
         .iter()
         .map(|(_, toks)| {
-            let ids: Vec<u32> = toks.iter().take(max_len).map(|t| vocab.get(t.as_str()).copied().unwrap_or(1)).collect();
-            if ids.is_empty() { vec![1] } else { ids }
+            let ids: Vec<u32> = toks
+                .iter()
+                .take(max_len)
+                .map(|t| vocab.get(t.as_str()).copied().unwrap_or(1))
+                .collect();
+            if ids.is_empty() {
+                vec![1]
+            } else {
+                ids
+            }
         })
         .collect();
-    let ys = rows.iter().map(|(l, _)| labels.iter().position(|x| x == l).unwrap_or(0) as u32).collect();
+    let ys = rows
+        .iter()
+        .map(|(l, _)| labels.iter().position(|x| x == l).unwrap_or(0) as u32)
+        .collect();
     (seqs, ys, vocab.len() + 2, labels.len())
 }
