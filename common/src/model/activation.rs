@@ -9,10 +9,18 @@
 use num_traits::Float;
 
 use super::simd::multiversion;
+use super::workspace::Pooled;
 
 /// The element types the fused LSTM runs on.
 pub trait Real:
-    Float + std::ops::AddAssign + std::ops::MulAssign + candle_core::WithDType + Send + Sync + 'static
+    Float
+    + std::ops::AddAssign
+    + std::ops::MulAssign
+    + candle_core::WithDType
+    + Pooled
+    + Send
+    + Sync
+    + 'static
 {
     fn act_sigmoid(x: Self) -> Self;
     fn act_tanh(x: Self) -> Self;

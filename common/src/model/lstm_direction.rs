@@ -15,6 +15,7 @@
 use super::activation::{self, BackwardBlock, ForwardBlock, Real};
 use super::gemm::{matmul_into, Mat, Op};
 use super::packing::{Direction, PackPlan};
+use super::workspace::{Buf, Pooled};
 
 /// The read-only inputs of one direction.
 pub struct DirectionInput<'a, T> {
@@ -33,24 +34,24 @@ pub struct DirectionInput<'a, T> {
 }
 
 /// What the forward pass keeps for the backward pass, packed (one row per valid token).
-pub struct Trace<T> {
+pub struct Trace<T: Pooled> {
     /// `[x_t | h_{t-1}]` in this direction's packed order, tokens × (E + H).
-    pub xh: Vec<T>,
+    pub xh: Buf<T>,
     /// Gate activations (i, f, g, o), tokens × 4H.
-    pub gates: Vec<T>,
-    pub cells: Vec<T>,
-    pub tanh_cells: Vec<T>,
-    pub hidden: Vec<T>,
+    pub gates: Buf<T>,
+    pub cells: Buf<T>,
+    pub tanh_cells: Buf<T>,
+    pub hidden: Buf<T>,
 }
 
 /// The gradients of one direction's inputs.
-pub struct DirectionGrads<T> {
-    /// Of the input, packed like [`Trace::x`].
-    pub dx: Vec<T>,
-    /// Of `[W_ih | b_ih]`, 4H × (E + 1).
-    pub dw_ih: Vec<T>,
-    /// Of `[W_hh | b_hh]`, 4H × (H + 1).
-    pub dw_hh: Vec<T>,
+pub struct DirectionGrads<T: Pooled> {
+    /// Of the input, packed like [`Trace::xh`]'s `x` half: tokens × E.
+    pub dx: Buf<T>,
+    /// Of `[W_ih | W_hh]`, 4H × (E + H).
+    pub dw: Buf<T>,
+    /// Of either bias (both enter as the same sum), 4H.
+    pub db: Buf<T>,
 }
 
 /// Where the gradient of the layer's output enters this direction's recurrence.
@@ -96,37 +97,39 @@ impl<'a, T: Real> DirectionInput<'a, T> {
 pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Trace<T> {
     let (plan, e, h) = (inp.plan, inp.input, inp.hidden);
     let (tokens, g4, t_len, w) = (plan.tokens(), 4 * h, plan.steps(), e + h);
-    let mut xh = vec![T::zero(); tokens * w];
+    // Every buffer is written in full below, except the h half of the first step's rows,
+    // which is the zero initial state.
+    let mut xh = Buf::stale(tokens * w);
     plan.for_each_token(inp.dir, |p, row, pos| {
         let src = (row * t_len + pos) * e;
         xh[p * w..p * w + e].copy_from_slice(&inp.x[src..src + e]);
     });
+    for row in xh.chunks_exact_mut(w).take(plan.active(0)) {
+        row[e..].iter_mut().for_each(|v| *v = T::zero());
+    }
     let mut tr = Trace {
-        gates: vec![T::zero(); tokens * g4],
-        cells: vec![T::zero(); tokens * h],
-        tanh_cells: vec![T::zero(); tokens * h],
-        hidden: vec![T::zero(); tokens * h],
+        gates: Buf::stale(tokens * g4),
+        cells: Buf::stale(tokens * h),
+        tanh_cells: Buf::stale(tokens * h),
+        hidden: Buf::stale(tokens * h),
         xh,
     };
     // The input projection of every token at once; the bias is added in the cell kernel.
-    // Both weight matrices transposed (E × 4H, H × 4H): gemm runs these products 1.1–1.5×
-    // faster with the 4H-wide operand contiguous.
-    let w_ih_t = transpose(inp.w_ih, g4, e + 1, e);
-    let w_hh_t = transpose(inp.w_hh, g4, h + 1, h);
     let x_part = Mat {
         data: &tr.xh,
         op: Op::N,
         ld: w,
     };
-    matmul_into(
-        &mut tr.gates,
-        g4,
-        (tokens, g4, e),
-        x_part,
-        Mat::n(&w_ih_t, g4),
-        false,
-    );
+    let w_ih_t = Mat {
+        op: Op::T,
+        ..inp.w_ih()
+    };
+    matmul_into(&mut tr.gates, g4, (tokens, g4, e), x_part, w_ih_t, false);
     let bias = inp.bias();
+    // W_hh transposed (H × 4H): gemm runs the step product ~1.5× faster with the 4H-wide
+    // operand contiguous, far more than the transposition costs.
+    let mut w_hh_t = Buf::stale(h * g4);
+    transpose(inp.w_hh, (g4, h + 1, h), &mut w_hh_t);
     for s in 0..t_len {
         let n = plan.active(s);
         if n == 0 {
@@ -173,9 +176,10 @@ pub fn backward<T: Real>(
     let (plan, e, h) = (inp.plan, inp.input, inp.hidden);
     let (tokens, g4, t_len) = (plan.tokens(), 4 * h, plan.steps());
     let rows = plan.active(0);
-    let mut dh = vec![T::zero(); rows * h];
-    let mut dc = vec![T::zero(); rows * h];
-    let mut dgates = vec![T::zero(); tokens * g4];
+    let mut dh = Buf::zeroed(rows * h);
+    let mut dc = Buf::zeroed(rows * h);
+    // Written in full, step by step, by the gate kernel.
+    let mut dgates = Buf::stale(tokens * g4);
     for s in (0..t_len).rev() {
         let n = plan.active(s);
         if n == 0 {
@@ -225,7 +229,7 @@ pub fn backward<T: Real>(
 
     // [dW_ih | dW_hh] = Σ_t dgates_tᵀ · [x_t | h_{t-1}]: one product over all tokens.
     let w = e + h;
-    let mut dw = vec![T::zero(); g4 * w];
+    let mut dw = Buf::stale(g4 * w);
     matmul_into(
         &mut dw,
         w,
@@ -234,23 +238,13 @@ pub fn backward<T: Real>(
         Mat::n(&tr.xh, w),
         false,
     );
-    let mut db = vec![T::zero(); g4];
+    let mut db = Buf::zeroed(g4);
     for row in dgates.chunks_exact(g4) {
         for (acc, &g) in db.iter_mut().zip(row) {
             *acc += g;
         }
     }
-    // Both biases enter as the same sum, so both get db.
-    let mut dw_ih = Vec::with_capacity(g4 * (e + 1));
-    let mut dw_hh = Vec::with_capacity(g4 * (h + 1));
-    for (row, &b) in dw.chunks_exact(w).zip(&db) {
-        dw_ih.extend_from_slice(&row[..e]);
-        dw_ih.push(b);
-        dw_hh.extend_from_slice(&row[e..]);
-        dw_hh.push(b);
-    }
-
-    let mut dx = vec![T::zero(); tokens * e];
+    let mut dx = Buf::stale(tokens * e);
     matmul_into(
         &mut dx,
         e,
@@ -259,16 +253,21 @@ pub fn backward<T: Real>(
         inp.w_ih(),
         false,
     );
-    DirectionGrads { dx, dw_ih, dw_hh }
+    DirectionGrads { dx, dw, db }
 }
 
-/// The first `cols` columns of a `rows × ld` row-major matrix, transposed (`cols × rows`).
-fn transpose<T: Real>(a: &[T], rows: usize, ld: usize, cols: usize) -> Vec<T> {
-    let mut t = vec![T::zero(); rows * cols];
-    for (i, row) in a.chunks_exact(ld).enumerate() {
-        for (j, &v) in row[..cols].iter().enumerate() {
-            t[j * rows + i] = v;
+/// `out (cols × rows) = a[.., ..cols]ᵀ` for `a` of `rows` rows `ld` apart, in tiles so that
+/// both sides stay in cache.
+fn transpose<T: Real>(a: &[T], (rows, ld, cols): (usize, usize, usize), out: &mut [T]) {
+    const TILE: usize = 16;
+    for i0 in (0..rows).step_by(TILE) {
+        for j0 in (0..cols).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(rows) {
+                let src = &a[i * ld + j0..i * ld + (j0 + TILE).min(cols)];
+                for (j, &v) in (j0..).zip(src) {
+                    out[j * rows + i] = v;
+                }
+            }
         }
     }
-    t
 }

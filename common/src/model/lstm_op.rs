@@ -284,19 +284,20 @@ impl FusedLstm {
         let mut dw_ih = Vec::with_capacity(d * 4 * h * (e + 1));
         let mut dw_hh = Vec::with_capacity(d * 4 * h * (h + 1));
         for (k, g) in grads.into_iter().enumerate() {
-            let DirectionGrads {
-                dx: dxk,
-                dw_ih: dwi,
-                dw_hh: dwh,
-            } = g;
+            let DirectionGrads { dx: dxk, dw, db } = g;
             plan.for_each_token(self.directions[k], |p, row, pos| {
                 let dst = (row * t + pos) * e;
                 for (a, &v) in dx[dst..dst + e].iter_mut().zip(&dxk[p * e..(p + 1) * e]) {
                     *a += v;
                 }
             });
-            dw_ih.extend_from_slice(&dwi);
-            dw_hh.extend_from_slice(&dwh);
+            // Both biases enter as the same sum, so both get db.
+            for (row, &b) in dw.chunks_exact(e + h).zip(db.iter()) {
+                dw_ih.extend_from_slice(&row[..e]);
+                dw_ih.push(b);
+                dw_hh.extend_from_slice(&row[e..]);
+                dw_hh.push(b);
+            }
         }
         Ok((dx, dw_ih, dw_hh))
     }
