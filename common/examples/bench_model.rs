@@ -105,6 +105,17 @@ fn batch(seqs: &[Vec<u32>], labels: &[u32], idx: &[usize]) -> Result<Batch, Stri
     Batch::new(&s, &l).map_err(|e| e.to_string())
 }
 
+/// CPU seconds this process has used (user + system), from /proc; `None` elsewhere. On a
+/// busy machine, samples per CPU second is the steadier figure.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
@@ -137,6 +148,7 @@ fn main() -> Result<(), String> {
     let mut opt = Adam::new(&model, AdamConfig::default());
 
     let mut rates = Vec::new();
+    let mut cpu_rates = Vec::new();
     let mut last_loss = f64::NAN;
     let mut padded = 0usize;
     for epoch in 0..args.epochs {
@@ -149,6 +161,7 @@ fn main() -> Result<(), String> {
             bucket_batches(&lengths, args.batch, &mut rng)
         };
         let (mut busy, mut loss, mut n) = (0.0f64, 0.0f64, 0usize);
+        let cpu_start = cpu_seconds();
         padded = 0;
         for idx in &plan {
             let b = batch(&seqs, &labels, idx)?;
@@ -161,6 +174,9 @@ fn main() -> Result<(), String> {
             n += b.len();
         }
         rates.push(n as f64 / busy);
+        if let (Some(a), Some(b)) = (cpu_start, cpu_seconds()) {
+            cpu_rates.push(n as f64 / (b - a));
+        }
         last_loss = loss / n as f64;
         eprintln!(
             "epoch {epoch}: {:.1} samples/s, loss {last_loss:.4}",
@@ -201,6 +217,7 @@ fn main() -> Result<(), String> {
         "bucketed": !args.no_bucket,
         "samples_per_s_median": (median(&rates) * 10.0).round() / 10.0,
         "samples_per_s": rates.iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>(),
+        "samples_per_cpu_s_median": (median(&cpu_rates) * 10.0).round() / 10.0,
         "final_train_loss": (last_loss * 1e4).round() / 1e4,
         "mean_tokens": tokens as f64 / seqs.len().max(1) as f64,
         "padded_over_real_tokens": padded as f64 / tokens.max(1) as f64,

@@ -13,7 +13,14 @@ use rand_chacha::ChaCha8Rng;
 
 type TestResult = Result<(), Box<dyn Error>>;
 
-fn trec_slice(n: usize) -> Result<(Vec<Vec<u32>>, Vec<u32>, ModelConfig), Box<dyn Error>> {
+/// The first rows of TREC's training set, encoded, with a model config that fits them.
+struct Slice {
+    seqs: Vec<Vec<u32>>,
+    labels: Vec<u32>,
+    cfg: ModelConfig,
+}
+
+fn trec_slice(n: usize) -> Result<Slice, Box<dyn Error>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/trec/train.tsv");
     let rows = support::read_tsv(&path, n)?;
     assert_eq!(rows.len(), n, "{} has fewer than {n} rows", path.display());
@@ -23,7 +30,7 @@ fn trec_slice(n: usize) -> Result<(Vec<Vec<u32>>, Vec<u32>, ModelConfig), Box<dy
         num_classes,
         ..ModelConfig::default()
     };
-    Ok((seqs, labels, cfg))
+    Ok(Slice { seqs, labels, cfg })
 }
 
 fn batch_of(seqs: &[Vec<u32>], labels: &[u32], idx: &[usize]) -> Result<Batch, Box<dyn Error>> {
@@ -34,7 +41,7 @@ fn batch_of(seqs: &[Vec<u32>], labels: &[u32], idx: &[usize]) -> Result<Batch, B
 
 #[test]
 fn training_loss_drops_over_two_epochs() -> TestResult {
-    let (seqs, labels, cfg) = trec_slice(300)?;
+    let Slice { seqs, labels, cfg } = trec_slice(300)?;
     let model = Classifier::new(&cfg, 0)?;
     let mut opt = Adam::new(&model, AdamConfig::default());
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -60,7 +67,7 @@ fn training_loss_drops_over_two_epochs() -> TestResult {
 
 #[test]
 fn saved_model_predicts_identically() -> TestResult {
-    let (seqs, labels, cfg) = trec_slice(64)?;
+    let Slice { seqs, labels, cfg } = trec_slice(64)?;
     let model = Classifier::new(&cfg, 5)?;
     let mut opt = Adam::new(&model, AdamConfig::default());
     let all: Vec<usize> = (0..seqs.len()).collect();
@@ -84,5 +91,33 @@ fn saved_model_predicts_identically() -> TestResult {
         ..cfg
     };
     assert!(Classifier::load(&wrong, &path).is_err());
+    Ok(())
+}
+
+#[test]
+fn stacked_layers_with_dropout_train_and_predict_deterministically() -> TestResult {
+    let Slice { seqs, labels, cfg } = trec_slice(96)?;
+    let cfg = ModelConfig {
+        layers: 2,
+        dropout: 0.3,
+        hidden_dim: 32,
+        embedding_dim: 16,
+        ..cfg
+    };
+    let model = Classifier::new(&cfg, 8)?;
+    let mut opt = Adam::new(&model, AdamConfig::default());
+    let all: Vec<usize> = (0..seqs.len()).collect();
+    let mut losses = Vec::new();
+    for idx in all.chunks(32).cycle().take(12) {
+        let batch = batch_of(&seqs, &labels, idx)?;
+        let (loss, _) = train_step(&model, &mut opt, &batch, batch.len(), no_all_reduce)?;
+        assert!(loss.is_finite());
+        losses.push(loss);
+    }
+    let first: f64 = losses[..3].iter().sum();
+    let last: f64 = losses[9..].iter().sum();
+    assert!(last < first, "{losses:?}");
+    let batch = batch_of(&seqs, &labels, &all)?;
+    assert_eq!(predict(&model, &batch)?, predict(&model, &batch)?);
     Ok(())
 }

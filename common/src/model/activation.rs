@@ -9,9 +9,19 @@
 use num_traits::Float;
 
 use super::simd::multiversion;
+use super::workspace::Pooled;
 
 /// The element types the fused LSTM runs on.
-pub trait Real: Float + candle_core::WithDType + Send + Sync + 'static {
+pub trait Real:
+    Float
+    + std::ops::AddAssign
+    + std::ops::MulAssign
+    + candle_core::WithDType
+    + Pooled
+    + Send
+    + Sync
+    + 'static
+{
     fn act_sigmoid(x: Self) -> Self;
     fn act_tanh(x: Self) -> Self;
 }
@@ -49,21 +59,28 @@ pub fn fast_exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     let x = if x < -87.0 { -87.0 } else { x };
     let x = if x > 87.0 { 87.0 } else { x };
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let k = x * LOG2E + ROUND;
+    let n = k - ROUND;
+    // The integer n also sits in k's low mantissa bits; reading it from there instead of
+    // `n as i32` (saturating, NaN-checking) keeps the loop vectorised.
+    let i = (k.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let p = p * r * r + r + 1.0;
-    p * f32::from_bits((((n as i32) + 127) << 23) as u32)
+    p * f32::from_bits((i.wrapping_add(127) << 23) as u32)
 }
 
-/// Forward of one step for `n` rows. `gates` holds the pre-activations (input projection plus
-/// recurrent product, order i, f, g, o) and is overwritten with the activations, which the
-/// backward pass reuses. `c_prev` is `None` at the first step (zero state).
+/// Forward of one step for `n` rows. `gates` holds the pre-activations less the bias (input
+/// projection plus recurrent product, order i, f, g, o) and is overwritten with the
+/// activations, which the backward pass reuses. `c_prev` is `None` at the first step (zero
+/// state).
 pub struct ForwardBlock<'a, T> {
     pub hidden: usize,
+    /// 4H, added to every row.
+    pub bias: &'a [T],
     pub gates: &'a mut [T],
     pub c_prev: Option<&'a [T]>,
     pub cells: &'a mut [T],
@@ -90,9 +107,17 @@ fn forward_impl<T: Real>(b: ForwardBlock<'_, T>) {
     for (row, gates) in b.gates.chunks_exact_mut(4 * hd).enumerate() {
         let (if_gates, rest) = gates.split_at_mut(2 * hd);
         let (g_gate, o_gate) = rest.split_at_mut(hd);
-        if_gates.iter_mut().for_each(|x| *x = T::act_sigmoid(*x));
-        g_gate.iter_mut().for_each(|x| *x = T::act_tanh(*x));
-        o_gate.iter_mut().for_each(|x| *x = T::act_sigmoid(*x));
+        let (if_bias, rest) = b.bias.split_at(2 * hd);
+        let (g_bias, o_bias) = rest.split_at(hd);
+        for (x, &c) in if_gates.iter_mut().zip(if_bias) {
+            *x = T::act_sigmoid(*x + c);
+        }
+        for (x, &c) in g_gate.iter_mut().zip(g_bias) {
+            *x = T::act_tanh(*x + c);
+        }
+        for (x, &c) in o_gate.iter_mut().zip(o_bias) {
+            *x = T::act_sigmoid(*x + c);
+        }
         let (i_gate, f_gate) = if_gates.split_at(hd);
         let span = row * hd..(row + 1) * hd;
         let c = &mut b.cells[span.clone()];
@@ -148,7 +173,7 @@ fn backward_impl<T: Real>(b: BackwardBlock<'_, T>) {
             Some(prev) => {
                 let prev = &prev[span];
                 for k in 0..hd {
-                    df[k] = df[k] * prev[k];
+                    df[k] *= prev[k];
                 }
             }
             None => df.iter_mut().for_each(|x| *x = T::zero()),

@@ -16,16 +16,15 @@ use super::threads::threads;
 
 const DIRECTIONS: [Direction; 2] = [Direction::Forward, Direction::Reverse];
 
-/// One bidirectional layer; both directions' weights are stacked (forward first).
+/// One bidirectional layer; both directions' weights are stacked (forward first), each bias
+/// stored as the last column of its weight matrix, the layout the fused op takes. The two
+/// biases stay separate parameters (not one sum) because Adam moves each by its own step, as
+/// PyTorch does.
 struct Layer {
-    /// 2·4H × input
+    /// `[W_ih | b_ih]`: 2·4H × (input + 1)
     w_ih: Tensor,
-    /// 2 × 4H × H
+    /// `[W_hh | b_hh]`: 2 × 4H × (H + 1)
     w_hh: Tensor,
-    /// 2·4H each; kept apart (not summed) because Adam moves each by its own step, as in
-    /// PyTorch.
-    b_ih: Tensor,
-    b_hh: Tensor,
 }
 
 pub struct BiLstm {
@@ -42,10 +41,8 @@ pub fn bilstm_params(input: usize, hidden: usize, layers: usize) -> Vec<(String,
         .flat_map(|l| {
             let inp = if l == 0 { input } else { 2 * hidden };
             [
-                (format!("l{l}.w_ih"), vec![2 * g, inp]),
-                (format!("l{l}.w_hh"), vec![2, g, hidden]),
-                (format!("l{l}.b_ih"), vec![2 * g]),
-                (format!("l{l}.b_hh"), vec![2 * g]),
+                (format!("l{l}.w_ih"), vec![2 * g, inp + 1]),
+                (format!("l{l}.w_hh"), vec![2, g, hidden + 1]),
             ]
         })
         .collect()
@@ -78,8 +75,6 @@ pub fn bilstm(
         stack.push(Layer {
             w_ih: next()?,
             w_hh: next()?,
-            b_ih: next()?,
-            b_hh: next()?,
         });
     }
     let between = (1..layers)
@@ -142,19 +137,11 @@ impl BiLstm {
         output: LstmOutput,
         mode: Mode,
     ) -> Result<Tensor> {
-        let (b, t, e) = x.dims3()?;
         let p = |w: &Tensor| match mode {
             Mode::Train => w.clone(),
             // Inference must not build an autograd graph over the parameters.
             Mode::Eval => w.detach(),
         };
-        let bias = (p(&layer.b_ih) + p(&layer.b_hh))?;
-        // The input projection of every token and both directions: one product.
-        let xp = x
-            .reshape((b * t, e))?
-            .matmul(&p(&layer.w_ih).t()?)?
-            .broadcast_add(&bias)?
-            .reshape((b, t, 8 * self.hidden))?;
         let op = FusedLstm::new(
             plan.clone(),
             &DIRECTIONS,
@@ -163,6 +150,6 @@ impl BiLstm {
             threads() > 1,
             mode == Mode::Train,
         );
-        Ok(op.apply(&xp, &p(&layer.w_hh))?)
+        Ok(op.apply(x, &p(&layer.w_ih), &p(&layer.w_hh))?)
     }
 }

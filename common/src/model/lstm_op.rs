@@ -1,24 +1,26 @@
 //! A whole LSTM layer (one or both directions, all time steps) as one Candle custom op, with
 //! its own backpropagation through time.
 //!
-//! Candle's autograd would record dozens of small tensors per time step; here a step is one
-//! `(rows × H)·(H × 4H)` product plus one fused element-wise pass into preallocated packed
-//! buffers (see [`PackPlan`]), and the backward pass is written by hand: per step the gate
-//! gradients and one product for `dh`, then `dW_hh` for the whole sequence as a single product.
+//! Candle's autograd would record dozens of small tensors per time step; this op is one node
+//! in the graph, and inside it the work is a few large products and one fused element-wise
+//! pass per step into preallocated packed buffers (see [`lstm_direction`] and [`PackPlan`]).
 //!
-//! Inputs: `xp` (B × T × D·4H), the input projections `x·W_ihᵀ + b_ih + b_hh` of every token
-//! for each of the D directions (done outside with one ordinary matrix product, so candle's
-//! autograd gives `dW_ih`, the biases and `dx` from the `dxp` this op returns); and `w_hh`
-//! (D × 4H × H). Gate order is PyTorch's: i, f, g, o. Output: the hidden state at each row's
-//! last valid step (B × D·H), or every step's hidden state (B × T × D·H, zeros in padding).
-//! The D directions are independent and run on separate threads when more than one is allowed.
+//! Inputs: `x` (B × T × E, right-padded; padding is never read), `w_ih` (D·4H × (E + 1):
+//! each direction's `W_ih` with `b_ih` as an extra column) and `w_hh` (D × 4H × (H + 1): `W_hh`
+//! with `b_hh` as an extra column); biases ride along as columns so that the op's three inputs
+//! are the layer's parameters themselves, with no candle ops to split or join them. Gate order
+//! is PyTorch's: i, f, g, o; direction 0 is forward, 1 reverse. Output: the hidden state at each row's last step (B × D·H) or at every position
+//! (B × T × D·H, zeros in padding). Directions are independent and, when more than one thread
+//! is allowed, run on two threads.
+//!
+//! [`lstm_direction`]: super::lstm_direction
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
-use super::activation::{self, BackwardBlock, ForwardBlock, Real};
-use super::gemm::{matmul, Op};
+use super::activation::Real;
+use super::lstm_direction::{self as direction, DirectionGrads, DirectionInput, Injection, Trace};
 pub use super::packing::Direction;
 use super::packing::PackPlan;
 
@@ -28,8 +30,8 @@ pub enum LstmOutput {
     /// The hidden state after the row's last valid token (for the reverse direction, after
     /// token 0): B × D·H.
     Last,
-    /// The hidden state at every position: B × T × D·H, zero in padding (input of a stacked
-    /// layer).
+    /// The hidden state at every position: B × T × D·H, zero in padding (the input of a
+    /// stacked layer).
     Sequence,
 }
 
@@ -45,15 +47,6 @@ pub struct FusedLstm {
     trace: Mutex<Option<Traces>>,
 }
 
-/// What the forward pass keeps for the backward pass, per direction, packed.
-struct Trace<T> {
-    /// Gate activations (i, f, g, o), tokens × 4H.
-    gates: Vec<T>,
-    cells: Vec<T>,
-    tanh_cells: Vec<T>,
-    hidden: Vec<T>,
-}
-
 enum Traces {
     F32(Vec<Trace<f32>>),
     F64(Vec<Trace<f64>>),
@@ -66,39 +59,51 @@ trait Element: Real {
     fn unwrap(traces: &Traces) -> Option<&[Trace<Self>]>;
 }
 
-impl Element for f32 {
-    fn slice(storage: &CpuStorage) -> Option<&[f32]> {
-        match storage {
-            CpuStorage::F32(v) => Some(v),
-            _ => None,
+macro_rules! element {
+    ($t:ty, $variant:ident) => {
+        impl Element for $t {
+            fn slice(storage: &CpuStorage) -> Option<&[$t]> {
+                match storage {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn wrap(traces: Vec<Trace<$t>>) -> Traces {
+                Traces::$variant(traces)
+            }
+            fn unwrap(traces: &Traces) -> Option<&[Trace<$t>]> {
+                match traces {
+                    Traces::$variant(t) => Some(t),
+                    _ => None,
+                }
+            }
         }
-    }
-    fn wrap(traces: Vec<Trace<f32>>) -> Traces {
-        Traces::F32(traces)
-    }
-    fn unwrap(traces: &Traces) -> Option<&[Trace<f32>]> {
-        match traces {
-            Traces::F32(t) => Some(t),
-            Traces::F64(_) => None,
-        }
+    };
+}
+
+element!(f32, F32);
+element!(f64, F64);
+
+/// The contiguous data of a CPU tensor argument, as `T`.
+fn cpu_slice<'a, T: Element>(s: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [T]> {
+    let Some(data) = T::slice(s) else {
+        bail!("fused_lstm: all inputs must be {:?}", T::DTYPE)
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("fused_lstm: inputs must be contiguous"),
     }
 }
 
-impl Element for f64 {
-    fn slice(storage: &CpuStorage) -> Option<&[f64]> {
-        match storage {
-            CpuStorage::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn wrap(traces: Vec<Trace<f64>>) -> Traces {
-        Traces::F64(traces)
-    }
-    fn unwrap(traces: &Traces) -> Option<&[Trace<f64>]> {
-        match traces {
-            Traces::F64(t) => Some(t),
-            Traces::F32(_) => None,
-        }
+/// Runs `f` on a CPU tensor's data as `T`.
+fn with_cpu<T: Element, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(cpu_slice::<T>(cpu, layout)?),
+        _ => bail!("fused_lstm: only the CPU backend is implemented"),
     }
 }
 
@@ -125,50 +130,76 @@ impl FusedLstm {
         }
     }
 
-    /// Apply to `xp` (B × T × D·4H) and `w_hh` (D × 4H × H); records a backward step when
-    /// either is tracked by autograd and the op was built with `record`.
-    pub fn apply(self, xp: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
-        let xp = xp.contiguous()?;
-        let w_hh = w_hh.contiguous()?;
+    /// Applies the layer to `x` (B × T × E) with `w_ih` (D·4H × (E + 1)) and `w_hh`
+    /// (D × 4H × (H + 1)); with `record`, autograd can differentiate through it.
+    pub fn apply(self, x: &Tensor, w_ih: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
+        let (x, w_ih, w_hh) = (x.contiguous()?, w_ih.contiguous()?, w_hh.contiguous()?);
         if self.record {
-            xp.apply_op2(&w_hh, self)
+            x.apply_op3(&w_ih, &w_hh, self)
         } else {
-            xp.apply_op2_no_bwd(&w_hh, &self)
+            x.apply_op3_no_bwd(&w_ih, &w_hh, &self)
         }
     }
 
-    fn dims(&self) -> (usize, usize, usize, usize) {
-        (
-            self.plan.batch(),
-            self.plan.steps(),
-            self.directions.len(),
-            self.hidden,
-        )
+    /// (B, T, D, E, H)
+    fn dims(&self, x: &Layout) -> (usize, usize, usize, usize, usize) {
+        let e = x.dims().get(2).copied().unwrap_or(0);
+        let (b, t) = (self.plan.batch(), self.plan.steps());
+        (b, t, self.directions.len(), e, self.hidden)
     }
 
-    fn check_inputs(&self, l1: &Layout, l2: &Layout) -> candle_core::Result<()> {
-        let (b, t, d, h) = self.dims();
-        if l1.dims() != [b, t, d * 4 * h] {
+    fn check(&self, x: &Layout, w_ih: &Layout, w_hh: &Layout) -> candle_core::Result<()> {
+        let (b, t, d, e, h) = self.dims(x);
+        if x.dims() != [b, t, e] {
             bail!(
-                "fused_lstm: xp is {:?}, expected [{b}, {t}, {}]",
-                l1.dims(),
-                d * 4 * h
+                "fused_lstm: x is {:?}, the batch plan is [{b}, {t}, _]",
+                x.dims()
             )
         }
-        if l2.dims() != [d, 4 * h, h] {
+        if w_ih.dims() != [d * 4 * h, e + 1] {
             bail!(
-                "fused_lstm: w_hh is {:?}, expected [{d}, {}, {h}]",
-                l2.dims(),
-                4 * h
+                "fused_lstm: w_ih is {:?}, expected [{}, {}]",
+                w_ih.dims(),
+                d * 4 * h,
+                e + 1
+            )
+        }
+        if w_hh.dims() != [d, 4 * h, h + 1] {
+            bail!(
+                "fused_lstm: w_hh is {:?}, expected [{d}, {}, {}]",
+                w_hh.dims(),
+                4 * h,
+                h + 1
             )
         }
         Ok(())
     }
 
+    /// Direction `k`'s view of the inputs.
+    fn input<'a, T>(
+        &'a self,
+        k: usize,
+        x: &'a [T],
+        e: usize,
+        w_ih: &'a [T],
+        w_hh: &'a [T],
+    ) -> DirectionInput<'a, T> {
+        let (g4, h) = (4 * self.hidden, self.hidden);
+        DirectionInput {
+            plan: &self.plan,
+            dir: self.directions[k],
+            x,
+            input: e,
+            hidden: self.hidden,
+            w_ih: &w_ih[k * g4 * (e + 1)..(k + 1) * g4 * (e + 1)],
+            w_hh: &w_hh[k * g4 * (h + 1)..(k + 1) * g4 * (h + 1)],
+        }
+    }
+
     /// Runs `f` for every direction, on two threads when allowed.
     fn each_direction<R: Send>(&self, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
         if self.parallel && self.directions.len() == 2 {
-            let (a, b) = rayon::join(|| f(0), || f(1));
+            let (a, b) = super::threads::join(|| f(0), || f(1));
             vec![a, b]
         } else {
             (0..self.directions.len()).map(f).collect()
@@ -177,22 +208,19 @@ impl FusedLstm {
 
     fn forward<T: Element>(
         &self,
-        xp: &[T],
+        e: usize,
+        x: &[T],
+        w_ih: &[T],
         w_hh: &[T],
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, t, d, h) = self.dims();
-        let traces = self.each_direction(|k| {
-            let w = &w_hh[k * 4 * h * h..(k + 1) * 4 * h * h];
-            forward_direction(
-                &self.plan,
-                self.directions[k],
-                xp,
-                (d * 4 * h, k * 4 * h),
-                w,
-                h,
-            )
-        });
         let plan = &self.plan;
+        let (b, t, d, h) = (
+            plan.batch(),
+            plan.steps(),
+            self.directions.len(),
+            self.hidden,
+        );
+        let traces = self.each_direction(|k| direction::forward(&self.input(k, x, e, w_ih, w_hh)));
         let (out, shape) = match self.output {
             LstmOutput::Last => {
                 let mut out = vec![T::zero(); b * d * h];
@@ -212,9 +240,9 @@ impl FusedLstm {
             LstmOutput::Sequence => {
                 let mut out = vec![T::zero(); b * t * d * h];
                 for (k, tr) in traces.iter().enumerate() {
-                    for_each_packed(plan, self.directions[k], |packed, row, pos| {
+                    plan.for_each_token(self.directions[k], |p, row, pos| {
                         let dst = (row * t + pos) * d * h + k * h;
-                        out[dst..dst + h].copy_from_slice(&tr.hidden[packed * h..(packed + 1) * h]);
+                        out[dst..dst + h].copy_from_slice(&tr.hidden[p * h..(p + 1) * h]);
                     });
                 }
                 (out, Shape::from((b, t, d * h)))
@@ -228,35 +256,73 @@ impl FusedLstm {
 
     fn backward<T: Element>(
         &self,
-        w_hh: &[T],
+        e: usize,
+        (x, w_ih, w_hh): (&[T], &[T], &[T]),
         grad: &[T],
-    ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
-        let (b, t, d, h) = self.dims();
+    ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let plan = &self.plan;
+        let (b, t, d, h) = (
+            plan.batch(),
+            plan.steps(),
+            self.directions.len(),
+            self.hidden,
+        );
         let guard = self.trace.lock().map_err(|_| poisoned())?;
         let Some(traces) = guard.as_ref().and_then(T::unwrap) else {
             bail!("fused_lstm: backward without a recorded forward pass of this dtype")
         };
         let grads = self.each_direction(|k| {
-            let w = &w_hh[k * 4 * h * h..(k + 1) * 4 * h * h];
             let inject = Injection {
-                output: self.output,
+                sequence: self.output == LstmOutput::Sequence,
                 grad,
                 stride: d * h,
                 col: k * h,
             };
-            backward_direction(&self.plan, self.directions[k], &traces[k], w, h, inject)
+            direction::backward(&self.input(k, x, e, w_ih, w_hh), &traces[k], inject)
         });
-        let mut dxp = vec![T::zero(); b * t * d * 4 * h];
-        let mut dw_hh = Vec::with_capacity(d * 4 * h * h);
-        for (k, (dgates, dw)) in grads.into_iter().enumerate() {
-            for_each_packed(&self.plan, self.directions[k], |packed, row, pos| {
-                let dst = (row * t + pos) * d * 4 * h + k * 4 * h;
-                dxp[dst..dst + 4 * h]
-                    .copy_from_slice(&dgates[packed * 4 * h..(packed + 1) * 4 * h]);
+        let mut dx = vec![T::zero(); b * t * e];
+        let mut dw_ih = Vec::with_capacity(d * 4 * h * (e + 1));
+        let mut dw_hh = Vec::with_capacity(d * 4 * h * (h + 1));
+        for (k, g) in grads.into_iter().enumerate() {
+            let DirectionGrads { dx: dxk, dw, db } = g;
+            plan.for_each_token(self.directions[k], |p, row, pos| {
+                let dst = (row * t + pos) * e;
+                for (a, &v) in dx[dst..dst + e].iter_mut().zip(&dxk[p * e..(p + 1) * e]) {
+                    *a += v;
+                }
             });
-            dw_hh.extend_from_slice(&dw);
+            // Both biases enter as the same sum, so both get db.
+            for (row, &b) in dw.chunks_exact(e + h).zip(db.iter()) {
+                dw_ih.extend_from_slice(&row[..e]);
+                dw_ih.push(b);
+                dw_hh.extend_from_slice(&row[e..]);
+                dw_hh.push(b);
+            }
         }
-        Ok((dxp, dw_hh))
+        Ok((dx, dw_ih, dw_hh))
+    }
+
+    fn bwd_typed<T: Element>(
+        &self,
+        x: &Tensor,
+        w_ih: &Tensor,
+        w_hh: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let e = x.dims().get(2).copied().unwrap_or(0);
+        let (dx, dwi, dwh) = with_cpu::<T, _>(x, |x| {
+            with_cpu::<T, _>(w_ih, |wa| {
+                with_cpu::<T, _>(w_hh, |wh| {
+                    with_cpu::<T, _>(grad, |g| self.backward(e, (x, wa, wh), g))
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Tensor::from_vec(dx, x.shape(), dev)?,
+            Tensor::from_vec(dwi, w_ih.shape(), dev)?,
+            Tensor::from_vec(dwh, w_hh.shape(), dev)?,
+        ))
     }
 }
 
@@ -264,201 +330,7 @@ fn poisoned() -> candle_core::Error {
     candle_core::Error::Msg("fused_lstm: trace lock poisoned by a panic".into())
 }
 
-/// Calls `f(packed_row, batch_row, position)` for every valid token, walking in `dir`.
-fn for_each_packed(plan: &PackPlan, dir: Direction, mut f: impl FnMut(usize, usize, usize)) {
-    for s in 0..plan.steps() {
-        let base = plan.offset(s);
-        for i in 0..plan.active(s) {
-            f(base + i, plan.order()[i], plan.position(dir, s, i));
-        }
-    }
-}
-
-/// The forward recurrence of one direction. `xp` is the whole input, whose rows are `stride`
-/// wide, with this direction's 4H gates starting at column `col`.
-fn forward_direction<T: Real>(
-    plan: &PackPlan,
-    dir: Direction,
-    xp: &[T],
-    (stride, col): (usize, usize),
-    w_hh: &[T],
-    h: usize,
-) -> Trace<T> {
-    let tokens = plan.tokens();
-    let g4 = 4 * h;
-    let mut tr = Trace {
-        gates: vec![T::zero(); tokens * g4],
-        cells: vec![T::zero(); tokens * h],
-        tanh_cells: vec![T::zero(); tokens * h],
-        hidden: vec![T::zero(); tokens * h],
-    };
-    let t_len = plan.steps();
-    for s in 0..t_len {
-        let n = plan.active(s);
-        if n == 0 {
-            break;
-        }
-        let base = plan.offset(s);
-        let gates = &mut tr.gates[base * g4..(base + n) * g4];
-        for (i, dst) in gates.chunks_exact_mut(g4).enumerate() {
-            let src = (plan.order()[i] * t_len + plan.position(dir, s, i)) * stride + col;
-            dst.copy_from_slice(&xp[src..src + g4]);
-        }
-        let (done_cells, cells) = tr.cells.split_at_mut(base * h);
-        let (done_hidden, hidden) = tr.hidden.split_at_mut(base * h);
-        let prev = (s > 0).then(|| plan.offset(s - 1) * h..(plan.offset(s - 1) + n) * h);
-        if let Some(prev) = prev.clone() {
-            matmul(
-                gates,
-                (n, g4, h),
-                &done_hidden[prev],
-                Op::N,
-                w_hh,
-                Op::T,
-                true,
-            );
-        }
-        activation::forward(ForwardBlock {
-            hidden: h,
-            gates,
-            c_prev: prev.map(|p| &done_cells[p]),
-            cells: &mut cells[..n * h],
-            tanh_cells: &mut tr.tanh_cells[base * h..(base + n) * h],
-            h: &mut hidden[..n * h],
-        });
-    }
-    tr
-}
-
-/// Where the gradient of the op's output enters the recurrence of one direction.
-struct Injection<'a, T> {
-    output: LstmOutput,
-    grad: &'a [T],
-    stride: usize,
-    col: usize,
-}
-
-/// Backpropagation through time for one direction: the gate pre-activation gradients (packed,
-/// tokens × 4H) and `dW_hh` (4H × H).
-fn backward_direction<T: Real>(
-    plan: &PackPlan,
-    dir: Direction,
-    tr: &Trace<T>,
-    w_hh: &[T],
-    h: usize,
-    inject: Injection<'_, T>,
-) -> (Vec<T>, Vec<T>) {
-    let g4 = 4 * h;
-    let tokens = plan.tokens();
-    let rows = plan.active(0);
-    let t_len = plan.steps();
-    let mut dh = vec![T::zero(); rows * h];
-    let mut dc = vec![T::zero(); rows * h];
-    let mut dgates = vec![T::zero(); tokens * g4];
-    for s in (0..t_len).rev() {
-        let n = plan.active(s);
-        if n == 0 {
-            continue;
-        }
-        let base = plan.offset(s);
-        // Rows whose output gradient enters at this step: under `Last`, the rows ending here
-        // (they are the tail of the active prefix); under `Sequence`, all of them.
-        let first = match inject.output {
-            LstmOutput::Last => plan.active(s + 1),
-            LstmOutput::Sequence => 0,
-        };
-        for i in first..n {
-            let row = plan.order()[i];
-            let src = match inject.output {
-                LstmOutput::Last => row * inject.stride + inject.col,
-                LstmOutput::Sequence => {
-                    (row * t_len + plan.position(dir, s, i)) * inject.stride + inject.col
-                }
-            };
-            for (x, g) in dh[i * h..(i + 1) * h]
-                .iter_mut()
-                .zip(&inject.grad[src..src + h])
-            {
-                *x = *x + *g;
-            }
-        }
-        let prev = (s > 0).then(|| plan.offset(s - 1) * h..(plan.offset(s - 1) + n) * h);
-        let block = &mut dgates[base * g4..(base + n) * g4];
-        activation::backward(BackwardBlock {
-            hidden: h,
-            gates: &tr.gates[base * g4..(base + n) * g4],
-            tanh_cells: &tr.tanh_cells[base * h..(base + n) * h],
-            c_prev: prev.map(|p| &tr.cells[p]),
-            dh: &dh[..n * h],
-            dc: &mut dc[..n * h],
-            dgates: block,
-        });
-        if s > 0 {
-            // Rows n.. of dh are still untouched zeros: those rows have not started yet
-            // (walking backwards), which is exactly the state they must start from.
-            matmul(
-                &mut dh[..n * h],
-                (n, h, g4),
-                block,
-                Op::N,
-                w_hh,
-                Op::N,
-                false,
-            );
-        }
-    }
-    // dW_hh = Σ_t dgates_tᵀ · h_{t-1}: gather h_{t-1} beside each step's gate gradients and
-    // do it as one product over all tokens after the first step.
-    let mut dw_hh = vec![T::zero(); g4 * h];
-    let later = tokens - rows;
-    if later > 0 {
-        let mut h_prev = vec![T::zero(); later * h];
-        for s in 1..t_len {
-            let n = plan.active(s);
-            let src = plan.offset(s - 1) * h;
-            let dst = (plan.offset(s) - rows) * h;
-            h_prev[dst..dst + n * h].copy_from_slice(&tr.hidden[src..src + n * h]);
-        }
-        matmul(
-            &mut dw_hh,
-            (g4, h, later),
-            &dgates[rows * g4..],
-            Op::T,
-            &h_prev,
-            Op::N,
-            false,
-        );
-    }
-    (dgates, dw_hh)
-}
-
-/// The contiguous data of a CPU tensor argument, as `T`.
-fn cpu_slice<'a, T: Element>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-) -> candle_core::Result<&'a [T]> {
-    let Some(data) = T::slice(storage) else {
-        bail!("fused_lstm: inputs must all be {:?}", T::DTYPE)
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("fused_lstm: inputs must be contiguous"),
-    }
-}
-
-/// Reads a tensor's CPU data as `T` and hands it to `f`.
-fn with_cpu<T: Element, R>(
-    tensor: &Tensor,
-    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
-) -> candle_core::Result<R> {
-    let (storage, layout) = tensor.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(cpu_slice::<T>(cpu, layout)?),
-        _ => bail!("fused_lstm: only the CPU backend is implemented"),
-    }
-}
-
-impl CustomOp2 for FusedLstm {
+impl CustomOp3 for FusedLstm {
     fn name(&self) -> &'static str {
         "fused_lstm"
     }
@@ -469,47 +341,42 @@ impl CustomOp2 for FusedLstm {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.check_inputs(l1, l2)?;
+        self.check(l1, l2, l3)?;
+        let e = self.dims(l1).3;
         match s1 {
-            CpuStorage::F32(_) => self.forward::<f32>(cpu_slice(s1, l1)?, cpu_slice(s2, l2)?),
-            CpuStorage::F64(_) => self.forward::<f64>(cpu_slice(s1, l1)?, cpu_slice(s2, l2)?),
+            CpuStorage::F32(_) => self.forward::<f32>(
+                e,
+                cpu_slice(s1, l1)?,
+                cpu_slice(s2, l2)?,
+                cpu_slice(s3, l3)?,
+            ),
+            CpuStorage::F64(_) => self.forward::<f64>(
+                e,
+                cpu_slice(s1, l1)?,
+                cpu_slice(s2, l2)?,
+                cpu_slice(s3, l3)?,
+            ),
             _ => bail!("fused_lstm: f32 or f64 only"),
         }
     }
 
     fn bwd(
         &self,
-        xp: &Tensor,
+        x: &Tensor,
+        w_ih: &Tensor,
         w_hh: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (b, t, d, h) = self.dims();
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad_res.contiguous()?;
-        let w_hh_c = w_hh.contiguous()?;
-        let dev = xp.device();
-        let (dxp, dw) = match xp.dtype() {
-            candle_core::DType::F32 => {
-                let (dxp, dw) = with_cpu::<f32, _>(&w_hh_c, |w| {
-                    with_cpu::<f32, _>(&grad, |g| self.backward(w, g))
-                })?;
-                (
-                    Tensor::from_vec(dxp, (b, t, d * 4 * h), dev)?,
-                    Tensor::from_vec(dw, (d, 4 * h, h), dev)?,
-                )
-            }
-            candle_core::DType::F64 => {
-                let (dxp, dw) = with_cpu::<f64, _>(&w_hh_c, |w| {
-                    with_cpu::<f64, _>(&grad, |g| self.backward(w, g))
-                })?;
-                (
-                    Tensor::from_vec(dxp, (b, t, d * 4 * h), dev)?,
-                    Tensor::from_vec(dw, (d, 4 * h, h), dev)?,
-                )
-            }
+        let (dx, dwi, dwh) = match x.dtype() {
+            DType::F32 => self.bwd_typed::<f32>(x, w_ih, w_hh, &grad)?,
+            DType::F64 => self.bwd_typed::<f64>(x, w_ih, w_hh, &grad)?,
             other => bail!("fused_lstm: f32 or f64 only, got {other:?}"),
         };
-        Ok((Some(dxp), Some(dw)))
+        Ok((Some(dx), Some(dwi), Some(dwh)))
     }
 }

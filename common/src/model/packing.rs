@@ -97,6 +97,17 @@ impl PackPlan {
             Direction::Reverse => self.lengths[self.order[i]] - 1 - s,
         }
     }
+
+    /// Calls `f(packed_row, batch_row, position)` for every valid token, in packed order,
+    /// walking in `dir`.
+    pub fn for_each_token(&self, dir: Direction, mut f: impl FnMut(usize, usize, usize)) {
+        for s in 0..self.steps {
+            let base = self.offsets[s];
+            for i in 0..self.active[s] {
+                f(base + i, self.order[i], self.position(dir, s, i));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,20 @@
 //! How many compute threads the model uses.
 //!
-//! Two parties decide: candle's CPU matrix products, which read `RAYON_NUM_THREADS` on every
-//! call (`candle_core::utils::get_num_threads`) and run on rayon's global pool; and the fused
-//! LSTM op, which runs its two directions on two threads of that same pool when more than one
-//! thread is allowed. [`set_threads`] sets both; call it once at start-up, before any other
-//! thread exists (it writes an environment variable).
+//! Three parties decide: candle's CPU matrix products, which read `RAYON_NUM_THREADS` on every
+//! call (`candle_core::utils::get_num_threads`) and run on rayon's global pool; candle's
+//! element-wise ops, which above 64k elements fan out to a pool of its own sized once from
+//! `CANDLE_NUM_THREADS`; and the fused LSTM op and Adam, which split their work in two on
+//! rayon's global pool when more than one thread is allowed.
+//!
+//! Candle's element-wise pool spins for a long while (25,000 pause instructions, about a
+//! millisecond) after each job before it sleeps. Between our two busy direction threads on a
+//! two-core machine that spinning took a core away and made two threads slower than one. The
+//! element-wise work left in our graph is small, so [`set_threads`] gives that pool no threads
+//! at all (`CANDLE_NUM_THREADS=1`): all parallelism is ours.
+//!
+//! Call [`set_threads`] once at start-up, before any other thread exists and before the first
+//! tensor operation (it writes environment variables that candle reads once). It also tunes
+//! the allocator for the training loop (see [`super::malloc`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -18,6 +28,8 @@ pub fn set_threads(n: usize) {
     let n = n.max(1);
     THREADS.store(n, Ordering::Relaxed);
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", "1");
+    super::malloc::keep_freed_memory();
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global();
@@ -30,4 +42,25 @@ pub fn threads() -> usize {
         0 => candle_core::utils::get_num_threads(),
         n => n,
     }
+}
+
+/// Runs `a` and `b` at the same time, `b` on a fresh thread and `a` on this one.
+///
+/// A spawned scoped thread (tens of microseconds, a few times per training step) rather than
+/// rayon's pool: when the machine is busy, idle pool threads yielding in a loop while they wait
+/// for work cost more than that.
+pub fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA,
+    B: FnOnce() -> RB + Send,
+    RB: Send,
+{
+    std::thread::scope(|s| {
+        let handle = s.spawn(b);
+        let ra = a();
+        match handle.join() {
+            Ok(rb) => (ra, rb),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }

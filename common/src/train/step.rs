@@ -1,7 +1,7 @@
 //! The training step as a library function, split where a distributed run inserts its
 //! all-reduce: gradients of the local examples, the hook, then the shared update.
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Storage, Tensor, Var};
 
 use super::adam::Adam;
 use super::batch::{Batch, PAD};
@@ -44,16 +44,16 @@ pub fn compute_gradients(model: &Classifier, batch: &Batch) -> Result<(Gradients
     let mut dense = Vec::with_capacity(model.dense_len());
     for (_, var) in model.dense_params() {
         match grads.get(var) {
-            Some(g) => dense.extend(g.flatten_all()?.to_vec1::<f32>()?),
+            Some(g) => extend_from(&mut dense, g)?,
             None => dense.resize(dense.len() + var.elem_count(), 0.0),
         }
     }
     let embedding = match grads.get(&x) {
-        Some(dx) => scatter_rows(
-            batch,
-            &dx.flatten_all()?.to_vec1::<f32>()?,
-            cfg.embedding_dim,
-        ),
+        Some(dx) => {
+            let mut flat = Vec::with_capacity(dx.elem_count());
+            extend_from(&mut flat, dx)?;
+            scatter_rows(batch, &flat, cfg.embedding_dim)
+        }
         None => SparseRows::empty(cfg.embedding_dim),
     };
 
@@ -65,6 +65,21 @@ pub fn compute_gradients(model: &Classifier, batch: &Batch) -> Result<(Gradients
         .filter(|(row, &label)| argmax(row) == label as usize)
         .count();
     Ok((Gradients { dense, embedding }, loss_sum, correct))
+}
+
+/// Appends a tensor's values, straight from its memory when it is a contiguous CPU tensor.
+fn extend_from(dst: &mut Vec<f32>, t: &Tensor) -> Result<()> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            if let Ok(data) = cpu.as_slice::<f32>() {
+                dst.extend_from_slice(&data[start..end]);
+                return Ok(());
+            }
+        }
+    }
+    dst.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+    Ok(())
 }
 
 /// Sums the rows of `dx` (B × T × E) into the rows of the tokens they embedded. PAD gets no

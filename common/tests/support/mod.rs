@@ -6,28 +6,44 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// One bidirectional layer's parameters, stacked as the fused op expects.
+/// One bidirectional layer's parameters as PyTorch has them (both directions stacked).
 pub struct LayerParams {
-    pub w_ih: Var,
-    pub w_hh: Var,
-    pub b_ih: Var,
-    pub b_hh: Var,
+    /// 2·4H × E
+    pub w_ih: Tensor,
+    /// 2 × 4H × H
+    pub w_hh: Tensor,
+    /// 2·4H each
+    pub b_ih: Tensor,
+    pub b_hh: Tensor,
 }
 
 impl LayerParams {
-    pub fn random(input: usize, hidden: usize, dtype: DType, rng: &mut ChaCha8Rng) -> Result<Self> {
-        let g = 4 * hidden;
+    /// Views of the fused op's inputs `[W_ih | b_ih]` and `[W_hh | b_hh]`; gradients taken
+    /// through them reach those inputs.
+    pub fn from_fused(w_ih: &Tensor, w_hh: &Tensor) -> Result<Self> {
+        let e = w_ih.dims()[1] - 1;
+        let h = w_hh.dims()[2] - 1;
         Ok(Self {
-            w_ih: random_var(&[2 * g, input], dtype, rng)?,
-            w_hh: random_var(&[2, g, hidden], dtype, rng)?,
-            b_ih: random_var(&[2 * g], dtype, rng)?,
-            b_hh: random_var(&[2 * g], dtype, rng)?,
+            w_ih: w_ih.narrow(1, 0, e)?,
+            b_ih: w_ih.narrow(1, e, 1)?.squeeze(1)?,
+            w_hh: w_hh.narrow(2, 0, h)?,
+            b_hh: w_hh.narrow(2, h, 1)?.flatten_all()?,
         })
     }
+}
 
-    pub fn vars(&self) -> [&Var; 4] {
-        [&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh]
-    }
+/// Random fused inputs `[W_ih | b_ih]` (2·4H × (E + 1)) and `[W_hh | b_hh]` (2 × 4H × (H + 1)).
+pub fn random_fused(
+    input: usize,
+    hidden: usize,
+    dtype: DType,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Var, Var)> {
+    let g = 4 * hidden;
+    Ok((
+        random_var(&[2 * g, input + 1], dtype, rng)?,
+        random_var(&[2, g, hidden + 1], dtype, rng)?,
+    ))
 }
 
 pub fn rng(seed: u64) -> ChaCha8Rng {

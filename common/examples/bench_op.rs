@@ -1,0 +1,199 @@
+//! Where a training step's time goes, piece by piece, at TREC-like sizes (B = 32, T = 11,
+//! E = 100, H = 200): the products a step is made of in the layouts the op uses, the fused
+//! op forward and backward alone (input projection included), a whole `compute_gradients`,
+//! and the Adam update.
+//!
+//! ```text
+//! cargo run --release -p common --example bench_op -- [threads]
+//! ```
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use common::model::{
+    set_threads, Classifier, Direction, FusedLstm, LstmOutput, ModelConfig, PackPlan,
+};
+use common::train::{compute_gradients, Adam, AdamConfig, Batch};
+
+/// Median milliseconds of `f` over `reps` runs, after a warm-up run.
+fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut v: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `dst (m×n) += op(lhs) (m×k) · op(rhs)` with gemm; `lhs_t`: lhs is stored k×m, `rhs_t`:
+/// rhs is stored n×k.
+fn gemm_probe(m: usize, n: usize, k: usize, lhs_t: bool, rhs_t: bool) -> f64 {
+    gemm_probe_ld(m, n, k, lhs_t, rhs_t, 0)
+}
+
+/// As [`gemm_probe`], with `pad` extra elements at the end of each stored rhs row.
+fn gemm_probe_ld(m: usize, n: usize, k: usize, lhs_t: bool, rhs_t: bool, pad: usize) -> f64 {
+    let lhs = vec![0.5f32; m * k];
+    let rhs = vec![0.25f32; (k + pad) * (n + pad)];
+    let mut dst = vec![0.0f32; m * n];
+    let (rhs_rs, rhs_cs) = if rhs_t { (1, k + pad) } else { (n + pad, 1) };
+    let (lhs_rs, lhs_cs) = if lhs_t { (1, m) } else { (k, 1) };
+    let ms = time_ms(200, || unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    });
+    black_box(&dst);
+    2.0 * (m * n * k) as f64 / ms / 1e6
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    set_threads(threads);
+    let (b, t, e, h) = (32usize, 11usize, 100usize, 200usize);
+    println!("threads {threads}");
+    let n_tok = 326;
+    for (m, n, k, lt, rt, what) in [
+        (
+            32,
+            4 * h,
+            h,
+            false,
+            true,
+            "step fwd: h·W_hhᵀ (W_hh stored 4H×H)",
+        ),
+        (32, 4 * h, h, false, false, "step fwd: h·W (W stored H×4H)"),
+        (
+            32,
+            h,
+            4 * h,
+            false,
+            false,
+            "step bwd: dg·W_hh (stored 4H×H)",
+        ),
+        (32, h, 4 * h, false, true, "step bwd: dg·Wᵀ (W stored H×4H)"),
+        (
+            n_tok,
+            4 * h,
+            e,
+            false,
+            true,
+            "proj: X·W_ihᵀ (W_ih stored 4H×E)",
+        ),
+        (n_tok, 4 * h, e, false, false, "proj: X·W (W stored E×4H)"),
+        (n_tok, e, 4 * h, false, false, "dX = dG·W_ih (stored 4H×E)"),
+        (4 * h, e, n_tok, true, false, "dW_ih = dGᵀ·X"),
+        (e, 4 * h, n_tok, true, false, "dW_ihᵀ = Xᵀ·dG"),
+        (4 * h, h, n_tok, true, false, "dW_hh = dGᵀ·Hprev"),
+        (h, 4 * h, n_tok, true, false, "dW_hhᵀ = Hprevᵀ·dG"),
+    ] {
+        println!("{what:45} {:6.1} GFLOP/s", gemm_probe(m, n, k, lt, rt));
+    }
+    for (m, n, k, rt, what) in [
+        (32, h, 4 * h, false, "step bwd: dg·W_hh (stored 4H×(H+1))"),
+        (n_tok, 4 * h, e, true, "proj: X·W_ihᵀ (stored 4H×(E+1))"),
+        (n_tok, e, 4 * h, false, "dX = dG·W_ih (stored 4H×(E+1))"),
+    ] {
+        println!(
+            "{what:45} {:6.1} GFLOP/s",
+            gemm_probe_ld(m, n, k, false, rt, 1)
+        );
+    }
+
+    let dev = Device::Cpu;
+    let lengths: Vec<usize> = (0..b).map(|i| t - i % 4).collect();
+    let plan = Arc::new(PackPlan::new(&lengths, t)?);
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, e), &dev)?)?;
+    let w_ih = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (8 * h, e + 1), &dev)? * 0.05)?)?;
+    let w_hh = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (2, 4 * h, h + 1), &dev)? * 0.05)?)?;
+    let op = |record| {
+        let dirs = [Direction::Forward, Direction::Reverse];
+        FusedLstm::new(
+            plan.clone(),
+            &dirs,
+            h,
+            LstmOutput::Last,
+            threads > 1,
+            record,
+        )
+    };
+    let tokens: usize = lengths.iter().sum();
+    let flops = 2.0 * (tokens * 4 * h * (h + e) * 2) as f64;
+    let fwd = time_ms(50, || {
+        black_box(op(false).apply(&x, &w_ih, &w_hh).ok());
+    });
+    println!(
+        "op forward (no trace)   {fwd:7.3} ms  {:6.1} GFLOP/s",
+        flops / fwd / 1e6
+    );
+    let both = time_ms(50, || {
+        let y = op(true)
+            .apply(&x, &w_ih, &w_hh)
+            .and_then(|y| y.sum_all()?.backward());
+        black_box(y.ok());
+    });
+    println!(
+        "op forward+backward     {both:7.3} ms  {:6.1} GFLOP/s",
+        3.0 * flops / both / 1e6
+    );
+
+    let cfg = ModelConfig {
+        num_classes: 6,
+        ..ModelConfig::default()
+    };
+    let model = Classifier::new(&cfg, 0)?;
+    let seqs: Vec<Vec<u32>> = lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            (0..l)
+                .map(|j| (2 + i * 31 + j * 7) as u32 % 9_000 + 2)
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let labels: Vec<u32> = (0..b as u32).map(|i| i % 6).collect();
+    let batch = Batch::new(&refs, &labels)?;
+    let grads = time_ms(30, || {
+        black_box(compute_gradients(&model, &batch).ok());
+    });
+    println!("compute_gradients       {grads:7.3} ms");
+    let (g, _, _) = compute_gradients(&model, &batch)?;
+    let mut opt = Adam::new(&model, AdamConfig::default());
+    let adam = time_ms(30, || {
+        black_box(opt.step(&model, &g).ok());
+    });
+    println!("adam step               {adam:7.3} ms");
+    println!(
+        "→ {:.0} samples/s if a step were just these",
+        b as f64 / (grads + adam) * 1e3
+    );
+    Ok(())
+}

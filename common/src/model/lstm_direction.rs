@@ -1,0 +1,273 @@
+//! One direction of an LSTM layer over a packed batch (see [`PackPlan`]): the forward
+//! recurrence, keeping what backward needs, and backpropagation through time.
+//!
+//! Everything a direction does is here and single-threaded, so that the two directions of a
+//! layer can run side by side with nothing shared but read-only inputs:
+//! - forward: gather the direction's tokens, one product for the input projection of all of
+//!   them, then per step one `(rows × H)·(H × 4H)` product and the fused cell update;
+//! - backward: per step the fused gate derivatives and one `(rows × 4H)·(4H × H)` product for
+//!   `dh`; then `[dW_ih | dW_hh]` as one product over all tokens, and `dx` as another.
+//!
+//! Each token's input and the hidden state it was combined with (zero at the first step) sit
+//! side by side in one packed row, `[x_t | h_{t-1}]`: the step products read the `h` half in
+//! place, and both weight gradients come from a single product with that matrix.
+
+use super::activation::{self, BackwardBlock, ForwardBlock, Real};
+use super::gemm::{matmul_into, Mat, Op};
+use super::packing::{Direction, PackPlan};
+use super::workspace::{Buf, Pooled};
+
+/// The read-only inputs of one direction.
+pub struct DirectionInput<'a, T> {
+    pub plan: &'a PackPlan,
+    pub dir: Direction,
+    /// The layer input, B × T × E.
+    pub x: &'a [T],
+    /// E.
+    pub input: usize,
+    /// H.
+    pub hidden: usize,
+    /// This direction's input weights and bias: 4H rows of `[W_ih | b_ih]`, E + 1 wide.
+    pub w_ih: &'a [T],
+    /// This direction's recurrent weights and bias: 4H rows of `[W_hh | b_hh]`, H + 1 wide.
+    pub w_hh: &'a [T],
+}
+
+/// What the forward pass keeps for the backward pass, packed (one row per valid token).
+pub struct Trace<T: Pooled> {
+    /// `[x_t | h_{t-1}]` in this direction's packed order, tokens × (E + H).
+    pub xh: Buf<T>,
+    /// Gate activations (i, f, g, o), tokens × 4H.
+    pub gates: Buf<T>,
+    pub cells: Buf<T>,
+    pub tanh_cells: Buf<T>,
+    pub hidden: Buf<T>,
+}
+
+/// The gradients of one direction's inputs.
+pub struct DirectionGrads<T: Pooled> {
+    /// Of the input, packed like [`Trace::xh`]'s `x` half: tokens × E.
+    pub dx: Buf<T>,
+    /// Of `[W_ih | W_hh]`, 4H × (E + H).
+    pub dw: Buf<T>,
+    /// Of either bias (both enter as the same sum), 4H.
+    pub db: Buf<T>,
+}
+
+/// Where the gradient of the layer's output enters this direction's recurrence.
+pub struct Injection<'a, T> {
+    /// The output gradient is per position (B × T × stride) rather than per row
+    /// (B × stride, at each row's last step).
+    pub sequence: bool,
+    pub grad: &'a [T],
+    pub stride: usize,
+    /// This direction's H columns start here.
+    pub col: usize,
+}
+
+impl<'a, T: Real> DirectionInput<'a, T> {
+    /// `W_ih` (4H × E) in place, skipping the bias column.
+    fn w_ih(&self) -> Mat<'a, T> {
+        Mat {
+            data: self.w_ih,
+            op: Op::N,
+            ld: self.input + 1,
+        }
+    }
+
+    /// `W_hh` (4H × H) in place, skipping the bias column.
+    fn w_hh(&self) -> Mat<'a, T> {
+        Mat {
+            data: self.w_hh,
+            op: Op::N,
+            ld: self.hidden + 1,
+        }
+    }
+
+    /// `b_ih + b_hh`.
+    fn bias(&self) -> Vec<T> {
+        let (e, h) = (self.input, self.hidden);
+        let b_ih = self.w_ih.chunks_exact(e + 1).map(|row| row[e]);
+        let b_hh = self.w_hh.chunks_exact(h + 1).map(|row| row[h]);
+        b_ih.zip(b_hh).map(|(a, b)| a + b).collect()
+    }
+}
+
+/// Runs the recurrence; returns every step's state, packed.
+pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Trace<T> {
+    let (plan, e, h) = (inp.plan, inp.input, inp.hidden);
+    let (tokens, g4, t_len, w) = (plan.tokens(), 4 * h, plan.steps(), e + h);
+    // Every buffer is written in full below, except the h half of the first step's rows,
+    // which is the zero initial state.
+    let mut xh = Buf::stale(tokens * w);
+    plan.for_each_token(inp.dir, |p, row, pos| {
+        let src = (row * t_len + pos) * e;
+        xh[p * w..p * w + e].copy_from_slice(&inp.x[src..src + e]);
+    });
+    for row in xh.chunks_exact_mut(w).take(plan.active(0)) {
+        row[e..].iter_mut().for_each(|v| *v = T::zero());
+    }
+    let mut tr = Trace {
+        gates: Buf::stale(tokens * g4),
+        cells: Buf::stale(tokens * h),
+        tanh_cells: Buf::stale(tokens * h),
+        hidden: Buf::stale(tokens * h),
+        xh,
+    };
+    // The input projection of every token at once; the bias is added in the cell kernel.
+    let x_part = Mat {
+        data: &tr.xh,
+        op: Op::N,
+        ld: w,
+    };
+    let w_ih_t = Mat {
+        op: Op::T,
+        ..inp.w_ih()
+    };
+    matmul_into(&mut tr.gates, g4, (tokens, g4, e), x_part, w_ih_t, false);
+    let bias = inp.bias();
+    // W_hh transposed (H × 4H): gemm runs the step product ~1.5× faster with the 4H-wide
+    // operand contiguous, far more than the transposition costs.
+    let mut w_hh_t = Buf::stale(h * g4);
+    transpose(inp.w_hh, (g4, h + 1, h), &mut w_hh_t);
+    for s in 0..t_len {
+        let n = plan.active(s);
+        if n == 0 {
+            break;
+        }
+        let base = plan.offset(s);
+        let gates = &mut tr.gates[base * g4..(base + n) * g4];
+        if s > 0 {
+            let h_prev = Mat {
+                data: &tr.xh[base * w + e..],
+                op: Op::N,
+                ld: w,
+            };
+            matmul_into(gates, g4, (n, g4, h), h_prev, Mat::n(&w_hh_t, g4), true);
+        }
+        let (done_cells, cells) = tr.cells.split_at_mut(base * h);
+        let prev = (s > 0).then(|| plan.offset(s - 1) * h..(plan.offset(s - 1) + n) * h);
+        let hidden = &mut tr.hidden[base * h..(base + n) * h];
+        activation::forward(ForwardBlock {
+            hidden: h,
+            bias: &bias,
+            gates,
+            c_prev: prev.map(|p| &done_cells[p]),
+            cells: &mut cells[..n * h],
+            tanh_cells: &mut tr.tanh_cells[base * h..(base + n) * h],
+            h: hidden,
+        });
+        // Rows still running next step are a prefix of this step's rows.
+        let next = base + n;
+        for i in 0..plan.active(s + 1) {
+            tr.xh[(next + i) * w + e..(next + i + 1) * w]
+                .copy_from_slice(&tr.hidden[(base + i) * h..(base + i + 1) * h]);
+        }
+    }
+    tr
+}
+
+/// Backpropagation through time from the output gradient `inject`.
+pub fn backward<T: Real>(
+    inp: &DirectionInput<'_, T>,
+    tr: &Trace<T>,
+    inject: Injection<'_, T>,
+) -> DirectionGrads<T> {
+    let (plan, e, h) = (inp.plan, inp.input, inp.hidden);
+    let (tokens, g4, t_len) = (plan.tokens(), 4 * h, plan.steps());
+    let rows = plan.active(0);
+    let mut dh = Buf::zeroed(rows * h);
+    let mut dc = Buf::zeroed(rows * h);
+    // Written in full, step by step, by the gate kernel.
+    let mut dgates = Buf::stale(tokens * g4);
+    for s in (0..t_len).rev() {
+        let n = plan.active(s);
+        if n == 0 {
+            continue;
+        }
+        let base = plan.offset(s);
+        // Per row, the output gradient enters at its last step (the tail of the active
+        // prefix, rows that were not running a step later) or, for a sequence, at every step.
+        let first = if inject.sequence {
+            0
+        } else {
+            plan.active(s + 1)
+        };
+        for i in first..n {
+            let row = plan.order()[i];
+            let at = if inject.sequence {
+                row * t_len + plan.position(inp.dir, s, i)
+            } else {
+                row
+            };
+            let src = at * inject.stride + inject.col;
+            for (d, g) in dh[i * h..(i + 1) * h]
+                .iter_mut()
+                .zip(&inject.grad[src..src + h])
+            {
+                *d += *g;
+            }
+        }
+        let prev = (s > 0).then(|| plan.offset(s - 1) * h..(plan.offset(s - 1) + n) * h);
+        let block = &mut dgates[base * g4..(base + n) * g4];
+        activation::backward(BackwardBlock {
+            hidden: h,
+            gates: &tr.gates[base * g4..(base + n) * g4],
+            tanh_cells: &tr.tanh_cells[base * h..(base + n) * h],
+            c_prev: prev.map(|p| &tr.cells[p]),
+            dh: &dh[..n * h],
+            dc: &mut dc[..n * h],
+            dgates: block,
+        });
+        if s > 0 {
+            // Rows n.. of dh and dc are untouched zeros: walking backwards those rows have
+            // not started yet, and zero is the state they start from.
+            let dg = Mat::n(&*block, g4);
+            matmul_into(&mut dh[..n * h], h, (n, h, g4), dg, inp.w_hh(), false);
+        }
+    }
+
+    // [dW_ih | dW_hh] = Σ_t dgates_tᵀ · [x_t | h_{t-1}]: one product over all tokens.
+    let w = e + h;
+    let mut dw = Buf::stale(g4 * w);
+    matmul_into(
+        &mut dw,
+        w,
+        (g4, w, tokens),
+        Mat::t(&dgates, g4),
+        Mat::n(&tr.xh, w),
+        false,
+    );
+    let mut db = Buf::zeroed(g4);
+    for row in dgates.chunks_exact(g4) {
+        for (acc, &g) in db.iter_mut().zip(row) {
+            *acc += g;
+        }
+    }
+    let mut dx = Buf::stale(tokens * e);
+    matmul_into(
+        &mut dx,
+        e,
+        (tokens, e, g4),
+        Mat::n(&dgates, g4),
+        inp.w_ih(),
+        false,
+    );
+    DirectionGrads { dx, dw, db }
+}
+
+/// `out (cols × rows) = a[.., ..cols]ᵀ` for `a` of `rows` rows `ld` apart, in tiles so that
+/// both sides stay in cache.
+fn transpose<T: Real>(a: &[T], (rows, ld, cols): (usize, usize, usize), out: &mut [T]) {
+    const TILE: usize = 16;
+    for i0 in (0..rows).step_by(TILE) {
+        for j0 in (0..cols).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(rows) {
+                let src = &a[i * ld + j0..i * ld + (j0 + TILE).min(cols)];
+                for (j, &v) in (j0..).zip(src) {
+                    out[j * rows + i] = v;
+                }
+            }
+        }
+    }
+}
