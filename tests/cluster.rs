@@ -25,7 +25,7 @@ fn workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let run = dir.path().join("run");
-    let mut coord = Command::new(bin("coordinator"))
+    let coord = Command::new(bin("coordinator"))
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
