@@ -39,7 +39,7 @@ struct Cli {
 enum Command {
     /// Inspect or export what the data pipeline makes of your data.
     #[command(subcommand)]
-    Data(data_cmd::DataCommand),
+    Data(Box<data_cmd::DataCommand>),
     /// Accuracy, macro-F1 and per-class scores of a trained model on labelled data.
     Evaluate(infer_cmd::EvaluateArgs),
     /// Classify sentences with a trained model.
@@ -50,7 +50,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(&cli.log);
     let result = match cli.command {
-        Some(Command::Data(cmd)) => data_cmd::run(cmd),
+        Some(Command::Data(cmd)) => data_cmd::run(*cmd),
         Some(Command::Evaluate(a)) => infer_cmd::evaluate(a),
         Some(Command::Predict(a)) => infer_cmd::predict_cmd(a),
         None => train(cli.train),

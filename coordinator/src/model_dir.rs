@@ -2,7 +2,7 @@
 //! tokenizer and the configuration it was trained with), so `evaluate` and `predict` need
 //! nothing else.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use common::data::load::{self, LoadOptions};
@@ -116,7 +116,7 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
 /// model does not know are an error listing them.
 pub fn load_labelled(
     meta: &ModelMeta,
-    path: &PathBuf,
+    path: &Path,
     opts: &LoadOptions,
 ) -> Result<Vec<(Vec<u32>, u32)>> {
     let loaded = load::load(path, opts)?;
