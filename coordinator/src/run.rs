@@ -76,6 +76,28 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     );
 
     let t = &args.train;
+    let class_weights = match &t.class_weights {
+        Some(w) => {
+            let mut counts = vec![0usize; labels.len()];
+            for s in 0..pipeline.sources().len() {
+                for d in pipeline.train_docs(s) {
+                    counts[d.label as usize] += 1;
+                }
+            }
+            let w = crate::cli::class_weights(w, &labels, &counts).map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                "class weights: {}",
+                labels
+                    .iter()
+                    .zip(&w)
+                    .map(|(l, w)| format!("{l}={w:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Some(w)
+        }
+        None => None,
+    };
     let spec = RunSpec {
         model: ModelConfig {
             vocab_size: vocab.len(),
@@ -91,6 +113,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             ..AdamConfig::default()
         },
         seed: args.data.seed,
+        class_weights,
     };
     let (world, local) = match (&args.workers, args.expect_workers) {
         (_, Some(n)) => (n, None),

@@ -13,7 +13,7 @@ use common::metrics::Confusion;
 use common::model::Classifier;
 use common::pb;
 use common::train::{
-    apply_gradients, compute_gradients, predict, zero_gradients, Adam, Batch, RunSpec,
+    apply_gradients, compute_gradients_weighted, predict, zero_gradients, Adam, Batch, RunSpec,
 };
 
 use crate::client::{self, Progress};
@@ -124,7 +124,7 @@ pub fn run(args: &Args, token: &str, rt: &tokio::runtime::Runtime) -> Result<()>
         {
             match msg.kind {
                 Some(pb::epoch_message::Kind::Step(step)) => {
-                    train_one(&model, &mut opt, ring.as_mut(), &step, classes, &mut report)?;
+                    train_one(&model, &mut opt, ring.as_mut(), &step, &spec, &mut report)?;
                     progress.step.store(step.index + 1, Ordering::Relaxed);
                     progress.examples.store(report.examples, Ordering::Relaxed);
                     progress.loss_milli.store(
@@ -158,15 +158,19 @@ fn train_one(
     opt: &mut Adam,
     ring: &mut dyn Collective,
     step: &pb::Step,
-    classes: usize,
+    spec: &RunSpec,
     report: &mut pb::EpochReport,
 ) -> Result<()> {
     let start = Instant::now();
     let (mut grads, loss, correct) = if step.examples.is_empty() {
         (zero_gradients(model), 0.0, 0)
     } else {
-        let batch = to_batch(&step.examples, classes, model.config().vocab_size)?;
-        compute_gradients(model, &batch)?
+        let batch = to_batch(
+            &step.examples,
+            spec.model.num_classes,
+            spec.model.vocab_size,
+        )?;
+        compute_gradients_weighted(model, &batch, spec.class_weights.as_deref())?
     };
     let reduce = Instant::now();
     ring.all_reduce_sum(&mut grads.dense)

@@ -18,4 +18,4 @@ pub use bucket::bucket_batches;
 pub use gradients::{Gradients, SparseRows};
 pub use predict::predict;
 pub use spec::RunSpec;
-pub use step::{compute_gradients, no_all_reduce, train_step};
+pub use step::{compute_gradients, compute_gradients_weighted, no_all_reduce, train_step};

@@ -11,4 +11,7 @@ pub struct RunSpec {
     pub model: ModelConfig,
     pub adam: AdamConfig,
     pub seed: u64,
+    /// Per-class loss weights (index = label id); `None` weighs every example alike.
+    #[serde(default)]
+    pub class_weights: Option<Vec<f32>>,
 }

@@ -22,7 +22,24 @@ pub(crate) fn argmax(xs: &[f32]) -> usize {
 /// Forward and backward over `batch`: the gradients of the summed cross-entropy (not the
 /// mean, see [`Gradients`]), the summed loss, and how many examples were classified right.
 pub fn compute_gradients(model: &Classifier, batch: &Batch) -> Result<(Gradients, f64, usize)> {
+    compute_gradients_weighted(model, batch, None)
+}
+
+/// As [`compute_gradients`], with each example's loss multiplied by its class's weight (the
+/// returned loss stays the plain cross-entropy, comparable across runs).
+pub fn compute_gradients_weighted(
+    model: &Classifier,
+    batch: &Batch,
+    class_weights: Option<&[f32]>,
+) -> Result<(Gradients, f64, usize)> {
     let cfg = model.config();
+    if class_weights.is_some_and(|w| w.len() != cfg.num_classes) {
+        return Err(ModelError::Batch(format!(
+            "{} class weights for {} classes",
+            class_weights.map_or(0, <[f32]>::len),
+            cfg.num_classes
+        )));
+    }
     let labels = batch.labels();
     if labels.len() != batch.len() {
         return Err(ModelError::Batch("training needs a labelled batch".into()));
@@ -38,8 +55,16 @@ pub fn compute_gradients(model: &Classifier, batch: &Batch) -> Result<(Gradients
     let logits = model.forward_embedded(x.as_tensor(), batch.lengths(), Mode::Train)?;
     let targets = Tensor::from_slice(labels, (batch.len(), 1), model.device())?;
     let log_probs = candle_nn::ops::log_softmax(&logits, 1)?;
-    let loss = log_probs.gather(&targets, 1)?.sum_all()?.neg()?;
-    let grads = loss.backward()?;
+    let picked = log_probs.gather(&targets, 1)?;
+    let loss = picked.sum_all()?.neg()?;
+    let grads = match class_weights {
+        None => loss.backward()?,
+        Some(w) => {
+            let per_example: Vec<f32> = labels.iter().map(|&l| w[l as usize]).collect();
+            let w = Tensor::from_slice(&per_example, (batch.len(), 1), model.device())?;
+            picked.mul(&w)?.sum_all()?.neg()?.backward()?
+        }
+    };
 
     let mut dense = Vec::with_capacity(model.dense_len());
     for (_, var) in model.dense_params() {
