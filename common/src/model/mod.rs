@@ -10,12 +10,10 @@ pub mod error;
 mod gemm;
 mod lstm_direction;
 pub mod lstm_op;
-pub mod malloc;
 pub mod packing;
 pub(crate) mod persist;
 pub(crate) mod simd;
 pub mod threads;
-mod workspace;
 
 pub use bilstm::BiLstm;
 pub use classifier::{Classifier, Mode, ModelConfig};
