@@ -10,6 +10,7 @@ pub mod error;
 mod gemm;
 mod lstm_direction;
 pub mod lstm_op;
+pub mod malloc;
 pub mod packing;
 pub(crate) mod persist;
 pub(crate) mod simd;

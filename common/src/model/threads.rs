@@ -13,7 +13,8 @@
 //! at all (`CANDLE_NUM_THREADS=1`): all parallelism is ours.
 //!
 //! Call [`set_threads`] once at start-up, before any other thread exists and before the first
-//! tensor operation (it writes environment variables that candle reads once).
+//! tensor operation (it writes environment variables that candle reads once). It also tunes
+//! the allocator for the training loop (see [`super::malloc`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -28,6 +29,7 @@ pub fn set_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", "1");
+    super::malloc::keep_freed_memory();
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global();
