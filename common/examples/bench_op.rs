@@ -79,6 +79,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     set_threads(threads);
     let (b, t, e, h) = (32usize, 11usize, 100usize, 200usize);
     println!("threads {threads}");
+    if std::env::var_os("BIG_GEMM").is_some() {
+        let n = 1024;
+        let a = vec![0.5f32; n * n];
+        let mut c = vec![0.0f32; n * n];
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        let ms = time_ms(10, || unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                a.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            )
+        });
+        println!(
+            "1024³ gemm: {:.1} GFLOP/s",
+            2.0 * (n * n * n) as f64 / ms / 1e6
+        );
+        return Ok(());
+    }
     let n_tok = 326;
     for (m, n, k, lt, rt, what) in [
         (

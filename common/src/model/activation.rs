@@ -9,18 +9,10 @@
 use num_traits::Float;
 
 use super::simd::multiversion;
-use super::workspace::Pooled;
 
 /// The element types the fused LSTM runs on.
 pub trait Real:
-    Float
-    + std::ops::AddAssign
-    + std::ops::MulAssign
-    + candle_core::WithDType
-    + Pooled
-    + Send
-    + Sync
-    + 'static
+    Float + std::ops::AddAssign + std::ops::MulAssign + candle_core::WithDType + Send + Sync + 'static
 {
     fn act_sigmoid(x: Self) -> Self;
     fn act_tanh(x: Self) -> Self;
@@ -90,15 +82,15 @@ pub struct ForwardBlock<'a, T> {
 
 /// Backward of one step for `n` rows: from `dh` (gradient reaching h_t) and the running `dc`
 /// (gradient reaching c_t from step t+1, replaced by the one reaching c_{t-1}), the gradient of
-/// the gate pre-activations.
+/// the gate pre-activations, written over the gate activations in `gates` (each is read only
+/// to compute its own gradient, and the trace is not needed again).
 pub struct BackwardBlock<'a, T> {
     pub hidden: usize,
-    pub gates: &'a [T],
+    pub gates: &'a mut [T],
     pub tanh_cells: &'a [T],
     pub c_prev: Option<&'a [T]>,
     pub dh: &'a [T],
     pub dc: &'a mut [T],
-    pub dgates: &'a mut [T],
 }
 
 #[inline(always)]
@@ -147,12 +139,9 @@ fn forward_impl<T: Real>(b: ForwardBlock<'_, T>) {
 fn backward_impl<T: Real>(b: BackwardBlock<'_, T>) {
     let hd = b.hidden;
     let one = T::one();
-    for (row, dgates) in b.dgates.chunks_exact_mut(4 * hd).enumerate() {
-        let gates = &b.gates[row * 4 * hd..(row + 1) * 4 * hd];
-        let (i_gate, rest) = gates.split_at(hd);
-        let (f_gate, rest) = rest.split_at(hd);
-        let (g_gate, o_gate) = rest.split_at(hd);
-        let (di, rest) = dgates.split_at_mut(hd);
+    for (row, gates) in b.gates.chunks_exact_mut(4 * hd).enumerate() {
+        // Activations in, gradients out, element by element.
+        let (di, rest) = gates.split_at_mut(hd);
         let (df, rest) = rest.split_at_mut(hd);
         let (dg, dout) = rest.split_at_mut(hd);
         let span = row * hd..(row + 1) * hd;
@@ -160,7 +149,7 @@ fn backward_impl<T: Real>(b: BackwardBlock<'_, T>) {
         let dh = &b.dh[span.clone()];
         let dc = &mut b.dc[span.clone()];
         for k in 0..hd {
-            let (i, f, g, o) = (i_gate[k], f_gate[k], g_gate[k], o_gate[k]);
+            let (i, f, g, o) = (di[k], df[k], dg[k], dout[k]);
             let dct = dc[k] + dh[k] * o * (one - tc[k] * tc[k]);
             dout[k] = dh[k] * tc[k] * o * (one - o);
             di[k] = dct * g * i * (one - i);

@@ -22,6 +22,10 @@ use crate::train::Batch;
 /// Name of the embedding table in checkpoints.
 pub const EMBEDDING: &str = "embedding.weight";
 
+/// Rows per slice in [`Classifier::logits`]: the op's buffers grow with rows × length, and
+/// an evaluation batch of hundreds of long rows would otherwise need hundreds of megabytes.
+pub const EVAL_ROWS: usize = 32;
+
 /// Training (dropout on, backward recorded) or inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -268,10 +272,19 @@ impl Classifier {
         })
     }
 
-    /// Logits (B × C) of a batch, in inference mode.
+    /// Logits (B × C) of a batch, in inference mode. Large batches run in slices of
+    /// [`EVAL_ROWS`] rows, each padded only to its own longest row.
     pub fn logits(&self, batch: &Batch) -> Result<Tensor> {
         let x = self.embed(batch)?;
-        self.forward_embedded(&x, batch.lengths(), Mode::Eval)
+        let mut parts = Vec::with_capacity(batch.len().div_ceil(EVAL_ROWS));
+        for (k, lengths) in batch.lengths().chunks(EVAL_ROWS).enumerate() {
+            let steps = lengths.iter().copied().max().unwrap_or(0);
+            let rows = x
+                .narrow(0, k * EVAL_ROWS, lengths.len())?
+                .narrow(1, 0, steps)?;
+            parts.push(self.forward_embedded(&rows, lengths, Mode::Eval)?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
     }
 }
 

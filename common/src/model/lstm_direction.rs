@@ -15,7 +15,6 @@
 use super::activation::{self, BackwardBlock, ForwardBlock, Real};
 use super::gemm::{matmul_into, Mat, Op};
 use super::packing::{Direction, PackPlan};
-use super::workspace::{Buf, Pooled};
 
 /// The read-only inputs of one direction.
 pub struct DirectionInput<'a, T> {
@@ -34,24 +33,30 @@ pub struct DirectionInput<'a, T> {
 }
 
 /// What the forward pass keeps for the backward pass, packed (one row per valid token).
-pub struct Trace<T: Pooled> {
+pub struct Trace<T> {
     /// `[x_t | h_{t-1}]` in this direction's packed order, tokens × (E + H).
-    pub xh: Buf<T>,
-    /// Gate activations (i, f, g, o), tokens × 4H.
-    pub gates: Buf<T>,
-    pub cells: Buf<T>,
-    pub tanh_cells: Buf<T>,
-    pub hidden: Buf<T>,
+    pub xh: Vec<T>,
+    /// Gate activations (i, f, g, o), tokens × 4H; backward turns them into gate gradients.
+    pub gates: Vec<T>,
+    pub cells: Vec<T>,
+    pub tanh_cells: Vec<T>,
+}
+
+/// One direction's forward pass: what backward needs, and the hidden states (tokens × H),
+/// which only the op's output needs.
+pub struct Forward<T> {
+    pub trace: Trace<T>,
+    pub hidden: Vec<T>,
 }
 
 /// The gradients of one direction's inputs.
-pub struct DirectionGrads<T: Pooled> {
+pub struct DirectionGrads<T> {
     /// Of the input, packed like [`Trace::xh`]'s `x` half: tokens × E.
-    pub dx: Buf<T>,
+    pub dx: Vec<T>,
     /// Of `[W_ih | W_hh]`, 4H × (E + H).
-    pub dw: Buf<T>,
+    pub dw: Vec<T>,
     /// Of either bias (both enter as the same sum), 4H.
-    pub db: Buf<T>,
+    pub db: Vec<T>,
 }
 
 /// Where the gradient of the layer's output enters this direction's recurrence.
@@ -94,26 +99,21 @@ impl<'a, T: Real> DirectionInput<'a, T> {
 }
 
 /// Runs the recurrence; returns every step's state, packed.
-pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Trace<T> {
+pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Forward<T> {
     let (plan, e, h) = (inp.plan, inp.input, inp.hidden);
     let (tokens, g4, t_len, w) = (plan.tokens(), 4 * h, plan.steps(), e + h);
-    // Every buffer is written in full below, except the h half of the first step's rows,
-    // which is the zero initial state.
-    let mut xh = Buf::stale(tokens * w);
+    let mut xh = vec![T::zero(); tokens * w];
     plan.for_each_token(inp.dir, |p, row, pos| {
         let src = (row * t_len + pos) * e;
         xh[p * w..p * w + e].copy_from_slice(&inp.x[src..src + e]);
     });
-    for row in xh.chunks_exact_mut(w).take(plan.active(0)) {
-        row[e..].iter_mut().for_each(|v| *v = T::zero());
-    }
     let mut tr = Trace {
-        gates: Buf::stale(tokens * g4),
-        cells: Buf::stale(tokens * h),
-        tanh_cells: Buf::stale(tokens * h),
-        hidden: Buf::stale(tokens * h),
+        gates: vec![T::zero(); tokens * g4],
+        cells: vec![T::zero(); tokens * h],
+        tanh_cells: vec![T::zero(); tokens * h],
         xh,
     };
+    let mut hidden_all = vec![T::zero(); tokens * h];
     // The input projection of every token at once; the bias is added in the cell kernel.
     let x_part = Mat {
         data: &tr.xh,
@@ -128,7 +128,7 @@ pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Trace<T> {
     let bias = inp.bias();
     // W_hh transposed (H × 4H): gemm runs the step product ~1.5× faster with the 4H-wide
     // operand contiguous, far more than the transposition costs.
-    let mut w_hh_t = Buf::stale(h * g4);
+    let mut w_hh_t = vec![T::zero(); h * g4];
     transpose(inp.w_hh, (g4, h + 1, h), &mut w_hh_t);
     for s in 0..t_len {
         let n = plan.active(s);
@@ -147,7 +147,7 @@ pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Trace<T> {
         }
         let (done_cells, cells) = tr.cells.split_at_mut(base * h);
         let prev = (s > 0).then(|| plan.offset(s - 1) * h..(plan.offset(s - 1) + n) * h);
-        let hidden = &mut tr.hidden[base * h..(base + n) * h];
+        let hidden = &mut hidden_all[base * h..(base + n) * h];
         activation::forward(ForwardBlock {
             hidden: h,
             bias: &bias,
@@ -161,25 +161,33 @@ pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Trace<T> {
         let next = base + n;
         for i in 0..plan.active(s + 1) {
             tr.xh[(next + i) * w + e..(next + i + 1) * w]
-                .copy_from_slice(&tr.hidden[(base + i) * h..(base + i + 1) * h]);
+                .copy_from_slice(&hidden_all[(base + i) * h..(base + i + 1) * h]);
         }
     }
-    tr
+    Forward {
+        trace: tr,
+        hidden: hidden_all,
+    }
 }
 
-/// Backpropagation through time from the output gradient `inject`.
+/// Backpropagation through time from the output gradient `inject`; consumes the trace (its
+/// gate buffer becomes the gate gradients).
 pub fn backward<T: Real>(
     inp: &DirectionInput<'_, T>,
-    tr: &Trace<T>,
+    tr: Trace<T>,
     inject: Injection<'_, T>,
 ) -> DirectionGrads<T> {
     let (plan, e, h) = (inp.plan, inp.input, inp.hidden);
     let (tokens, g4, t_len) = (plan.tokens(), 4 * h, plan.steps());
     let rows = plan.active(0);
-    let mut dh = Buf::zeroed(rows * h);
-    let mut dc = Buf::zeroed(rows * h);
-    // Written in full, step by step, by the gate kernel.
-    let mut dgates = Buf::stale(tokens * g4);
+    let Trace {
+        xh,
+        gates: mut dgates,
+        cells,
+        tanh_cells,
+    } = tr;
+    let mut dh = vec![T::zero(); rows * h];
+    let mut dc = vec![T::zero(); rows * h];
     for s in (0..t_len).rev() {
         let n = plan.active(s);
         if n == 0 {
@@ -212,12 +220,11 @@ pub fn backward<T: Real>(
         let block = &mut dgates[base * g4..(base + n) * g4];
         activation::backward(BackwardBlock {
             hidden: h,
-            gates: &tr.gates[base * g4..(base + n) * g4],
-            tanh_cells: &tr.tanh_cells[base * h..(base + n) * h],
-            c_prev: prev.map(|p| &tr.cells[p]),
+            gates: block,
+            tanh_cells: &tanh_cells[base * h..(base + n) * h],
+            c_prev: prev.map(|p| &cells[p]),
             dh: &dh[..n * h],
             dc: &mut dc[..n * h],
-            dgates: block,
         });
         if s > 0 {
             // Rows n.. of dh and dc are untouched zeros: walking backwards those rows have
@@ -229,22 +236,22 @@ pub fn backward<T: Real>(
 
     // [dW_ih | dW_hh] = Σ_t dgates_tᵀ · [x_t | h_{t-1}]: one product over all tokens.
     let w = e + h;
-    let mut dw = Buf::stale(g4 * w);
+    let mut dw = vec![T::zero(); g4 * w];
     matmul_into(
         &mut dw,
         w,
         (g4, w, tokens),
         Mat::t(&dgates, g4),
-        Mat::n(&tr.xh, w),
+        Mat::n(&xh, w),
         false,
     );
-    let mut db = Buf::zeroed(g4);
+    let mut db = vec![T::zero(); g4];
     for row in dgates.chunks_exact(g4) {
         for (acc, &g) in db.iter_mut().zip(row) {
             *acc += g;
         }
     }
-    let mut dx = Buf::stale(tokens * e);
+    let mut dx = vec![T::zero(); tokens * e];
     matmul_into(
         &mut dx,
         e,

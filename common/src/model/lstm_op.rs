@@ -36,7 +36,7 @@ pub enum LstmOutput {
 }
 
 /// One application of a fused LSTM layer. Build a fresh one per forward pass: it keeps the
-/// activations of its forward pass for its backward pass.
+/// activations of its forward pass for its (single) backward pass.
 pub struct FusedLstm {
     plan: Arc<PackPlan>,
     directions: Vec<Direction>,
@@ -56,7 +56,7 @@ enum Traces {
 trait Element: Real {
     fn slice(storage: &CpuStorage) -> Option<&[Self]>;
     fn wrap(traces: Vec<Trace<Self>>) -> Traces;
-    fn unwrap(traces: &Traces) -> Option<&[Trace<Self>]>;
+    fn unwrap(traces: Traces) -> Option<Vec<Trace<Self>>>;
 }
 
 macro_rules! element {
@@ -71,7 +71,7 @@ macro_rules! element {
             fn wrap(traces: Vec<Trace<$t>>) -> Traces {
                 Traces::$variant(traces)
             }
-            fn unwrap(traces: &Traces) -> Option<&[Trace<$t>]> {
+            fn unwrap(traces: Traces) -> Option<Vec<Trace<$t>>> {
                 match traces {
                     Traces::$variant(t) => Some(t),
                     _ => None,
@@ -196,14 +196,23 @@ impl FusedLstm {
         }
     }
 
-    /// Runs `f` for every direction, on two threads when allowed.
-    fn each_direction<R: Send>(&self, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
-        if self.parallel && self.directions.len() == 2 {
-            let (a, b) = super::threads::join(|| f(0), || f(1));
-            vec![a, b]
-        } else {
-            (0..self.directions.len()).map(f).collect()
+    /// Runs `f(k, states[k])` for every direction `k`, on two threads when allowed.
+    fn each_direction<S: Send, R: Send>(
+        &self,
+        mut states: Vec<S>,
+        f: impl Fn(usize, S) -> R + Sync,
+    ) -> Vec<R> {
+        if self.parallel && states.len() == 2 {
+            if let (Some(b), Some(a)) = (states.pop(), states.pop()) {
+                let (ra, rb) = super::threads::join(|| f(0, a), || f(1, b));
+                return vec![ra, rb];
+            }
         }
+        states
+            .into_iter()
+            .enumerate()
+            .map(|(k, s)| f(k, s))
+            .collect()
     }
 
     fn forward<T: Element>(
@@ -220,11 +229,13 @@ impl FusedLstm {
             self.directions.len(),
             self.hidden,
         );
-        let traces = self.each_direction(|k| direction::forward(&self.input(k, x, e, w_ih, w_hh)));
+        let runs = self.each_direction(vec![(); d], |k, ()| {
+            direction::forward(&self.input(k, x, e, w_ih, w_hh))
+        });
         let (out, shape) = match self.output {
             LstmOutput::Last => {
                 let mut out = vec![T::zero(); b * d * h];
-                for (k, tr) in traces.iter().enumerate() {
+                for (k, run) in runs.iter().enumerate() {
                     for (i, &row) in plan.order().iter().enumerate() {
                         let len = plan.lengths()[row];
                         if len == 0 {
@@ -232,23 +243,24 @@ impl FusedLstm {
                         }
                         let src = (plan.offset(len - 1) + i) * h;
                         let dst = row * d * h + k * h;
-                        out[dst..dst + h].copy_from_slice(&tr.hidden[src..src + h]);
+                        out[dst..dst + h].copy_from_slice(&run.hidden[src..src + h]);
                     }
                 }
                 (out, Shape::from((b, d * h)))
             }
             LstmOutput::Sequence => {
                 let mut out = vec![T::zero(); b * t * d * h];
-                for (k, tr) in traces.iter().enumerate() {
+                for (k, run) in runs.iter().enumerate() {
                     plan.for_each_token(self.directions[k], |p, row, pos| {
                         let dst = (row * t + pos) * d * h + k * h;
-                        out[dst..dst + h].copy_from_slice(&tr.hidden[p * h..(p + 1) * h]);
+                        out[dst..dst + h].copy_from_slice(&run.hidden[p * h..(p + 1) * h]);
                     });
                 }
                 (out, Shape::from((b, t, d * h)))
             }
         };
         if self.record {
+            let traces = runs.into_iter().map(|run| run.trace).collect();
             *self.trace.lock().map_err(|_| poisoned())? = Some(T::wrap(traces));
         }
         Ok((T::to_cpu_storage_owned(out), shape))
@@ -267,18 +279,20 @@ impl FusedLstm {
             self.directions.len(),
             self.hidden,
         );
-        let guard = self.trace.lock().map_err(|_| poisoned())?;
-        let Some(traces) = guard.as_ref().and_then(T::unwrap) else {
-            bail!("fused_lstm: backward without a recorded forward pass of this dtype")
+        // Backward consumes the trace (its buffers become gradient buffers): candle runs it
+        // once per forward pass.
+        let taken = self.trace.lock().map_err(|_| poisoned())?.take();
+        let Some(traces) = taken.and_then(T::unwrap) else {
+            bail!("fused_lstm: backward without a recorded forward pass (or a second backward)")
         };
-        let grads = self.each_direction(|k| {
+        let grads = self.each_direction(traces, |k, trace| {
             let inject = Injection {
                 sequence: self.output == LstmOutput::Sequence,
                 grad,
                 stride: d * h,
                 col: k * h,
             };
-            direction::backward(&self.input(k, x, e, w_ih, w_hh), &traces[k], inject)
+            direction::backward(&self.input(k, x, e, w_ih, w_hh), trace, inject)
         });
         let mut dx = vec![T::zero(); b * t * e];
         let mut dw_ih = Vec::with_capacity(d * 4 * h * (e + 1));

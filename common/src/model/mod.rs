@@ -15,7 +15,6 @@ pub mod packing;
 pub(crate) mod persist;
 pub(crate) mod simd;
 pub mod threads;
-mod workspace;
 
 pub use bilstm::BiLstm;
 pub use classifier::{Classifier, Mode, ModelConfig};
