@@ -47,7 +47,7 @@ torch() { # threads epochs tag [torchrun]
       --epochs "$2" --threads "$1" 2>"$tmp/$3.log" | tail -1 > "$tmp/$3.json"
     rss=$(( $(cat "$tmp/$3.rss") / 1024 ))
   fi
-  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(f"{d[\"samples_per_s_median\"]:.1f} {d[\"accuracy\"]:.4f}", sys.argv[2])' "$tmp/$3.json" "$rss"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.1f %.4f" % (d["samples_per_s_median"], d["accuracy"]), sys.argv[2])' "$tmp/$3.json" "$rss"
 }
 
 if [ "$mode" = single ]; then
