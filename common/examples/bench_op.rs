@@ -5,7 +5,9 @@
 //!
 //! ```text
 //! cargo run --release -p common --example bench_op -- [threads]
+//! BIG_GEMM=1 cargo run --release -p common --example bench_op -- 2   # do 2 threads scale?
 //! ```
+//! On a machine shared with other work, `chrt -f 10` in front gives steadier figures.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -44,6 +46,7 @@ fn gemm_probe_ld(m: usize, n: usize, k: usize, lhs_t: bool, rhs_t: bool, pad: us
     let mut dst = vec![0.0f32; m * n];
     let (rhs_rs, rhs_cs) = if rhs_t { (1, k + pad) } else { (n + pad, 1) };
     let (lhs_rs, lhs_cs) = if lhs_t { (1, m) } else { (k, 1) };
+    // SAFETY: the slices are as long as the shapes and strides below require.
     let ms = time_ms(200, || unsafe {
         gemm::gemm(
             m,
@@ -88,6 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             gemm::Parallelism::None
         };
+        // SAFETY: all three n×n matrices are n² long, as the strides below require.
         let ms = time_ms(10, || unsafe {
             gemm::gemm(
                 n,

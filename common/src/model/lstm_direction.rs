@@ -49,14 +49,12 @@ pub struct Forward<T> {
     pub hidden: Vec<T>,
 }
 
-/// The gradients of one direction's inputs.
-pub struct DirectionGrads<T> {
-    /// Of the input, packed like [`Trace::xh`]'s `x` half: tokens × E.
-    pub dx: Vec<T>,
-    /// Of `[W_ih | W_hh]`, 4H × (E + H).
-    pub dw: Vec<T>,
-    /// Of either bias (both enter as the same sum), 4H.
-    pub db: Vec<T>,
+/// Where one direction's weight gradients go: its rows of the op's outputs.
+pub struct WeightGrads<'a, T> {
+    /// `[dW_ih | db_ih]`, 4H × (E + 1).
+    pub w_ih: &'a mut [T],
+    /// `[dW_hh | db_hh]`, 4H × (H + 1).
+    pub w_hh: &'a mut [T],
 }
 
 /// Where the gradient of the layer's output enters this direction's recurrence.
@@ -170,13 +168,15 @@ pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Forward<T> {
     }
 }
 
-/// Backpropagation through time from the output gradient `inject`; consumes the trace (its
-/// gate buffer becomes the gate gradients).
+/// Backpropagation through time from the output gradient `inject`: writes the weight
+/// gradients to `out` and returns the input gradient (packed like the trace, tokens × E).
+/// Consumes the trace: its gate buffer becomes the gate gradients.
 pub fn backward<T: Real>(
     inp: &DirectionInput<'_, T>,
     tr: Trace<T>,
     inject: Injection<'_, T>,
-) -> DirectionGrads<T> {
+    out: WeightGrads<'_, T>,
+) -> Vec<T> {
     let (plan, e, h) = (inp.plan, inp.input, inp.hidden);
     let (tokens, g4, t_len) = (plan.tokens(), 4 * h, plan.steps());
     let rows = plan.active(0);
@@ -251,6 +251,15 @@ pub fn backward<T: Real>(
             *acc += g;
         }
     }
+    // Both biases enter as the same sum, so both get db.
+    let rows_ih = out.w_ih.chunks_exact_mut(e + 1);
+    let rows_hh = out.w_hh.chunks_exact_mut(h + 1);
+    for (((row, &b), dst_ih), dst_hh) in dw.chunks_exact(w).zip(&db).zip(rows_ih).zip(rows_hh) {
+        dst_ih[..e].copy_from_slice(&row[..e]);
+        dst_ih[e] = b;
+        dst_hh[..h].copy_from_slice(&row[e..]);
+        dst_hh[h] = b;
+    }
     let mut dx = vec![T::zero(); tokens * e];
     matmul_into(
         &mut dx,
@@ -260,7 +269,7 @@ pub fn backward<T: Real>(
         inp.w_ih(),
         false,
     );
-    DirectionGrads { dx, dw, db }
+    dx
 }
 
 /// `out (cols × rows) = a[.., ..cols]ᵀ` for `a` of `rows` rows `ld` apart, in tiles so that

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 use super::activation::Real;
-use super::lstm_direction::{self as direction, DirectionGrads, DirectionInput, Injection, Trace};
+use super::lstm_direction::{self as direction, DirectionInput, Injection, Trace, WeightGrads};
 pub use super::packing::Direction;
 use super::packing::PackPlan;
 
@@ -285,33 +285,41 @@ impl FusedLstm {
         let Some(traces) = taken.and_then(T::unwrap) else {
             bail!("fused_lstm: backward without a recorded forward pass (or a second backward)")
         };
-        let grads = self.each_direction(traces, |k, trace| {
+        // Each direction writes its own rows of the weight gradients.
+        let g4 = 4 * h;
+        let mut dw_ih = vec![T::zero(); d * g4 * (e + 1)];
+        let mut dw_hh = vec![T::zero(); d * g4 * (h + 1)];
+        let states: Vec<_> = traces
+            .into_iter()
+            .zip(dw_ih.chunks_mut(g4 * (e + 1)))
+            .zip(dw_hh.chunks_mut(g4 * (h + 1)))
+            .map(|((trace, dwi), dwh)| {
+                (
+                    trace,
+                    WeightGrads {
+                        w_ih: dwi,
+                        w_hh: dwh,
+                    },
+                )
+            })
+            .collect();
+        let dxs = self.each_direction(states, |k, (trace, out)| {
             let inject = Injection {
                 sequence: self.output == LstmOutput::Sequence,
                 grad,
                 stride: d * h,
                 col: k * h,
             };
-            direction::backward(&self.input(k, x, e, w_ih, w_hh), trace, inject)
+            direction::backward(&self.input(k, x, e, w_ih, w_hh), trace, inject, out)
         });
         let mut dx = vec![T::zero(); b * t * e];
-        let mut dw_ih = Vec::with_capacity(d * 4 * h * (e + 1));
-        let mut dw_hh = Vec::with_capacity(d * 4 * h * (h + 1));
-        for (k, g) in grads.into_iter().enumerate() {
-            let DirectionGrads { dx: dxk, dw, db } = g;
+        for (k, dxk) in dxs.iter().enumerate() {
             plan.for_each_token(self.directions[k], |p, row, pos| {
                 let dst = (row * t + pos) * e;
                 for (a, &v) in dx[dst..dst + e].iter_mut().zip(&dxk[p * e..(p + 1) * e]) {
                     *a += v;
                 }
             });
-            // Both biases enter as the same sum, so both get db.
-            for (row, &b) in dw.chunks_exact(e + h).zip(db.iter()) {
-                dw_ih.extend_from_slice(&row[..e]);
-                dw_ih.push(b);
-                dw_hh.extend_from_slice(&row[e..]);
-                dw_hh.push(b);
-            }
         }
         Ok((dx, dw_ih, dw_hh))
     }

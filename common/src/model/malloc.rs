@@ -19,5 +19,9 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
         libc::mallopt(libc::M_TOP_PAD, 16 << 20);
+        // One heap for all threads: a direction's buffers are allocated on a pool thread and
+        // freed on another, and per-thread heaps each kept their own high-water mark
+        // (SST-2, 2 threads: 93 → 78 MB peak RSS, no slower).
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
