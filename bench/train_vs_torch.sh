@@ -25,7 +25,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 ours() { # workers threads epochs tag
-  ./target/release/coordinator --workers "$1" --threads "$2" --epochs "$3" --data "$train" --test "$test" \
+  ${CHRT:-} ./target/release/coordinator --workers "$1" --threads "$2" --epochs "$3" --data "$train" --test "$test" \
     --run-dir "$tmp/$4" 2>"$tmp/$4.log" >/dev/null
   python3 - "$tmp/$4/summary.json" "$tmp/$4/metrics.jsonl" <<'PY'
 import json, sys, statistics
@@ -43,7 +43,7 @@ torch() { # threads epochs tag [torchrun]
       --epochs "$2" --threads "$1" 2>"$tmp/$3.log" | tail -1 > "$tmp/$3.json"
     rss=0
   else
-    /usr/bin/time -f '%M' -o "$tmp/$3.rss" "$PY" "$ANCHORS/torch_bilstm.py" --train "$train" --test "$test" \
+    ${CHRT:-} /usr/bin/time -f '%M' -o "$tmp/$3.rss" "$PY" "$ANCHORS/torch_bilstm.py" --train "$train" --test "$test" \
       --epochs "$2" --threads "$1" 2>"$tmp/$3.log" | tail -1 > "$tmp/$3.json"
     rss=$(( $(cat "$tmp/$3.rss") / 1024 ))
   fi
