@@ -75,7 +75,7 @@ impl Confusion {
                     label: labels.get(c).cloned().unwrap_or_else(|| c.to_string()),
                     precision: ratio(tp, predicted),
                     recall: ratio(tp, support),
-                    f1: ratio(2 * tp, tp + predicted + support),
+                    f1: ratio(2 * tp, predicted + support),
                     support,
                 }
             })
