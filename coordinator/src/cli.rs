@@ -49,9 +49,14 @@ pub struct TrainArgs {
     #[arg(long, help_heading = "Cluster")]
     pub threads: Option<usize>,
     /// Address the coordinator's gRPC service listens on (default: loopback, a free port, for
-    /// local workers).
+    /// local workers; 0.0.0.0, a free port, for worker daemons).
     #[arg(long, help_heading = "Cluster")]
     pub listen: Option<String>,
+    /// With --workers host:port,...: the host name or IP the worker daemons dial to reach this
+    /// coordinator (default: 127.0.0.1 when every daemon address is loopback, else this
+    /// machine's host name).
+    #[arg(long, value_name = "HOST", help_heading = "Cluster")]
+    pub advertise_addr: Option<String>,
     /// With --listen: wait for this many workers to join (`worker --coordinator URL`).
     #[arg(long, help_heading = "Cluster")]
     pub expect_workers: Option<usize>,

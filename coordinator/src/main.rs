@@ -2,6 +2,7 @@
 //! (`data preview|export`, `evaluate`, `predict`).
 
 mod cli;
+mod daemons;
 mod data_cmd;
 mod infer_cmd;
 mod local;

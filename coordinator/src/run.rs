@@ -115,10 +115,11 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         seed: args.data.seed,
         class_weights,
     };
-    let (world, local) = match (&args.workers, args.expect_workers) {
-        (_, Some(n)) => (n, None),
-        (Workers::Local(n), None) => (*n, Some(*n)),
-        (Workers::Remote(_), None) => bail!("launching on worker daemons (--workers host:port,...) is not supported yet; start the workers with `worker --coordinator URL` and use --listen ADDR --expect-workers N"),
+    let (world, local, daemons) = match (&args.workers, args.expect_workers) {
+        (Workers::Remote(_), Some(_)) => bail!("--workers host:port,... runs the job on those worker daemons and --expect-workers N waits for workers that join by themselves: give one of them"),
+        (Workers::Remote(d), None) => (d.len(), None, Some(d.as_slice())),
+        (_, Some(n)) => (n, None, None),
+        (Workers::Local(n), None) => (*n, Some(*n), None),
     };
     if world == 0 {
         bail!("a run needs at least one worker");
@@ -136,7 +137,20 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     };
     let (shared, mut reports) = Shared::new(token.clone(), world, info);
 
-    let listen = args.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+    let advertise = match daemons {
+        Some(d) => Some(crate::daemons::advertise_addr(
+            args.advertise_addr.as_deref(),
+            d,
+        )?),
+        None => None,
+    };
+    let listen = args.listen.clone().unwrap_or_else(|| {
+        match daemons {
+            Some(_) => "0.0.0.0:0",
+            None => "127.0.0.1:0",
+        }
+        .into()
+    });
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -150,27 +164,45 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         Some(n) => Fleet::spawn(n, &format!("http://{addr}"), &token, threads)?,
         None => Fleet::none(),
     };
-    let result = drive(
-        &args,
-        &shared,
-        &mut reports,
-        &mut fleet,
-        &pipeline,
-        eval.clone(),
-        &spec,
-        &run_dir,
-        &labels,
-        &vocab,
-    )
+    let result = async {
+        if let (Some(daemons), Some(host)) = (daemons, &advertise) {
+            let url = crate::daemons::url(host, addr.port());
+            tracing::info!(
+                "enrolling {} worker daemons; they join this coordinator at {url}",
+                daemons.len()
+            );
+            crate::daemons::enroll_all(daemons, &url, &token).await?;
+        }
+        drive(
+            &args,
+            &shared,
+            &mut reports,
+            &mut fleet,
+            &pipeline,
+            eval.clone(),
+            &spec,
+            &run_dir,
+            &labels,
+            &vocab,
+        )
+        .await
+    }
     .await;
-    shared.running.store(false, Ordering::Relaxed);
+    shared.close();
     let last_epoch = shared.plan.borrow().as_ref().map_or(0, |p| p.epoch + 1);
     shared
         .plan
         .send_replace(Some(Arc::new(EpochPlan::finished(last_epoch))));
     let outcome = match result {
+        Ok(record) if local.is_some() => fleet.wait(Duration::from_secs(30)).await.map(|()| record),
         Ok(record) => {
-            fleet.wait(Duration::from_secs(30)).await?;
+            // Workers this coordinator did not start: serve until each has been told the run
+            // is over, so none fails asking for an epoch that will not come.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while shared.told_finished.load(Ordering::Relaxed) < world && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             Ok(record)
         }
         Err(e) => {
@@ -179,7 +211,12 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         }
     };
     let _ = stop_server.send(());
-    let _ = server.await;
+    if tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the gRPC server did not stop within 10 s");
+    }
     let record = outcome?;
 
     finish(

@@ -2,10 +2,11 @@
 //! place that builds a `tonic::Status`.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use common::constant_time_eq;
 use common::data::Example;
 use common::pb;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -83,6 +84,8 @@ pub struct Shared {
     reports: mpsc::UnboundedSender<pb::EpochReport>,
     pub progress: Vec<Progress>,
     pub running: AtomicBool,
+    /// Workers that have been sent the `finished` header (told the run is over).
+    pub told_finished: AtomicUsize,
     started: Instant,
 }
 
@@ -103,9 +106,20 @@ impl Shared {
             reports,
             progress: (0..expected).map(|_| Progress::default()).collect(),
             running: AtomicBool::new(true),
+            told_finished: AtomicUsize::new(0),
             started: Instant::now(),
         };
         (Arc::new(shared), rx)
+    }
+
+    /// Ends the run for the service: heartbeats answer `running: false` and joins still waiting
+    /// for the rest of the cluster are refused.
+    pub fn close(&self) {
+        self.running.store(false, Ordering::Relaxed);
+        match self.pending.lock() {
+            Ok(mut pending) => pending.clear(),
+            Err(poisoned) => poisoned.into_inner().clear(),
+        }
     }
 
     pub fn millis(&self) -> u64 {
@@ -172,15 +186,6 @@ impl Shared {
     }
 }
 
-/// Compares secrets without an early exit, so timing does not reveal how much matched.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() != b.len()) as u8;
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
-    }
-    diff == 0
-}
-
 pub struct Service(pub Arc<Shared>);
 
 type EpochStream = Pin<Box<dyn Stream<Item = Result<pb::EpochMessage, Status>> + Send>>;
@@ -233,6 +238,9 @@ impl pb::coordinator_server::Coordinator for Service {
                 .pending
                 .lock()
                 .map_err(|_| Status::internal("poisoned lock"))?;
+            if !self.0.running.load(Ordering::Relaxed) {
+                return Err(Status::failed_precondition("this run is over"));
+            }
             if self.0.members.borrow().is_some() {
                 return Err(Status::resource_exhausted(
                     "the cluster is complete; this run takes no more workers",
@@ -245,9 +253,10 @@ impl pb::coordinator_server::Coordinator for Service {
             }
             rx
         };
+        // A closed run drops the waiting joins: retrying cannot help, so the worker is refused.
         rx.await
             .map(Response::new)
-            .map_err(|_| Status::unavailable("the run ended before every worker joined"))
+            .map_err(|_| Status::failed_precondition("the run ended before every worker joined"))
     }
 
     async fn heartbeat(
@@ -293,6 +302,7 @@ impl pb::coordinator_server::Coordinator for Service {
             )));
         }
         let (tx, rx) = mpsc::channel(32);
+        let shared = self.0.clone();
         tokio::spawn(async move {
             let header = pb::EpochHeader {
                 epoch: plan.epoch,
@@ -307,6 +317,10 @@ impl pb::coordinator_server::Coordinator for Service {
                 .await
                 .is_err()
             {
+                return;
+            }
+            if plan.finished {
+                shared.told_finished.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             for (index, batch) in plan.batches.iter().enumerate() {
@@ -372,18 +386,5 @@ impl pb::coordinator_server::Coordinator for Service {
             workers,
             best_eval_loss: 0.0,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
     }
 }

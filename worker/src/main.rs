@@ -1,27 +1,43 @@
 //! `worker`: joins a coordinator, trains its share of every step, all-reduces gradients with
-//! its ring neighbours, and exits 0 when the run ends.
+//! its ring neighbours, and exits 0 when the run ends. Or, with `--listen`, a daemon that
+//! does the same for every coordinator that enrolls it, one job at a time.
 
 mod client;
+mod daemon;
 mod trainer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::Parser;
+use anyhow::{bail, Context, Result};
+use clap::{ArgGroup, Parser};
 
 /// A training worker. Started by `coordinator --workers N` on one machine, or by hand (or by
-/// Kubernetes) with `--coordinator URL` to join a listening coordinator.
+/// Kubernetes) with `--coordinator URL` to join a listening coordinator, or kept running as a
+/// daemon with `--listen ADDR` for coordinators started with `--workers host:port,...`.
 #[derive(Parser, Debug)]
-#[command(name = "worker", version, about)]
+#[command(
+    name = "worker",
+    version,
+    about,
+    group(
+        ArgGroup::new("mode")
+            .required(true)
+            .args(["coordinator", "listen"])
+    )
+)]
 pub struct Args {
-    /// The coordinator's gRPC address, e.g. http://coordinator:50051.
-    #[arg(long)]
-    pub coordinator: String,
+    /// Join this coordinator, train its run and exit, e.g. http://coordinator:50051.
+    #[arg(long, value_name = "URL")]
+    pub coordinator: Option<String>,
+    /// Run as a daemon: serve gRPC on this address (e.g. 0.0.0.0:50052) and train one job at a
+    /// time for each coordinator that enrolls this worker (`coordinator --workers host:port,...`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
     /// File holding the join token (trailing newline ignored); or set SMALLTEXT_TOKEN.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Compute threads.
+    /// Compute threads (of every job, in daemon mode).
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     pub threads: usize,
     /// Address ring peers dial to reach this worker (in Kubernetes: the pod IP).
@@ -86,12 +102,18 @@ fn read_token(args: &Args) -> Result<String> {
 }
 
 fn run(args: &Args) -> Result<()> {
-    common::model::set_threads(args.threads);
     let token = read_token(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the I/O runtime")?;
-    trainer::run(args, &token, &rt)
+    match (&args.coordinator, &args.listen) {
+        (Some(url), _) => {
+            common::model::set_threads(args.threads);
+            trainer::run(args, url, &token, &rt)
+        }
+        (None, Some(addr)) => rt.block_on(daemon::serve(args, addr, token)),
+        (None, None) => bail!("give --coordinator URL (join one run) or --listen ADDR (daemon)"),
+    }
 }

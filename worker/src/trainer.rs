@@ -19,7 +19,10 @@ use common::train::{
 use crate::client::{self, Progress};
 use crate::Args;
 
-pub fn run(args: &Args, token: &str, rt: &tokio::runtime::Runtime) -> Result<()> {
+/// Joins the coordinator at `url`, trains its run and returns when the run is over. Both
+/// `worker --coordinator URL` and every job of a daemon (`worker --listen`, which starts this
+/// binary with `--coordinator URL`) come here.
+pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) -> Result<()> {
     let bind_ip = if args.advertise_addr.starts_with("127.") || args.advertise_addr == "localhost" {
         "127.0.0.1"
     } else {
@@ -37,7 +40,7 @@ pub fn run(args: &Args, token: &str, rt: &tokio::runtime::Runtime) -> Result<()>
         threads: args.threads as u32,
     };
     let (mut client, reply) = rt.block_on(client::join(
-        &args.coordinator,
+        url,
         req,
         Duration::from_secs(args.connect_timeout),
     ))?;
