@@ -4,15 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use smalltext_tests::{bin, json, trec_slice};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use smalltext_tests::{bin, free_port, json, trec_slice};
 
 #[test]
 fn workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() {

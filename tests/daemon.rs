@@ -7,21 +7,13 @@ use std::time::{Duration, Instant};
 
 use common::pb;
 use common::pb::worker_daemon_client::WorkerDaemonClient;
-use smalltext_tests::{bin, json, stderr, trec_slice};
+use smalltext_tests::{bin, free_port, json, stderr, trec_slice};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 const TOKEN: &str = "s3cret-token";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

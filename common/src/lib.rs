@@ -53,3 +53,35 @@ mod tests {
         assert!(constant_time_eq(b"", b""));
     }
 }
+
+/// Why no join token could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("reading the token file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the token file {0} is empty")]
+    Empty(String),
+    #[error("no join token: give --token-file FILE or set SMALLTEXT_TOKEN")]
+    Missing,
+}
+
+/// The join token: from `file` (a trailing newline ignored), else from `SMALLTEXT_TOKEN`.
+pub fn read_token(file: Option<&std::path::Path>) -> Result<String, TokenError> {
+    let Some(path) = file else {
+        return std::env::var("SMALLTEXT_TOKEN").map_err(|_| TokenError::Missing);
+    };
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let token = text.trim_end_matches(['\n', '\r']).to_string();
+    if token.is_empty() {
+        return Err(TokenError::Empty(shown));
+    }
+    Ok(token)
+}

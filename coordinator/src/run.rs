@@ -2,7 +2,7 @@
 //! hand out every epoch, gather reports, select and checkpoint the model, write the record.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,7 +126,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     }
     let token = match local {
         Some(_) => random_token(),
-        None => read_token(args.token_file.as_deref())?,
+        None => common::read_token(args.token_file.as_deref())?,
     };
     let run_id: u64 = rand::random();
     let info = RunInfo {
@@ -620,20 +620,6 @@ fn cores() -> usize {
 fn random_token() -> String {
     let bytes: [u8; 32] = rand::random();
     hex::encode(bytes)
-}
-
-pub fn read_token(file: Option<&Path>) -> Result<String> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the token file {}", path.display()))?;
-        let token = text.trim_end_matches(['\n', '\r']).to_string();
-        if token.is_empty() {
-            bail!("the token file {} is empty", path.display());
-        }
-        return Ok(token);
-    }
-    std::env::var("SMALLTEXT_TOKEN")
-        .context("no join token: give --token-file FILE or set SMALLTEXT_TOKEN")
 }
 
 pub fn default_run_dir() -> PathBuf {

@@ -91,18 +91,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_token(args: &Args) -> Result<String> {
-    if let Some(path) = &args.token_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the token file {}", path.display()))?;
-        return Ok(text.trim_end_matches(['\n', '\r']).to_string());
-    }
-    std::env::var("SMALLTEXT_TOKEN")
-        .context("no join token: give --token-file FILE or set SMALLTEXT_TOKEN")
-}
-
 fn run(args: &Args) -> Result<()> {
-    let token = read_token(args)?;
+    let token = common::read_token(args.token_file.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
