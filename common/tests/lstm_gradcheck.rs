@@ -10,6 +10,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::model::bilstm::bilstm;
+use common::model::lstm_composed::composed_layer;
 use common::model::{Direction, FusedLstm, LstmOutput, Mode, PackPlan};
 use support::{assert_close, flat, random_fused, random_var, reference_layer, rng, LayerParams};
 
@@ -86,6 +87,42 @@ fn fused_op_matches_composed_candle_ops_f64() -> TestResult {
 fn fused_op_matches_composed_candle_ops_f32() -> TestResult {
     for output in [LstmOutput::Last, LstmOutput::Sequence] {
         compare_with_composed(DType::F32, 2e-5, output, true)?;
+    }
+    Ok(())
+}
+
+/// The batched composition the GPU runs (`lstm_composed`) against the fused op, on the CPU:
+/// outputs and every gradient, with garbage in the padding.
+#[test]
+fn gpu_path_composed_layer_matches_fused_op() -> TestResult {
+    for output in [LstmOutput::Last, LstmOutput::Sequence] {
+        let mut r = rng(17);
+        let x = random_var(&[LENGTHS.len(), STEPS, INPUT], DType::F64, &mut r)?;
+        let (w_ih, w_hh) = random_fused(INPUT, HIDDEN, DType::F64, &mut r)?;
+        let ours = fused_layer(&x, (&w_ih, &w_hh), &LENGTHS, output, false, true)?;
+        let theirs = composed_layer(&x, &w_ih, &w_hh, &LENGTHS, HIDDEN, output)?;
+        assert_eq!(ours.dims(), theirs.dims());
+        assert_close(
+            "composed output",
+            &flat(&ours)?,
+            &flat(&theirs)?,
+            1e-10,
+            1e-3,
+        );
+        let w = random_var(ours.dims(), DType::F64, &mut r)?;
+        let g_ours = (ours * w.as_tensor())?.sum_all()?.backward()?;
+        let g_theirs = (theirs * w.as_tensor())?.sum_all()?.backward()?;
+        for var in [&x, &w_ih, &w_hh] {
+            let a = flat(g_ours.get(var).ok_or("no gradient (fused)")?)?;
+            let b = flat(g_theirs.get(var).ok_or("no gradient (composed)")?)?;
+            assert_close(
+                &format!("composed {output:?} gradient"),
+                &a,
+                &b,
+                1e-10,
+                1e-3,
+            );
+        }
     }
     Ok(())
 }

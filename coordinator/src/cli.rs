@@ -39,6 +39,12 @@ impl FromStr for Workers {
     }
 }
 
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalDevice {
+    Cpu,
+    Cuda,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// A number N: start N worker processes on this machine. Or a list host:port,... of
@@ -48,6 +54,10 @@ pub struct TrainArgs {
     /// Compute threads per worker (default: cores / local workers).
     #[arg(long, help_heading = "Cluster")]
     pub threads: Option<usize>,
+    /// Device of the local workers: cpu, or cuda (worker i on GPU i; a worker built with
+    /// gpu/build.sh). Worker daemons and joining workers choose their own with `worker --device`.
+    #[arg(long, value_enum, default_value = "cpu", help_heading = "Cluster")]
+    pub device: LocalDevice,
     /// Address the coordinator's gRPC service listens on (default: loopback, a free port, for
     /// local workers; 0.0.0.0, a free port, for worker daemons).
     #[arg(long, help_heading = "Cluster")]

@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::cli::LocalDevice;
+
 pub struct Fleet {
     children: Vec<(usize, Child)>,
 }
@@ -31,11 +33,22 @@ impl Fleet {
         }
     }
 
-    /// Starts `n` workers joining `url` with `token`, `threads` compute threads each.
-    pub fn spawn(n: usize, url: &str, token: &str, threads: usize) -> Result<Self> {
+    /// Starts `n` workers joining `url` with `token`, `threads` compute threads each, worker i
+    /// on GPU i when `device` is CUDA.
+    pub fn spawn(
+        n: usize,
+        url: &str,
+        token: &str,
+        threads: usize,
+        device: LocalDevice,
+    ) -> Result<Self> {
         let bin = worker_binary()?;
         let mut children = Vec::with_capacity(n);
         for i in 0..n {
+            let device = match device {
+                LocalDevice::Cpu => "cpu".to_string(),
+                LocalDevice::Cuda => format!("cuda:{i}"),
+            };
             let mut child = Command::new(&bin)
                 .args([
                     "--coordinator",
@@ -44,6 +57,8 @@ impl Fleet {
                     &threads.to_string(),
                     "--advertise-addr",
                     "127.0.0.1",
+                    "--device",
+                    &device,
                 ])
                 .env("SMALLTEXT_TOKEN", token)
                 .stdin(Stdio::null())

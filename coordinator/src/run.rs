@@ -161,7 +161,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
 
     let threads = args.threads.unwrap_or_else(|| (cores() / world).max(1));
     let mut fleet = match local {
-        Some(n) => Fleet::spawn(n, &format!("http://{addr}"), &token, threads)?,
+        Some(n) => Fleet::spawn(n, &format!("http://{addr}"), &token, threads, args.device)?,
         None => Fleet::none(),
     };
     let result = async {
@@ -566,7 +566,7 @@ async fn finish(
         },
         "seed": args.data.seed,
         "version": env!("CARGO_PKG_VERSION"),
-        "config": {"data": args.data, "train": args.train, "test": args.test, "workers": world, "threads": threads},
+        "config": {"data": args.data, "train": args.train, "test": args.test, "workers": world, "threads": threads, "device": format!("{:?}", args.device).to_lowercase()},
         "data_files": files,
     });
     run_dir.write_summary(&summary)?;

@@ -56,6 +56,7 @@ pub struct Member {
     pub ring_addr: String,
     pub host: String,
     pub pid: u32,
+    pub device: String,
 }
 
 /// Progress a worker reported in its last heartbeat.
@@ -150,6 +151,23 @@ impl Shared {
     /// Assigns ranks in join order and answers every waiting worker.
     fn rendezvous(&self, pending: &mut Vec<Pending>) {
         let peers: Vec<String> = pending.iter().map(|p| p.req.ring_addr.clone()).collect();
+        // NCCL only when every worker can: one CPU worker keeps the whole run on the ring.
+        let nccl_id = if pending.iter().all(|p| !p.req.nccl_id.is_empty()) {
+            pending
+                .first()
+                .map(|p| p.req.nccl_id.clone())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        tracing::info!(
+            "collective: {}",
+            if nccl_id.is_empty() {
+                "TCP ring"
+            } else {
+                "NCCL"
+            }
+        );
         let members: Vec<Member> = pending
             .iter()
             .enumerate()
@@ -158,6 +176,7 @@ impl Shared {
                 ring_addr: p.req.ring_addr.clone(),
                 host: p.req.hostname.clone(),
                 pid: p.req.pid,
+                device: p.req.device.clone(),
             })
             .collect();
         for (rank, p) in pending.drain(..).enumerate() {
@@ -170,15 +189,21 @@ impl Shared {
                 vocab_json: self.run.vocab_json.clone(),
                 labels: self.run.labels.clone(),
                 initial_weights: Vec::new(),
+                nccl_id: nccl_id.clone(),
             };
             let _ = p.reply.send(reply);
         }
         for m in &members {
             tracing::info!(
-                "worker rank {} joined: host {} pid {}, ring {}",
+                "worker rank {} joined: host {} pid {}, device {}, ring {}",
                 m.rank,
                 m.host,
                 m.pid,
+                if m.device.is_empty() {
+                    "cpu"
+                } else {
+                    &m.device
+                },
                 m.ring_addr
             );
         }
@@ -227,10 +252,16 @@ impl pb::coordinator_server::Coordinator for Service {
             &req.token,
             &format!("join from {} (pid {})", req.hostname, req.pid),
         )?;
-        if req.ring_addr.len() > 256 || req.hostname.len() > 256 {
+        if req.ring_addr.len() > 256 || req.hostname.len() > 256 || req.device.len() > 64 {
             return Err(Status::invalid_argument(
-                "ring address or host name too long",
+                "ring address, host name or device name too long",
             ));
+        }
+        if !req.nccl_id.is_empty() && req.nccl_id.len() != 128 {
+            return Err(Status::invalid_argument(format!(
+                "an NCCL unique id has 128 bytes, not {}",
+                req.nccl_id.len()
+            )));
         }
         let rx = {
             let mut pending = self

@@ -97,6 +97,7 @@ fn job_args(args: &Args) -> Vec<String> {
     };
     [
         ("--threads", args.threads.to_string()),
+        ("--device", args.device.to_string()),
         ("--advertise-addr", args.advertise_addr.clone()),
         ("--ring-port", args.ring_port.to_string()),
         ("--connect-timeout", args.connect_timeout.to_string()),

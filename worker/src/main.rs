@@ -4,6 +4,8 @@
 
 mod client;
 mod daemon;
+mod device;
+mod selfcheck;
 mod trainer;
 
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ use clap::{ArgGroup, Parser};
     group(
         ArgGroup::new("mode")
             .required(true)
-            .args(["coordinator", "listen"])
+            .args(["coordinator", "listen", "self_check"])
     )
 )]
 pub struct Args {
@@ -52,6 +54,14 @@ pub struct Args {
     /// Seconds without an answer from the coordinator after which this worker gives up.
     #[arg(long, default_value_t = 10)]
     pub heartbeat_timeout: u64,
+    /// Compute device: cpu, or cuda:N for GPU N (a worker built with gpu/build.sh). Workers
+    /// on GPUs that all have NCCL all-reduce with it; otherwise over the TCP ring.
+    #[arg(long, default_value = "cpu")]
+    pub device: device::DeviceSpec,
+    /// Check this build on --device and exit: the LSTM's gradients and a training step
+    /// against the CPU, and (with NCCL) a one-rank all-reduce. For GPU machines (gpu/check.sh).
+    #[arg(long)]
+    pub self_check: bool,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -92,6 +102,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
+    if args.self_check {
+        common::model::set_threads(args.threads);
+        return selfcheck::run(args.device);
+    }
     let token = common::read_token(args.token_file.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

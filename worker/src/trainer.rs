@@ -13,10 +13,12 @@ use common::metrics::Confusion;
 use common::model::Classifier;
 use common::pb;
 use common::train::{
-    apply_gradients, compute_gradients_weighted, predict, zero_gradients, Adam, Batch, RunSpec,
+    apply_gradients, compute_gradients_weighted, predict, zero_gradients, Adam, Batch, Replica,
+    RunSpec,
 };
 
 use crate::client::{self, Progress};
+use crate::device::DeviceSpec;
 use crate::Args;
 
 /// Joins the coordinator at `url`, trains its run and returns when the run is over. Both
@@ -31,6 +33,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
     let listener = TcpListener::bind((bind_ip, args.ring_port))
         .with_context(|| format!("binding the ring port {}:{}", bind_ip, args.ring_port))?;
     let ring_addr = format!("{}:{}", args.advertise_addr, listener.local_addr()?.port());
+    let device = args.device.open()?;
     let req = pb::JoinRequest {
         protocol_version: pb::PROTOCOL_VERSION,
         token: token.to_string(),
@@ -38,6 +41,8 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         hostname: hostname(),
         pid: std::process::id(),
         threads: args.threads as u32,
+        nccl_id: nccl_candidate(args.device)?,
+        device: args.device.to_string(),
     };
     let (mut client, reply) = rt.block_on(client::join(
         url,
@@ -60,6 +65,8 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
 
     let mut ring: Box<dyn Collective> = if world == 1 {
         Box::new(Local)
+    } else if !reply.nccl_id.is_empty() {
+        nccl(args.device, rank as usize, world, &reply.nccl_id)?
     } else {
         let peers = reply
             .peers
@@ -83,8 +90,9 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         )
     };
 
-    let model = Classifier::new(&spec.model, spec.seed).context("building the model")?;
-    let mut opt = Adam::new(&model, spec.adam);
+    let replica = Replica::new(&spec.model, spec.seed, &device)
+        .with_context(|| format!("building the model on {}", args.device))?;
+    let mut opt = Adam::new(replica.host(), spec.adam);
     let progress = Arc::new(Progress::default());
     rt.spawn(client::heartbeats(
         client.clone(),
@@ -127,7 +135,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         {
             match msg.kind {
                 Some(pb::epoch_message::Kind::Step(step)) => {
-                    train_one(&model, &mut opt, ring.as_mut(), &step, &spec, &mut report)?;
+                    train_one(&replica, &mut opt, ring.as_mut(), &step, &spec, &mut report)?;
                     progress.step.store(step.index + 1, Ordering::Relaxed);
                     progress.examples.store(report.examples, Ordering::Relaxed);
                     progress.loss_milli.store(
@@ -137,7 +145,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
                 }
                 Some(pb::epoch_message::Kind::Eval(eval)) => {
                     report.eval_loss_sum +=
-                        evaluate(&model, &eval.examples, classes, &mut confusion)?;
+                        evaluate(replica.compute(), &eval.examples, classes, &mut confusion)?;
                 }
                 _ => bail!("epoch {epoch}: unexpected message in the shard stream"),
             }
@@ -146,7 +154,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         report.bytes_sent = ring.take_bytes_sent();
         report.peak_rss_bytes = common::peak_rss_bytes();
         if header.upload_weights {
-            let (weights, optimizer) = snapshot(&model, &opt)?;
+            let (weights, optimizer) = snapshot(replica.host(), &opt)?;
             report.weights = weights;
             report.optimizer_state = optimizer;
         }
@@ -157,7 +165,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
 }
 
 fn train_one(
-    model: &Classifier,
+    replica: &Replica,
     opt: &mut Adam,
     ring: &mut dyn Collective,
     step: &pb::Step,
@@ -165,6 +173,7 @@ fn train_one(
     report: &mut pb::EpochReport,
 ) -> Result<()> {
     let start = Instant::now();
+    let model = replica.compute();
     let (mut grads, loss, correct) = if step.examples.is_empty() {
         (zero_gradients(model), 0.0, 0)
     } else {
@@ -182,7 +191,8 @@ fn train_one(
     ring.all_reduce_sparse_rows(&mut grads.embedding.ids, &mut grads.embedding.rows, dim)
         .context("all-reduce of the embedding rows")?;
     report.allreduce_seconds += reduce.elapsed().as_secs_f64();
-    apply_gradients(model, opt, &mut grads, step.global_batch as usize)?;
+    apply_gradients(replica.host(), opt, &mut grads, step.global_batch as usize)?;
+    replica.sync()?;
     report.train_seconds += start.elapsed().as_secs_f64();
     report.examples += step.examples.len() as u64;
     report.loss_sum += loss;
@@ -249,6 +259,29 @@ fn snapshot(model: &Classifier, opt: &Adam) -> Result<(Vec<u8>, Vec<u8>)> {
     let _ = std::fs::remove_file(&w);
     let _ = std::fs::remove_file(&o);
     Ok(out)
+}
+
+/// A fresh NCCL unique id when this worker can all-reduce with NCCL (rank 0's is used).
+fn nccl_candidate(device: DeviceSpec) -> Result<Vec<u8>> {
+    #[cfg(feature = "nccl")]
+    if device.nccl() {
+        return common::collective::nccl::new_unique_id().context("making an NCCL unique id");
+    }
+    let _ = device;
+    Ok(Vec::new())
+}
+
+/// The NCCL communicator of this run, on this worker's GPU.
+fn nccl(device: DeviceSpec, rank: usize, world: usize, id: &[u8]) -> Result<Box<dyn Collective>> {
+    #[cfg(feature = "nccl")]
+    if let DeviceSpec::Cuda(ordinal) = device {
+        let comm = common::collective::nccl::NcclAllReduce::new(ordinal, rank, world, id)
+            .context("forming the NCCL communicator")?;
+        tracing::info!("all-reduce: NCCL, rank {rank} of {world} on {device}");
+        return Ok(Box::new(comm));
+    }
+    let _ = (rank, world, id);
+    bail!("the coordinator chose NCCL but this worker ({device}) cannot use it")
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {

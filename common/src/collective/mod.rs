@@ -5,6 +5,8 @@
 
 mod auth;
 mod frame;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 mod ring;
 mod sparse;
 
@@ -86,6 +88,8 @@ pub enum CollectiveError {
     Aborted,
     #[error("the ring is broken by an earlier failure ({0}); form a new one")]
     Broken(String),
+    #[error("{0}")]
+    Backend(String),
     #[error("invalid collective input: {0}")]
     InvalidInput(String),
 }

@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 use super::classifier::Mode;
 use super::dropout::Dropout;
 use super::error::{ModelError, Result};
+use super::lstm_composed::composed_layer;
 use super::lstm_op::{Direction, FusedLstm, LstmOutput};
 use super::packing::PackPlan;
 use super::threads::threads;
@@ -142,6 +143,17 @@ impl BiLstm {
             // Inference must not build an autograd graph over the parameters.
             Mode::Eval => w.detach(),
         };
+        if !x.device().is_cpu() {
+            // The fused op's kernels are CPU code; other devices compose Candle ops.
+            return composed_layer(
+                x,
+                &p(&layer.w_ih),
+                &p(&layer.w_hh),
+                plan.lengths(),
+                self.hidden,
+                output,
+            );
+        }
         let op = FusedLstm::new(
             plan.clone(),
             &DIRECTIONS,

@@ -204,6 +204,26 @@ impl Classifier {
         write_atomically(path, |tmp| Ok(self.varmap.save(tmp)?))
     }
 
+    /// Copies every weight of `other` (same shape, any device) into this model.
+    pub fn copy_weights_from(&self, other: &Classifier) -> Result<()> {
+        if other.config != self.config {
+            return Err(ModelError::Config(format!(
+                "copying weights of {:?} into {:?}",
+                other.config, self.config
+            )));
+        }
+        let pairs = std::iter::once((&self.embedding, &other.embedding)).chain(
+            self.dense
+                .iter()
+                .zip(&other.dense)
+                .map(|((_, a), (_, b))| (a, b)),
+        );
+        for (dst, src) in pairs {
+            dst.set(&src.as_tensor().to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }

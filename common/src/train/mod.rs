@@ -8,6 +8,7 @@ pub mod batch;
 pub mod bucket;
 pub mod gradients;
 pub mod predict;
+pub mod replica;
 pub mod spec;
 pub mod step;
 
@@ -17,5 +18,6 @@ pub use batch::Batch;
 pub use bucket::bucket_batches;
 pub use gradients::{Gradients, SparseRows};
 pub use predict::predict;
+pub use replica::Replica;
 pub use spec::RunSpec;
 pub use step::{compute_gradients, compute_gradients_weighted, no_all_reduce, train_step};

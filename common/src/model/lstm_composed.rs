@@ -1,0 +1,94 @@
+//! The LSTM layer of [`FusedLstm`](super::FusedLstm) composed from ordinary Candle ops, so it
+//! runs on any backend with Candle's autograd doing the backpropagation through time. This is
+//! the GPU path (the fused op's kernels are CPU code); on the CPU it is slower than the fused
+//! op and used only to check one against the other.
+//!
+//! Same inputs, layout and result: `x` (B × T × E, right-padded), `w_ih` (2·4H × (E + 1)),
+//! `w_hh` (2 × 4H × (H + 1)), gates i, f, g, o; forward direction first. The whole batch
+//! steps together; a row's state is frozen (forward) or still zero (reverse) outside its
+//! length, which is what reading the forward state at the true last token and starting the
+//! reverse direction there means.
+
+use candle_core::Tensor;
+
+use super::error::{ModelError, Result};
+use super::lstm_op::LstmOutput;
+
+/// One bidirectional LSTM layer over `x`, rows valid for `lengths`, `hidden` units a direction.
+pub fn composed_layer(
+    x: &Tensor,
+    w_ih: &Tensor,
+    w_hh: &Tensor,
+    lengths: &[usize],
+    hidden: usize,
+    output: LstmOutput,
+) -> Result<Tensor> {
+    let (b, t, e) = x.dims3()?;
+    let h = hidden;
+    let g = 4 * h;
+    if lengths.len() != b || lengths.iter().any(|&l| l == 0 || l > t) {
+        return Err(ModelError::Batch(format!(
+            "lengths {lengths:?} for a batch of {b} rows of {t} steps"
+        )));
+    }
+    if w_ih.dims() != [2 * g, e + 1] || w_hh.dims() != [2, g, h + 1] {
+        return Err(ModelError::Config(format!(
+            "LSTM weights {:?} and {:?} for input {e} and hidden {h}",
+            w_ih.dims(),
+            w_hh.dims()
+        )));
+    }
+    let device = x.device();
+    // keep[s]: B × 1, 1 where step s is inside the row.
+    let keep: Vec<f32> = (0..t)
+        .flat_map(|s| lengths.iter().map(move |&l| f32::from(u8::from(s < l))))
+        .collect();
+    let keep = Tensor::from_vec(keep, (t, b, 1), device)?.to_dtype(x.dtype())?;
+    let hold = keep.affine(-1.0, 1.0)?;
+    let flat = x.reshape((b * t, e))?;
+
+    let mut per_direction = Vec::with_capacity(2);
+    for d in 0..2 {
+        let w = w_ih.narrow(0, d * g, g)?;
+        let r = w_hh.get(d)?;
+        let bias = (w.narrow(1, e, 1)? + r.narrow(1, h, 1)?)?.squeeze(1)?;
+        // The input projection of every step at once; then one B × H · H × 4H product a step.
+        let projected = flat
+            .matmul(&w.narrow(1, 0, e)?.t()?)?
+            .broadcast_add(&bias)?
+            .reshape((b, t, g))?;
+        let r_t = r.narrow(1, 0, h)?.t()?;
+        let mut state = Tensor::zeros((b, h), x.dtype(), device)?;
+        let mut cell = state.clone();
+        let mut sequence = vec![None; t];
+        let steps: Vec<usize> = if d == 0 {
+            (0..t).collect()
+        } else {
+            (0..t).rev().collect()
+        };
+        for s in steps {
+            let gates = (projected.narrow(1, s, 1)?.squeeze(1)? + state.matmul(&r_t)?)?;
+            let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, h)?)?;
+            let f = candle_nn::ops::sigmoid(&gates.narrow(1, h, h)?)?;
+            let c = gates.narrow(1, 2 * h, h)?.tanh()?;
+            let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * h, h)?)?;
+            let new_cell = ((f * &cell)? + (i * c)?)?;
+            let new_state = (o * new_cell.tanh()?)?;
+            let (k, m) = (keep.get(s)?, hold.get(s)?);
+            cell = (new_cell.broadcast_mul(&k)? + cell.broadcast_mul(&m)?)?;
+            state = (new_state.broadcast_mul(&k)? + state.broadcast_mul(&m)?)?;
+            if output == LstmOutput::Sequence {
+                sequence[s] = Some(new_state.broadcast_mul(&k)?);
+            }
+        }
+        per_direction.push(match output {
+            LstmOutput::Last => state,
+            LstmOutput::Sequence => {
+                let steps = sequence.into_iter().flatten().collect::<Vec<_>>();
+                Tensor::stack(&steps, 1)?
+            }
+        });
+    }
+    let dim = per_direction[0].rank() - 1;
+    Ok(Tensor::cat(&per_direction, dim)?)
+}

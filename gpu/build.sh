@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds the GPU worker (`--features cuda,nccl`) without a GPU: the toolchain comes from
+# NVIDIA's PyPI packages (gpu/toolchain.sh), the binary lands in target/cuda/release/worker.
+# Then `gpu/bundle.sh` packs what gpu/check.sh needs on the GPU machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ -x .cuda/root/bin/nvcc ]] || gpu/toolchain.sh
+source gpu/env.sh
+cargo build --release --locked -p worker --features cuda,nccl "$@"
