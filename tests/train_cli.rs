@@ -55,6 +55,7 @@ fn one_worker_run_writes_its_record_and_evaluate_reproduces_it() {
         assert!(!summary[key].is_null(), "summary.json lacks {key}");
     }
     assert_eq!(summary["selected_on"], "last");
+    assert!(summary["train_by_source"].is_null(), "one source, no split");
     assert_eq!(summary["epochs"], 2);
     assert_eq!(summary["workers"], 1);
     let acc = summary["accuracy"].as_f64().unwrap();
@@ -127,6 +128,55 @@ fn one_worker_run_writes_its_record_and_evaluate_reproduces_it() {
         let p = l["probability"].as_f64().unwrap();
         assert!(p > 0.0 && p <= 1.0 && l["label"].is_string());
     }
+}
+
+#[test]
+fn mixed_sources_get_their_own_training_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = trec_slice(dir.path(), "train.tsv", 0, 300);
+    let b = trec_slice(dir.path(), "train.tsv", 1000, 150);
+    let run = dir.path().join("run");
+    train(
+        &run,
+        &[
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--epochs",
+            "1",
+            "--data",
+            a.to_str().unwrap(),
+            "--data",
+            b.to_str().unwrap(),
+        ],
+    );
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let sources = line["sources"].as_array().expect("per-source metrics");
+    let names: Vec<&str> = sources
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [a.to_str().unwrap(), b.to_str().unwrap()]);
+    // Both workers' shares are summed: every example of the epoch is counted once, under its
+    // source (300 and 150 rows, no augmentation).
+    let examples: Vec<u64> = sources
+        .iter()
+        .map(|s| s["examples"].as_u64().unwrap())
+        .collect();
+    assert_eq!(examples, [300, 150]);
+    assert_eq!(line["examples"].as_u64().unwrap(), 450);
+    let mut loss = 0.0;
+    for s in sources {
+        let acc = s["train_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        loss += s["train_loss"].as_f64().unwrap() * s["examples"].as_f64().unwrap();
+    }
+    let total = line["train_loss"].as_f64().unwrap() * 450.0;
+    assert!((loss - total).abs() < 1e-6 * total, "{loss} vs {total}");
+    let summary = json(&run.join("summary.json"));
+    assert_eq!(summary["train_by_source"], line["sources"]);
 }
 
 #[test]

@@ -40,6 +40,28 @@ struct EpochSummary {
     diverged: bool,
     /// Peak resident memory of each worker, bytes.
     peak_rss: Vec<u64>,
+    /// Training examples, loss and correct predictions per source, summed over workers.
+    sources: Vec<pb::SourceStats>,
+}
+
+/// Training metrics per `--data` source, for runs on mixed data (null for one source).
+fn by_source(
+    stats: &[pb::SourceStats],
+    sources: &[common::data::config::SourceSpec],
+) -> serde_json::Value {
+    if sources.len() < 2 {
+        return serde_json::Value::Null;
+    }
+    let n = |x: u64| x.max(1) as f64;
+    json!(stats
+        .iter()
+        .map(|s| json!({
+            "source": sources.get(s.source as usize).map_or_else(|| format!("source {}", s.source), |p| p.path.display().to_string()),
+            "examples": s.examples,
+            "train_loss": s.loss_sum / n(s.examples),
+            "train_accuracy": s.correct as f64 / n(s.examples),
+        }))
+        .collect::<Vec<_>>())
 }
 
 pub async fn train(args: TrainArgs) -> Result<()> {
@@ -233,6 +255,8 @@ struct Record {
     eval: Option<(f64, Confusion)>,
     samples_per_s: Vec<f64>,
     worker_peak_rss: Vec<u64>,
+    /// The last epoch's training metrics per source (null for one source).
+    train_by_source: serde_json::Value,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -268,6 +292,7 @@ async fn drive(
     let mut rates = Vec::new();
     let mut epochs = 0;
     let mut worker_peak_rss = vec![0u64; world];
+    let mut train_by_source = serde_json::Value::Null;
     let bar = progress_bar();
     for epoch in 0..t.epochs {
         let p = pipeline.clone();
@@ -318,6 +343,10 @@ async fn drive(
             "epoch": epoch + 1, "examples": s.examples, "train_loss": s.loss, "train_accuracy": s.accuracy,
             "samples_per_s": s.samples_per_s, "allreduce_s_per_step": s.allreduce_s_per_step, "bytes_per_step": s.bytes_per_step,
         });
+        train_by_source = by_source(&s.sources, &args.data.data);
+        if !train_by_source.is_null() {
+            line["sources"] = train_by_source.clone();
+        }
         let mut improved = !has_eval;
         if let Some((loss, c)) = &s.eval {
             line["eval_loss"] = json!(loss);
@@ -370,6 +399,7 @@ async fn drive(
             eval: Some((loss, c)),
             samples_per_s: rates,
             worker_peak_rss,
+            train_by_source,
         },
         None => Record {
             epochs,
@@ -378,6 +408,7 @@ async fn drive(
             eval: None,
             samples_per_s: rates,
             worker_peak_rss,
+            train_by_source,
         },
     })
 }
@@ -481,6 +512,18 @@ async fn gather(
         None
     };
     let peak_rss = reports.iter().map(|r| r.peak_rss_bytes).collect();
+    let mut sources: Vec<pb::SourceStats> = Vec::new();
+    for s in reports.iter().flat_map(|r| &r.sources) {
+        match sources.iter_mut().find(|t| t.source == s.source) {
+            Some(t) => {
+                t.examples += s.examples;
+                t.loss_sum += s.loss_sum;
+                t.correct += s.correct;
+            }
+            None => sources.push(s.clone()),
+        }
+    }
+    sources.sort_by_key(|s| s.source);
     let mut rank0 = reports.into_iter().next().context("no report")?;
     Ok(EpochSummary {
         examples,
@@ -498,6 +541,7 @@ async fn gather(
         optimizer: std::mem::take(&mut rank0.optimizer_state),
         diverged: rank0.diverged,
         peak_rss,
+        sources,
     })
 }
 
@@ -559,6 +603,7 @@ async fn finish(
         "threads_per_worker": threads,
         "samples_per_s": median,
         "samples_per_s_by_epoch": record.samples_per_s,
+        "train_by_source": record.train_by_source,
         "seconds": started.elapsed().as_secs_f64(),
         "peak_rss_mb": {
             "coordinator": common::peak_rss_bytes() as f64 / 1048576.0,

@@ -223,6 +223,7 @@ fn to_pb(e: &Example) -> pb::Example {
     pb::Example {
         tokens: e.tokens.clone(),
         label: e.label,
+        source: u32::from(e.source()),
     }
 }
 

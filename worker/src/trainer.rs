@@ -13,7 +13,7 @@ use common::metrics::Confusion;
 use common::model::Classifier;
 use common::pb;
 use common::train::{
-    apply_gradients, compute_gradients_weighted, predict, zero_gradients, Adam, Batch, Replica,
+    apply_gradients, compute_gradients_per_example, predict, zero_gradients, Adam, Batch, Replica,
     RunSpec,
 };
 
@@ -174,16 +174,26 @@ fn train_one(
 ) -> Result<()> {
     let start = Instant::now();
     let model = replica.compute();
-    let (mut grads, loss, correct) = if step.examples.is_empty() {
-        (zero_gradients(model), 0.0, 0)
+    let (mut grads, outcomes) = if step.examples.is_empty() {
+        (zero_gradients(model), Vec::new())
     } else {
         let batch = to_batch(
             &step.examples,
             spec.model.num_classes,
             spec.model.vocab_size,
         )?;
-        compute_gradients_weighted(model, &batch, spec.class_weights.as_deref())?
+        compute_gradients_per_example(model, &batch, spec.class_weights.as_deref())?
     };
+    let mut loss = 0.0;
+    let mut correct = 0;
+    for (example, outcome) in step.examples.iter().zip(&outcomes) {
+        let stats = by_source(&mut report.sources, example.source);
+        stats.examples += 1;
+        stats.loss_sum += f64::from(outcome.loss);
+        stats.correct += u64::from(outcome.correct);
+        loss += f64::from(outcome.loss);
+        correct += usize::from(outcome.correct);
+    }
     let reduce = Instant::now();
     ring.all_reduce_sum(&mut grads.dense)
         .context("all-reduce of the dense gradients")?;
@@ -202,6 +212,24 @@ fn train_one(
         report.diverged = true;
     }
     Ok(())
+}
+
+/// The entry of `source` in `sources` (kept sorted by source), added if missing.
+fn by_source(sources: &mut Vec<pb::SourceStats>, source: u32) -> &mut pb::SourceStats {
+    let at = match sources.binary_search_by_key(&source, |s| s.source) {
+        Ok(at) => at,
+        Err(at) => {
+            sources.insert(
+                at,
+                pb::SourceStats {
+                    source,
+                    ..Default::default()
+                },
+            );
+            at
+        }
+    };
+    &mut sources[at]
 }
 
 /// Checks what came over the wire before it reaches the model.

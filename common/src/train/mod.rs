@@ -20,4 +20,7 @@ pub use gradients::{Gradients, SparseRows};
 pub use predict::predict;
 pub use replica::Replica;
 pub use spec::RunSpec;
-pub use step::{compute_gradients, compute_gradients_weighted, no_all_reduce, train_step};
+pub use step::{
+    compute_gradients, compute_gradients_per_example, compute_gradients_weighted, no_all_reduce,
+    train_step, Outcome,
+};

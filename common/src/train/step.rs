@@ -32,6 +32,28 @@ pub fn compute_gradients_weighted(
     batch: &Batch,
     class_weights: Option<&[f32]>,
 ) -> Result<(Gradients, f64, usize)> {
+    let (grads, outcomes) = compute_gradients_per_example(model, batch, class_weights)?;
+    let loss = outcomes.iter().map(|o| f64::from(o.loss)).sum();
+    let correct = outcomes.iter().filter(|o| o.correct).count();
+    Ok((grads, loss, correct))
+}
+
+/// How one training example fared in the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    /// Its cross-entropy (unweighted).
+    pub loss: f32,
+    /// Whether its highest logit is its label.
+    pub correct: bool,
+}
+
+/// As [`compute_gradients_weighted`], with each example's loss and correctness in batch
+/// order (for metrics per source of mixed data).
+pub fn compute_gradients_per_example(
+    model: &Classifier,
+    batch: &Batch,
+    class_weights: Option<&[f32]>,
+) -> Result<(Gradients, Vec<Outcome>)> {
     let cfg = model.config();
     if class_weights.is_some_and(|w| w.len() != cfg.num_classes) {
         return Err(ModelError::Batch(format!(
@@ -82,14 +104,18 @@ pub fn compute_gradients_weighted(
         None => SparseRows::empty(cfg.embedding_dim),
     };
 
-    let loss_sum = f64::from(loss.to_scalar::<f32>()?);
-    let correct = logits
+    let losses = picked.neg()?.flatten_all()?.to_vec1::<f32>()?;
+    let outcomes = logits
         .to_vec2::<f32>()?
         .iter()
         .zip(labels)
-        .filter(|(row, &label)| argmax(row) == label as usize)
-        .count();
-    Ok((Gradients { dense, embedding }, loss_sum, correct))
+        .zip(losses)
+        .map(|((row, &label), loss)| Outcome {
+            loss,
+            correct: argmax(row) == label as usize,
+        })
+        .collect();
+    Ok((Gradients { dense, embedding }, outcomes))
 }
 
 /// Appends a tensor's values, straight from its memory when it is a contiguous CPU tensor.
