@@ -520,7 +520,7 @@ async fn gather(
                 t.loss_sum += s.loss_sum;
                 t.correct += s.correct;
             }
-            None => sources.push(s.clone()),
+            None => sources.push(*s),
         }
     }
     sources.sort_by_key(|s| s.source);
