@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with an NVIDIA GPU (CUDA 13 driver) and PyTorch, no Rust and no
 # network: run from the repository root with the binaries gpu/bundle.sh prebuilt on the
-# development machine in .gpu-bundle/ (worker with `cuda,nccl`, CPU coordinator).
+# development machine in .gpu-bundle/ (worker with `cuda,nccl`, CPU coordinator; xz-compressed).
 #
 #   1. worker --self-check: the LSTM layer's output and gradients on cuda:0 against the CPU's
 #      fused op, ten training steps against the CPU, a one-rank NCCL all-reduce;
@@ -9,13 +9,18 @@
 #   3. the same 3 epochs on the CPU (2 threads) beside it;
 #   4. PyTorch's cuDNN LSTM (gpu/torch_bilstm.py, a copy of the reference) on the same GPU.
 #
-# Exits non-zero if any step fails. EPOCHS and BUNDLE override the defaults.
+# Exits non-zero if any step fails. EPOCHS and BUNDLE (the .xz folder) override the defaults.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bundle="${BUNDLE:-.gpu-bundle}"
 epochs="${EPOCHS:-3}"
-out="$(mktemp -d)"
+out="${LOGS:-$(mktemp -d)}"; mkdir -p "$out"
 status=0
+bundle="$out/bin"
+mkdir -p "$bundle"
+for bin in worker coordinator; do
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    "${BUNDLE:-.gpu-bundle}/$bin.xz" "$bundle/$bin" && chmod +x "$bundle/$bin" || exit 1
+done
 
 # cuBLAS, NVRTC, cuRAND and NCCL (CUDA 13) from the pip packages PyTorch brings; the driver's
 # libcuda from the system.
@@ -67,14 +72,19 @@ train ours-cuda --device cuda --threads 2
 echo "== 3. the same on the CPU, 2 threads"
 train ours-cpu --device cpu --threads 2
 echo "== 4. PyTorch (cuDNN LSTM) on cuda:0, same data and epochs"
-python3 gpu/torch_bilstm.py --train data/trec/train.tsv --test data/trec/test.tsv \
-  --epochs "$epochs" --device cuda --threads 2 2>/dev/null | tee "$out/torch.json" || status=1
-python3 - "$out" <<'PY' || true
-import json, sys
+if python3 gpu/torch_bilstm.py --train data/trec/train.tsv --test data/trec/test.tsv \
+    --epochs "$epochs" --device cuda --threads 2 > "$out/torch.json" 2> "$out/torch.log"; then
+  cat "$out/torch.json"
+else
+  echo "PyTorch: FAILED"; tail -5 "$out/torch.log"; status=1
+fi
+python3 - "$out" <<'PY'
+import json, os, sys
 out = sys.argv[1]
-ours = sorted(json.loads(l)["samples_per_s"] for l in open(f"{out}/ours-cuda/metrics.jsonl"))
-torch = json.load(open(f"{out}/torch.json"))["samples_per_s_median"]
-print(f"ratio ours/PyTorch on the GPU (median epoch samples/s): {ours[len(ours) // 2] / torch:.2f}")
+if os.path.exists(f"{out}/ours-cuda/metrics.jsonl") and os.path.exists(f"{out}/torch.json"):
+    ours = sorted(json.loads(l)["samples_per_s"] for l in open(f"{out}/ours-cuda/metrics.jsonl"))
+    torch = json.load(open(f"{out}/torch.json"))["samples_per_s_median"]
+    print(f"ratio ours/PyTorch on the GPU (median epoch samples/s): {ours[len(ours) // 2] / torch:.2f}")
 PY
 echo "logs in $out"
 exit $status

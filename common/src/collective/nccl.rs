@@ -135,6 +135,11 @@ impl NcclAllReduce {
     }
 }
 
+// SAFETY: `Comm` holds a raw `ncclComm_t`, so it is not `Send` by default. NCCL requires only
+// that a communicator is not used by two threads at once; this type owns its communicator and
+// uses it through `&mut self`, so moving it to another thread is sound.
+unsafe impl Send for NcclAllReduce {}
+
 impl Collective for NcclAllReduce {
     fn rank(&self) -> usize {
         self.comm.rank()
