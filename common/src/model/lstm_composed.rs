@@ -53,11 +53,13 @@ pub fn composed_layer(
         let r = w_hh.get(d)?;
         let bias = (w.narrow(1, e, 1)? + r.narrow(1, h, 1)?)?.squeeze(1)?;
         // The input projection of every step at once; then one B × H · H × 4H product a step.
+        // Candle's CUDA matmul takes a transposed operand only when it is a plain transpose
+        // of a contiguous matrix, so the weight columns are made contiguous first.
         let projected = flat
-            .matmul(&w.narrow(1, 0, e)?.t()?)?
+            .matmul(&w.narrow(1, 0, e)?.contiguous()?.t()?)?
             .broadcast_add(&bias)?
             .reshape((b, t, g))?;
-        let r_t = r.narrow(1, 0, h)?.t()?;
+        let r_t = r.narrow(1, 0, h)?.contiguous()?.t()?;
         let mut state = Tensor::zeros((b, h), x.dtype(), device)?;
         let mut cell = state.clone();
         let mut sequence = vec![None; t];
