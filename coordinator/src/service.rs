@@ -160,14 +160,12 @@ impl Shared {
         } else {
             Vec::new()
         };
-        tracing::info!(
-            "collective: {}",
-            if nccl_id.is_empty() {
-                "TCP ring"
-            } else {
-                "NCCL"
-            }
-        );
+        let collective = match (self.expected, nccl_id.is_empty()) {
+            (1, _) => "none (one worker)",
+            (_, true) => "TCP ring",
+            (_, false) => "NCCL",
+        };
+        tracing::info!("all-reduce between workers: {collective}");
         let members: Vec<Member> = pending
             .iter()
             .enumerate()
