@@ -79,6 +79,19 @@ fn one_worker_run_writes_its_record_and_evaluate_reproduces_it() {
     ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
+    // A finished run is never overwritten.
+    let o = coordinator(&[
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--data",
+        train_file.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("already holds a finished run"),
+        "{}",
+        stderr(&o)
+    );
     // Every worker process is gone when the coordinator returns.
     let pids = worker_pids(&log);
     assert_eq!(pids.len(), 1, "{log}");

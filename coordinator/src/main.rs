@@ -2,18 +2,20 @@
 //! (`data preview|export`, `evaluate`, `predict`).
 
 mod cli;
+mod config_file;
 mod daemons;
 mod data_cmd;
 mod infer_cmd;
 mod local;
 mod logging;
+mod metrics;
 mod model_dir;
 mod run;
 mod rundir;
 mod service;
 mod sharding;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Train a text classifier on small data: mix sources, augment (EDA), balance classes, and
 /// train a BiLSTM across workers.
@@ -30,6 +32,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Training options from this TOML file (keys are the long flag names; `coordinator
+    /// config example` prints one); flags given on the command line override it.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    config: Option<std::path::PathBuf>,
     #[command(flatten)]
     train: cli::TrainArgs,
     #[command(flatten)]
@@ -45,15 +51,36 @@ enum Command {
     Evaluate(infer_cmd::EvaluateArgs),
     /// Classify sentences with a trained model.
     Predict(infer_cmd::PredictArgs),
+    /// Configuration files for --config.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print a complete, commented configuration file with every training option at its
+    /// default: `coordinator config example > run.toml`.
+    Example,
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let argv = match config_file::expand(std::env::args_os().collect(), &Cli::command()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     logging::init(&cli.log);
     let result = match cli.command {
         Some(Command::Data(cmd)) => data_cmd::run(*cmd),
         Some(Command::Evaluate(a)) => infer_cmd::evaluate(a),
         Some(Command::Predict(a)) => infer_cmd::predict_cmd(a),
+        Some(Command::Config(ConfigCommand::Example)) => {
+            print!("{}", config_file::example(&Cli::command()));
+            Ok(())
+        }
         None => train(cli.train),
     };
     match result {
@@ -81,4 +108,129 @@ fn train(args: cli::TrainArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; workers stopped"),
         }
     })
+}
+
+#[cfg(test)]
+#[path = "../../tests/support/manifests.rs"]
+mod manifests;
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use clap::{CommandFactory, Parser};
+
+    use super::{config_file, Cli};
+
+    fn parse(args: &[&str]) -> anyhow::Result<Cli> {
+        let argv: Vec<OsString> = std::iter::once("coordinator")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        let argv = config_file::expand(argv, &Cli::command())?;
+        Ok(Cli::try_parse_from(argv)?)
+    }
+
+    fn write(dir: &std::path::Path, text: &str) -> String {
+        let path = dir.join("run.toml");
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn the_example_configuration_is_complete_and_parses_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let example = config_file::example(&Cli::command());
+        for flag in [
+            "epochs",
+            "batch-size",
+            "num-aug",
+            "workers",
+            "metrics-addr",
+            "data",
+        ] {
+            assert!(
+                example
+                    .lines()
+                    .any(|l| l.trim_start_matches("# ").starts_with(flag)),
+                "{flag} missing from the example"
+            );
+        }
+        let path = write(dir.path(), &example);
+        let cli = parse(&["--config", &path, "--data", "x.tsv"]).unwrap();
+        let defaults = parse(&["--data", "x.tsv"]).unwrap();
+        assert_eq!(cli.train.train, defaults.train.train);
+        assert_eq!(cli.train.data, defaults.train.data);
+    }
+
+    #[test]
+    fn flags_override_the_file_lists_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "epochs = 5\nbatch-size = 16\ndata = [\"a.tsv\", \"b.tsv:0.5\"]\n",
+        );
+        let cli = parse(&["--config", &path, "--epochs", "2"]).unwrap();
+        assert_eq!(cli.train.train.epochs, 2);
+        assert_eq!(cli.train.train.batch_size, 16);
+        assert_eq!(cli.train.data.data.len(), 2);
+        let cli = parse(&["--config", &path, "--data", "c.tsv"]).unwrap();
+        assert_eq!(
+            cli.train.data.data.len(),
+            1,
+            "the command line's list replaces the file's"
+        );
+    }
+
+    #[test]
+    fn a_bad_file_is_refused_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "epochs = 5\n\nepohcs = 6\n");
+        let err = parse(&["--config", &path]).err().unwrap().to_string();
+        assert!(
+            err.contains("run.toml:3") && err.contains("epohcs"),
+            "{err}"
+        );
+        let path = write(dir.path(), "epochs = [\n");
+        let err = parse(&["--config", &path]).err().unwrap().to_string();
+        assert!(err.contains("run.toml:"), "{err}");
+        let path = write(dir.path(), "epochs = \"many\"\n");
+        assert!(parse(&["--config", &path, "--data", "x.tsv"]).is_err());
+    }
+
+    /// A renamed or removed flag must not silently break the Kubernetes deployment: the
+    /// coordinator's arguments and the ConfigMap's run.toml go through the real parser.
+    #[test]
+    fn the_coordinator_container_and_its_configmap_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let configs: Vec<String> = super::manifests::documents()
+            .into_iter()
+            .filter(|(_, d)| d["kind"].as_str() == Some("ConfigMap"))
+            .filter_map(|(_, d)| d["data"]["run.toml"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(configs.len(), 1, "one run.toml ConfigMap");
+        let config = write(dir.path(), &configs[0]);
+        let coordinators: Vec<_> = super::manifests::containers()
+            .into_iter()
+            .filter(|c| c.command.first().map(String::as_str) == Some("coordinator"))
+            .collect();
+        assert!(!coordinators.is_empty());
+        for c in coordinators {
+            // The ConfigMap is mounted at the path the arguments name.
+            let args: Vec<&str> = c
+                .args
+                .iter()
+                .map(|a| {
+                    if a.ends_with("run.toml") {
+                        config.as_str()
+                    } else {
+                        a.as_str()
+                    }
+                })
+                .collect();
+            if let Err(e) = parse(&args) {
+                panic!("{}: coordinator {:?}: {e:#}", c.file.display(), c.args);
+            }
+        }
+    }
 }

@@ -158,6 +158,22 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         labels: labels.clone(),
     };
     let (shared, mut reports) = Shared::new(token.clone(), world, info);
+    let _metrics_server = match &args.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-addr: listening on {addr}"))?;
+            tracing::info!(
+                "metrics at http://{}/metrics",
+                listener.local_addr().context("the metrics address")?
+            );
+            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                listener,
+                shared.metrics.clone(),
+            ))))
+        }
+        None => None,
+    };
 
     let advertise = match daemons {
         Some(d) => Some(crate::daemons::advertise_addr(
@@ -337,6 +353,16 @@ async fn drive(
             );
         }
         rates.push(s.samples_per_s);
+        shared.metrics.update(|v| {
+            v.epochs = epoch + 1;
+            v.steps += steps;
+            v.examples += s.examples;
+            v.samples_per_second = s.samples_per_s;
+            v.steps_per_second = s.samples_per_s * steps as f64 / s.examples.max(1) as f64;
+            v.allreduce_seconds_per_step = s.allreduce_s_per_step;
+            v.loss = s.loss;
+            v.eval_loss = s.eval.as_ref().map(|(l, _)| *l);
+        });
         meta.epoch = epoch;
         model_dir::save(&run_dir.checkpoint(), &meta, &s.weights, &s.optimizer)?;
         let mut line = json!({
@@ -474,10 +500,21 @@ async fn gather(
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 fleet.check()?;
                 bar.set_position(shared.progress[0].step.load(Ordering::Relaxed));
+                let (n, loss) = members.iter().fold((0, 0.0), |(n, l), m| {
+                    let p = &shared.progress[m.rank];
+                    (n + p.examples.load(Ordering::Relaxed), l + f64::from_bits(p.loss_sum_bits.load(Ordering::Relaxed)))
+                });
+                if n > 0 {
+                    shared.metrics.update(|v| v.loss = loss / n as f64);
+                }
                 let now = shared.millis();
                 for m in members {
                     let seen = shared.progress[m.rank].last_seen_ms.load(Ordering::Relaxed).max(epoch_start);
                     if got[m.rank].is_none() && now.saturating_sub(seen) > heartbeat_timeout.as_millis() as u64 {
+                        shared.metrics.update(|v| {
+                            v.workers_alive = v.workers_alive.saturating_sub(1);
+                            v.membership_changes += 1;
+                        });
                         bail!("worker rank {} (host {}, pid {}) lost: no heartbeat for {} s", m.rank, m.host, m.pid, heartbeat_timeout.as_secs());
                     }
                 }
@@ -655,6 +692,15 @@ async fn serve(
         .await;
     if let Err(e) = result {
         tracing::error!("gRPC server: {e}");
+    }
+}
+
+/// Stops a background task when the run ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -16,6 +16,13 @@ impl RunDir {
     /// Creates the directory and checks it is writable before any training starts.
     pub fn create(path: Option<PathBuf>) -> Result<Self> {
         let path = path.unwrap_or_else(crate::run::default_run_dir);
+        // A finished run is never overwritten (e.g. by a coordinator that Kubernetes restarts).
+        if path.join("summary.json").exists() {
+            anyhow::bail!(
+                "the run directory {} already holds a finished run (summary.json); give a new --run-dir",
+                path.display()
+            );
+        }
         std::fs::create_dir_all(&path)
             .with_context(|| format!("creating the run directory {}", path.display()))?;
         let probe = path.join(".writable");

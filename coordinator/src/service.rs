@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Metrics;
 use crate::sharding::part;
 
 /// What every worker receives at join.
@@ -65,6 +66,9 @@ pub struct Progress {
     pub step: AtomicU64,
     pub epoch: AtomicU64,
     pub last_seen_ms: AtomicU64,
+    /// Examples and summed loss (f64 bits) of the epoch so far.
+    pub examples: AtomicU64,
+    pub loss_sum_bits: AtomicU64,
 }
 
 struct Pending {
@@ -88,6 +92,7 @@ pub struct Shared {
     /// Workers that have been sent the `finished` header (told the run is over).
     pub told_finished: AtomicUsize,
     started: Instant,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -109,6 +114,7 @@ impl Shared {
             running: AtomicBool::new(true),
             told_finished: AtomicUsize::new(0),
             started: Instant::now(),
+            metrics: Arc::new(Metrics::default()),
         };
         (Arc::new(shared), rx)
     }
@@ -205,6 +211,10 @@ impl Shared {
                 m.ring_addr
             );
         }
+        self.metrics.update(|v| {
+            v.workers_alive = members.len() as u64;
+            v.membership_changes += members.len() as u64;
+        });
         self.members.send_replace(Some(members));
     }
 }
@@ -300,6 +310,9 @@ impl pb::coordinator_server::Coordinator for Service {
         p.step.store(req.step, Ordering::Relaxed);
         p.epoch.store(req.epoch, Ordering::Relaxed);
         p.last_seen_ms.store(self.0.millis(), Ordering::Relaxed);
+        p.examples.store(req.examples, Ordering::Relaxed);
+        p.loss_sum_bits
+            .store(req.loss_sum.to_bits(), Ordering::Relaxed);
         Ok(Response::new(pb::HeartbeatReply {
             running: self.0.running.load(Ordering::Relaxed),
         }))

@@ -5,6 +5,7 @@
 mod client;
 mod daemon;
 mod device;
+mod health;
 mod selfcheck;
 mod trainer;
 
@@ -62,6 +63,10 @@ pub struct Args {
     /// against the CPU, and (with NCCL) a one-rank all-reduce. For GPU machines (gpu/check.sh).
     #[arg(long)]
     pub self_check: bool,
+    /// With --coordinator: serve the gRPC health service on this address (e.g. 0.0.0.0:50053)
+    /// while the worker runs, for Kubernetes probes. (A daemon serves it on --listen.)
+    #[arg(long, value_name = "ADDR")]
+    pub health_addr: Option<String>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -115,9 +120,40 @@ fn run(args: &Args) -> Result<()> {
     match (&args.coordinator, &args.listen) {
         (Some(url), _) => {
             common::model::set_threads(args.threads);
+            let _health = match &args.health_addr {
+                Some(addr) => Some(rt.block_on(health::serve(addr))?),
+                None => None,
+            };
             trainer::run(args, url, &token, &rt)
         }
         (None, Some(addr)) => rt.block_on(daemon::serve(args, addr, token)),
         (None, None) => bail!("give --coordinator URL (join one run) or --listen ADDR (daemon)"),
+    }
+}
+
+#[cfg(test)]
+#[path = "../../tests/support/manifests.rs"]
+mod manifests;
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    /// A renamed or removed flag must not silently break the Kubernetes deployment.
+    #[test]
+    fn every_worker_container_in_the_manifests_parses() {
+        let workers: Vec<_> = super::manifests::containers()
+            .into_iter()
+            .filter(|c| c.command.first().map(String::as_str) == Some("worker"))
+            .collect();
+        assert!(workers.len() >= 2, "the CPU and GPU worker manifests");
+        for c in workers {
+            let argv = std::iter::once("worker".to_string()).chain(c.args.iter().cloned());
+            if let Err(e) = Args::try_parse_from(argv) {
+                panic!("{}: worker {:?}: {e}", c.file.display(), c.args);
+            }
+        }
     }
 }

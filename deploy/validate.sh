@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Validates every Kubernetes manifest in deploy/k8s (CPU and GPU) against the Kubernetes
+# schemas, offline, with kubernetes-validate from PyPI (installed into .venv-deploy/, git-ignored).
+# Kustomize patch fragments (files with "patch" in their name) are not complete objects and
+# are skipped; there are none at present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=.venv-deploy
+if [[ ! -x "$venv/bin/kubernetes-validate" ]]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==1.37.*"
+fi
+mapfile -t files < <(find deploy/k8s -name '*.yaml' ! -name '*patch*' | sort)
+"$venv/bin/kubernetes-validate" --strict "${files[@]}"
+echo "validated ${#files[@]} manifests"
