@@ -306,3 +306,62 @@ fn bad_training_input_fails_cleanly_without_workers_left() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--data"), "{}", stderr(&o));
 }
+
+/// Kubernetes stops a pod with SIGTERM: the coordinator stops its workers, keeps the last
+/// checkpoint and exits non-zero saying so.
+#[test]
+fn sigterm_stops_the_run_and_its_workers_keeping_the_checkpoint() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let train_file = trec_slice(dir.path(), "train.tsv", 0, 2000);
+    let run = dir.path().join("run");
+    let mut coord = Command::new(smalltext_tests::bin("coordinator"))
+        .args([
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--epochs",
+            "200",
+            "--data",
+        ])
+        .arg(&train_file)
+        .arg("--run-dir")
+        .arg(&run)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    let mut lines = BufReader::new(coord.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("epoch 1/200") {
+            break;
+        }
+    }
+    assert!(log.contains("epoch 1/200"), "{log}");
+    let status = Command::new("kill")
+        .args(["-TERM", &coord.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for line in lines {
+        log.push_str(&line.unwrap());
+        log.push('\n');
+    }
+    let exit = coord.wait().unwrap();
+    assert!(!exit.success(), "{log}");
+    assert!(log.contains("interrupted"), "{log}");
+    assert!(run.join("checkpoint/weights.safetensors").exists());
+    let pids = worker_pids(&log);
+    assert_eq!(pids.len(), 2, "{log}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        pids.iter().all(|&p| !alive(p)),
+        "workers left behind: {pids:?}"
+    );
+}

@@ -13,6 +13,7 @@ pub mod pb;
 pub mod pipeline;
 pub mod resample;
 pub mod rng;
+pub mod shutdown;
 pub mod train;
 
 pub use error::DataError;

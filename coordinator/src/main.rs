@@ -105,7 +105,7 @@ fn train(args: cli::TrainArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         tokio::select! {
             r = run::train(args) => r,
-            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; workers stopped"),
+            _ = common::shutdown::signal() => anyhow::bail!("interrupted; workers stopped, the last epoch's checkpoint is kept"),
         }
     })
 }

@@ -78,7 +78,7 @@ pub async fn serve(args: &Args, listen: &str, token: String) -> Result<()> {
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(WorkerDaemonServer::new(daemon))
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, common::shutdown::signal())
         .await
         .context("serving gRPC")?;
     // Returning drops the runtime and with it the job's process handle, which kills the job.
@@ -107,30 +107,6 @@ fn job_args(args: &Args) -> Vec<String> {
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_string(), value])
     .collect()
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot watch SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    tracing::info!("stopping");
 }
 
 /// Why `url` cannot be a coordinator to join, if it cannot.
