@@ -14,7 +14,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Arg, Command};
 
 /// Subcommands that take no training options (the file applies to training only).
-const SUBCOMMANDS: [&str; 5] = ["data", "evaluate", "predict", "config", "help"];
+const SUBCOMMANDS: [&str; 6] = [
+    "data",
+    "evaluate",
+    "predict",
+    "experiment",
+    "config",
+    "help",
+];
 
 /// `argv` with the options of its `--config FILE` (if any) inserted after the program name.
 pub fn expand(argv: Vec<OsString>, cmd: &Command) -> Result<Vec<OsString>> {

@@ -5,6 +5,7 @@ mod cli;
 mod config_file;
 mod daemons;
 mod data_cmd;
+mod experiment;
 mod infer_cmd;
 mod local;
 mod logging;
@@ -51,6 +52,12 @@ enum Command {
     Evaluate(infer_cmd::EvaluateArgs),
     /// Classify sentences with a trained model.
     Predict(infer_cmd::PredictArgs),
+    /// Measure the small-sample gain on your data: every size × condition × seed trained with
+    /// one early-stopping protocol and tested; results.jsonl, report.md, learning-curve.png.
+    ///
+    /// e.g. coordinator experiment --data train.tsv --test test.tsv --sizes 100,500,2000,full
+    ///        --conditions baseline,eda,balance,eda+balance --seeds 3 --workers 2 --out runs/exp
+    Experiment(Box<experiment::ExperimentArgs>),
     /// Configuration files for --config.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -77,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Data(cmd)) => data_cmd::run(*cmd),
         Some(Command::Evaluate(a)) => infer_cmd::evaluate(a),
         Some(Command::Predict(a)) => infer_cmd::predict_cmd(a),
+        Some(Command::Experiment(a)) => experiment::run(*a),
         Some(Command::Config(ConfigCommand::Example)) => {
             print!("{}", config_file::example(&Cli::command()));
             Ok(())

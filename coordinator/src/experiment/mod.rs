@@ -1,0 +1,265 @@
+//! `coordinator experiment`: the small-sample gain measured on the user's data, as the EDA
+//! paper did. For each size and seed a stratified subsample (the same for every condition);
+//! each condition trains on it with one fixed protocol (10% of the subsample carved as the
+//! validation set before any augmentation, early stopping on validation loss with patience 3,
+//! at most --max-epochs, best-validation model kept) and is evaluated once on --test.
+//! Results go to results.jsonl a cell at a time, so a rerun skips what is done.
+
+mod report;
+mod subsample;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::TrainArgs;
+pub use report::Cell;
+
+#[derive(Args, Debug, Clone)]
+pub struct ExperimentArgs {
+    /// Training data: the file subsamples are drawn from.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// Test set every cell is evaluated on.
+    #[arg(long, value_name = "FILE")]
+    pub test: PathBuf,
+    /// Training-set sizes: numbers of examples, or `full`.
+    #[arg(long, value_delimiter = ',', default_value = "100,500,2000,full")]
+    pub sizes: Vec<String>,
+    /// Conditions: baseline, eda, balance, eda+balance, augment-balance, mix (needs --mix).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "baseline,eda,balance,eda+balance"
+    )]
+    pub conditions: Vec<String>,
+    /// Seeds 0 … K−1: each draws its own subsample, validation split and initialisation.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Another labelled source for the `mix` condition, PATH:WEIGHT (e.g. movie reviews mixed
+    /// into a small product-review set).
+    #[arg(long, value_name = "PATH:WEIGHT")]
+    pub mix: Option<String>,
+    /// Local worker processes per training run.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Compute threads per worker (default: cores / workers).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Early stopping: epochs without a better validation loss.
+    #[arg(long, default_value_t = 3)]
+    pub patience: u64,
+    /// At most this many epochs per run.
+    #[arg(long, default_value_t = 50)]
+    pub max_epochs: u64,
+    /// Fraction of each subsample carved as its validation set.
+    #[arg(long, default_value_t = 0.1)]
+    pub eval_split: f64,
+    /// Output directory: results.jsonl, report.md, learning-curve.png, data/ and runs/.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// The training flags a condition adds to the fixed protocol.
+fn condition_flags(condition: &str, mix: Option<&str>) -> Result<Vec<String>> {
+    let flags: &[&str] = match condition {
+        "baseline" => &[],
+        "eda" => &["--augment", "eda"],
+        "balance" => &["--balance", "oversample"],
+        "eda+balance" => &["--augment", "eda", "--balance", "oversample"],
+        "augment-balance" => &["--balance", "augment"],
+        "mix" => {
+            let Some(mix) = mix else {
+                bail!("the mix condition needs --mix PATH:WEIGHT");
+            };
+            return Ok(vec!["--data".into(), mix.into()]);
+        }
+        other => bail!(
+            "unknown condition {other:?}: baseline, eda, balance, eda+balance, augment-balance, mix"
+        ),
+    };
+    Ok(flags.iter().map(|s| s.to_string()).collect())
+}
+
+fn parse_size(size: &str) -> Result<Option<usize>> {
+    if size == "full" {
+        return Ok(None);
+    }
+    match size.parse::<usize>() {
+        Ok(n) if n >= 10 => Ok(Some(n)),
+        _ => bail!("--sizes: {size:?} is neither a number of examples (≥ 10) nor `full`"),
+    }
+}
+
+/// The results already in `path`, one cell a line.
+fn read_results(path: &Path) -> Result<Vec<Cell>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn write_results(path: &Path, cells: &[Cell]) -> Result<()> {
+    let mut text = String::new();
+    for c in cells {
+        text.push_str(&serde_json::to_string(c)?);
+        text.push('\n');
+    }
+    common::fsutil::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[derive(Parser)]
+struct OneRun {
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+pub fn run(args: ExperimentArgs) -> Result<()> {
+    let sizes = args
+        .sizes
+        .iter()
+        .map(|s| parse_size(s).map(|n| (s.clone(), n)))
+        .collect::<Result<Vec<_>>>()?;
+    for c in &args.conditions {
+        condition_flags(c, args.mix.as_deref())?;
+    }
+    if args.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    for dir in ["data", "runs"] {
+        std::fs::create_dir_all(args.out.join(dir))
+            .with_context(|| format!("creating {}", args.out.join(dir).display()))?;
+    }
+    let results_path = args.out.join("results.jsonl");
+    let mut cells = read_results(&results_path)?;
+    let mut todo: Vec<(String, Option<usize>, String, u64)> = Vec::new();
+    for (label, n) in &sizes {
+        for seed in 0..args.seeds {
+            for c in &args.conditions {
+                let done = cells
+                    .iter()
+                    .any(|x| x.size == *label && x.condition == *c && x.seed == seed);
+                if !done {
+                    todo.push((label.clone(), *n, c.clone(), seed));
+                }
+            }
+        }
+    }
+    let total = sizes.len() * args.seeds as usize * args.conditions.len();
+    tracing::info!(
+        "experiment: {total} cells, {} already in {}",
+        total - todo.len(),
+        results_path.display()
+    );
+    let bar = ProgressBar::new(todo.len() as u64).with_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} cells, {elapsed} elapsed, ~{eta} left",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    for (label, n, condition, seed) in todo {
+        bar.set_message(format!("{label} {condition} seed {seed}"));
+        let sample = args.out.join(format!("data/{label}-seed{seed}.tsv"));
+        let rows = subsample::write(&args.data, n, seed, &sample)?;
+        let run_dir = args.out.join(format!(
+            "runs/{label}-{}-seed{seed}",
+            condition.replace('+', "_")
+        ));
+        let started = Instant::now();
+        let summary = run_dir.join("summary.json");
+        if !summary.exists() {
+            // A run cut short leaves a directory without a summary: start it again.
+            if run_dir.exists() {
+                std::fs::remove_dir_all(&run_dir)
+                    .with_context(|| format!("removing the unfinished {}", run_dir.display()))?;
+            }
+            let mut argv: Vec<String> = vec![
+                "coordinator".into(),
+                "--data".into(),
+                sample.display().to_string(),
+                "--test".into(),
+                args.test.display().to_string(),
+                "--eval-split".into(),
+                args.eval_split.to_string(),
+                "--patience".into(),
+                args.patience.to_string(),
+                "--epochs".into(),
+                args.max_epochs.to_string(),
+                "--seed".into(),
+                seed.to_string(),
+                "--workers".into(),
+                args.workers.to_string(),
+                "--run-dir".into(),
+                run_dir.display().to_string(),
+            ];
+            if let Some(t) = args.threads {
+                argv.extend(["--threads".into(), t.to_string()]);
+            }
+            argv.extend(condition_flags(&condition, args.mix.as_deref())?);
+            let one = OneRun::try_parse_from(&argv).context("building a cell's training run")?;
+            rt.block_on(crate::run::train(one.train))
+                .with_context(|| format!("cell {label} {condition} seed {seed}"))?;
+        }
+        let s: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&summary).with_context(|| format!("reading {}", summary.display()))?,
+        )
+        .with_context(|| format!("parsing {}", summary.display()))?;
+        let number = |k: &str| {
+            s[k].as_f64()
+                .with_context(|| format!("{} lacks {k}", summary.display()))
+        };
+        cells.push(Cell {
+            size: label.clone(),
+            rows,
+            condition: condition.clone(),
+            seed,
+            accuracy: number("accuracy")?,
+            macro_f1: number("macro_f1")?,
+            epochs: s["epochs"].as_u64().unwrap_or(0),
+            seconds: s["seconds"]
+                .as_f64()
+                .unwrap_or(started.elapsed().as_secs_f64()),
+        });
+        write_results(&results_path, &cells)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let title = format!(
+        "{} → {}",
+        args.data.display(),
+        args.test
+            .file_name()
+            .map_or(String::new(), |f| f.to_string_lossy().into_owned())
+    );
+    let report = report::markdown(&cells, &args.conditions, &title);
+    common::fsutil::write_atomic(&args.out.join("report.md"), report.as_bytes())
+        .context("writing report.md")?;
+    report::plot(
+        &cells,
+        &args.conditions,
+        &title,
+        &args.out.join("learning-curve.png"),
+    )?;
+    print!("{report}");
+    tracing::info!(
+        "results in {}, report.md and learning-curve.png beside it",
+        results_path.display()
+    );
+    Ok(())
+}
