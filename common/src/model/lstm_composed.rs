@@ -44,7 +44,7 @@ pub fn composed_layer(
         .flat_map(|s| lengths.iter().map(move |&l| f32::from(u8::from(s < l))))
         .collect();
     let keep = Tensor::from_vec(keep, (t, b, 1), device)?.to_dtype(x.dtype())?;
-    let hold = keep.affine(-1.0, 1.0)?;
+    let shortest = lengths.iter().copied().min().unwrap_or(t);
     let flat = x.reshape((b * t, e))?;
 
     let mut per_direction = Vec::with_capacity(2);
@@ -62,32 +62,45 @@ pub fn composed_layer(
         let r_t = r.narrow(1, 0, h)?.contiguous()?.t()?;
         let mut state = Tensor::zeros((b, h), x.dtype(), device)?;
         let mut cell = state.clone();
-        let mut sequence = vec![None; t];
+        let mut states = vec![None; t];
         let steps: Vec<usize> = if d == 0 {
             (0..t).collect()
         } else {
             (0..t).rev().collect()
         };
+        // Each step is a launch per op on a GPU, so the step does as few as it can: one
+        // sigmoid over all four gates, and no masking where none is needed. The forward
+        // direction runs every row to the end unmasked (what comes after a row's last token
+        // never reaches its earlier states) and reads each row's state at its last token
+        // afterwards. The reverse direction only has to keep rows at zero until they start,
+        // which a multiplication by `keep` does, and only at steps past the shortest row.
         for s in steps {
             let gates = (projected.narrow(1, s, 1)?.squeeze(1)? + state.matmul(&r_t)?)?;
-            let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, h)?)?;
-            let f = candle_nn::ops::sigmoid(&gates.narrow(1, h, h)?)?;
+            let act = candle_nn::ops::sigmoid(&gates)?;
             let c = gates.narrow(1, 2 * h, h)?.tanh()?;
-            let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * h, h)?)?;
-            let new_cell = ((f * &cell)? + (i * c)?)?;
-            let new_state = (o * new_cell.tanh()?)?;
-            let (k, m) = (keep.get(s)?, hold.get(s)?);
-            cell = (new_cell.broadcast_mul(&k)? + cell.broadcast_mul(&m)?)?;
-            state = (new_state.broadcast_mul(&k)? + state.broadcast_mul(&m)?)?;
-            if output == LstmOutput::Sequence {
-                sequence[s] = Some(new_state.broadcast_mul(&k)?);
+            cell = ((act.narrow(1, h, h)? * &cell)? + (act.narrow(1, 0, h)? * c)?)?;
+            state = (act.narrow(1, 3 * h, h)? * cell.tanh()?)?;
+            if d == 1 && s >= shortest {
+                let k = keep.get(s)?;
+                cell = cell.broadcast_mul(&k)?;
+                state = state.broadcast_mul(&k)?;
             }
+            states[s] = Some(state.clone());
         }
-        per_direction.push(match output {
-            LstmOutput::Last => state,
-            LstmOutput::Sequence => {
-                let steps = sequence.into_iter().flatten().collect::<Vec<_>>();
-                Tensor::stack(&steps, 1)?
+        let stacked = || Tensor::stack(&states.iter().flatten().collect::<Vec<_>>(), 1);
+        per_direction.push(match (output, d) {
+            (LstmOutput::Last, 0) => {
+                let last: Vec<u32> = lengths
+                    .iter()
+                    .flat_map(|&l| std::iter::repeat_n(l as u32 - 1, h))
+                    .collect();
+                let last = Tensor::from_vec(last, (b, 1, h), device)?;
+                stacked()?.gather(&last, 1)?.squeeze(1)?
+            }
+            (LstmOutput::Last, _) => state,
+            // Zero in padding, as the fused op.
+            (LstmOutput::Sequence, _) => {
+                stacked()?.broadcast_mul(&keep.transpose(0, 1)?.contiguous()?)?
             }
         });
     }
