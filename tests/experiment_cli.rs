@@ -17,9 +17,12 @@ fn experiment_writes_every_cell_and_a_rerun_only_adds_new_ones() {
     let train = trec_slice(dir.path(), "train.tsv", 0, 250);
     let test = trec_slice(dir.path(), "test.tsv", 0, 150);
     let out = dir.path().join("exp");
+    let other = trec_slice(dir.path(), "train.tsv", 2000, 100);
     let run = |conditions: &str| {
         let o = coordinator(&[
             "experiment",
+            "--mix",
+            &format!("{}:0.3", other.display()),
             "--data",
             train.to_str().unwrap(),
             "--test",
@@ -60,17 +63,24 @@ fn experiment_writes_every_cell_and_a_rerun_only_adds_new_ones() {
         stdout(&first)
     );
 
-    run("baseline,eda");
+    run("baseline,eda,mix");
     let again = lines(&out.join("results.jsonl"));
-    assert_eq!(again.len(), 4);
+    assert_eq!(again.len(), 6);
     assert_eq!(
         again[..2],
         cells[..],
         "cells already done are kept, not retrained"
     );
-    assert!(again[2..].iter().all(|c| c["condition"] == "eda"));
+    let new: Vec<&str> = again[2..]
+        .iter()
+        .map(|c| c["condition"].as_str().unwrap())
+        .collect();
+    assert_eq!(new, ["eda", "mix", "eda", "mix"]);
+    // The mix cell trained on both sources.
+    let mixed = std::fs::read_to_string(out.join("runs/60-mix-seed0/summary.json")).unwrap();
+    assert!(mixed.contains("train-2000-100"), "{mixed}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("| size | baseline | eda |") && report.contains("**"));
+    assert!(report.contains("| size | baseline | eda | mix |") && report.contains("**"));
     let png = std::fs::read(out.join("learning-curve.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 
