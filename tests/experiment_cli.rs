@@ -63,9 +63,9 @@ fn experiment_writes_every_cell_and_a_rerun_only_adds_new_ones() {
         stdout(&first)
     );
 
-    run("baseline,eda,mix");
+    run("baseline,eda,mix,augment-balance");
     let again = lines(&out.join("results.jsonl"));
-    assert_eq!(again.len(), 6);
+    assert_eq!(again.len(), 8);
     assert_eq!(
         again[..2],
         cells[..],
@@ -75,12 +75,25 @@ fn experiment_writes_every_cell_and_a_rerun_only_adds_new_ones() {
         .iter()
         .map(|c| c["condition"].as_str().unwrap())
         .collect();
-    assert_eq!(new, ["eda", "mix", "eda", "mix"]);
+    assert_eq!(
+        new,
+        [
+            "eda",
+            "mix",
+            "augment-balance",
+            "eda",
+            "mix",
+            "augment-balance"
+        ]
+    );
     // The mix cell trained on both sources.
     let mixed = std::fs::read_to_string(out.join("runs/60-mix-seed0/summary.json")).unwrap();
     assert!(mixed.contains("train-2000-100"), "{mixed}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("| size | baseline | eda | mix |") && report.contains("**"));
+    assert!(
+        report.contains("| size | baseline | eda | mix | augment-balance |")
+            && report.contains("**")
+    );
     let png = std::fs::read(out.join("learning-curve.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 
