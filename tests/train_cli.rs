@@ -365,3 +365,80 @@ fn sigterm_stops_the_run_and_its_workers_keeping_the_checkpoint() {
         "workers left behind: {pids:?}"
     );
 }
+
+/// `--init-embeddings`: the vocabulary's words start from the file's vectors (and move only
+/// by training), the others from the seed; a file of the wrong width is refused.
+#[test]
+fn pretrained_word_vectors_initialise_the_embedding() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_file = trec_slice(dir.path(), "train.tsv", 0, 100);
+    let words = ["what", "is", "the", "who", "zzzz-not-in-trec"];
+    let vector =
+        |k: usize| -> Vec<f32> { (0..8).map(|j| (k * 8 + j) as f32 * 0.1 - 2.0).collect() };
+    let mut text = format!("{} 8\n", words.len());
+    for (k, w) in words.iter().enumerate() {
+        let v: Vec<String> = vector(k).iter().map(|x| x.to_string()).collect();
+        text.push_str(&format!("{w} {}\n", v.join(" ")));
+    }
+    let vectors = dir.path().join("vectors.txt");
+    std::fs::write(&vectors, text).unwrap();
+    let run = dir.path().join("run");
+    let log = train(
+        &run,
+        &[
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--epochs",
+            "1",
+            "--embedding-dim",
+            "8",
+            "--hidden-dim",
+            "16",
+            "--init-embeddings",
+            vectors.to_str().unwrap(),
+            "--data",
+            train_file.to_str().unwrap(),
+        ],
+    );
+    assert!(log.contains("vectors for 4 of"), "{log}");
+    let meta = json(&run.join("model/model.json"));
+    let tokens: Vec<&str> = meta["vocab"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let weights = candle_core::safetensors::load(
+        run.join("model/weights.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let table = weights["embedding.weight"].to_vec2::<f32>().unwrap();
+    for (k, w) in words.iter().take(4).enumerate() {
+        let id = tokens.iter().position(|t| t == w).expect("a TREC word");
+        // Four Adam steps move a weight by at most about 4 × lr.
+        let moved = table[id]
+            .iter()
+            .zip(vector(k))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(moved < 0.01, "{w}: {moved}");
+    }
+
+    let o = coordinator(&[
+        "--run-dir",
+        dir.path().join("run2").to_str().unwrap(),
+        "--init-embeddings",
+        vectors.to_str().unwrap(),
+        "--data",
+        train_file.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("add --embedding-dim 8"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -136,6 +136,11 @@ pub struct TrainConfig {
     /// Dropout between layers and before the output layer.
     #[arg(long, default_value_t = 0.0, help_heading = "Model")]
     pub dropout: f32,
+    /// Start the embedding table from these word vectors (word2vec/GloVe text format: `word v1
+    /// v2 …` a line, optional `count dim` header; --embedding-dim must match); words not in
+    /// the file start random, and are counted in the log. Fine-tuned like the rest.
+    #[arg(long, value_name = "FILE", help_heading = "Model")]
+    pub init_embeddings: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -151,6 +156,7 @@ impl Default for TrainConfig {
             hidden_dim: 200,
             layers: 1,
             dropout: 0.0,
+            init_embeddings: None,
         }
     }
 }

@@ -156,6 +156,10 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         spec_json: serde_json::to_string(&spec)?,
         vocab_json: serde_json::to_string(&vocab)?,
         labels: labels.clone(),
+        initial_weights: match &t.init_embeddings {
+            Some(path) => pretrained_weights(path, &spec, &vocab)?,
+            None => Vec::new(),
+        },
     };
     let (shared, mut reports) = Shared::new(token.clone(), world, info);
     let _metrics_server = match &args.metrics_addr {
@@ -693,6 +697,52 @@ async fn serve(
     if let Err(e) = result {
         tracing::error!("gRPC server: {e}");
     }
+}
+
+/// The seed's initial weights with the embedding rows of `path`'s word vectors, as
+/// safetensors bytes for the workers.
+fn pretrained_weights(
+    path: &std::path::Path,
+    spec: &RunSpec,
+    vocab: &common::data::vocab::Vocab,
+) -> Result<Vec<u8>> {
+    let vectors = common::data::vectors::read(path, vocab)
+        .with_context(|| format!("--init-embeddings {}", path.display()))?;
+    if vectors.dim != spec.model.embedding_dim {
+        bail!(
+            "--init-embeddings {}: the vectors have {} dimensions but the embedding has {}; add --embedding-dim {}",
+            path.display(),
+            vectors.dim,
+            spec.model.embedding_dim,
+            vectors.dim
+        );
+    }
+    tracing::info!(
+        "{}: vectors for {} of {} vocabulary words; {} start random",
+        path.display(),
+        vectors.rows.len(),
+        vocab.len().saturating_sub(2),
+        vectors.missing
+    );
+    let model = common::model::Classifier::new(&spec.model, spec.seed)?;
+    model.set_embedding_rows(&vectors.rows)?;
+    let dir = tempfile_dir()?;
+    let file = dir.join("initial.safetensors");
+    model.save(&file)?;
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(bytes)
+}
+
+/// A fresh private directory under the system's temporary directory.
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "smalltext-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// Stops a background task when the run ends, however it ends.

@@ -23,6 +23,8 @@ pub struct RunInfo {
     pub spec_json: String,
     pub vocab_json: String,
     pub labels: Vec<String>,
+    /// Weights every worker starts from (safetensors), empty to initialise from the seed.
+    pub initial_weights: Vec<u8>,
 }
 
 /// One epoch as the coordinator planned it.
@@ -192,7 +194,7 @@ impl Shared {
                 run_spec_json: self.run.spec_json.clone(),
                 vocab_json: self.run.vocab_json.clone(),
                 labels: self.run.labels.clone(),
-                initial_weights: Vec::new(),
+                initial_weights: self.run.initial_weights.clone(),
                 nccl_id: nccl_id.clone(),
             };
             let _ = p.reply.send(reply);

@@ -90,8 +90,19 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         )
     };
 
-    let replica = Replica::new(&spec.model, spec.seed, &device)
+    let mut replica = Replica::new(&spec.model, spec.seed, &device)
         .with_context(|| format!("building the model on {}", args.device))?;
+    if !reply.initial_weights.is_empty() {
+        let path = std::env::temp_dir().join(format!(
+            "smalltext-worker-{}-initial.safetensors",
+            std::process::id()
+        ));
+        std::fs::write(&path, &reply.initial_weights)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let loaded = replica.load_weights(&path);
+        let _ = std::fs::remove_file(&path);
+        loaded.context("loading the coordinator's initial weights")?;
+    }
     let mut opt = Adam::new(replica.host(), spec.adam);
     let progress = Arc::new(Progress::default());
     rt.spawn(client::heartbeats(

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod load;
 pub mod tokenize;
+pub mod vectors;
 pub mod vocab;
 
 use serde::{Deserialize, Serialize};

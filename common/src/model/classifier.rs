@@ -204,6 +204,29 @@ impl Classifier {
         write_atomically(path, |tmp| Ok(self.varmap.save(tmp)?))
     }
 
+    /// Overwrites rows of the embedding table (e.g. with pretrained word vectors).
+    pub fn set_embedding_rows(&self, rows: &[(u32, Vec<f32>)]) -> Result<()> {
+        let (v, e) = (self.config.vocab_size, self.config.embedding_dim);
+        let mut table = self
+            .embedding
+            .as_tensor()
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<f32>()?;
+        for (id, row) in rows {
+            let id = *id as usize;
+            if id >= v || row.len() != e {
+                return Err(ModelError::Config(format!(
+                    "an embedding row {id} of width {} for a {v} × {e} table",
+                    row.len()
+                )));
+            }
+            table[id * e..(id + 1) * e].copy_from_slice(row);
+        }
+        let table = Tensor::from_vec(table, (v, e), &Device::Cpu)?.to_device(&self.device)?;
+        Ok(self.embedding.set(&table)?)
+    }
+
     /// Copies every weight of `other` (same shape, any device) into this model.
     pub fn copy_weights_from(&self, other: &Classifier) -> Result<()> {
         if other.config != self.config {

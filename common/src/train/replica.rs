@@ -42,6 +42,12 @@ impl Replica {
         self.device.as_ref().unwrap_or(&self.host)
     }
 
+    /// Replaces the weights with those saved at `path`, on the host and the device.
+    pub fn load_weights(&mut self, path: &std::path::Path) -> Result<()> {
+        self.host.load_weights(path)?;
+        self.sync()
+    }
+
     /// Brings the device copy up to date with the host weights (after an optimizer step or a
     /// weight load); nothing to do on the CPU.
     pub fn sync(&self) -> Result<()> {
