@@ -726,23 +726,7 @@ fn pretrained_weights(
     );
     let model = common::model::Classifier::new(&spec.model, spec.seed)?;
     model.set_embedding_rows(&vectors.rows)?;
-    let dir = tempfile_dir()?;
-    let file = dir.join("initial.safetensors");
-    model.save(&file)?;
-    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(bytes)
-}
-
-/// A fresh private directory under the system's temporary directory.
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "smalltext-{}-{:x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+    Ok(model.to_bytes()?)
 }
 
 /// Stops a background task when the run ends, however it ends.

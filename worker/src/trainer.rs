@@ -93,15 +93,9 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
     let mut replica = Replica::new(&spec.model, spec.seed, &device)
         .with_context(|| format!("building the model on {}", args.device))?;
     if !reply.initial_weights.is_empty() {
-        let path = std::env::temp_dir().join(format!(
-            "smalltext-worker-{}-initial.safetensors",
-            std::process::id()
-        ));
-        std::fs::write(&path, &reply.initial_weights)
-            .with_context(|| format!("writing {}", path.display()))?;
-        let loaded = replica.load_weights(&path);
-        let _ = std::fs::remove_file(&path);
-        loaded.context("loading the coordinator's initial weights")?;
+        replica
+            .load_weights_bytes(&reply.initial_weights)
+            .context("loading the coordinator's initial weights")?;
     }
     let mut opt = Adam::new(replica.host(), spec.adam);
     let progress = Arc::new(Progress::default());
@@ -165,9 +159,8 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         report.bytes_sent = ring.take_bytes_sent();
         report.peak_rss_bytes = common::peak_rss_bytes();
         if header.upload_weights {
-            let (weights, optimizer) = snapshot(replica.host(), &opt)?;
-            report.weights = weights;
-            report.optimizer_state = optimizer;
+            report.weights = replica.host().to_bytes()?;
+            report.optimizer_state = opt.to_bytes()?;
         }
         rt.block_on(client.report_epoch(report))
             .context("reporting the epoch")?;
@@ -279,25 +272,6 @@ fn evaluate(
         loss -= f64::from(probs[e.label as usize].max(1e-30)).ln();
     }
     Ok(loss)
-}
-
-/// The weights and optimizer state as safetensors bytes.
-fn snapshot(model: &Classifier, opt: &Adam) -> Result<(Vec<u8>, Vec<u8>)> {
-    let dir = std::env::temp_dir();
-    let stem = format!("smalltext-worker-{}", std::process::id());
-    let (w, o) = (
-        dir.join(format!("{stem}-weights.safetensors")),
-        dir.join(format!("{stem}-adam.safetensors")),
-    );
-    model.save(&w)?;
-    opt.save(&o)?;
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).with_context(|| format!("reading back {}", p.display()))
-    };
-    let out = (read(&w)?, read(&o)?);
-    let _ = std::fs::remove_file(&w);
-    let _ = std::fs::remove_file(&o);
-    Ok(out)
 }
 
 /// A fresh NCCL unique id when this worker can all-reduce with NCCL (rank 0's is used).

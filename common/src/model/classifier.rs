@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::bilstm::{bilstm, bilstm_params, BiLstm};
 use super::dropout::Dropout;
 use super::error::{ModelError, Result};
-use super::persist::write_atomically;
+use super::persist::{to_safetensors, write_bytes_atomically};
 use crate::train::Batch;
 
 /// Name of the embedding table in checkpoints.
@@ -193,15 +193,40 @@ impl Classifier {
 
     /// Replaces the weights with those saved at `path` (names and shapes must match).
     pub fn load_weights(&mut self, path: &Path) -> Result<()> {
-        self.varmap.load(path).map_err(|e| ModelError::Checkpoint {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
-            msg: e.to_string(),
-        })
+            source,
+        })?;
+        self.load_weights_bytes(&bytes)
+            .map_err(|e| ModelError::Checkpoint {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })
+    }
+
+    /// Replaces the weights with those in `bytes` (safetensors, as [`Classifier::to_bytes`]
+    /// makes them; names and shapes must match).
+    pub fn load_weights_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
+        let vars = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+        for (name, var) in vars.iter() {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| ModelError::Config(format!("no tensor {name} in the weights")))?;
+            var.set(&t.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
+    /// The weights as safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let vars = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+        to_safetensors(vars.iter().map(|(n, v)| (n.as_str(), v.as_tensor())))
     }
 
     /// Saves the weights as safetensors, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_atomically(path, |tmp| Ok(self.varmap.save(tmp)?))
+        write_bytes_atomically(path, &self.to_bytes()?)
     }
 
     /// Overwrites rows of the embedding table (e.g. with pretrained word vectors).

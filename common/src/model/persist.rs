@@ -4,7 +4,22 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use candle_core::Tensor;
+
 use super::error::{ModelError, Result};
+
+/// Named tensors as safetensors bytes (what checkpoints hold and workers send).
+pub fn to_safetensors<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+) -> Result<Vec<u8>> {
+    safetensors::serialize(tensors, None)
+        .map_err(|e| ModelError::Config(format!("serialising tensors: {e}")))
+}
+
+/// `bytes` written to `path` atomically.
+pub fn write_bytes_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, |tmp| fs::write(tmp, bytes).map_err(io(tmp)))
+}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io {

@@ -6,14 +6,13 @@
 //! swept; untouched rows take a cheaper path that needs no gradient memory.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::gradients::Gradients;
-use crate::model::persist::write_atomically;
+use crate::model::persist::{to_safetensors, write_bytes_atomically};
 use crate::model::simd::multiversion;
 use crate::model::{threads, Classifier, ModelError, Result};
 
@@ -315,23 +314,23 @@ impl Adam {
 
     /// Saves the state as safetensors, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
+        write_bytes_atomically(path, &self.to_bytes()?)
+    }
+
+    /// The state as safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let st = &self.state;
         let dev = Device::Cpu;
         let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &dev);
         let step = i64::try_from(st.step).unwrap_or(i64::MAX);
-        let tensors: HashMap<String, Tensor> = [
+        let tensors = [
             ("step", Tensor::from_slice(&[step], 1, &dev)?),
             ("m", t(&st.m)?),
             ("v", t(&st.v)?),
             ("m_embedding", t(&st.m_embedding)?),
             ("v_embedding", t(&st.v_embedding)?),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        write_atomically(path, |tmp| {
-            Ok(candle_core::safetensors::save(&tensors, tmp)?)
-        })
+        ];
+        to_safetensors(tensors.iter().map(|(k, v)| (*k, v)))
     }
 
     /// Loads state saved by [`Adam::save`] for `model`.

@@ -42,9 +42,9 @@ impl Replica {
         self.device.as_ref().unwrap_or(&self.host)
     }
 
-    /// Replaces the weights with those saved at `path`, on the host and the device.
-    pub fn load_weights(&mut self, path: &std::path::Path) -> Result<()> {
-        self.host.load_weights(path)?;
+    /// Replaces the weights with those in `bytes` (safetensors), on the host and the device.
+    pub fn load_weights_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.host.load_weights_bytes(bytes)?;
         self.sync()
     }
 
