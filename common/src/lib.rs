@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod collective;
 pub mod data;
+pub mod encoder;
 pub mod error;
 pub mod fsutil;
 pub mod metrics;

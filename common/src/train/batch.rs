@@ -11,6 +11,8 @@ pub struct Batch {
     lengths: Vec<usize>,
     labels: Vec<u32>,
     steps: usize,
+    /// Which rows are augmentations (empty: none), for the encoder's cache.
+    augmented: Vec<bool>,
 }
 
 impl Batch {
@@ -46,7 +48,26 @@ impl Batch {
             lengths: seqs.iter().map(|s| s.len()).collect(),
             labels: Vec::new(),
             steps,
+            augmented: Vec::new(),
         })
+    }
+
+    /// Marks which rows are augmentations of a training sentence (one flag per row).
+    pub fn with_augmented(mut self, flags: &[bool]) -> Result<Self> {
+        if flags.len() != self.len() {
+            return Err(ModelError::Batch(format!(
+                "{} augmentation flags for {} rows",
+                flags.len(),
+                self.len()
+            )));
+        }
+        self.augmented = flags.to_vec();
+        Ok(self)
+    }
+
+    /// Whether row `i` is an augmentation (false when the batch does not say).
+    pub fn augmented(&self, i: usize) -> bool {
+        self.augmented.get(i).copied().unwrap_or(false)
     }
 
     /// Padded ids, B × T row-major.

@@ -1,0 +1,63 @@
+//! The encoder's own tokenizer (a `tokenizer.json`, WordPiece for BERT models): words become
+//! `[CLS] pieces… [SEP]`, at most [`MAX_PIECES`] ids in all, as the reference feeds the encoder.
+
+use std::path::Path;
+
+use super::error::{EncoderError, Result};
+
+/// WordPiece tokens per sentence, `[CLS]` and `[SEP]` included (the reference's `max_length`).
+pub const MAX_PIECES: usize = 64;
+
+pub struct WordPiece {
+    inner: tokenizers::Tokenizer,
+    vocab_size: usize,
+}
+
+impl WordPiece {
+    pub fn load(path: &Path) -> Result<Self> {
+        let invalid = |msg: String| EncoderError::Invalid {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let mut inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| invalid(e.to_string()))?;
+        // The file may pad every sentence to 128; our batches pad themselves.
+        inner.with_padding(None);
+        inner
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: MAX_PIECES,
+                ..Default::default()
+            }))
+            .map_err(|e| invalid(e.to_string()))?;
+        let vocab_size = inner.get_vocab_size(true);
+        Ok(Self { inner, vocab_size })
+    }
+
+    /// Ids of a sentence given as words (joined with spaces: the tokenizer splits again).
+    pub fn encode_words<S: AsRef<str>>(&self, words: &[S]) -> Result<Vec<u32>> {
+        let text = words
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.encode(&text)
+    }
+
+    /// Ids of a sentence, special tokens included.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| EncoderError::Run(format!("tokenizing {text:?}: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Ids run from 0 to `vocab_size() - 1`.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+}
