@@ -14,6 +14,7 @@ use crate::data::config::{AugmentKind, DataConfig, NumAug, UnknownLabels};
 use crate::data::load::{self, Record};
 use crate::data::vocab::Vocab;
 use crate::data::{Doc, Example, ExampleId};
+use crate::encoder::WordPiece;
 use crate::error::DataError;
 use crate::mix;
 use crate::resample::{self, Balance};
@@ -72,6 +73,8 @@ pub struct Pipeline {
     plan: AugmentPlan,
     /// Built on first use: exporting data needs no vocabulary.
     vocab: std::sync::OnceLock<Vocab>,
+    /// With an encoder: its tokenizer makes the ids instead of the vocabulary.
+    wordpiece: Option<std::sync::Arc<WordPiece>>,
 }
 
 impl Pipeline {
@@ -193,6 +196,7 @@ impl Pipeline {
             probs,
             plan: AugmentPlan::NONE,
             vocab: std::sync::OnceLock::new(),
+            wordpiece: None,
         };
         pipeline.eval = match eval_records {
             Some((path, loaded)) => pipeline.docs_of(
@@ -274,6 +278,28 @@ impl Pipeline {
     }
     pub fn vocab(&self) -> &Vocab {
         self.vocab.get_or_init(|| self.build_vocab())
+    }
+
+    /// Makes ids with an encoder's tokenizer (WordPiece, at most 64 pieces a sentence with
+    /// `[CLS]` and `[SEP]`) instead of a vocabulary built from the data.
+    pub fn use_wordpiece(&mut self, wordpiece: std::sync::Arc<WordPiece>) {
+        self.wordpiece = Some(wordpiece);
+    }
+
+    /// Number of distinct ids: the tokenizer's or the vocabulary's.
+    pub fn vocab_size(&self) -> usize {
+        match &self.wordpiece {
+            Some(wp) => wp.vocab_size(),
+            None => self.vocab().len(),
+        }
+    }
+
+    /// Token ids of a sentence's words.
+    fn ids<S: AsRef<str>>(&self, words: &[S]) -> Vec<u32> {
+        match &self.wordpiece {
+            None => self.vocab().encode(words, self.cfg.max_len),
+            Some(wp) => wp.encode_words_or_unknown(words),
+        }
     }
     pub fn plan(&self) -> &AugmentPlan {
         &self.plan
@@ -463,7 +489,7 @@ impl Pipeline {
             .map(|it| Example {
                 id: it.doc.id,
                 aug: it.aug,
-                tokens: self.vocab().encode(&it.tokens, self.cfg.max_len),
+                tokens: self.ids(&it.tokens),
                 label: it.label(),
             })
             .collect()
@@ -474,7 +500,7 @@ impl Pipeline {
             .map(|d| Example {
                 id: d.id,
                 aug: 0,
-                tokens: self.vocab().encode(&d.tokens, self.cfg.max_len),
+                tokens: self.ids(&d.tokens),
                 label: d.label,
             })
             .collect()

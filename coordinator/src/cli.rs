@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use clap::Args;
 use common::data::config::DataConfig;
+use common::encoder::EncoderMode;
 use serde::{Deserialize, Serialize};
 
 /// `--workers N` (start N local workers) or `--workers host:port,host:port` (worker daemons).
@@ -141,6 +142,30 @@ pub struct TrainConfig {
     /// the file start random, and are counted in the log. Fine-tuned like the rest.
     #[arg(long, value_name = "FILE", help_heading = "Model")]
     pub init_embeddings: Option<PathBuf>,
+    /// Put a pretrained BERT-family encoder under the BiLSTM: a directory with config.json,
+    /// model.safetensors and tokenizer.json (e.g. models/all-MiniLM-L6-v2 from
+    /// models/fetch.sh). Sentences are cut into its WordPiece tokens (at most 64, [CLS] and
+    /// [SEP] included; --max-len and --embedding-dim do not apply). Workers read it at the
+    /// same path, or receive it from the coordinator when they have no identical copy.
+    #[arg(long, value_name = "DIR", help_heading = "Model")]
+    pub encoder: Option<PathBuf>,
+    /// How --encoder is used: `features` (the frozen encoder's last-layer token vectors are
+    /// the BiLSTM's input) or `embeddings` (its token-embedding table initialises the
+    /// embedding layer, fine-tuned unless --freeze-embeddings).
+    #[arg(long, value_enum, default_value = "features", help_heading = "Model")]
+    pub encoder_mode: EncoderMode,
+    /// Memory per worker for the encoder's vectors of augmented sentences (those of the
+    /// original sentences are always kept), MiB.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 1024,
+        help_heading = "Model"
+    )]
+    pub encoder_cache_mb: usize,
+    /// Keep the embedding table as initialised (--init-embeddings, --encoder-mode embeddings).
+    #[arg(long, help_heading = "Model")]
+    pub freeze_embeddings: bool,
 }
 
 impl Default for TrainConfig {
@@ -157,6 +182,10 @@ impl Default for TrainConfig {
             layers: 1,
             dropout: 0.0,
             init_embeddings: None,
+            encoder: None,
+            encoder_mode: EncoderMode::Features,
+            encoder_cache_mb: 1024,
+            freeze_embeddings: false,
         }
     }
 }

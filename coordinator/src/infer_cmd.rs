@@ -30,6 +30,10 @@ pub struct EvaluateArgs {
     /// Print one JSON object on stdout instead of a report.
     #[arg(long)]
     pub json: bool,
+    /// The encoder directory, for a model trained with --encoder (default: where it was at
+    /// training). It must be the same encoder, byte for byte.
+    #[arg(long, value_name = "DIR")]
+    pub encoder: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -45,6 +49,10 @@ pub struct PredictArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+    /// The encoder directory, for a model trained with --encoder (default: where it was at
+    /// training). It must be the same encoder, byte for byte.
+    #[arg(long, value_name = "DIR")]
+    pub encoder: Option<PathBuf>,
 }
 
 const BATCH: usize = 256;
@@ -74,14 +82,14 @@ pub fn confusion(
 }
 
 pub fn evaluate(args: EvaluateArgs) -> Result<()> {
-    let m = model_dir::load(&args.model)?;
+    let m = model_dir::load_with(&args.model, args.encoder.as_deref())?;
     let opts = LoadOptions {
         format: args.format,
         text_column: args.text_column,
         label_column: args.label_column,
         on_bad_line: BadLinePolicy::Error,
     };
-    let data = model_dir::load_labelled(&m.meta, &args.data, &opts)?;
+    let data = model_dir::load_labelled(&m, &args.data, &opts)?;
     let c = confusion(&m.model, &data, m.meta.labels.len())?;
     let per_class = c.per_class(&m.meta.labels);
     let mut out = std::io::stdout().lock();
@@ -114,7 +122,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
 }
 
 pub fn predict_cmd(args: PredictArgs) -> Result<()> {
-    let m = model_dir::load(&args.model)?;
+    let m = model_dir::load_with(&args.model, args.encoder.as_deref())?;
     let texts: Vec<String> = if !args.texts.is_empty() {
         args.texts
     } else {
@@ -133,7 +141,7 @@ pub fn predict_cmd(args: PredictArgs) -> Result<()> {
         }
         v
     };
-    let seqs: Vec<Vec<u32>> = texts.iter().map(|t| m.meta.encode(t)).collect();
+    let seqs: Vec<Vec<u32>> = texts.iter().map(|t| m.encode(t)).collect();
     let preds = predict_all(&m.model, &seqs)?;
     let mut out = std::io::stdout().lock();
     for (text, (label, probs)) in texts.iter().zip(preds) {

@@ -5,11 +5,14 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use common::data::load::{self, LoadOptions};
 use common::data::tokenize::Tokenizer;
 use common::data::vocab::Vocab;
+use common::encoder::{files, Encoder, EncoderRef, WordPiece};
 use common::model::{Classifier, ModelConfig};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 pub const WEIGHTS: &str = "weights.safetensors";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
@@ -29,6 +32,10 @@ pub struct ModelMeta {
     /// The full training configuration, for provenance.
     pub training: serde_json::Value,
     pub version: String,
+    /// The pretrained encoder the model was trained with (its tokenizer makes the ids; in
+    /// `features` mode its vectors are the input): needed, identical, to use the model.
+    #[serde(default)]
+    pub encoder: Option<EncoderRef>,
 }
 
 impl ModelMeta {
@@ -50,13 +57,8 @@ impl ModelMeta {
             epoch: 0,
             training,
             version: env!("CARGO_PKG_VERSION").into(),
+            encoder: None,
         }
-    }
-
-    /// Token ids of a sentence, as at training.
-    pub fn encode(&self, text: &str) -> Vec<u32> {
-        self.vocab
-            .encode(&self.tokenizer.tokenize(text), self.max_len)
     }
 }
 
@@ -79,9 +81,31 @@ pub fn save(dir: &Path, meta: &ModelMeta, weights: &[u8], optimizer: &[u8]) -> R
 pub struct LoadedModel {
     pub meta: ModelMeta,
     pub model: Classifier,
+    /// The encoder's tokenizer, for a model trained with one.
+    wordpiece: Option<Arc<WordPiece>>,
 }
 
+impl LoadedModel {
+    /// Token ids of a sentence, as at training.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let words = self.meta.tokenizer.tokenize(text);
+        match &self.wordpiece {
+            Some(wp) => wp.encode_words_or_unknown(&words),
+            None => self.meta.vocab.encode(&words, self.meta.max_len),
+        }
+    }
+}
+
+/// Memory for the vectors of sentences seen at inference (they are all "originals").
+const INFERENCE_CACHE: usize = 0;
+
 pub fn load(dir: &Path) -> Result<LoadedModel> {
+    load_with(dir, None)
+}
+
+/// As [`load`]; a model trained with an encoder finds it at `encoder`, else where it was at
+/// training, and is refused when it is missing or differs.
+pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
     if !dir.is_dir() {
         bail!(
             "{} is not a model directory (expected {META} and {WEIGHTS} in it)",
@@ -100,31 +124,77 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
             meta.format
         );
     }
-    if meta.labels.len() != meta.model.num_classes || meta.vocab.len() != meta.model.vocab_size {
+    let vocab_ok = meta.encoder.is_some() || meta.vocab.len() == meta.model.vocab_size;
+    if meta.labels.len() != meta.model.num_classes || !vocab_ok {
         bail!(
             "{} is inconsistent: labels or vocabulary do not match the model's shape",
             meta_path.display()
         );
     }
     let weights = dir.join(WEIGHTS);
-    let model = Classifier::load(&meta.model, &weights)
+    let mut model = Classifier::load(&meta.model, &weights)
         .with_context(|| format!("loading the weights {}", weights.display()))?;
-    Ok(LoadedModel { meta, model })
+    let wordpiece = match &meta.encoder {
+        None => None,
+        Some(r) => {
+            let dir_used = encoder.unwrap_or(&r.path);
+            let refuse = |e: &dyn std::fmt::Display| {
+                anyhow::anyhow!(
+                    "{} was trained with the encoder {} (sha256 {}), which cannot be used: {e}",
+                    meta_path.display(),
+                    r.name,
+                    r.sha256
+                )
+            };
+            if !dir_used.is_dir() {
+                return Err(refuse(&format!(
+                    "{} does not exist; give --encoder DIR",
+                    dir_used.display()
+                )));
+            }
+            if meta.model.encoder_features {
+                let enc = Encoder::load_checked(dir_used, r, &Device::Cpu, INFERENCE_CACHE)
+                    .map_err(|e| refuse(&e))?;
+                let wp = Arc::new(
+                    WordPiece::load(&dir_used.join(files::TOKENIZER)).map_err(|e| refuse(&e))?,
+                );
+                model.attach_encoder(Arc::new(enc))?;
+                Some(wp)
+            } else {
+                let found = files::content_hash(dir_used).map_err(|e| refuse(&e))?;
+                if found != r.sha256 {
+                    return Err(refuse(&format!(
+                        "{} has content hash {found}",
+                        dir_used.display()
+                    )));
+                }
+                Some(Arc::new(
+                    WordPiece::load(&dir_used.join(files::TOKENIZER)).map_err(|e| refuse(&e))?,
+                ))
+            }
+        }
+    };
+    Ok(LoadedModel {
+        meta,
+        model,
+        wordpiece,
+    })
 }
 
 /// A labelled file as (token ids, label id), with the model's tokenizer and labels. Labels the
 /// model does not know are an error listing them.
 pub fn load_labelled(
-    meta: &ModelMeta,
+    m: &LoadedModel,
     path: &Path,
     opts: &LoadOptions,
 ) -> Result<Vec<(Vec<u32>, u32)>> {
+    let meta = &m.meta;
     let loaded = load::load(path, opts)?;
     let mut out = Vec::with_capacity(loaded.records.len());
     let mut unknown: Vec<String> = Vec::new();
     for r in loaded.records {
         match meta.labels.iter().position(|l| *l == r.label) {
-            Some(id) => out.push((meta.encode(&r.text), id as u32)),
+            Some(id) => out.push((m.encode(&r.text), id as u32)),
             None if !unknown.contains(&r.label) => unknown.push(r.label),
             None => {}
         }

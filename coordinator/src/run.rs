@@ -2,13 +2,15 @@
 //! hand out every epoch, gather reports, select and checkpoint the model, write the record.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::data::vocab::Vocab;
 use common::data::Example;
+use common::encoder::{EncoderMode, EncoderRef, WordPiece};
 use common::metrics::Confusion;
 use common::model::ModelConfig;
 use common::pb;
@@ -42,6 +44,11 @@ struct EpochSummary {
     peak_rss: Vec<u64>,
     /// Training examples, loss and correct predictions per source, summed over workers.
     sources: Vec<pb::SourceStats>,
+    /// With --encoder: sentences encoded and answered from the cache (summed), and the
+    /// slowest worker's seconds spent encoding.
+    encoded: u64,
+    encode_cached: u64,
+    encode_seconds: f64,
 }
 
 /// Training metrics per `--data` source, for runs on mixed data (null for one source).
@@ -70,9 +77,13 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     tracing::info!("run directory {}", run_dir.path().display());
 
     let data_cfg = args.data.clone();
-    let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&data_cfg))
+    let mut pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&data_cfg))
         .await?
         .context("preparing the training data")?;
+    let encoder = match &args.train.encoder {
+        Some(dir) => Some(prepare_encoder(dir, &args, &mut pipeline)?),
+        None => None,
+    };
     let pipeline = Arc::new(pipeline);
     let test = match &args.test {
         Some(path) => {
@@ -87,12 +98,16 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         bail!("--patience needs a validation set: give --eval FILE or --eval-split FRACTION");
     }
     let labels = pipeline.labels().to_vec();
-    let vocab = pipeline.vocab().clone();
+    // With an encoder, its tokenizer makes the ids and no vocabulary is built from the data.
+    let vocab = match &encoder {
+        Some(_) => Vocab::build(std::iter::empty::<&str>(), 2, 1),
+        None => pipeline.vocab().clone(),
+    };
     tracing::info!(
         "training data: {} examples, {} classes, vocabulary {}, validation {}, augmentations per example {}",
         pipeline.train_rows(),
         labels.len(),
-        vocab.len(),
+        pipeline.vocab_size(),
         eval.len(),
         pipeline.plan().num_aug
     );
@@ -120,14 +135,22 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         }
         None => None,
     };
+    let features = encoder
+        .as_ref()
+        .is_some_and(|e| e.mode == EncoderMode::Features);
     let spec = RunSpec {
         model: ModelConfig {
-            vocab_size: vocab.len(),
+            vocab_size: pipeline.vocab_size(),
             num_classes: labels.len(),
-            embedding_dim: t.embedding_dim,
+            embedding_dim: match &encoder {
+                Some(e) => common::encoder::hidden_size(&e.path)?,
+                None => t.embedding_dim,
+            },
             hidden_dim: t.hidden_dim,
             layers: t.layers,
             dropout: t.dropout,
+            encoder_features: features,
+            freeze_embedding: t.freeze_embeddings,
         },
         adam: AdamConfig {
             lr: t.lr,
@@ -136,6 +159,8 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         },
         seed: args.data.seed,
         class_weights,
+        encoder: encoder.clone(),
+        encoder_cache_bytes: t.encoder_cache_mb.saturating_mul(1 << 20),
     };
     let (world, local, daemons) = match (&args.workers, args.expect_workers) {
         (Workers::Remote(_), Some(_)) => bail!("--workers host:port,... runs the job on those worker daemons and --expect-workers N waits for workers that join by themselves: give one of them"),
@@ -156,10 +181,14 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         spec_json: serde_json::to_string(&spec)?,
         vocab_json: serde_json::to_string(&vocab)?,
         labels: labels.clone(),
-        initial_weights: match &t.init_embeddings {
-            Some(path) => pretrained_weights(path, &spec, &vocab)?,
-            None => Vec::new(),
+        initial_weights: match (&t.init_embeddings, &encoder) {
+            (Some(path), _) => pretrained_weights(path, &spec, &vocab)?,
+            (None, Some(e)) if e.mode == EncoderMode::Embeddings => {
+                encoder_table_weights(e, &spec)?
+            }
+            _ => Vec::new(),
         },
+        encoder_dir: encoder.as_ref().map(|e| e.path.clone()),
     };
     let (shared, mut reports) = Shared::new(token.clone(), world, info);
     let _metrics_server = match &args.metrics_addr {
@@ -277,6 +306,8 @@ struct Record {
     worker_peak_rss: Vec<u64>,
     /// The last epoch's training metrics per source (null for one source).
     train_by_source: serde_json::Value,
+    /// Seconds spent encoding with --encoder (slowest worker per epoch, summed).
+    encode_seconds: f64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -306,6 +337,7 @@ async fn drive(
         vocab.clone(),
         training_config,
     );
+    meta.encoder = spec.encoder.clone();
     let has_eval = !eval.is_empty();
     let mut best: Option<(f64, u64, Confusion)> = None;
     let mut since_best = 0;
@@ -313,6 +345,7 @@ async fn drive(
     let mut epochs = 0;
     let mut worker_peak_rss = vec![0u64; world];
     let mut train_by_source = serde_json::Value::Null;
+    let mut encode_seconds = 0.0;
     let bar = progress_bar();
     for epoch in 0..t.epochs {
         let p = pipeline.clone();
@@ -373,6 +406,12 @@ async fn drive(
             "epoch": epoch + 1, "examples": s.examples, "train_loss": s.loss, "train_accuracy": s.accuracy,
             "samples_per_s": s.samples_per_s, "allreduce_s_per_step": s.allreduce_s_per_step, "bytes_per_step": s.bytes_per_step,
         });
+        if s.encoded + s.encode_cached > 0 {
+            line["encoded"] = json!(s.encoded);
+            line["encode_cached"] = json!(s.encode_cached);
+            line["encode_s"] = json!(s.encode_seconds);
+            encode_seconds += s.encode_seconds;
+        }
         train_by_source = by_source(&s.sources, &args.data.data);
         if !train_by_source.is_null() {
             line["sources"] = train_by_source.clone();
@@ -397,8 +436,16 @@ async fn drive(
         let eval_note = s.eval.as_ref().map_or(String::new(), |(l, c)| {
             format!(", eval loss {l:.4} accuracy {:.4}", c.accuracy())
         });
+        let encode_note = if s.encoded + s.encode_cached > 0 {
+            format!(
+                ", encoder {} sentences in {:.1} s ({} from cache)",
+                s.encoded, s.encode_seconds, s.encode_cached
+            )
+        } else {
+            String::new()
+        };
         let note = format!(
-            "epoch {}/{}: loss {:.4} accuracy {:.4}{eval_note}, {:.0} samples/s, all-reduce {:.1} ms/step",
+            "epoch {}/{}: loss {:.4} accuracy {:.4}{eval_note}, {:.0} samples/s, all-reduce {:.1} ms/step{encode_note}",
             epoch + 1,
             t.epochs,
             s.loss,
@@ -430,6 +477,7 @@ async fn drive(
             samples_per_s: rates,
             worker_peak_rss,
             train_by_source,
+            encode_seconds,
         },
         None => Record {
             epochs,
@@ -439,6 +487,7 @@ async fn drive(
             samples_per_s: rates,
             worker_peak_rss,
             train_by_source,
+            encode_seconds,
         },
     })
 }
@@ -553,6 +602,9 @@ async fn gather(
         None
     };
     let peak_rss = reports.iter().map(|r| r.peak_rss_bytes).collect();
+    let reports_encoded = reports.iter().map(|r| r.encoded).sum();
+    let reports_cached = reports.iter().map(|r| r.encode_cached).sum();
+    let reports_encode_s = reports.iter().map(|r| r.encode_seconds).fold(0.0, f64::max);
     let mut sources: Vec<pb::SourceStats> = Vec::new();
     for s in reports.iter().flat_map(|r| &r.sources) {
         match sources.iter_mut().find(|t| t.source == s.source) {
@@ -583,6 +635,9 @@ async fn gather(
         diverged: rank0.diverged,
         peak_rss,
         sources,
+        encoded: reports_encoded,
+        encode_cached: reports_cached,
+        encode_seconds: reports_encode_s,
     })
 }
 
@@ -645,6 +700,7 @@ async fn finish(
         "samples_per_s": median,
         "samples_per_s_by_epoch": record.samples_per_s,
         "train_by_source": record.train_by_source,
+        "encoder": loaded.meta.encoder.as_ref().map(|e| json!({"name": e.name, "sha256": e.sha256, "path": e.path, "mode": e.mode, "encode_seconds": record.encode_seconds})),
         "seconds": started.elapsed().as_secs_f64(),
         "peak_rss_mb": {
             "coordinator": common::peak_rss_bytes() as f64 / 1048576.0,
@@ -726,6 +782,54 @@ fn pretrained_weights(
     );
     let model = common::model::Classifier::new(&spec.model, spec.seed)?;
     model.set_embedding_rows(&vectors.rows)?;
+    Ok(model.to_bytes()?)
+}
+
+/// Checks `--encoder DIR` against the other options, names and hashes it, and makes the
+/// pipeline cut sentences with its tokenizer.
+fn prepare_encoder(dir: &Path, args: &TrainArgs, pipeline: &mut Pipeline) -> Result<EncoderRef> {
+    if args.train.init_embeddings.is_some() {
+        bail!("--encoder and --init-embeddings both set the model's input: give one of them");
+    }
+    let mode = args.train.encoder_mode;
+    let reference =
+        EncoderRef::of(dir, mode).with_context(|| format!("--encoder {}", dir.display()))?;
+    let wordpiece = WordPiece::load(&dir.join(common::encoder::files::TOKENIZER))
+        .with_context(|| format!("--encoder {}", dir.display()))?;
+    tracing::info!(
+        "encoder {} ({}, sha256 {}…), mode {:?}: sentences become its WordPiece tokens (at most {})",
+        reference.name,
+        dir.display(),
+        &reference.sha256[..12],
+        mode,
+        common::encoder::MAX_PIECES
+    );
+    pipeline.use_wordpiece(Arc::new(wordpiece));
+    Ok(reference)
+}
+
+/// The seed's initial weights with the encoder's token-embedding table as the embedding
+/// layer (`--encoder-mode embeddings`), as safetensors bytes for the workers.
+fn encoder_table_weights(encoder: &EncoderRef, spec: &RunSpec) -> Result<Vec<u8>> {
+    let table = common::encoder::word_embeddings(&encoder.path)
+        .with_context(|| format!("--encoder {}", encoder.path.display()))?;
+    let (rows, dim) = table.dims2()?;
+    if rows != spec.model.vocab_size || dim != spec.model.embedding_dim {
+        bail!(
+            "--encoder {}: its embedding table is {rows} × {dim} but its tokenizer and configuration say {} × {}",
+            encoder.path.display(),
+            spec.model.vocab_size,
+            spec.model.embedding_dim
+        );
+    }
+    let values = table.to_vec2::<f32>()?;
+    let rows: Vec<(u32, Vec<f32>)> = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (i as u32, r))
+        .collect();
+    let model = common::model::Classifier::new(&spec.model, spec.seed)?;
+    model.set_embedding_rows(&rows)?;
     Ok(model.to_bytes()?)
 }
 

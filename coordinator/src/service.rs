@@ -25,6 +25,8 @@ pub struct RunInfo {
     pub labels: Vec<String>,
     /// Weights every worker starts from (safetensors), empty to initialise from the seed.
     pub initial_weights: Vec<u8>,
+    /// The --encoder directory, served to workers that lack it.
+    pub encoder_dir: Option<std::path::PathBuf>,
 }
 
 /// One epoch as the coordinator planned it.
@@ -234,10 +236,50 @@ fn to_pb(e: &Example) -> pb::Example {
         tokens: e.tokens.clone(),
         label: e.label,
         source: u32::from(e.source()),
+        augmented: e.aug > 0,
     }
 }
 
 const EVAL_BATCH: usize = 256;
+
+type FileStream = Pin<Box<dyn Stream<Item = Result<pb::FileChunk, Status>> + Send>>;
+
+/// Bytes per chunk of a file sent to a worker.
+const FILE_CHUNK: usize = 1 << 20;
+
+/// Streams the encoder's files from `dir` in chunks, stopping when the worker goes away.
+async fn send_files(
+    dir: &std::path::Path,
+    tx: &mpsc::Sender<Result<pb::FileChunk, Status>>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    for name in common::encoder::files::FILES {
+        let path = dir.join(name);
+        let mut f = tokio::fs::File::open(&path).await?;
+        let size = f.metadata().await?.len();
+        let mut offset = 0u64;
+        loop {
+            let mut data = vec![0u8; FILE_CHUNK];
+            let n = f.read(&mut data).await?;
+            data.truncate(n);
+            let last = n == 0 || offset + n as u64 >= size;
+            let chunk = pb::FileChunk {
+                name: name.to_string(),
+                offset,
+                data,
+                size,
+            };
+            if tx.send(Ok(chunk)).await.is_err() {
+                return Ok(());
+            }
+            offset += n as u64;
+            if last {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
 
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for Service {
@@ -412,6 +454,32 @@ impl pb::coordinator_server::Coordinator for Service {
             .send(report)
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         Ok(Response::new(pb::EpochAck {}))
+    }
+
+    type FetchEncoderStream = FileStream;
+
+    async fn fetch_encoder(
+        &self,
+        request: Request<pb::FetchEncoderRequest>,
+    ) -> Result<Response<FileStream>, Status> {
+        let req = request.into_inner();
+        self.0.check_token(&req.token, "encoder download")?;
+        let rank = self.0.check_rank(req.rank)?;
+        let dir = self
+            .0
+            .run
+            .encoder_dir
+            .clone()
+            .ok_or_else(|| Status::not_found("this run has no encoder"))?;
+        tracing::info!("sending the encoder {} to rank {rank}", dir.display());
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            if let Err(e) = send_files(&dir, &tx).await {
+                tracing::error!("sending the encoder to rank {rank}: {e}");
+                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn run_status(

@@ -5,6 +5,7 @@
 mod client;
 mod daemon;
 mod device;
+mod encoder_files;
 mod health;
 mod selfcheck;
 mod trainer;

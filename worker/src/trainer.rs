@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use common::collective::{Collective, Local, RingAuth};
 use common::collective::{RingAllReduce, RingOptions};
+use common::encoder::{Encoder, EncoderMode};
 use common::metrics::Confusion;
 use common::model::Classifier;
 use common::pb;
@@ -97,6 +98,23 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
             .load_weights_bytes(&reply.initial_weights)
             .context("loading the coordinator's initial weights")?;
     }
+    if let Some(r) = spec
+        .encoder
+        .as_ref()
+        .filter(|r| r.mode == EncoderMode::Features)
+    {
+        let started = Instant::now();
+        let dir = crate::encoder_files::locate(r, &mut client, token, rank, rt)?;
+        let encoder = Encoder::load_checked(&dir, r, &device, spec.encoder_cache_bytes)
+            .with_context(|| format!("loading the encoder from {}", dir.display()))?;
+        tracing::info!(
+            "encoder {} from {} ready in {:.1} s",
+            r.name,
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        );
+        replica.attach_encoder(Arc::new(encoder))?;
+    }
     let mut opt = Adam::new(replica.host(), spec.adam);
     let progress = Arc::new(Progress::default());
     rt.spawn(client::heartbeats(
@@ -154,6 +172,12 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
                 }
                 _ => bail!("epoch {epoch}: unexpected message in the shard stream"),
             }
+        }
+        if let Some(encoder) = replica.compute().encoder() {
+            let stats = encoder.take_stats();
+            report.encoded = stats.encoded;
+            report.encode_cached = stats.cached;
+            report.encode_seconds = stats.seconds;
         }
         report.confusion = confusion.counts;
         report.bytes_sent = ring.take_bytes_sent();
@@ -252,7 +276,8 @@ fn to_batch(examples: &[pb::Example], classes: usize, vocab: usize) -> Result<Ba
     }
     let seqs: Vec<&[u32]> = examples.iter().map(|e| e.tokens.as_slice()).collect();
     let labels: Vec<u32> = examples.iter().map(|e| e.label).collect();
-    Ok(Batch::new(&seqs, &labels)?)
+    let augmented: Vec<bool> = examples.iter().map(|e| e.augmented).collect();
+    Ok(Batch::new(&seqs, &labels)?.with_augmented(&augmented)?)
 }
 
 /// Adds the examples' predictions to `confusion`; returns their summed cross-entropy.

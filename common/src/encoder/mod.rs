@@ -52,6 +52,57 @@ pub struct EncoderRef {
     pub mode: EncoderMode,
 }
 
+impl EncoderRef {
+    /// Names and hashes the model in `dir`.
+    pub fn of(dir: &Path, mode: EncoderMode) -> Result<Self> {
+        Ok(Self {
+            name: files::display_name(dir),
+            sha256: files::content_hash(dir)?,
+            path: dir.to_path_buf(),
+            mode,
+        })
+    }
+}
+
+/// The model's `config.json`.
+pub fn read_config(dir: &Path) -> Result<Config> {
+    files::check_dir(dir)?;
+    let path = dir.join(files::CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|source| EncoderError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| EncoderError::Invalid {
+        path,
+        msg: format!("not a BERT configuration: {e}"),
+    })
+}
+
+/// Width of the model's token vectors.
+pub fn hidden_size(dir: &Path) -> Result<usize> {
+    Ok(read_config(dir)?.hidden_size)
+}
+
+/// The model's token-embedding table (vocabulary × width) on the CPU, for `--encoder-mode
+/// embeddings`.
+pub fn word_embeddings(dir: &Path) -> Result<Tensor> {
+    let path = dir.join(files::WEIGHTS);
+    let invalid = |msg: String| EncoderError::Invalid {
+        path: path.clone(),
+        msg,
+    };
+    let tensors =
+        candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| invalid(e.to_string()))?;
+    let table = [
+        "embeddings.word_embeddings.weight",
+        "bert.embeddings.word_embeddings.weight",
+    ]
+    .iter()
+    .find_map(|k| tensors.get(*k))
+    .ok_or_else(|| invalid("no embeddings.word_embeddings.weight tensor".into()))?;
+    Ok(table.to_dtype(DType::F32)?)
+}
+
 /// Encoding work done since the last [`Encoder::take_stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct EncodeStats {
@@ -82,15 +133,7 @@ impl Encoder {
         cache_bytes: usize,
     ) -> Result<Self> {
         let sha256 = files::content_hash(dir)?;
-        let config_path = dir.join(files::CONFIG);
-        let text = std::fs::read_to_string(&config_path).map_err(|source| EncoderError::Io {
-            path: config_path.clone(),
-            source,
-        })?;
-        let config: Config = serde_json::from_str(&text).map_err(|e| EncoderError::Invalid {
-            path: config_path.clone(),
-            msg: format!("not a BERT configuration: {e}"),
-        })?;
+        let config = read_config(dir)?;
         let weights = dir.join(files::WEIGHTS);
         let invalid = |e: candle_core::Error| EncoderError::Invalid {
             path: weights.clone(),
@@ -170,26 +213,34 @@ impl Encoder {
         order.sort_by_key(|&i| rows[i].len());
         let mut out = vec![Vec::new(); rows.len()];
         for chunk in order.chunks(ENCODE_BATCH) {
-            let steps = chunk.iter().map(|&i| rows[i].len()).max().unwrap_or(1);
-            let n = chunk.len();
-            let mut ids = vec![0u32; n * steps];
-            let mut mask = vec![0u32; n * steps];
-            for (k, &i) in chunk.iter().enumerate() {
-                let r = rows[i];
-                ids[k * steps..k * steps + r.len()].copy_from_slice(r);
-                mask[k * steps..k * steps + r.len()].fill(1);
-            }
-            let ids = Tensor::from_vec(ids, (n, steps), &self.device)?;
-            let mask = Tensor::from_vec(mask, (n, steps), &self.device)?;
-            let types = ids.zeros_like()?;
-            let h = self.bert.forward(&ids, &types, Some(&mask))?;
-            let flat = h.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-            for (k, &i) in chunk.iter().enumerate() {
-                let start = k * steps * self.hidden;
-                out[i] = flat[start..start + rows[i].len() * self.hidden].to_vec();
+            for group in length_groups(chunk, |i| rows[i].len()) {
+                self.encode_group(rows, group, &mut out)?;
             }
         }
         Ok(out)
+    }
+
+    /// One forward pass over `group` (indices into `rows`), padded to its longest.
+    fn encode_group(&self, rows: &[&[u32]], group: &[usize], out: &mut [Vec<f32>]) -> Result<()> {
+        let steps = group.iter().map(|&i| rows[i].len()).max().unwrap_or(1);
+        let n = group.len();
+        let mut ids = vec![0u32; n * steps];
+        let mut mask = vec![0u32; n * steps];
+        for (k, &i) in group.iter().enumerate() {
+            let r = rows[i];
+            ids[k * steps..k * steps + r.len()].copy_from_slice(r);
+            mask[k * steps..k * steps + r.len()].fill(1);
+        }
+        let ids = Tensor::from_vec(ids, (n, steps), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, steps), &self.device)?;
+        let types = ids.zeros_like()?;
+        let h = self.bert.forward(&ids, &types, Some(&mask))?;
+        let flat = h.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        for (k, &i) in group.iter().enumerate() {
+            let start = k * steps * self.hidden;
+            out[i] = flat[start..start + rows[i].len() * self.hidden].to_vec();
+        }
+        Ok(())
     }
 
     /// The encoder's vectors for a batch of WordPiece ids (B × T × width on `device`, zero
@@ -240,24 +291,9 @@ impl Encoder {
         Ok(Tensor::from_vec(out, (b, t, h), device)?)
     }
 
-    /// The token-embedding table (vocabulary × width) on the CPU, for `--encoder-mode
-    /// embeddings`.
+    /// The token-embedding table (vocabulary × width) on the CPU.
     pub fn word_embeddings(&self) -> Result<Tensor> {
-        let path = self.reference.path.join(files::WEIGHTS);
-        let invalid = |msg: String| EncoderError::Invalid {
-            path: path.clone(),
-            msg,
-        };
-        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-            .map_err(|e| invalid(e.to_string()))?;
-        let table = [
-            "embeddings.word_embeddings.weight",
-            "bert.embeddings.word_embeddings.weight",
-        ]
-        .iter()
-        .find_map(|k| tensors.get(*k))
-        .ok_or_else(|| invalid("no embeddings.word_embeddings.weight tensor".into()))?;
-        Ok(table.to_dtype(DType::F32)?)
+        word_embeddings(&self.reference.path)
     }
 
     /// Encoding work since the last call.
@@ -274,3 +310,28 @@ impl Encoder {
 /// Where `--encoder` runs look for a model when the tests need one: `models/all-MiniLM-L6-v2`
 /// in the repository, put there by `models/fetch.sh` (which `.ci/run` calls).
 pub const DEFAULT_MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
+
+/// Splits `sorted` (indices in ascending length) into runs padded to their longest with at
+/// most a fifth of padding, each of at least [`MIN_GROUP`] sentences: the encoder's cost is in
+/// its matrix products over every padded position, and a batch of 64 sentences of 3 to 60
+/// pieces padded as one is mostly padding.
+fn length_groups(sorted: &[usize], len: impl Fn(usize) -> usize) -> Vec<&[usize]> {
+    let mut groups = Vec::new();
+    let (mut start, mut real) = (0, 0);
+    for (k, &i) in sorted.iter().enumerate() {
+        let l = len(i);
+        let n = k - start;
+        if n >= MIN_GROUP && 10 * (n + 1) * l > 11 * (real + l) {
+            groups.push(&sorted[start..k]);
+            (start, real) = (k, 0);
+        }
+        real += l;
+    }
+    if start < sorted.len() {
+        groups.push(&sorted[start..]);
+    }
+    groups
+}
+
+/// Sentences per forward pass at the least, so that the matrix products stay efficient.
+const MIN_GROUP: usize = 4;

@@ -30,7 +30,30 @@ impl WordPiece {
             }))
             .map_err(|e| invalid(e.to_string()))?;
         let vocab_size = inner.get_vocab_size(true);
-        Ok(Self { inner, vocab_size })
+        let wp = Self { inner, vocab_size };
+        // The tokenizer fails only when misconfigured (e.g. an unknown-token missing from its
+        // vocabulary), and then on every sentence: find out now, naming the file.
+        let probe = wp
+            .encode("Hello, wörld! ☃ qzxv")
+            .map_err(|e| invalid(e.to_string()))?;
+        if probe.len() < 3 || probe.iter().any(|&id| id as usize >= vocab_size) {
+            return Err(invalid(format!(
+                "the tokenizer produced {probe:?} for a test sentence"
+            )));
+        }
+        Ok(wp)
+    }
+
+    /// As [`WordPiece::encode_words`]; should the tokenizer fail after all, the sentence
+    /// becomes `[CLS] [UNK] [SEP]` and the error is logged.
+    pub fn encode_words_or_unknown<S: AsRef<str>>(&self, words: &[S]) -> Vec<u32> {
+        self.encode_words(words).unwrap_or_else(|e| {
+            tracing::error!("{e}; the sentence is read as unknown");
+            ["[CLS]", "[UNK]", "[SEP]"]
+                .iter()
+                .filter_map(|t| self.inner.token_to_id(t))
+                .collect()
+        })
     }
 
     /// Ids of a sentence given as words (joined with spaces: the tokenizer splits again).

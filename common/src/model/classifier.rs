@@ -6,6 +6,7 @@
 
 use std::f64::consts::PI;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Storage, Tensor, Var};
 use candle_nn::{Linear, Module, VarBuilder, VarMap};
@@ -17,6 +18,7 @@ use super::bilstm::{bilstm, bilstm_params, BiLstm};
 use super::dropout::Dropout;
 use super::error::{ModelError, Result};
 use super::persist::{to_safetensors, write_bytes_atomically};
+use crate::encoder::Encoder;
 use crate::train::Batch;
 
 /// Name of the embedding table in checkpoints.
@@ -46,6 +48,12 @@ pub struct ModelConfig {
     pub layers: usize,
     /// Between LSTM layers and before the linear layer, in training.
     pub dropout: f32,
+    /// The BiLSTM reads a frozen encoder's token vectors (`embedding_dim` wide) instead of
+    /// the embedding table, which then has a single unused row; `vocab_size` still bounds the
+    /// (WordPiece) ids.
+    pub encoder_features: bool,
+    /// The embedding table is not trained (e.g. pretrained vectors kept as they are).
+    pub freeze_embedding: bool,
 }
 
 impl Default for ModelConfig {
@@ -57,6 +65,8 @@ impl Default for ModelConfig {
             hidden_dim: 200,
             layers: 1,
             dropout: 0.0,
+            encoder_features: false,
+            freeze_embedding: false,
         }
     }
 }
@@ -74,6 +84,21 @@ impl ModelConfig {
         } else {
             Err(ModelError::Config(format!("{self:?}")))
         }
+    }
+
+    /// Rows of the embedding table as stored: one placeholder row when the encoder's vectors
+    /// replace it.
+    pub fn table_rows(&self) -> usize {
+        if self.encoder_features {
+            1
+        } else {
+            self.vocab_size
+        }
+    }
+
+    /// Whether training updates the embedding table.
+    pub fn trains_embedding(&self) -> bool {
+        !self.encoder_features && !self.freeze_embedding
     }
 
     /// Names and shapes of the dense parameters (all but the embedding), in the fixed order
@@ -101,6 +126,8 @@ pub struct Classifier {
     lstm: BiLstm,
     dropout: Dropout,
     fc: Linear,
+    /// The frozen encoder whose vectors replace the embedding table (`encoder_features`).
+    encoder: Option<Arc<Encoder>>,
 }
 
 impl Classifier {
@@ -116,7 +143,7 @@ impl Classifier {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         {
             let mut vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-            let (v, e) = (config.vocab_size, config.embedding_dim);
+            let (v, e) = (config.table_rows(), config.embedding_dim);
             // nn.Embedding: N(0, 1), the padding row zero.
             let mut table: Vec<f32> = (0..v * e).map(|_| normal(&mut rng)).collect();
             table[..e].iter_mut().for_each(|x| *x = 0.0);
@@ -181,7 +208,30 @@ impl Classifier {
             lstm,
             dropout: Dropout::new(config.dropout, seed.wrapping_sub(1)),
             fc,
+            encoder: None,
         })
+    }
+
+    /// Gives a model of `encoder_features` shape the encoder whose vectors it reads.
+    pub fn attach_encoder(&mut self, encoder: Arc<Encoder>) -> Result<()> {
+        if !self.config.encoder_features {
+            return Err(ModelError::Config(
+                "this model reads its embedding table, not an encoder".into(),
+            ));
+        }
+        if encoder.hidden() != self.config.embedding_dim {
+            return Err(ModelError::Config(format!(
+                "the encoder's vectors have {} dimensions but the model reads {}",
+                encoder.hidden(),
+                self.config.embedding_dim
+            )));
+        }
+        self.encoder = Some(encoder);
+        Ok(())
+    }
+
+    pub fn encoder(&self) -> Option<&Arc<Encoder>> {
+        self.encoder.as_ref()
     }
 
     /// A model of shape `config` with the weights saved at `path`.
@@ -296,7 +346,7 @@ impl Classifier {
     }
 
     /// The embedding rows of the batch's tokens (B × T × E), gathered outside autograd;
-    /// padding positions get the PAD row.
+    /// padding positions get the PAD row. With an encoder: its vectors of the batch.
     pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
         let (b, t) = (batch.len(), batch.steps());
         let (v, e) = (self.config.vocab_size, self.config.embedding_dim);
@@ -304,6 +354,16 @@ impl Classifier {
             return Err(ModelError::Batch(format!(
                 "token id {bad} ≥ vocabulary size {v}"
             )));
+        }
+        if self.config.encoder_features {
+            let encoder = self.encoder.as_ref().ok_or_else(|| {
+                ModelError::Config(
+                    "this model reads an encoder's vectors, but none is attached".into(),
+                )
+            })?;
+            return encoder
+                .features(batch, &self.device)
+                .map_err(|e| ModelError::Batch(e.to_string()));
         }
         let (storage, layout) = self.embedding.storage_and_layout();
         let table = match (&*storage, layout.contiguous_offsets()) {

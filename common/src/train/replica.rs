@@ -48,6 +48,17 @@ impl Replica {
         self.sync()
     }
 
+    /// Gives the model that runs forward the frozen encoder whose vectors it reads.
+    pub fn attach_encoder(
+        &mut self,
+        encoder: std::sync::Arc<crate::encoder::Encoder>,
+    ) -> Result<()> {
+        match &mut self.device {
+            Some(copy) => copy.attach_encoder(encoder),
+            None => self.host.attach_encoder(encoder),
+        }
+    }
+
     /// Brings the device copy up to date with the host weights (after an optimizer step or a
     /// weight load); nothing to do on the CPU.
     pub fn sync(&self) -> Result<()> {

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::adam::AdamConfig;
+use crate::encoder::EncoderRef;
 use crate::model::ModelConfig;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -14,4 +15,11 @@ pub struct RunSpec {
     /// Per-class loss weights (index = label id); `None` weighs every example alike.
     #[serde(default)]
     pub class_weights: Option<Vec<f32>>,
+    /// The encoder of `--encoder`: workers load it when the model reads its vectors
+    /// (`model.encoder_features`); otherwise only its tokenizer was used, by the coordinator.
+    #[serde(default)]
+    pub encoder: Option<EncoderRef>,
+    /// Bytes for the vectors of augmented sentences on each worker.
+    #[serde(default)]
+    pub encoder_cache_bytes: usize,
 }

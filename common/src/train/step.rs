@@ -96,12 +96,12 @@ pub fn compute_gradients_per_example(
         }
     }
     let embedding = match grads.get(&x) {
-        Some(dx) => {
+        Some(dx) if cfg.trains_embedding() => {
             let mut flat = Vec::with_capacity(dx.elem_count());
             extend_from(&mut flat, dx)?;
             scatter_rows(batch, &flat, cfg.embedding_dim)
         }
-        None => SparseRows::empty(cfg.embedding_dim),
+        _ => SparseRows::empty(cfg.embedding_dim),
     };
 
     let losses = picked.neg()?.flatten_all()?.to_vec1::<f32>()?;
