@@ -29,7 +29,8 @@ pub struct ExperimentArgs {
     /// Training-set sizes: numbers of examples, or `full`.
     #[arg(long, value_delimiter = ',', default_value = "100,500,2000,full")]
     pub sizes: Vec<String>,
-    /// Conditions: baseline, eda, balance, eda+balance, augment-balance, mix (needs --mix).
+    /// Conditions: baseline, eda, balance, eda+balance, augment-balance, mix (needs --mix),
+    /// encoder and encoder+eda (need --encoder).
     #[arg(
         long,
         value_delimiter = ',',
@@ -43,6 +44,10 @@ pub struct ExperimentArgs {
     /// into a small product-review set).
     #[arg(long, value_name = "PATH:WEIGHT")]
     pub mix: Option<String>,
+    /// The pretrained encoder of the `encoder` and `encoder+eda` conditions (a BERT model
+    /// directory, e.g. models/all-MiniLM-L6-v2): its frozen token vectors under the BiLSTM.
+    #[arg(long, value_name = "DIR")]
+    pub encoder: Option<PathBuf>,
     /// Local worker processes per training run.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -64,7 +69,11 @@ pub struct ExperimentArgs {
 }
 
 /// The training flags a condition adds to the fixed protocol.
-fn condition_flags(condition: &str, mix: Option<&str>) -> Result<Vec<String>> {
+fn condition_flags(
+    condition: &str,
+    mix: Option<&str>,
+    encoder: Option<&Path>,
+) -> Result<Vec<String>> {
     let flags: &[&str] = match condition {
         "baseline" => &[],
         "eda" => &["--augment", "eda"],
@@ -77,8 +86,18 @@ fn condition_flags(condition: &str, mix: Option<&str>) -> Result<Vec<String>> {
             };
             return Ok(vec!["--data".into(), mix.into()]);
         }
+        "encoder" | "encoder+eda" => {
+            let Some(dir) = encoder else {
+                bail!("the {condition} condition needs --encoder DIR");
+            };
+            let mut flags = vec!["--encoder".into(), dir.display().to_string()];
+            if condition == "encoder+eda" {
+                flags.extend(["--augment".into(), "eda".into()]);
+            }
+            return Ok(flags);
+        }
         other => bail!(
-            "unknown condition {other:?}: baseline, eda, balance, eda+balance, augment-balance, mix"
+            "unknown condition {other:?}: baseline, eda, balance, eda+balance, augment-balance, mix, encoder, encoder+eda"
         ),
     };
     Ok(flags.iter().map(|s| s.to_string()).collect())
@@ -133,7 +152,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         .map(|s| parse_size(s).map(|n| (s.clone(), n)))
         .collect::<Result<Vec<_>>>()?;
     for c in &args.conditions {
-        condition_flags(c, args.mix.as_deref())?;
+        condition_flags(c, args.mix.as_deref(), args.encoder.as_deref())?;
     }
     if args.seeds == 0 {
         bail!("--seeds must be at least 1");
@@ -211,7 +230,11 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             if let Some(t) = args.threads {
                 argv.extend(["--threads".into(), t.to_string()]);
             }
-            argv.extend(condition_flags(&condition, args.mix.as_deref())?);
+            argv.extend(condition_flags(
+                &condition,
+                args.mix.as_deref(),
+                args.encoder.as_deref(),
+            )?);
             let one = OneRun::try_parse_from(&argv).context("building a cell's training run")?;
             rt.block_on(crate::run::train(one.train))
                 .with_context(|| format!("cell {label} {condition} seed {seed}"))?;
