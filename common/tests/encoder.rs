@@ -154,3 +154,49 @@ fn a_directory_without_a_model_is_refused_by_name() {
     assert!(err.contains("tokenizer.json is missing"), "{err}");
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
 }
+
+/// Our forward pass restates candle-transformers' `BertModel` for speed: same results.
+#[test]
+fn the_fast_forward_pass_equals_candle_transformers_bert() {
+    use candle_transformers::models::bert::{BertModel, Config};
+    let dir = model_dir();
+    let enc = encoder();
+    let config: Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu);
+    let reference = BertModel::load(vb, &config).unwrap();
+    let texts = [
+        "what is the name of the longest river in the world ?",
+        "how many",
+        "an utterly charming and hilarious film that reminded me why i love movies .",
+    ];
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| enc.wordpiece().encode(t).unwrap())
+        .collect();
+    let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let ours = enc.encode_ids(&rows).unwrap();
+    for (r, v) in rows.iter().zip(&ours) {
+        let input = candle_core::Tensor::new(*r, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let types = input.zeros_like().unwrap();
+        let want = reference
+            .forward(&input, &types, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(want.len(), v.len());
+        let worst = want
+            .iter()
+            .zip(v)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-5, "{} pieces: differs by {worst}", r.len());
+    }
+}

@@ -6,9 +6,11 @@
 //! As in the reference (`torch_encoder_bilstm.py`): the encoder's own WordPiece tokens, at
 //! most 64 with `[CLS]` and `[SEP]`, and the vectors of all of them, special tokens included.
 
+mod bert;
 mod cache;
 mod error;
 pub mod files;
+pub mod gelu;
 mod wordpiece;
 
 use std::path::{Path, PathBuf};
@@ -16,8 +18,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use serde::{Deserialize, Serialize};
 
 pub use cache::FeatureCache;
@@ -117,7 +118,7 @@ pub struct Encoder {
     reference: EncoderRef,
     hidden: usize,
     wordpiece: WordPiece,
-    bert: BertModel,
+    bert: bert::Bert,
     device: Device,
     cache: Mutex<FeatureCache>,
     stats: Mutex<EncodeStats>,
@@ -140,8 +141,7 @@ impl Encoder {
             msg: e.to_string(),
         };
         let tensors = candle_core::safetensors::load(&weights, device).map_err(invalid)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let bert = BertModel::load(vb, &config).map_err(invalid)?;
+        let bert = bert::Bert::load(&tensors, &config).map_err(invalid)?;
         let wordpiece = WordPiece::load(&dir.join(files::TOKENIZER))?;
         Ok(Self {
             reference: EncoderRef {
@@ -231,10 +231,10 @@ impl Encoder {
             ids[k * steps..k * steps + r.len()].copy_from_slice(r);
             mask[k * steps..k * steps + r.len()].fill(1);
         }
+        let padded = group.iter().any(|&i| rows[i].len() < steps);
         let ids = Tensor::from_vec(ids, (n, steps), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, steps), &self.device)?;
-        let types = ids.zeros_like()?;
-        let h = self.bert.forward(&ids, &types, Some(&mask))?;
+        let h = self.bert.forward(&ids, padded.then_some(&mask))?;
         let flat = h.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
         for (k, &i) in group.iter().enumerate() {
             let start = k * steps * self.hidden;

@@ -1,0 +1,108 @@
+//! GELU with the exact (erf) form BERT uses, fast on the CPU: candle's `gelu_erf` calls a
+//! scalar `erff` per element, a fifth of the encoder's time on this machine. Here erf is
+//! the rational approximation of Eigen and XLA for f32 (only multiplications and additions,
+//! so the loop vectorises), within 1e-6 of the true function; other devices use candle's.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `0.5 x (1 + erf(x / √2))`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.apply_op1_no_bwd(&Gelu)
+    } else {
+        x.gelu_erf()
+    }
+}
+
+/// erf for f32 (Eigen's `generic_fast_erf_float`): odd rational function on [−4, 4], ±1
+/// beyond, where erf differs from ±1 by less than 2e-8.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 + -2.101_024e-6;
+    p = p * x2 + -5.692_506_4e-5;
+    p = p * x2 + -7.349_906_3e-4;
+    p = p * x2 + -2.954_600_5e-3;
+    p = p * x2 + -1.609_603_3e-2;
+    p *= x;
+    let mut q = -1.456_607_2e-5_f32;
+    q = q * x2 + -2.133_740_6e-4;
+    q = q * x2 + -1.682_827e-3;
+    q = q * x2 + -7.373_329e-3;
+    q = q * x2 + -1.426_474e-2;
+    p / q
+}
+
+struct Gelu;
+
+#[inline(always)]
+fn gelu_kernel((dst, src): (&mut [f32], &[f32])) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+crate::model::simd::multiversion!(fn gelu_block(io: (&mut [f32], &[f32])) => gelu_kernel);
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu-erf-fast"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("gelu-erf-fast: f32 only");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("gelu-erf-fast: contiguous input only");
+        };
+        let src = &data[start..end];
+        let mut dst = vec![0f32; src.len()];
+        if crate::model::threads() > 1 && src.len() > CHUNK {
+            dst.par_chunks_mut(CHUNK)
+                .zip(src.par_chunks(CHUNK))
+                .for_each(gelu_block);
+        } else {
+            gelu_block((&mut dst, src));
+        }
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_is_within_a_millionth_of_the_true_function() {
+        let mut worst = 0f64;
+        for i in -60_000..=60_000 {
+            let x = i as f64 * 1e-4;
+            let want = libm::erf(x);
+            worst = worst.max((f64::from(erf(x as f32)) - want).abs());
+        }
+        assert!(worst < 1e-6, "worst error {worst}");
+    }
+
+    #[test]
+    fn matches_candle_gelu_erf() -> Result<()> {
+        let xs: Vec<f32> = (-5000..5000).map(|i| i as f32 * 1.7e-3).collect();
+        let t = Tensor::from_vec(xs, 10_000, &candle_core::Device::Cpu)?;
+        let ours = gelu_erf(&t)?.to_vec1::<f32>()?;
+        let theirs = t.gelu_erf()?.to_vec1::<f32>()?;
+        let worst = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 2e-6, "worst difference {worst}");
+        Ok(())
+    }
+}
