@@ -7,10 +7,31 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear};
+use candle_nn::{Embedding, LayerNorm};
 use candle_transformers::models::bert::{Config, HiddenAct};
 
 use super::gelu::gelu_erf;
+
+/// `x W^T + b` with W^T stored contiguous (in × out): the product then reads the weights
+/// row-major instead of through a transposed view.
+struct Linear {
+    wt: Tensor,
+    b: Tensor,
+}
+
+impl Linear {
+    fn new(w: Tensor, b: Option<Tensor>) -> Result<Self> {
+        let b = b.ok_or_else(|| candle_core::Error::Msg("a dense layer without bias".into()))?;
+        Ok(Self {
+            wt: w.t()?.contiguous()?,
+            b,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.matmul(&self.wt)?.broadcast_add(&self.b)
+    }
+}
 
 struct Layer {
     qkv: Linear,
@@ -51,10 +72,10 @@ impl Bert {
                 .to_dtype(DType::F32)
         };
         let linear = |name: &str| -> Result<Linear> {
-            Ok(Linear::new(
+            Linear::new(
                 get(&format!("{name}.weight"))?,
                 Some(get(&format!("{name}.bias"))?),
-            ))
+            )
         };
         let eps = config.layer_norm_eps;
         let norm = |name: &str| -> Result<LayerNorm> {
@@ -82,7 +103,7 @@ impl Bert {
                 0,
             )?;
             layers.push(Layer {
-                qkv: Linear::new(qkv_w, Some(qkv_b)),
+                qkv: Linear::new(qkv_w, Some(qkv_b))?,
                 attn_out: linear(&format!("{p}.attention.output.dense"))?,
                 attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
                 up: linear(&format!("{p}.intermediate.dense"))?,
