@@ -18,7 +18,8 @@ SST2=${SHARED_DATA:-../shared/datasets}/sst2
 rows=${1:-2048}
 threads=${2:-2}
 models/fetch.sh
-cargo build --release --quiet --bin coordinator --bin worker -p common --example bench_encoder
+cargo build --release --quiet --bin coordinator --bin worker
+cargo build --release --quiet -p common --example bench_encoder
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 ours=$(./target/release/examples/bench_encoder --data "$SST2/train.tsv" --rows "$rows" --threads "$threads")
 theirs=$("$PY" bench/encoder_speed.py --data "$SST2/train.tsv" --rows "$rows" --threads "$threads" 2>/dev/null | tail -1)

@@ -20,6 +20,7 @@ fn tiny() -> ModelConfig {
         hidden_dim: 1,
         layers: 1,
         dropout: 0.0,
+        ..ModelConfig::default()
     }
 }
 

@@ -12,6 +12,7 @@ fn weights_scale_each_examples_gradient() {
         hidden_dim: 5,
         layers: 1,
         dropout: 0.0,
+        ..ModelConfig::default()
     };
     let model = Classifier::new(&cfg, 11).unwrap();
     let seqs: [&[u32]; 2] = [&[2, 3, 4], &[5, 6]];

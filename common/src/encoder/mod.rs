@@ -264,14 +264,12 @@ impl Encoder {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             for (&i, v) in missing.iter().zip(vectors) {
                 let v: cache::Vectors = v.into();
-                let keep = !batch.augmented(i);
                 // Identical rows of the batch share one encoding; keep it if any is original.
-                let keep = keep || (0..b).any(|j| row(j) == row(i) && !batch.augmented(j));
+                let same: Vec<usize> = (0..b).filter(|&j| row(j) == row(i)).collect();
+                let keep = same.iter().any(|&j| !batch.augmented(j));
                 cache.insert(row(i), v.clone(), keep);
-                for j in 0..b {
-                    if found[j].is_none() && row(j) == row(i) {
-                        found[j] = Some(v.clone());
-                    }
+                for j in same {
+                    found[j].get_or_insert_with(|| v.clone());
                 }
             }
         }
