@@ -99,6 +99,12 @@ pub struct TrainArgs {
     /// Where checkpoints, metrics and the model go (default runs/<timestamp>).
     #[arg(long, help_heading = "Output")]
     pub run_dir: Option<PathBuf>,
+    /// The command line this run was started with (saved for --resume).
+    #[arg(skip)]
+    pub command: Vec<String>,
+    /// Continue the unfinished run in --run-dir from its checkpoint (set by --resume).
+    #[arg(skip)]
+    pub resume: bool,
 }
 
 /// The model and optimisation options.

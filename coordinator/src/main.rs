@@ -37,6 +37,11 @@ struct Cli {
     /// config example` prints one); flags given on the command line override it.
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     config: Option<std::path::PathBuf>,
+    /// Continue the unfinished run in RUN_DIR from its last checkpoint (the end of its last
+    /// completed epoch), with the options it was started with, from the directory it was
+    /// started in; it reaches the weights an uninterrupted run reaches.
+    #[arg(long, value_name = "RUN_DIR", help_heading = "Output")]
+    resume: Option<std::path::PathBuf>,
     #[command(flatten)]
     train: cli::TrainArgs,
     #[command(flatten)]
@@ -78,8 +83,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let cli = Cli::parse_from(argv);
+    let cli = Cli::parse_from(argv.clone());
     logging::init(&cli.log);
+    if let Some(dir) = &cli.resume {
+        if argv.len() > 3 {
+            eprintln!("error: --resume RUN_DIR continues a run with the options it was started with; give no others");
+            return std::process::ExitCode::from(2);
+        }
+        return finish(resume(dir));
+    }
     let result = match cli.command {
         Some(Command::Data(cmd)) => data_cmd::run(*cmd),
         Some(Command::Evaluate(a)) => infer_cmd::evaluate(a),
@@ -89,8 +101,20 @@ fn main() -> std::process::ExitCode {
             print!("{}", config_file::example(&Cli::command()));
             Ok(())
         }
-        None => train(cli.train),
+        None => {
+            let mut args = cli.train;
+            args.command = argv
+                .iter()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            train(args)
+        }
     };
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -98,6 +122,29 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `--resume RUN_DIR`: the run's saved command line, in its working directory, continued.
+fn resume(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("--resume {}", dir.display()))?;
+    let command = rundir::read_command(&dir)?;
+    std::env::set_current_dir(&command.cwd).with_context(|| {
+        format!(
+            "the run was started in {}, which is gone",
+            command.cwd.display()
+        )
+    })?;
+    let saved =
+        Cli::try_parse_from(std::iter::once("coordinator".to_string()).chain(command.argv.clone()))
+            .with_context(|| format!("the command saved in {} no longer parses", dir.display()))?;
+    let mut args = saved.train;
+    args.command = command.argv;
+    args.run_dir = Some(dir);
+    args.resume = true;
+    train(args)
 }
 
 fn train(args: cli::TrainArgs) -> anyhow::Result<()> {

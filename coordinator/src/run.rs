@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::cli::{TrainArgs, Workers};
 use crate::local::Fleet;
 use crate::model_dir::{self, ModelMeta};
-use crate::rundir::RunDir;
+use crate::rundir::{Progress, RunDir};
 use crate::service::{EpochPlan, Member, RunInfo, Service, Shared};
 use crate::sharding::global_batches;
 
@@ -73,7 +73,27 @@ fn by_source(
 
 pub async fn train(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
-    let run_dir = RunDir::create(args.run_dir.clone())?;
+    let (run_dir, checkpoint) = match (&args.run_dir, args.resume) {
+        (Some(dir), true) => {
+            let (run_dir, checkpoint) = RunDir::reopen(dir)?;
+            tracing::info!(
+                "resuming {} after epoch {}",
+                dir.display(),
+                checkpoint.progress.epochs_done
+            );
+            (run_dir, Some(checkpoint))
+        }
+        _ => {
+            let run_dir = RunDir::create(args.run_dir.clone())?;
+            if !args.command.is_empty() {
+                run_dir.save_command(&crate::rundir::Command {
+                    cwd: std::env::current_dir().context("the working directory")?,
+                    argv: args.command.clone(),
+                })?;
+            }
+            (run_dir, None)
+        }
+    };
     tracing::info!("run directory {}", run_dir.path().display());
 
     let data_cfg = args.data.clone();
@@ -182,6 +202,10 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         vocab_json: serde_json::to_string(&vocab)?,
         labels: labels.clone(),
         initial_weights: match (&t.init_embeddings, &encoder) {
+            _ if checkpoint.is_some() => checkpoint
+                .as_ref()
+                .map(|c| c.weights.clone())
+                .unwrap_or_default(),
             (Some(path), _) => pretrained_weights(path, &spec, &vocab)?,
             (None, Some(e)) if e.mode == EncoderMode::Embeddings => {
                 encoder_table_weights(e, &spec)?
@@ -189,6 +213,11 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             _ => Vec::new(),
         },
         encoder_dir: encoder.as_ref().map(|e| e.path.clone()),
+        initial_optimizer: checkpoint
+            .as_ref()
+            .map(|c| c.optimizer.clone())
+            .unwrap_or_default(),
+        start_epoch: checkpoint.as_ref().map_or(0, |c| c.progress.epochs_done),
     };
     let (shared, mut reports) = Shared::new(token.clone(), world, info);
     let _metrics_server = match &args.metrics_addr {
@@ -255,6 +284,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             &run_dir,
             &labels,
             &vocab,
+            checkpoint.map(|c| c.progress),
         )
         .await
     }
@@ -308,6 +338,8 @@ struct Record {
     train_by_source: serde_json::Value,
     /// Seconds spent encoding with --encoder (slowest worker per epoch, summed).
     encode_seconds: f64,
+    /// Per epoch: examples planned and trained, workers.
+    epoch_log: Vec<serde_json::Value>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -322,6 +354,7 @@ async fn drive(
     run_dir: &RunDir,
     labels: &[String],
     vocab: &common::data::vocab::Vocab,
+    resumed: Option<Progress>,
 ) -> Result<Record> {
     let world = shared.progress.len();
     let members =
@@ -339,15 +372,17 @@ async fn drive(
     );
     meta.encoder = spec.encoder.clone();
     let has_eval = !eval.is_empty();
-    let mut best: Option<(f64, u64, Confusion)> = None;
-    let mut since_best = 0;
-    let mut rates = Vec::new();
-    let mut epochs = 0;
+    let mut progress = resumed.unwrap_or_default();
+    let mut epochs = progress.epochs_done;
     let mut worker_peak_rss = vec![0u64; world];
     let mut train_by_source = serde_json::Value::Null;
-    let mut encode_seconds = 0.0;
     let bar = progress_bar();
-    for epoch in 0..t.epochs {
+    // A run resumed after its early stop has nothing left to train.
+    let first = match t.patience {
+        Some(p) if progress.since_best >= p => t.epochs,
+        _ => progress.epochs_done,
+    };
+    for epoch in first..t.epochs {
         let p = pipeline.clone();
         let examples = tokio::task::spawn_blocking(move || p.epoch(epoch)).await?;
         let batches = global_batches(&examples, t.batch_size, args.data.seed, epoch);
@@ -389,7 +424,7 @@ async fn drive(
                 s.examples
             );
         }
-        rates.push(s.samples_per_s);
+        progress.samples_per_s.push(s.samples_per_s);
         shared.metrics.update(|v| {
             v.epochs = epoch + 1;
             v.steps += steps;
@@ -401,7 +436,6 @@ async fn drive(
             v.eval_loss = s.eval.as_ref().map(|(l, _)| *l);
         });
         meta.epoch = epoch;
-        model_dir::save(&run_dir.checkpoint(), &meta, &s.weights, &s.optimizer)?;
         let mut line = json!({
             "epoch": epoch + 1, "examples": s.examples, "train_loss": s.loss, "train_accuracy": s.accuracy,
             "samples_per_s": s.samples_per_s, "allreduce_s_per_step": s.allreduce_s_per_step, "bytes_per_step": s.bytes_per_step,
@@ -410,7 +444,7 @@ async fn drive(
             line["encoded"] = json!(s.encoded);
             line["encode_cached"] = json!(s.encode_cached);
             line["encode_s"] = json!(s.encode_seconds);
-            encode_seconds += s.encode_seconds;
+            progress.encode_seconds += s.encode_seconds;
         }
         train_by_source = by_source(&s.sources, &args.data.data);
         if !train_by_source.is_null() {
@@ -421,17 +455,27 @@ async fn drive(
             line["eval_loss"] = json!(loss);
             line["eval_accuracy"] = json!(c.accuracy());
             line["eval_macro_f1"] = json!(c.macro_f1());
-            improved = best.as_ref().is_none_or(|(b, _, _)| *loss < b - 1e-6);
+            improved = progress
+                .best
+                .as_ref()
+                .is_none_or(|(b, _, _)| *loss < b - 1e-6);
             if improved {
-                best = Some((*loss, epoch, c.clone()));
-                since_best = 0;
+                progress.best = Some((*loss, epoch, c.clone()));
+                progress.since_best = 0;
             } else {
-                since_best += 1;
+                progress.since_best += 1;
             }
         }
         if improved {
             model_dir::save(&run_dir.model(), &meta, &s.weights, &s.optimizer)?;
         }
+        progress.epochs_done = epoch + 1;
+        progress.metrics.push(line.clone());
+        progress.epoch_log.push(json!({
+            "epoch": epoch + 1, "examples_planned": n, "examples_trained": s.examples, "workers": world,
+        }));
+        // The checkpoint follows the selected model, so a resumed run never lacks it.
+        run_dir.save_checkpoint(&meta, &s.weights, &s.optimizer, &progress)?;
         run_dir.append_metrics(&line)?;
         let eval_note = s.eval.as_ref().map_or(String::new(), |(l, c)| {
             format!(", eval loss {l:.4} accuracy {:.4}", c.accuracy())
@@ -459,7 +503,7 @@ async fn drive(
             bar.println(note);
         }
         if let Some(patience) = t.patience {
-            if since_best >= patience {
+            if progress.since_best >= patience {
                 tracing::info!(
                     "early stopping: validation loss has not improved for {patience} epochs"
                 );
@@ -468,27 +512,27 @@ async fn drive(
         }
     }
     bar.finish_and_clear();
-    Ok(match best {
-        Some((loss, epoch, c)) => Record {
-            epochs,
-            best_epoch: epoch + 1,
-            selected_on: "eval",
-            eval: Some((loss, c)),
-            samples_per_s: rates,
-            worker_peak_rss,
-            train_by_source,
-            encode_seconds,
-        },
-        None => Record {
-            epochs,
-            best_epoch: epochs,
-            selected_on: "last",
-            eval: None,
-            samples_per_s: rates,
-            worker_peak_rss,
-            train_by_source,
-            encode_seconds,
-        },
+    let Progress {
+        best,
+        samples_per_s,
+        encode_seconds,
+        epoch_log,
+        ..
+    } = progress;
+    let (best_epoch, selected_on, eval) = match best {
+        Some((loss, epoch, c)) => (epoch + 1, "eval", Some((loss, c))),
+        None => (epochs, "last", None),
+    };
+    Ok(Record {
+        epochs,
+        best_epoch,
+        selected_on,
+        eval,
+        samples_per_s,
+        worker_peak_rss,
+        train_by_source,
+        encode_seconds,
+        epoch_log,
     })
 }
 
@@ -700,6 +744,7 @@ async fn finish(
         "samples_per_s": median,
         "samples_per_s_by_epoch": record.samples_per_s,
         "train_by_source": record.train_by_source,
+        "epoch_log": record.epoch_log,
         "encoder": loaded.meta.encoder.as_ref().map(|e| json!({"name": e.name, "sha256": e.sha256, "path": e.path, "mode": e.mode, "encode_seconds": record.encode_seconds})),
         "seconds": started.elapsed().as_secs_f64(),
         "peak_rss_mb": {

@@ -1,11 +1,62 @@
-//! The run directory: `model/` (the selected model), `checkpoint/` (the last epoch's weights
-//! and optimizer state), `metrics.jsonl` (one line per epoch) and `summary.json`. Every file
-//! is written atomically.
+//! The run directory: `model/` (the selected model), `checkpoint/` (the last epoch's weights,
+//! optimizer state and the run's progress, from which `--resume` continues), `command.json`
+//! (the options it was started with), `metrics.jsonl` (one line per epoch) and
+//! `summary.json`. Every file is written atomically, and the checkpoint as a whole: it is
+//! written beside the old one and swapped in by renames.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use common::metrics::Confusion;
+use serde::{Deserialize, Serialize};
+
+use crate::model_dir::{self, ModelMeta};
+
+const COMMAND: &str = "command.json";
+const STATE: &str = "state.json";
+
+/// How a run was started: `coordinator --resume` starts it again the same way.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Command {
+    /// The working directory, against which its relative paths resolve.
+    pub cwd: PathBuf,
+    /// The arguments after the program name, with any --config file expanded.
+    pub argv: Vec<String>,
+}
+
+/// Where a run stands after its last checkpointed epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub epochs_done: u64,
+    /// Best validation loss so far, its epoch (0-based) and confusion matrix.
+    pub best: Option<(f64, u64, Confusion)>,
+    pub since_best: u64,
+    pub samples_per_s: Vec<f64>,
+    pub encode_seconds: f64,
+    /// The lines of `metrics.jsonl` so far.
+    pub metrics: Vec<serde_json::Value>,
+    pub epoch_log: Vec<serde_json::Value>,
+}
+
+/// What `--resume` starts from.
+pub struct Checkpoint {
+    pub weights: Vec<u8>,
+    pub optimizer: Vec<u8>,
+    pub progress: Progress,
+}
+
+/// The start command saved in `dir`.
+pub fn read_command(dir: &Path) -> Result<Command> {
+    let p = dir.join(COMMAND);
+    let text = std::fs::read_to_string(&p).with_context(|| {
+        format!(
+            "{} is not a resumable run directory (no {COMMAND})",
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{} is corrupt", p.display()))
+}
 
 pub struct RunDir {
     path: PathBuf,
@@ -33,6 +84,92 @@ impl RunDir {
             path,
             metrics: Mutex::new(String::new()),
         })
+    }
+
+    /// Opens the unfinished run in `path` to continue it from its checkpoint.
+    pub fn reopen(path: &Path) -> Result<(Self, Checkpoint)> {
+        if path.join("summary.json").exists() {
+            bail!(
+                "{} holds a finished run (summary.json): nothing to resume",
+                path.display()
+            );
+        }
+        let mut dir = path.join("checkpoint");
+        if !dir.join(STATE).exists() {
+            // Interrupted between the renames of a checkpoint swap.
+            let old = path.join("checkpoint.old");
+            if old.join(STATE).exists() {
+                dir = old;
+            } else {
+                bail!(
+                    "{} has no checkpoint yet (the run stopped before its first epoch ended): start it afresh",
+                    path.display()
+                );
+            }
+        }
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+        };
+        let progress: Progress = serde_json::from_slice(&read(STATE)?)
+            .with_context(|| format!("{} is corrupt", dir.join(STATE).display()))?;
+        let checkpoint = Checkpoint {
+            weights: read(model_dir::WEIGHTS)?,
+            optimizer: read(model_dir::OPTIMIZER)?,
+            progress,
+        };
+        let mut text = String::new();
+        for line in &checkpoint.progress.metrics {
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        let p = path.join("metrics.jsonl");
+        common::fsutil::write_atomic(&p, text.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
+        Ok((
+            RunDir {
+                path: path.to_path_buf(),
+                metrics: Mutex::new(text),
+            },
+            checkpoint,
+        ))
+    }
+
+    /// Records how the run was started, for `--resume`.
+    pub fn save_command(&self, command: &Command) -> Result<()> {
+        let p = self.path.join(COMMAND);
+        common::fsutil::write_atomic(&p, &serde_json::to_vec_pretty(command)?)
+            .with_context(|| format!("writing {}", p.display()))
+    }
+
+    /// Writes the checkpoint (model files and progress) beside the current one, then swaps it
+    /// in: a crash at any point leaves one complete checkpoint.
+    pub fn save_checkpoint(
+        &self,
+        meta: &ModelMeta,
+        weights: &[u8],
+        optimizer: &[u8],
+        progress: &Progress,
+    ) -> Result<()> {
+        let (cur, tmp, old) = (
+            self.checkpoint(),
+            self.path.join("checkpoint.tmp"),
+            self.path.join("checkpoint.old"),
+        );
+        let _ = std::fs::remove_dir_all(&tmp);
+        model_dir::save(&tmp, meta, weights, optimizer)?;
+        let p = tmp.join(STATE);
+        common::fsutil::write_atomic(&p, &serde_json::to_vec(progress)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
+        if cur.exists() {
+            std::fs::rename(&cur, &old)
+                .with_context(|| format!("moving {} aside", cur.display()))?;
+        }
+        std::fs::rename(&tmp, &cur)
+            .with_context(|| format!("moving the new checkpoint to {}", cur.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

@@ -25,6 +25,10 @@ pub struct RunInfo {
     pub labels: Vec<String>,
     /// Weights every worker starts from (safetensors), empty to initialise from the seed.
     pub initial_weights: Vec<u8>,
+    /// Optimizer state every worker starts from (a resumed run), empty for a fresh one.
+    pub initial_optimizer: Vec<u8>,
+    /// The first epoch workers train (0, or after a resumed run's checkpoint).
+    pub start_epoch: u64,
     /// The --encoder directory, served to workers that lack it.
     pub encoder_dir: Option<std::path::PathBuf>,
 }
@@ -197,6 +201,8 @@ impl Shared {
                 vocab_json: self.run.vocab_json.clone(),
                 labels: self.run.labels.clone(),
                 initial_weights: self.run.initial_weights.clone(),
+                initial_optimizer: self.run.initial_optimizer.clone(),
+                start_epoch: self.run.start_epoch,
                 nccl_id: nccl_id.clone(),
             };
             let _ = p.reply.send(reply);

@@ -115,7 +115,12 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         );
         replica.attach_encoder(Arc::new(encoder))?;
     }
-    let mut opt = Adam::new(replica.host(), spec.adam);
+    let mut opt = if reply.initial_optimizer.is_empty() {
+        Adam::new(replica.host(), spec.adam)
+    } else {
+        Adam::from_bytes(replica.host(), spec.adam, &reply.initial_optimizer)
+            .context("loading the coordinator's optimizer state")?
+    };
     let progress = Arc::new(Progress::default());
     rt.spawn(client::heartbeats(
         client.clone(),
@@ -125,7 +130,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         Duration::from_secs(args.heartbeat_timeout),
     ));
 
-    for epoch in 0.. {
+    for epoch in reply.start_epoch.. {
         progress.epoch.store(epoch, Ordering::Relaxed);
         progress.step.store(0, Ordering::Relaxed);
         let request = pb::EpochRequest {

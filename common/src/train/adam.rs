@@ -335,12 +335,21 @@ impl Adam {
 
     /// Loads state saved by [`Adam::save`] for `model`.
     pub fn load(model: &Classifier, config: AdamConfig, path: &Path) -> Result<Self> {
-        let bad = |msg: String| ModelError::Checkpoint {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
-            msg,
-        };
-        let mut tensors =
-            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
+            source,
+        })?;
+        Self::from_bytes(model, config, &bytes).map_err(|e| ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
+    }
+
+    /// State from [`Adam::to_bytes`], for `model`.
+    pub fn from_bytes(model: &Classifier, config: AdamConfig, bytes: &[u8]) -> Result<Self> {
+        let bad = |msg: String| ModelError::Config(format!("optimizer state: {msg}"));
+        let mut tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .map_err(|e| bad(e.to_string()))?;
         let mut take = |name: &str| -> Result<Tensor> {
             tensors
                 .remove(name)

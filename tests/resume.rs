@@ -1,0 +1,111 @@
+//! `coordinator --resume`: a coordinator killed mid-run continues from its last checkpoint
+//! and reaches the weights of an uninterrupted run.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use smalltext_tests::{bin, coordinator, json, max_weight_diff, stderr, trec_slice};
+
+#[test]
+fn a_killed_coordinator_resumes_and_reaches_the_uninterrupted_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = trec_slice(dir.path(), "train.tsv", 0, 400);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let args = |run: &std::path::Path| -> Vec<String> {
+        [
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--data",
+            train.to_str().unwrap(),
+            "--eval-split",
+            "0.1",
+            "--epochs",
+            "5",
+            "--seed",
+            "3",
+            "--heartbeat-timeout",
+            "2",
+            "--run-dir",
+            run.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let args_a = args(&a);
+    let o = coordinator(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The same run, killed (SIGKILL: no clean-up) once two epochs are checkpointed.
+    let mut child = Command::new(bin("coordinator"))
+        .args(args(&b))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = b.join("metrics.jsonl");
+    let start = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count());
+        if lines >= 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no second epoch"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "finished too early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!b.join("summary.json").exists());
+
+    let o = coordinator(&["--resume", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let after: u64 = err
+        .split("after epoch ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line in {err}"));
+    assert!((2..5).contains(&after), "resumed after epoch {after}");
+    let diff = max_weight_diff(
+        &a.join("checkpoint/weights.safetensors"),
+        &b.join("checkpoint/weights.safetensors"),
+    );
+    assert!(diff <= 1e-5, "resumed weights differ by {diff}");
+    let (sa, sb) = (json(&a.join("summary.json")), json(&b.join("summary.json")));
+    assert_eq!(sa["accuracy"], sb["accuracy"]);
+    assert_eq!(sb["epochs"], 5);
+    let log = sb["epoch_log"].as_array().unwrap();
+    assert_eq!(log.len(), 5);
+    for e in log {
+        assert_eq!(e["examples_planned"], e["examples_trained"], "{e}");
+    }
+    let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    let epochs: Vec<u64> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, [1, 2, 3, 4, 5], "one metrics line per epoch");
+
+    // A finished run is not resumed; nor is a directory that never held one.
+    let o = coordinator(&["--resume", b.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("finished run"), "{}", stderr(&o));
+    let o = coordinator(&["--resume", dir.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a resumable run directory"),
+        "{}",
+        stderr(&o)
+    );
+}
