@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use smalltext_tests::{bin, coordinator, free_port, json, root, stderr, stdout, trec_slice};
+use smalltext_tests::{bin, coordinator, free_port, json, jsonl, root, stderr, stdout, trec_slice};
 
 fn encoder_dir() -> PathBuf {
     let dir = root().join("models/all-MiniLM-L6-v2");
@@ -14,14 +14,6 @@ fn encoder_dir() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// A copy of the encoder with one byte of its tokenizer file different (still valid JSON).
@@ -68,7 +60,7 @@ fn the_encoder_condition_beats_the_baseline_and_its_model_needs_the_same_encoder
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let cells = lines(&out.join("results.jsonl"));
+    let cells = jsonl(&out.join("results.jsonl"));
     let acc = |c: &str| {
         cells
             .iter()
@@ -92,7 +84,7 @@ fn the_encoder_condition_beats_the_baseline_and_its_model_needs_the_same_encoder
     assert_eq!(e["mode"], "features");
     assert_eq!(e["sha256"].as_str().unwrap().len(), 64);
     assert!(e["encode_seconds"].as_f64().unwrap() > 0.0);
-    let epochs = lines(&run.join("metrics.jsonl"));
+    let epochs = jsonl(&run.join("metrics.jsonl"));
     let first = &epochs[0];
     let seen = first["encoded"].as_u64().unwrap() + first["encode_cached"].as_u64().unwrap();
     // 300 rows less the 10% validation split, plus the validation rows evaluated.

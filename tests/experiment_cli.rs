@@ -1,15 +1,7 @@
 //! `coordinator experiment` as a user runs it, on TREC slices: every cell trained and tested
 //! once, the outputs written, and a rerun with more conditions trains only the new cells.
 
-use smalltext_tests::{coordinator, stderr, stdout, trec_slice};
-
-fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use smalltext_tests::{coordinator, jsonl, stderr, stdout, trec_slice};
 
 #[test]
 fn experiment_writes_every_cell_and_a_rerun_only_adds_new_ones() {
@@ -44,7 +36,7 @@ fn experiment_writes_every_cell_and_a_rerun_only_adds_new_ones() {
         o
     };
     let first = run("baseline");
-    let cells = lines(&out.join("results.jsonl"));
+    let cells = jsonl(&out.join("results.jsonl"));
     assert_eq!(cells.len(), 2);
     let rows: Vec<u64> = cells.iter().map(|c| c["rows"].as_u64().unwrap()).collect();
     assert_eq!(rows, [60, 250]);
@@ -64,7 +56,7 @@ fn experiment_writes_every_cell_and_a_rerun_only_adds_new_ones() {
     );
 
     run("baseline,eda,mix,augment-balance");
-    let again = lines(&out.join("results.jsonl"));
+    let again = jsonl(&out.join("results.jsonl"));
     assert_eq!(again.len(), 8);
     assert_eq!(
         again[..2],
