@@ -155,9 +155,7 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
             if meta.model.encoder_features {
                 let enc = Encoder::load_checked(dir_used, r, &Device::Cpu, INFERENCE_CACHE)
                     .map_err(|e| refuse(&e))?;
-                let wp = Arc::new(
-                    WordPiece::load(&dir_used.join(files::TOKENIZER)).map_err(|e| refuse(&e))?,
-                );
+                let wp = enc.wordpiece().clone();
                 model.attach_encoder(Arc::new(enc))?;
                 Some(wp)
             } else {

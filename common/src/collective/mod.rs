@@ -24,6 +24,17 @@ pub use auth::RingAuth;
 pub use frame::{FrameKind, ProtocolError, MAX_PAYLOAD};
 pub use ring::{RingAbort, RingAllReduce, RingOptions};
 
+/// The decoders of what ring peers send, for the fuzz targets in `fuzz/`: they must turn any
+/// bytes into a value or a [`ProtocolError`], never a panic.
+pub mod wire {
+    pub use super::frame::{decode_frame, read_frame, FrameHeader};
+
+    /// Decodes one sparse contribution of `count` ids; its number of ids.
+    pub fn decode_sparse(blob: &[u8], count: usize) -> Result<usize, super::ProtocolError> {
+        super::sparse::decode(blob, count, 0).map(|c| c.ids.len())
+    }
+}
+
 /// Sums gradients across the workers of one training run. Every rank must make the same
 /// sequence of calls with the same shapes; a mismatch is reported, not papered over.
 pub trait Collective: Send {

@@ -93,6 +93,20 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> {
     };
     let shown = path.display().to_string();
     let file = File::open(path).map_err(|e| DataError::io(&shown, e))?;
+    let mut loaded = load_from(file, &shown, format, opts)?;
+    loaded.path = path.to_path_buf();
+    Ok(loaded)
+}
+
+/// Reads every example of `input` in `format`; errors name the input `name`.
+pub fn load_from(
+    input: impl Read,
+    name: &str,
+    format: Format,
+    opts: &LoadOptions,
+) -> Result<Loaded, DataError> {
+    let shown = name.to_string();
+    let file = input;
     let mut sink = Sink {
         path: shown.clone(),
         policy: opts.on_bad_line,
@@ -113,7 +127,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> {
         return Err(DataError::Empty { path: shown });
     }
     Ok(Loaded {
-        path: path.to_path_buf(),
+        path: PathBuf::from(name),
         records: sink.records,
         skipped: sink.skipped,
     })
@@ -164,7 +178,7 @@ impl Sink {
 
 /// Reads newline-separated lines without ever holding more than [`MAX_LINE_BYTES`] of one.
 fn read_lines(
-    file: File,
+    file: impl Read,
     sink: &mut Sink,
     parse: impl Fn(&str) -> Result<(String, String), String>,
 ) -> Result<(), DataError> {
@@ -262,7 +276,7 @@ fn parse_json(line: &str, text_key: &str, label_key: &str) -> Result<(String, St
     labelled(&label, text)
 }
 
-fn read_csv(file: File, sink: &mut Sink, opts: &LoadOptions) -> Result<(), DataError> {
+fn read_csv(file: impl Read, sink: &mut Sink, opts: &LoadOptions) -> Result<(), DataError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)

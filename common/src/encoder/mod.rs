@@ -14,7 +14,7 @@ pub mod gelu;
 mod wordpiece;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -117,7 +117,7 @@ pub struct EncodeStats {
 pub struct Encoder {
     reference: EncoderRef,
     hidden: usize,
-    wordpiece: WordPiece,
+    wordpiece: Arc<WordPiece>,
     bert: bert::Bert,
     device: Device,
     cache: Mutex<FeatureCache>,
@@ -133,7 +133,17 @@ impl Encoder {
         device: &Device,
         cache_bytes: usize,
     ) -> Result<Self> {
-        let sha256 = files::content_hash(dir)?;
+        Self::load_hashed(dir, mode, device, cache_bytes, files::content_hash(dir)?)
+    }
+
+    /// As [`Encoder::load`], with the directory's content hash already computed.
+    fn load_hashed(
+        dir: &Path,
+        mode: EncoderMode,
+        device: &Device,
+        cache_bytes: usize,
+        sha256: String,
+    ) -> Result<Self> {
         let config = read_config(dir)?;
         let weights = dir.join(files::WEIGHTS);
         let invalid = |e: candle_core::Error| EncoderError::Invalid {
@@ -142,7 +152,7 @@ impl Encoder {
         };
         let tensors = candle_core::safetensors::load(&weights, device).map_err(invalid)?;
         let bert = bert::Bert::load(&tensors, &config).map_err(invalid)?;
-        let wordpiece = WordPiece::load(&dir.join(files::TOKENIZER))?;
+        let wordpiece = Arc::new(WordPiece::load(&dir.join(files::TOKENIZER))?);
         Ok(Self {
             reference: EncoderRef {
                 name: files::display_name(dir),
@@ -175,7 +185,7 @@ impl Encoder {
                 expected_name: expected.name.clone(),
             });
         }
-        Self::load(dir, expected.mode, device, cache_bytes)
+        Self::load_hashed(dir, expected.mode, device, cache_bytes, found)
     }
 
     pub fn reference(&self) -> &EncoderRef {
@@ -187,7 +197,7 @@ impl Encoder {
         self.hidden
     }
 
-    pub fn wordpiece(&self) -> &WordPiece {
+    pub fn wordpiece(&self) -> &Arc<WordPiece> {
         &self.wordpiece
     }
 
