@@ -299,11 +299,6 @@ impl Encoder {
         Ok(Tensor::from_vec(out, (b, t, h), device)?)
     }
 
-    /// The token-embedding table (vocabulary × width) on the CPU.
-    pub fn word_embeddings(&self) -> Result<Tensor> {
-        word_embeddings(&self.reference.path)
-    }
-
     /// Encoding work since the last call.
     pub fn take_stats(&self) -> EncodeStats {
         std::mem::take(&mut *self.stats.lock().unwrap_or_else(|e| e.into_inner()))

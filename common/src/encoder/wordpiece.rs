@@ -79,8 +79,4 @@ impl WordPiece {
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
-
-    pub fn token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
-    }
 }
