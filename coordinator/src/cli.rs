@@ -82,9 +82,14 @@ pub struct TrainArgs {
     /// steps/s, samples/s, loss, all-reduce seconds per step, workers alive, membership changes.
     #[arg(long, value_name = "ADDR", help_heading = "Cluster")]
     pub metrics_addr: Option<String>,
-    /// Seconds without a heartbeat after which a worker counts as lost.
+    /// Seconds without a heartbeat after which a worker counts as lost. The run goes on
+    /// with the others: the step in flight is settled, the ring re-formed, and the rest of
+    /// the epoch split among the survivors.
     #[arg(long, default_value_t = 5, help_heading = "Cluster")]
     pub heartbeat_timeout: u64,
+    /// Give up when fewer workers than this remain after losing some.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Cluster")]
+    pub min_workers: u64,
 
     #[command(flatten)]
     pub data: DataConfig,

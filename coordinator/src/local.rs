@@ -13,7 +13,8 @@ use tokio::process::{Child, Command};
 use crate::cli::LocalDevice;
 
 pub struct Fleet {
-    children: Vec<(usize, Child)>,
+    /// Index, process id, process.
+    children: Vec<(usize, u32, Child)>,
 }
 
 /// The `worker` binary installed beside this `coordinator`.
@@ -75,7 +76,8 @@ impl Fleet {
                     }
                 });
             }
-            children.push((i, child));
+            let pid = child.id().unwrap_or(0);
+            children.push((i, pid, child));
         }
         Ok(Fleet { children })
     }
@@ -83,7 +85,7 @@ impl Fleet {
     /// An error naming the first worker that has exited (a worker only exits on its own when
     /// the run is over).
     pub fn check(&mut self) -> Result<()> {
-        for (i, child) in &mut self.children {
+        for (i, _, child) in &mut self.children {
             if let Some(status) = child.try_wait().context("checking a worker")? {
                 bail!("worker {i} exited unexpectedly ({status})");
             }
@@ -91,10 +93,36 @@ impl Fleet {
         Ok(())
     }
 
+    /// Workers that have exited since the last call, by process id with their exit status;
+    /// they are no longer tracked.
+    pub fn exited(&mut self) -> Result<Vec<(u32, String)>> {
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < self.children.len() {
+            match self.children[i].2.try_wait().context("checking a worker")? {
+                Some(status) => {
+                    let (_, pid, _) = self.children.remove(i);
+                    gone.push((pid, status.to_string()));
+                }
+                None => i += 1,
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Kills and forgets the worker with process id `pid` (one declared lost while alive,
+    /// e.g. hung), so it can neither rejoin the ring nor fail the run by its exit status.
+    pub async fn kill(&mut self, pid: u32) {
+        if let Some(at) = self.children.iter().position(|(_, p, _)| *p == pid) {
+            let (_, _, mut child) = self.children.remove(at);
+            let _ = child.kill().await;
+        }
+    }
+
     /// Waits for every worker to exit, killing those still running after `timeout`.
     pub async fn wait(&mut self, timeout: Duration) -> Result<()> {
         let mut failed = Vec::new();
-        for (i, child) in &mut self.children {
+        for (i, _, child) in &mut self.children {
             match tokio::time::timeout(timeout, child.wait()).await {
                 Ok(Ok(status)) if status.success() => {}
                 Ok(Ok(status)) => failed.push(format!("worker {i} exited with {status}")),
@@ -118,7 +146,7 @@ impl Fleet {
 
     /// Kills every worker still running and reaps it.
     pub async fn kill_all(&mut self) {
-        for (_, child) in &mut self.children {
+        for (_, _, child) in &mut self.children {
             let _ = child.kill().await;
         }
         self.children.clear();

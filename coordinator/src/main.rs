@@ -9,6 +9,7 @@ mod experiment;
 mod infer_cmd;
 mod local;
 mod logging;
+mod membership;
 mod metrics;
 mod model_dir;
 mod run;

@@ -22,9 +22,10 @@ use tokio::sync::mpsc;
 
 use crate::cli::{TrainArgs, Workers};
 use crate::local::Fleet;
+use crate::membership::{Lost, Regroup};
 use crate::model_dir::{self, ModelMeta};
 use crate::rundir::{Progress, RunDir};
-use crate::service::{EpochPlan, Member, RunInfo, Service, Shared};
+use crate::service::{EpochPlan, RunInfo, Service, Shared};
 use crate::sharding::global_batches;
 
 /// What one epoch's reports add up to.
@@ -49,6 +50,11 @@ struct EpochSummary {
     encoded: u64,
     encode_cached: u64,
     encode_seconds: f64,
+    /// Examples in the global batches every replica applied (the lost workers' parts too).
+    applied: u64,
+    /// Workers at the end of the epoch, and those lost during it.
+    workers: usize,
+    lost: Vec<Lost>,
 }
 
 /// Training metrics per `--data` source, for runs on mixed data (null for one source).
@@ -300,8 +306,12 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             // Workers this coordinator did not start: serve until each has been told the run
             // is over, so none fails asking for an epoch that will not come.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while shared.told_finished.load(Ordering::Relaxed) < world && Instant::now() < deadline
-            {
+            let left = shared
+                .members
+                .borrow()
+                .as_ref()
+                .map_or(world, |m| m.members.len());
+            while shared.told_finished.load(Ordering::Relaxed) < left && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Ok(record)
@@ -340,6 +350,7 @@ struct Record {
     encode_seconds: f64,
     /// Per epoch: examples planned and trained, workers.
     epoch_log: Vec<serde_json::Value>,
+    workers_lost: u64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -357,8 +368,7 @@ async fn drive(
     resumed: Option<Progress>,
 ) -> Result<Record> {
     let world = shared.progress.len();
-    let members =
-        wait_for_members(shared, fleet, Duration::from_secs(args.join_timeout), world).await?;
+    wait_for_members(shared, fleet, Duration::from_secs(args.join_timeout), world).await?;
     let t = &args.train;
     let training_config =
         json!({"data": args.data, "train": args.train, "workers": world, "test": args.test});
@@ -399,17 +409,15 @@ async fn drive(
         bar.set_length(steps);
         bar.set_position(0);
         bar.set_message(format!("epoch {}/{}", epoch + 1, t.epochs));
-        let s = gather(
+        let regroup = Regroup {
             shared,
-            reports,
-            fleet,
-            &members,
             epoch,
-            labels.len(),
-            Duration::from_secs(args.heartbeat_timeout),
-            &bar,
-        )
-        .await?;
+            total_steps: steps as usize,
+            timeout: Duration::from_secs(args.heartbeat_timeout),
+            min_workers: args.min_workers as usize,
+        };
+        let s = gather(&regroup, reports, fleet, labels.len(), &bar).await?;
+        progress.workers_lost += s.lost.len() as u64;
         epochs = epoch + 1;
         for (peak, r) in worker_peak_rss.iter_mut().zip(&s.peak_rss) {
             *peak = (*peak).max(*r);
@@ -417,11 +425,11 @@ async fn drive(
         if s.diverged || !s.loss.is_finite() {
             bail!("training diverged in epoch {}: the loss is not finite; the last good checkpoint is in {}", epoch + 1, run_dir.checkpoint().display());
         }
-        if s.examples != n as u64 {
+        if s.applied != n as u64 {
             bail!(
                 "epoch {}: workers trained {} examples of {n}",
                 epoch + 1,
-                s.examples
+                s.applied
             );
         }
         progress.samples_per_s.push(s.samples_per_s);
@@ -472,7 +480,8 @@ async fn drive(
         progress.epochs_done = epoch + 1;
         progress.metrics.push(line.clone());
         progress.epoch_log.push(json!({
-            "epoch": epoch + 1, "examples_planned": n, "examples_trained": s.examples, "workers": world,
+            "epoch": epoch + 1, "examples_planned": n, "examples_trained": s.applied, "workers": s.workers,
+            "workers_lost": s.lost.iter().map(|l| json!({"worker": l.member.id, "host": l.member.host, "pid": l.member.pid, "reason": l.reason})).collect::<Vec<_>>(),
         }));
         // The checkpoint follows the selected model, so a resumed run never lacks it.
         run_dir.save_checkpoint(&meta, &s.weights, &s.optimizer, &progress)?;
@@ -517,6 +526,7 @@ async fn drive(
         samples_per_s,
         encode_seconds,
         epoch_log,
+        workers_lost,
         ..
     } = progress;
     let (best_epoch, selected_on, eval) = match best {
@@ -533,6 +543,7 @@ async fn drive(
         train_by_source,
         encode_seconds,
         epoch_log,
+        workers_lost,
     })
 }
 
@@ -555,12 +566,12 @@ async fn wait_for_members(
     fleet: &mut Fleet,
     timeout: Duration,
     world: usize,
-) -> Result<Vec<Member>> {
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut rx = shared.members.subscribe();
     loop {
-        if let Some(m) = rx.borrow_and_update().clone() {
-            return Ok(m);
+        if rx.borrow_and_update().is_some() {
+            return Ok(());
         }
         fleet.check()?;
         if Instant::now() > deadline {
@@ -570,55 +581,85 @@ async fn wait_for_members(
     }
 }
 
-/// Waits for every worker's report of `epoch`, watching for lost workers meanwhile.
-#[allow(clippy::too_many_arguments)]
+/// Waits for every worker's report of the epoch, watching for lost workers meanwhile: a
+/// worker whose process exits, whose heartbeats stop, or a survivor asking to regroup starts a
+/// membership change, after which the reports of the new membership are awaited.
 async fn gather(
-    shared: &Arc<Shared>,
+    regroup: &Regroup<'_>,
     reports: &mut mpsc::UnboundedReceiver<pb::EpochReport>,
     fleet: &mut Fleet,
-    members: &[Member],
-    epoch: u64,
     classes: usize,
-    heartbeat_timeout: Duration,
     bar: &ProgressBar,
 ) -> Result<EpochSummary> {
-    let world = members.len();
-    let mut got: Vec<Option<pb::EpochReport>> = (0..world).map(|_| None).collect();
-    let epoch_start = shared.millis();
+    let shared = regroup.shared;
+    let epoch = regroup.epoch;
+    let timeout_ms = regroup.timeout.as_millis() as u64;
+    let mut membership = shared
+        .members
+        .borrow()
+        .clone()
+        .context("no workers joined")?;
+    let mut got: Vec<Option<pb::EpochReport>> = vec![None; membership.members.len()];
+    let mut lost_here: Vec<Lost> = Vec::new();
+    let mut since = shared.millis();
     while got.iter().any(Option::is_none) {
+        let mut lost = Vec::new();
         tokio::select! {
             r = reports.recv() => {
                 let r = r.context("the service stopped")?;
-                if r.epoch == epoch {
-                    let rank = r.rank as usize;
-                    got[rank] = Some(r);
+                if r.epoch == epoch && r.generation == membership.generation {
+                    if let Some(at) = membership.position(r.rank as usize) {
+                        got[at] = Some(r);
+                    }
                 }
             }
+            _ = shared.regroup_requested.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                fleet.check()?;
-                bar.set_position(shared.progress[0].step.load(Ordering::Relaxed));
+                let members = &membership.members;
+                if let Some(first) = members.first() {
+                    bar.set_position(shared.progress[first.id].step.load(Ordering::Relaxed));
+                }
                 let (n, loss) = members.iter().fold((0, 0.0), |(n, l), m| {
-                    let p = &shared.progress[m.rank];
+                    let p = &shared.progress[m.id];
                     (n + p.examples.load(Ordering::Relaxed), l + f64::from_bits(p.loss_sum_bits.load(Ordering::Relaxed)))
                 });
                 if n > 0 {
                     shared.metrics.update(|v| v.loss = loss / n as f64);
                 }
+                for (pid, status) in fleet.exited()? {
+                    if let Some(m) = members.iter().find(|m| m.pid == pid) {
+                        lost.push(Lost { member: m.clone(), reason: format!("its process exited ({status})") });
+                    }
+                }
                 let now = shared.millis();
-                for m in members {
-                    let seen = shared.progress[m.rank].last_seen_ms.load(Ordering::Relaxed).max(epoch_start);
-                    if got[m.rank].is_none() && now.saturating_sub(seen) > heartbeat_timeout.as_millis() as u64 {
-                        shared.metrics.update(|v| {
-                            v.workers_alive = v.workers_alive.saturating_sub(1);
-                            v.membership_changes += 1;
-                        });
-                        bail!("worker rank {} (host {}, pid {}) lost: no heartbeat for {} s", m.rank, m.host, m.pid, heartbeat_timeout.as_secs());
+                for (at, m) in members.iter().enumerate() {
+                    let seen = shared.progress[m.id].last_seen_ms.load(Ordering::Relaxed).max(since);
+                    if got[at].is_none() && now.saturating_sub(seen) > timeout_ms && !lost.iter().any(|l| l.member.id == m.id) {
+                        lost.push(Lost { member: m.clone(), reason: format!("no heartbeat for {} s", regroup.timeout.as_secs()) });
                     }
                 }
             }
         }
+        if !lost.is_empty() || shared.regroups_waiting() > 0 {
+            let (m, gone) = regroup.run(fleet, lost).await?;
+            lost_here.extend(gone);
+            got = vec![None; m.members.len()];
+            membership = m;
+            since = shared.millis();
+        }
     }
     let reports: Vec<pb::EpochReport> = got.into_iter().flatten().collect();
+    let applied = reports.first().map_or(0, |r| r.applied_examples);
+    if let Some(r) = reports.iter().find(|r| r.applied_examples != applied) {
+        bail!(
+            "epoch {}: the replicas disagree: worker {} applied {} examples, worker {} {applied}",
+            epoch + 1,
+            r.rank,
+            r.applied_examples,
+            reports[0].rank
+        );
+    }
+    let workers = reports.len();
     let examples: u64 = reports.iter().map(|r| r.examples).sum();
     let loss: f64 = reports.iter().map(|r| r.loss_sum).sum();
     let correct: u64 = reports.iter().map(|r| r.correct).sum();
@@ -682,6 +723,9 @@ async fn gather(
         encoded: reports_encoded,
         encode_cached: reports_cached,
         encode_seconds: reports_encode_s,
+        applied,
+        workers,
+        lost: lost_here,
     })
 }
 
@@ -745,6 +789,7 @@ async fn finish(
         "samples_per_s_by_epoch": record.samples_per_s,
         "train_by_source": record.train_by_source,
         "epoch_log": record.epoch_log,
+        "workers_lost": record.workers_lost,
         "encoder": loaded.meta.encoder.as_ref().map(|e| json!({"name": e.name, "sha256": e.sha256, "path": e.path, "mode": e.mode, "encode_seconds": record.encode_seconds})),
         "seconds": started.elapsed().as_secs_f64(),
         "peak_rss_mb": {

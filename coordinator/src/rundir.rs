@@ -37,6 +37,9 @@ pub struct Progress {
     /// The lines of `metrics.jsonl` so far.
     pub metrics: Vec<serde_json::Value>,
     pub epoch_log: Vec<serde_json::Value>,
+    /// Workers lost so far (a checkpoint from before this field reads as 0).
+    #[serde(default)]
+    pub workers_lost: u64,
 }
 
 /// What `--resume` starts from.

@@ -61,7 +61,8 @@ impl EpochPlan {
 /// A worker that joined.
 #[derive(Clone, Debug)]
 pub struct Member {
-    pub rank: usize,
+    /// Its id for the whole run (join order); its ring rank is its place in a [`Membership`].
+    pub id: usize,
     pub ring_addr: String,
     pub host: String,
     pub pid: u32,
@@ -84,14 +85,51 @@ struct Pending {
     reply: oneshot::Sender<pb::JoinReply>,
 }
 
+/// The workers of one generation of the run, in ring order.
+#[derive(Debug)]
+pub struct Membership {
+    pub generation: u64,
+    pub members: Vec<Member>,
+    /// False while a regroup collects the survivors: streams are refused meanwhile.
+    pub settled: bool,
+    /// The epoch in flight at the regroup goes on at this step; later epochs start at 0.
+    pub resume_epoch: u64,
+    pub resume_step: usize,
+}
+
+impl Membership {
+    /// Ring rank of worker `id`, if it is a member.
+    pub fn position(&self, id: usize) -> Option<usize> {
+        self.members.iter().position(|m| m.id == id)
+    }
+
+    /// The first step of `epoch` a stream of this generation carries.
+    pub fn first_step(&self, epoch: u64) -> usize {
+        if epoch == self.resume_epoch {
+            self.resume_step
+        } else {
+            0
+        }
+    }
+}
+
+/// A worker waiting in Regroup for the new membership.
+pub struct PendingRegroup {
+    pub req: pb::RegroupRequest,
+    pub reply: oneshot::Sender<Result<pb::RegroupReply, Status>>,
+}
+
 /// State shared by the service handlers and the run driver.
 pub struct Shared {
     token: String,
     expected: usize,
     run: RunInfo,
     pending: Mutex<Vec<Pending>>,
-    /// Set once every expected worker has joined.
-    pub members: watch::Sender<Option<Vec<Member>>>,
+    /// Set once every expected worker has joined; replaced at every membership change.
+    pub members: watch::Sender<Option<Arc<Membership>>>,
+    /// Workers waiting in Regroup; the run driver settles them.
+    pub regroups: Mutex<Vec<PendingRegroup>>,
+    pub regroup_requested: tokio::sync::Notify,
     /// The current epoch plan; handlers wait on it.
     pub plan: watch::Sender<Option<Arc<EpochPlan>>>,
     reports: mpsc::UnboundedSender<pb::EpochReport>,
@@ -116,6 +154,8 @@ impl Shared {
             run,
             pending: Mutex::new(Vec::new()),
             members: watch::channel(None).0,
+            regroups: Mutex::new(Vec::new()),
+            regroup_requested: tokio::sync::Notify::new(),
             plan: watch::channel(None).0,
             reports,
             progress: (0..expected).map(|_| Progress::default()).collect(),
@@ -135,6 +175,7 @@ impl Shared {
             Ok(mut pending) => pending.clear(),
             Err(poisoned) => poisoned.into_inner().clear(),
         }
+        drop(self.take_regroups());
     }
 
     pub fn millis(&self) -> u64 {
@@ -147,6 +188,26 @@ impl Shared {
         } else {
             tracing::warn!("{what} refused: wrong or missing join token");
             Err(Status::permission_denied("join token refused"))
+        }
+    }
+
+    /// The current membership generation (0 before the rendezvous).
+    pub fn generation(&self) -> u64 {
+        self.members.borrow().as_ref().map_or(0, |m| m.generation)
+    }
+
+    /// Takes the waiting Regroup calls.
+    pub fn take_regroups(&self) -> Vec<PendingRegroup> {
+        match self.regroups.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+
+    pub fn regroups_waiting(&self) -> usize {
+        match self.regroups.lock() {
+            Ok(p) => p.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
         }
     }
 
@@ -183,8 +244,8 @@ impl Shared {
         let members: Vec<Member> = pending
             .iter()
             .enumerate()
-            .map(|(rank, p)| Member {
-                rank,
+            .map(|(id, p)| Member {
+                id,
                 ring_addr: p.req.ring_addr.clone(),
                 host: p.req.hostname.clone(),
                 pid: p.req.pid,
@@ -204,13 +265,14 @@ impl Shared {
                 initial_optimizer: self.run.initial_optimizer.clone(),
                 start_epoch: self.run.start_epoch,
                 nccl_id: nccl_id.clone(),
+                generation: 0,
             };
             let _ = p.reply.send(reply);
         }
         for m in &members {
             tracing::info!(
                 "worker rank {} joined: host {} pid {}, device {}, ring {}",
-                m.rank,
+                m.id,
                 m.host,
                 m.pid,
                 if m.device.is_empty() {
@@ -225,7 +287,13 @@ impl Shared {
             v.workers_alive = members.len() as u64;
             v.membership_changes += members.len() as u64;
         });
-        self.members.send_replace(Some(members));
+        self.members.send_replace(Some(Arc::new(Membership {
+            generation: 0,
+            members,
+            settled: true,
+            resume_epoch: 0,
+            resume_step: 0,
+        })));
     }
 }
 
@@ -247,6 +315,16 @@ fn to_pb(e: &Example) -> pb::Example {
 }
 
 const EVAL_BATCH: usize = 256;
+
+/// Returns once the run is no longer in a settled membership of `generation` (or shuts down).
+async fn left_behind(rx: &mut watch::Receiver<Option<Arc<Membership>>>, generation: u64) {
+    let _ = rx
+        .wait_for(|m| {
+            m.as_ref()
+                .is_none_or(|m| m.generation != generation || !m.settled)
+        })
+        .await;
+}
 
 type FileStream = Pin<Box<dyn Stream<Item = Result<pb::FileChunk, Status>> + Send>>;
 
@@ -365,6 +443,7 @@ impl pb::coordinator_server::Coordinator for Service {
             .store(req.loss_sum.to_bits(), Ordering::Relaxed);
         Ok(Response::new(pb::HeartbeatReply {
             running: self.0.running.load(Ordering::Relaxed),
+            generation: self.0.generation(),
         }))
     }
 
@@ -376,24 +455,44 @@ impl pb::coordinator_server::Coordinator for Service {
     ) -> Result<Response<EpochStream>, Status> {
         let req = request.into_inner();
         self.0.check_token(&req.token, "epoch stream")?;
-        let rank = self.0.check_rank(req.rank)?;
-        let world = self.0.expected;
+        let id = self.0.check_rank(req.rank)?;
         let mut plans = self.0.plan.subscribe();
-        let plan = plans
-            .wait_for(|p| {
+        let mut generations = self.0.members.subscribe();
+        let generation = req.generation;
+        let plan = tokio::select! {
+            plan = plans.wait_for(|p| {
                 p.as_ref()
                     .is_some_and(|p| p.epoch >= req.epoch || p.finished)
-            })
-            .await
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
-            .clone()
-            .ok_or_else(|| Status::internal("no plan"))?;
+            }) => plan
+                .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+                .clone()
+                .ok_or_else(|| Status::internal("no plan"))?,
+            () = left_behind(&mut generations, generation) => {
+                return Err(Status::aborted("the membership changed: regroup"));
+            }
+        };
         if plan.epoch != req.epoch && !plan.finished {
             return Err(Status::failed_precondition(format!(
                 "epoch {} was asked for; the run is at epoch {}",
                 req.epoch, plan.epoch
             )));
         }
+        let membership = self
+            .0
+            .members
+            .borrow()
+            .clone()
+            .ok_or_else(|| Status::internal("no membership"))?;
+        if membership.generation != req.generation || !membership.settled {
+            return Err(Status::aborted("the membership changed: regroup"));
+        }
+        let rank = membership.position(id).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "worker {id} is no longer in this run (declared lost)"
+            ))
+        })?;
+        let world = membership.members.len();
+        let first_step = membership.first_step(plan.epoch);
         let (tx, rx) = mpsc::channel(32);
         let shared = self.0.clone();
         tokio::spawn(async move {
@@ -404,6 +503,7 @@ impl pb::coordinator_server::Coordinator for Service {
                 examples: plan.examples.len() as u64,
                 eval_examples: plan.eval.len() as u64,
                 upload_weights: plan.upload_weights && rank == 0,
+                first_step: first_step as u64,
             };
             if tx
                 .send(message(pb::epoch_message::Kind::Header(header)))
@@ -416,32 +516,34 @@ impl pb::coordinator_server::Coordinator for Service {
                 shared.told_finished.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            for (index, batch) in plan.batches.iter().enumerate() {
-                let mine = &batch[part(batch.len(), world, rank)];
-                let step = pb::Step {
-                    index: index as u64,
-                    global_batch: batch.len() as u32,
-                    examples: mine.iter().map(|&i| to_pb(&plan.examples[i])).collect(),
-                };
-                if tx
-                    .send(message(pb::epoch_message::Kind::Step(step)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
+            let steps = plan
+                .batches
+                .iter()
+                .enumerate()
+                .skip(first_step)
+                .map(|(index, batch)| {
+                    let mine = &batch[part(batch.len(), world, rank)];
+                    pb::epoch_message::Kind::Step(pb::Step {
+                        index: index as u64,
+                        global_batch: batch.len() as u32,
+                        examples: mine.iter().map(|&i| to_pb(&plan.examples[i])).collect(),
+                    })
+                });
             let mine = &plan.eval[part(plan.eval.len(), world, rank)];
-            for chunk in mine.chunks(EVAL_BATCH) {
-                let eval = pb::EvalBatch {
+            let evals = mine.chunks(EVAL_BATCH).map(|chunk| {
+                pb::epoch_message::Kind::Eval(pb::EvalBatch {
                     examples: chunk.iter().map(to_pb).collect(),
-                };
-                if tx
-                    .send(message(pb::epoch_message::Kind::Eval(eval)))
-                    .await
-                    .is_err()
-                {
-                    return;
+                })
+            });
+            for kind in steps.chain(evals) {
+                // A membership change ends the stream at once, so a worker waiting for its next
+                // step regroups rather than waiting for steps planned for the old ring.
+                tokio::select! {
+                    sent = tx.send(message(kind)) => if sent.is_err() { return },
+                    () = left_behind(&mut generations, generation) => {
+                        let _ = tx.send(Err(Status::aborted("the membership changed: regroup"))).await;
+                        return;
+                    }
                 }
             }
         });
@@ -460,6 +562,39 @@ impl pb::coordinator_server::Coordinator for Service {
             .send(report)
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         Ok(Response::new(pb::EpochAck {}))
+    }
+
+    async fn regroup(
+        &self,
+        request: Request<pb::RegroupRequest>,
+    ) -> Result<Response<pb::RegroupReply>, Status> {
+        let req = request.into_inner();
+        self.0.check_token(&req.token, "regroup")?;
+        self.0.check_rank(req.rank)?;
+        if req.reason.len() > 4096 {
+            return Err(Status::invalid_argument("regroup reason too long"));
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self
+                .0
+                .regroups
+                .lock()
+                .map_err(|_| Status::internal("poisoned lock"))?;
+            if !self.0.running.load(Ordering::Relaxed) {
+                return Err(Status::failed_precondition("this run is over"));
+            }
+            // A second call from the same worker replaces its first.
+            pending.retain(|p| p.req.rank != req.rank);
+            pending.push(PendingRegroup { req, reply: tx });
+        }
+        self.0.regroup_requested.notify_one();
+        match rx.await {
+            Ok(reply) => reply.map(Response::new),
+            Err(_) => Err(Status::failed_precondition(
+                "the run ended while this worker waited to regroup",
+            )),
+        }
     }
 
     type FetchEncoderStream = FileStream;
@@ -493,7 +628,12 @@ impl pb::coordinator_server::Coordinator for Service {
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         let epoch = self.0.plan.borrow().as_ref().map_or(0, |p| p.epoch);
-        let workers = self.0.members.borrow().as_ref().map_or(0, |m| m.len()) as u32;
+        let workers = self
+            .0
+            .members
+            .borrow()
+            .as_ref()
+            .map_or(0, |m| m.members.len()) as u32;
         let state = if self.0.running.load(Ordering::Relaxed) {
             "running"
         } else {

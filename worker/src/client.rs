@@ -2,10 +2,11 @@
 //! task so a long compute step never starves them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::collective::RingAbort;
 use common::pb;
 use common::pb::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
@@ -73,6 +74,40 @@ pub struct Progress {
     pub loss_milli: AtomicU64,
 }
 
+/// The worker's ring generation, and the handle that aborts its ring: shared with the
+/// heartbeat task, which aborts the ring when the coordinator announces a newer generation
+/// (a worker was lost), so a worker blocked in an all-reduce regroups at once.
+#[derive(Default)]
+pub struct Membership {
+    pub generation: AtomicU64,
+    abort: Mutex<Option<RingAbort>>,
+}
+
+impl Membership {
+    pub fn set_abort(&self, abort: Option<RingAbort>) {
+        match self.abort.lock() {
+            Ok(mut a) => *a = abort,
+            Err(poisoned) => *poisoned.into_inner() = abort,
+        }
+    }
+
+    fn abort_if_behind(&self, generation: u64) {
+        if generation <= self.generation.load(Ordering::SeqCst) {
+            return;
+        }
+        let abort = match self.abort.lock() {
+            Ok(mut a) => a.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(abort) = abort {
+            tracing::warn!(
+                "the coordinator moved to ring generation {generation}: leaving this ring"
+            );
+            abort.abort();
+        }
+    }
+}
+
 /// Sends a heartbeat every second. When the coordinator has not answered for `timeout`, or
 /// says the run is over while we still train, the worker cannot go on: it says so and exits.
 pub async fn heartbeats(
@@ -80,6 +115,7 @@ pub async fn heartbeats(
     token: String,
     rank: u32,
     progress: Arc<Progress>,
+    membership: Arc<Membership>,
     timeout: Duration,
 ) {
     let mut last_ok = Instant::now();
@@ -94,7 +130,10 @@ pub async fn heartbeats(
             examples: progress.examples.load(Ordering::Relaxed),
         };
         match tokio::time::timeout(Duration::from_secs(2), client.heartbeat(req)).await {
-            Ok(Ok(_)) => last_ok = Instant::now(),
+            Ok(Ok(reply)) => {
+                last_ok = Instant::now();
+                membership.abort_if_behind(reply.into_inner().generation);
+            }
             Ok(Err(status)) if status.code() == Code::PermissionDenied => {
                 tracing::error!(
                     "the coordinator no longer accepts this worker: {}",

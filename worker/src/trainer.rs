@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use common::collective::{Collective, Local, RingAuth};
+use common::collective::{Collective, CollectiveError, Local, RingAbort, RingAuth};
 use common::collective::{RingAllReduce, RingOptions};
 use common::encoder::{Encoder, EncoderMode};
 use common::metrics::Confusion;
@@ -18,7 +18,7 @@ use common::train::{
     RunSpec,
 };
 
-use crate::client::{self, Progress};
+use crate::client::{self, Membership, Progress};
 use crate::device::DeviceSpec;
 use crate::Args;
 
@@ -64,31 +64,14 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         );
     }
 
-    let mut ring: Box<dyn Collective> = if world == 1 {
-        Box::new(Local)
-    } else if !reply.nccl_id.is_empty() {
-        nccl(args.device, rank as usize, world, &reply.nccl_id)?
-    } else {
-        let peers = reply
-            .peers
-            .iter()
-            .map(|p| resolve(p))
-            .collect::<Result<Vec<_>>>()?;
-        let options = RingOptions {
-            connect_timeout: Duration::from_secs(60),
-            io_timeout: Duration::from_secs(30),
-            ..RingOptions::default()
-        };
-        Box::new(
-            RingAllReduce::connect_with(
-                rank as usize,
-                &peers,
-                &listener,
-                &RingAuth::new(token.as_bytes(), reply.run_id),
-                &options,
-            )
-            .context("forming the ring")?,
+    let auth_id = reply.run_id;
+    let (ring, abort) = if world > 1 && !reply.nccl_id.is_empty() {
+        (
+            nccl(args.device, rank as usize, world, &reply.nccl_id)?,
+            None,
         )
+    } else {
+        form_ring(rank as usize, &reply.peers, &listener, token, auth_id, 0)?
     };
 
     let mut replica = Replica::new(&spec.model, spec.seed, &device)
@@ -115,86 +98,392 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         );
         replica.attach_encoder(Arc::new(encoder))?;
     }
-    let mut opt = if reply.initial_optimizer.is_empty() {
+    let opt = if reply.initial_optimizer.is_empty() {
         Adam::new(replica.host(), spec.adam)
     } else {
         Adam::from_bytes(replica.host(), spec.adam, &reply.initial_optimizer)
             .context("loading the coordinator's optimizer state")?
     };
     let progress = Arc::new(Progress::default());
+    let membership = Arc::new(Membership::default());
+    membership
+        .generation
+        .store(reply.generation, Ordering::SeqCst);
+    membership.set_abort(abort);
     rt.spawn(client::heartbeats(
         client.clone(),
         token.to_string(),
         rank,
         progress.clone(),
+        membership.clone(),
         Duration::from_secs(args.heartbeat_timeout),
     ));
+    let mut job = Job {
+        id: rank,
+        token: token.to_string(),
+        run_id: auth_id,
+        spec,
+        classes,
+        client,
+        listener,
+        replica,
+        opt,
+        ring,
+        membership,
+        progress,
+        at: Position {
+            epoch: reply.start_epoch,
+            steps: 0,
+            applied: 0,
+        },
+        report: pb::EpochReport::default(),
+    };
+    job.run(rt)
+}
 
-    for epoch in reply.start_epoch.. {
-        progress.epoch.store(epoch, Ordering::Relaxed);
-        progress.step.store(0, Ordering::Relaxed);
+/// Where this worker's weights stand: `steps` of `epoch` applied, with `applied` examples in
+/// their global batches. It moves to the next epoch when that epoch's header arrives.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    epoch: u64,
+    steps: u64,
+    applied: u64,
+}
+
+/// Why an epoch pass stopped before its report.
+enum Interrupt {
+    /// The ring or the stream broke, or the run moved to a new membership: regroup.
+    Regroup(String),
+    Fatal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Interrupt {
+    fn from(e: anyhow::Error) -> Self {
+        Interrupt::Fatal(e)
+    }
+}
+
+/// A ring all-reduce failed: the step was not applied here; the worker regroups.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RingFailed(String);
+
+/// One worker's part of a run.
+struct Job {
+    id: u32,
+    token: String,
+    run_id: u64,
+    spec: RunSpec,
+    classes: usize,
+    client: client::Client,
+    listener: TcpListener,
+    replica: Replica,
+    opt: Adam,
+    ring: Box<dyn Collective>,
+    membership: Arc<Membership>,
+    progress: Arc<Progress>,
+    at: Position,
+    /// Training results of `at.epoch` so far (kept across regroups within the epoch).
+    report: pb::EpochReport,
+}
+
+impl Job {
+    fn run(&mut self, rt: &tokio::runtime::Runtime) -> Result<()> {
+        let mut next = self.at.epoch;
+        loop {
+            match self.epoch_pass(rt, next) {
+                Ok(true) => return Ok(()),
+                Ok(false) => next = self.at.epoch + 1,
+                Err(Interrupt::Fatal(e)) => return Err(e),
+                Err(Interrupt::Regroup(mut reason)) => loop {
+                    match self.regroup(rt, &reason) {
+                        Ok(()) => {
+                            next = self.at.epoch;
+                            break;
+                        }
+                        Err(e) if e.downcast_ref::<RingFailed>().is_some() => {
+                            reason = format!("{e:#}");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                },
+            }
+        }
+    }
+
+    /// Streams and trains epoch `epoch` (or what is left of it) and reports it; true when the
+    /// coordinator says the run is over.
+    fn epoch_pass(&mut self, rt: &tokio::runtime::Runtime, epoch: u64) -> Result<bool, Interrupt> {
         let request = pb::EpochRequest {
-            rank,
-            token: token.to_string(),
+            rank: self.id,
+            token: self.token.clone(),
             epoch,
+            generation: self.membership.generation.load(Ordering::SeqCst),
         };
-        let mut stream = rt
-            .block_on(client.stream_epoch(request))
-            .context("asking for the next epoch")?
-            .into_inner();
-        let header = match rt.block_on(stream.message())?.and_then(|m| m.kind) {
-            Some(pb::epoch_message::Kind::Header(h)) => h,
-            _ => bail!("epoch {epoch}: the coordinator's stream did not start with a header"),
+        let mut stream = match rt.block_on(self.client.stream_epoch(request)) {
+            Ok(s) => s.into_inner(),
+            Err(status) if status.code() == tonic::Code::Aborted => {
+                return Err(Interrupt::Regroup(status.message().to_string()))
+            }
+            Err(status) => return Err(anyhow!(status).context("asking for the next epoch").into()),
+        };
+        let header = match rt.block_on(stream.message()) {
+            Ok(Some(pb::EpochMessage {
+                kind: Some(pb::epoch_message::Kind::Header(h)),
+            })) => h,
+            Err(status) if status.code() == tonic::Code::Aborted => {
+                return Err(Interrupt::Regroup(status.message().to_string()))
+            }
+            _ => {
+                return Err(anyhow!(
+                    "epoch {epoch}: the coordinator's stream did not start with a header"
+                )
+                .into())
+            }
         };
         if header.finished {
             tracing::info!("the run is over");
-            return Ok(());
+            return Ok(true);
         }
-        let mut report = pb::EpochReport {
-            rank,
-            token: token.to_string(),
-            epoch,
-            ..Default::default()
-        };
-        let mut confusion = Confusion::new(classes);
-        while let Some(msg) = rt
-            .block_on(stream.message())
-            .context("receiving the epoch's shard")?
-        {
+        if header.epoch != self.at.epoch {
+            self.at = Position {
+                epoch: header.epoch,
+                steps: 0,
+                applied: 0,
+            };
+            self.report = pb::EpochReport::default();
+        }
+        if header.first_step != self.at.steps {
+            return Err(anyhow!(
+                "epoch {epoch}: the coordinator streams from step {} but this worker is at step {}",
+                header.first_step,
+                self.at.steps
+            )
+            .into());
+        }
+        self.progress.epoch.store(epoch, Ordering::Relaxed);
+        let mut confusion = Confusion::new(self.classes);
+        let mut eval_loss = 0.0;
+        loop {
+            let msg = match rt.block_on(stream.message()) {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(status) if status.code() == tonic::Code::Aborted => {
+                    return Err(Interrupt::Regroup(status.message().to_string()))
+                }
+                Err(status) => {
+                    return Err(anyhow!(status)
+                        .context("receiving the epoch's shard")
+                        .into())
+                }
+            };
             match msg.kind {
                 Some(pb::epoch_message::Kind::Step(step)) => {
-                    train_one(&replica, &mut opt, ring.as_mut(), &step, &spec, &mut report)?;
-                    progress.step.store(step.index + 1, Ordering::Relaxed);
-                    progress.examples.store(report.examples, Ordering::Relaxed);
-                    progress.loss_milli.store(
-                        (report.loss_sum * 1000.0).max(0.0) as u64,
+                    if step.index != self.at.steps {
+                        return Err(anyhow!(
+                            "epoch {epoch}: step {} arrived, step {} expected",
+                            step.index,
+                            self.at.steps
+                        )
+                        .into());
+                    }
+                    if let Err(e) = train_one(
+                        &self.replica,
+                        &mut self.opt,
+                        self.ring.as_mut(),
+                        &step,
+                        &self.spec,
+                        &mut self.report,
+                    ) {
+                        return Err(match e.downcast_ref::<RingFailed>() {
+                            Some(r) => Interrupt::Regroup(r.0.clone()),
+                            None => Interrupt::Fatal(e),
+                        });
+                    }
+                    self.at.steps = step.index + 1;
+                    self.at.applied += u64::from(step.global_batch);
+                    self.progress.step.store(self.at.steps, Ordering::Relaxed);
+                    self.progress
+                        .examples
+                        .store(self.report.examples, Ordering::Relaxed);
+                    self.progress.loss_milli.store(
+                        (self.report.loss_sum * 1000.0).max(0.0) as u64,
                         Ordering::Relaxed,
                     );
                 }
                 Some(pb::epoch_message::Kind::Eval(eval)) => {
-                    report.eval_loss_sum +=
-                        evaluate(replica.compute(), &eval.examples, classes, &mut confusion)?;
+                    eval_loss += evaluate(
+                        self.replica.compute(),
+                        &eval.examples,
+                        self.classes,
+                        &mut confusion,
+                    )?;
                 }
-                _ => bail!("epoch {epoch}: unexpected message in the shard stream"),
+                _ => {
+                    return Err(
+                        anyhow!("epoch {epoch}: unexpected message in the shard stream").into(),
+                    )
+                }
             }
         }
-        if let Some(encoder) = replica.compute().encoder() {
+        let mut report = self.report.clone();
+        report.rank = self.id;
+        report.token = self.token.clone();
+        report.epoch = epoch;
+        report.generation = self.membership.generation.load(Ordering::SeqCst);
+        report.applied_examples = self.at.applied;
+        report.eval_loss_sum = eval_loss;
+        if let Some(encoder) = self.replica.compute().encoder() {
             let stats = encoder.take_stats();
-            report.encoded = stats.encoded;
-            report.encode_cached = stats.cached;
-            report.encode_seconds = stats.seconds;
+            self.report.encoded += stats.encoded;
+            self.report.encode_cached += stats.cached;
+            self.report.encode_seconds += stats.seconds;
+            report.encoded = self.report.encoded;
+            report.encode_cached = self.report.encode_cached;
+            report.encode_seconds = self.report.encode_seconds;
         }
         report.confusion = confusion.counts;
-        report.bytes_sent = ring.take_bytes_sent();
+        report.bytes_sent = self.ring.take_bytes_sent();
         report.peak_rss_bytes = common::peak_rss_bytes();
         if header.upload_weights {
-            report.weights = replica.host().to_bytes()?;
-            report.optimizer_state = opt.to_bytes()?;
+            report.weights = self
+                .replica
+                .host()
+                .to_bytes()
+                .map_err(anyhow::Error::from)?;
+            report.optimizer_state = self.opt.to_bytes().map_err(anyhow::Error::from)?;
         }
-        rt.block_on(client.report_epoch(report))
+        rt.block_on(self.client.report_epoch(report))
             .context("reporting the epoch")?;
+        Ok(false)
     }
-    Ok(())
+
+    /// Leaves the broken ring, asks the coordinator for the new membership, forms the new
+    /// ring and adopts the state of the survivor that got furthest.
+    fn regroup(&mut self, rt: &tokio::runtime::Runtime, reason: &str) -> Result<()> {
+        self.membership.set_abort(None);
+        self.ring = Box::new(Local);
+        let generation = self.membership.generation.load(Ordering::SeqCst);
+        tracing::warn!("leaving ring generation {generation}: {reason}");
+        let req = pb::RegroupRequest {
+            rank: self.id,
+            token: self.token.clone(),
+            generation,
+            epoch: self.at.epoch,
+            steps_done: self.at.steps,
+            applied_examples: self.at.applied,
+            reason: reason.chars().take(1000).collect(),
+        };
+        let reply = rt
+            .block_on(self.client.regroup(req))
+            .map_err(|status| anyhow!("{}", status.message()))
+            .context("regrouping after a membership change")?
+            .into_inner();
+        let world = reply.world_size as usize;
+        let rank = reply.ring_rank as usize;
+        self.membership
+            .generation
+            .store(reply.generation, Ordering::SeqCst);
+        tracing::info!(
+            "ring generation {}: rank {rank} of {world}; epoch {} goes on at step {}",
+            reply.generation,
+            reply.epoch + 1,
+            reply.resume_step
+        );
+        let (ring, abort) = form_ring(
+            rank,
+            &reply.peers,
+            &self.listener,
+            &self.token,
+            self.run_id,
+            reply.generation,
+        )
+        .map_err(|e| anyhow::Error::new(RingFailed(format!("{e:#}"))))?;
+        self.ring = ring;
+        self.membership.set_abort(abort);
+        let source = reply.state_source as usize;
+        let mut state = if rank == source {
+            pack_state(&self.replica.host().to_bytes()?, &self.opt.to_bytes()?)
+        } else {
+            Vec::new()
+        };
+        self.ring
+            .broadcast_bytes(source, &mut state)
+            .map_err(|e| anyhow::Error::new(RingFailed(format!("state broadcast: {e}"))))?;
+        if rank != source {
+            let (weights, optimizer) = unpack_state(&state)?;
+            self.replica
+                .load_weights_bytes(weights)
+                .context("loading the broadcast weights")?;
+            self.opt = Adam::from_bytes(self.replica.host(), self.spec.adam, optimizer)
+                .context("loading the broadcast optimizer state")?;
+        }
+        if reply.epoch != self.at.epoch {
+            self.report = pb::EpochReport::default();
+        }
+        self.at = Position {
+            epoch: reply.epoch,
+            steps: reply.resume_step,
+            applied: reply.applied_examples,
+        };
+        Ok(())
+    }
+}
+
+/// The ring of one generation: `Local` for a world of one, else the TCP ring, with its
+/// abort handle. Authentication binds to the run and the generation, so a link of an old
+/// ring cannot join a new one.
+fn form_ring(
+    rank: usize,
+    peers: &[String],
+    listener: &TcpListener,
+    token: &str,
+    run_id: u64,
+    generation: u64,
+) -> Result<(Box<dyn Collective>, Option<RingAbort>)> {
+    if peers.len() <= 1 {
+        return Ok((Box::new(Local), None));
+    }
+    let peers = peers
+        .iter()
+        .map(|p| resolve(p))
+        .collect::<Result<Vec<_>>>()?;
+    let options = RingOptions {
+        connect_timeout: Duration::from_secs(60),
+        io_timeout: Duration::from_secs(30),
+        ..RingOptions::default()
+    };
+    let session = run_id ^ generation.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let ring = RingAllReduce::connect_with(
+        rank,
+        &peers,
+        listener,
+        &RingAuth::new(token.as_bytes(), session),
+        &options,
+    )
+    .context("forming the ring")?;
+    let abort = ring.abort_handle();
+    Ok((Box::new(ring), Some(abort)))
+}
+
+/// Weights and optimizer state in one buffer for the broadcast: the weights' length first.
+fn pack_state(weights: &[u8], optimizer: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + weights.len() + optimizer.len());
+    out.extend_from_slice(&(weights.len() as u64).to_le_bytes());
+    out.extend_from_slice(weights);
+    out.extend_from_slice(optimizer);
+    out
+}
+
+fn unpack_state(state: &[u8]) -> Result<(&[u8], &[u8])> {
+    let (len, rest) = state
+        .split_first_chunk::<8>()
+        .context("the broadcast state is too short")?;
+    let len = usize::try_from(u64::from_le_bytes(*len))
+        .ok()
+        .filter(|&n| n <= rest.len())
+        .context("the broadcast state is malformed")?;
+    Ok(rest.split_at(len))
 }
 
 fn train_one(
@@ -217,6 +506,20 @@ fn train_one(
         )?;
         compute_gradients_per_example(model, &batch, spec.class_weights.as_deref())?
     };
+    let reduce = Instant::now();
+    let failed = |what: &str, e: CollectiveError| match e {
+        CollectiveError::InvalidInput(_) => anyhow!(e).context(format!("all-reduce of {what}")),
+        e => anyhow::Error::new(RingFailed(format!("all-reduce of {what}: {e}"))),
+    };
+    ring.all_reduce_sum(&mut grads.dense)
+        .map_err(|e| failed("the dense gradients", e))?;
+    let dim = grads.embedding.dim;
+    ring.all_reduce_sparse_rows(&mut grads.embedding.ids, &mut grads.embedding.rows, dim)
+        .map_err(|e| failed("the embedding rows", e))?;
+    report.allreduce_seconds += reduce.elapsed().as_secs_f64();
+    apply_gradients(replica.host(), opt, &mut grads, step.global_batch as usize)?;
+    replica.sync()?;
+    // Counted only once applied: a step lost with its ring is trained again or adopted.
     let mut loss = 0.0;
     let mut correct = 0;
     for (example, outcome) in step.examples.iter().zip(&outcomes) {
@@ -227,15 +530,6 @@ fn train_one(
         loss += f64::from(outcome.loss);
         correct += usize::from(outcome.correct);
     }
-    let reduce = Instant::now();
-    ring.all_reduce_sum(&mut grads.dense)
-        .context("all-reduce of the dense gradients")?;
-    let dim = grads.embedding.dim;
-    ring.all_reduce_sparse_rows(&mut grads.embedding.ids, &mut grads.embedding.rows, dim)
-        .context("all-reduce of the embedding rows")?;
-    report.allreduce_seconds += reduce.elapsed().as_secs_f64();
-    apply_gradients(replica.host(), opt, &mut grads, step.global_batch as usize)?;
-    replica.sync()?;
     report.train_seconds += start.elapsed().as_secs_f64();
     report.examples += step.examples.len() as u64;
     report.loss_sum += loss;

@@ -53,6 +53,71 @@ pub trait Collective: Send {
     ) -> Result<(), CollectiveError>;
     /// Bytes this rank sent since the last call (for benchmarks: bytes per step).
     fn take_bytes_sent(&mut self) -> u64;
+
+    /// Replaces `bytes` on every rank with `root`'s (e.g. the weights and optimizer state of
+    /// the survivor that got furthest, after a regroup). Rare and a few MB, so it rides on
+    /// `all_reduce_sum`: every 16 bits of `root`'s bytes become one f32 that the other ranks
+    /// add 0.0 to, which is exact, so the bytes arrive unchanged whatever they encode.
+    fn broadcast_bytes(&mut self, root: usize, bytes: &mut Vec<u8>) -> Result<(), CollectiveError> {
+        let world = self.world_size();
+        if root >= world {
+            return Err(CollectiveError::InvalidInput(format!(
+                "broadcast root {root} is not in a world of {world}"
+            )));
+        }
+        if world == 1 {
+            return Ok(());
+        }
+        let mine = self.rank() == root;
+        let len = if mine { bytes.len() as u64 } else { 0 };
+        let mut head: Vec<f32> = (0..4)
+            .map(|i| ((len >> (16 * i)) & 0xffff) as f32)
+            .collect();
+        self.all_reduce_sum(&mut head)?;
+        let mut len = 0u64;
+        for (i, &v) in head.iter().enumerate() {
+            len |= u64::from(piece(v)?) << (16 * i);
+        }
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&n| n <= MAX_BROADCAST)
+            .ok_or_else(|| {
+                CollectiveError::InvalidInput(format!("broadcast of {len} bytes is too large"))
+            })?;
+        let mut buf = vec![0f32; len.div_ceil(2)];
+        if mine {
+            for (v, pair) in buf.iter_mut().zip(bytes.chunks(2)) {
+                *v = f32::from(u16::from_le_bytes([
+                    pair[0],
+                    pair.get(1).copied().unwrap_or(0),
+                ]));
+            }
+        }
+        self.all_reduce_sum(&mut buf)?;
+        if !mine {
+            bytes.clear();
+            bytes.reserve(len + 1);
+            for &v in &buf {
+                bytes.extend_from_slice(&piece(v)?.to_le_bytes());
+            }
+            bytes.truncate(len);
+        }
+        Ok(())
+    }
+}
+
+/// Largest [`Collective::broadcast_bytes`] payload (weights and optimizer state of a model).
+pub const MAX_BROADCAST: usize = 4 << 30;
+
+/// One 16-bit piece of a broadcast: only the root contributes, so anything else is a peer's bug.
+fn piece(v: f32) -> Result<u16, CollectiveError> {
+    if v.fract() == 0.0 && (0.0..65536.0).contains(&v) {
+        Ok(v as u16)
+    } else {
+        Err(CollectiveError::InvalidInput(format!(
+            "a broadcast piece summed to {v}: more than one rank contributed"
+        )))
+    }
 }
 
 /// The other end of a ring link, for error messages.

@@ -166,6 +166,46 @@ fn bytes_sent_follow_the_ring_schedule() {
     }
 }
 
+/// Bytes whose f32 readings would not survive arithmetic: -0.0, NaN payloads, subnormals.
+#[test]
+fn broadcast_bytes_arrive_unchanged_from_any_root() {
+    let mut payload: Vec<u8> = Vec::new();
+    for bits in [
+        0x8000_0000u32,
+        0x7fa0_0001,
+        0xffc0_1234,
+        0x0000_0001,
+        0x3f80_0000,
+    ] {
+        payload.extend_from_slice(&bits.to_le_bytes());
+    }
+    payload.extend((0..100_001u32).map(|i| (i * 7919 % 251) as u8));
+    for n in [1, 2, 3] {
+        let mut rings = ring(n);
+        let root = n - 1;
+        let got = each(&mut rings, |r| {
+            let mut bytes = if r.rank() == root {
+                payload.clone()
+            } else {
+                vec![9u8; 17]
+            };
+            r.broadcast_bytes(root, &mut bytes).map(|()| bytes)
+        });
+        for (rank, bytes) in got.into_iter().enumerate() {
+            assert!(
+                bytes.expect("broadcast") == payload,
+                "world {n}, rank {rank}"
+            );
+        }
+    }
+    let mut rings = ring(2);
+    let err = rings[0].broadcast_bytes(2, &mut Vec::new());
+    assert!(
+        matches!(err, Err(CollectiveError::InvalidInput(_))),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn local_is_a_no_op() {
     let mut local = Local;

@@ -1,0 +1,265 @@
+//! A worker lost mid-epoch: the run goes on with the survivors, re-sharding the rest of the
+//! epoch, and trains every example exactly once.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use smalltext_tests::{alive, bin, coordinator, json, jsonl, max_weight_diff, stderr, trec_slice};
+
+fn args(train: &Path, test: &Path, run: &Path) -> Vec<String> {
+    [
+        "--workers",
+        "3",
+        "--threads",
+        "1",
+        "--data",
+        train.to_str().unwrap(),
+        "--test",
+        test.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--seed",
+        "5",
+        "--heartbeat-timeout",
+        "2",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A coordinator whose log is collected as it runs.
+struct Running {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn start(args: &[String]) -> Self {
+        let mut child = Command::new(bin("coordinator"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let err = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Running { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The process id of worker `id`, once it has joined.
+    fn worker_pid(&self, id: usize) -> u32 {
+        let start = Instant::now();
+        let prefix = format!("worker rank {id} joined: host ");
+        loop {
+            let log = self.log();
+            if let Some(pid) = log
+                .lines()
+                .filter_map(|l| l.split(&prefix).nth(1))
+                .filter_map(|rest| rest.split(" pid ").nth(1))
+                .filter_map(|rest| rest.split(',').next())
+                .find_map(|p| p.trim().parse().ok())
+            {
+                return pid;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no join in {log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the first epoch is recorded, then for `fraction` of its training time, so
+    /// that what happens next lands inside the second epoch.
+    fn wait_into_second_epoch(&mut self, metrics: &Path, fraction: f64) {
+        let start = Instant::now();
+        let first = loop {
+            if let Some(line) = std::fs::read_to_string(metrics)
+                .ok()
+                .and_then(|t| t.lines().next().map(str::to_string))
+            {
+                break serde_json::from_str::<serde_json::Value>(&line).unwrap();
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "no first epoch");
+            assert!(self.child.try_wait().unwrap().is_none(), "{}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let seconds =
+            first["examples"].as_f64().unwrap() / first["samples_per_s"].as_f64().unwrap();
+        std::thread::sleep(Duration::from_secs_f64(seconds * fraction));
+    }
+
+    fn wait(mut self) -> (bool, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(180) {
+                let _ = self.child.kill();
+                panic!("the run did not finish: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The reader thread drains what is left of the log.
+        std::thread::sleep(Duration::from_millis(200));
+        (status.success(), self.log())
+    }
+}
+
+/// The step and total steps of "epoch E goes on at step S of T" in the coordinator's log.
+fn resumed_at(log: &str) -> (u64, u64) {
+    let rest = log
+        .split("goes on at step ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no regroup in the log: {log}"));
+    let mut words = rest.split_whitespace();
+    let step = words.next().unwrap().parse().unwrap();
+    assert_eq!(words.next(), Some("of"));
+    let total = words.next().unwrap().parse().unwrap();
+    (step, total)
+}
+
+fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    (
+        trec_slice(dir, "train.tsv", 0, 1500),
+        trec_slice(dir, "test.tsv", 0, 500),
+    )
+}
+
+/// The run's record after losing one worker: checked against the uninterrupted run.
+fn check_record(lost: &Path, whole: &Path, pid: u32, reason: &str) {
+    let (s, w) = (
+        json(&lost.join("summary.json")),
+        json(&whole.join("summary.json")),
+    );
+    assert_eq!(s["workers_lost"], 1, "{s}");
+    assert_eq!(w["workers_lost"], 0);
+    let log = s["epoch_log"].as_array().unwrap();
+    assert_eq!(log.len(), 3);
+    for e in log {
+        assert_eq!(e["examples_planned"], e["examples_trained"], "{e}");
+    }
+    assert_eq!(log[0]["workers"], 3);
+    assert_eq!(log[2]["workers"], 2);
+    let gone = log[1]["workers_lost"].as_array().unwrap();
+    assert_eq!(gone.len(), 1, "{}", log[1]);
+    assert_eq!(gone[0]["pid"], pid);
+    assert!(
+        gone[0]["reason"].as_str().unwrap().contains(reason),
+        "{}",
+        gone[0]
+    );
+
+    // The global batches are the same however they are split, so the survivors reach the
+    // uninterrupted run's model up to the order of summation.
+    let (a, b) = (
+        s["accuracy"].as_f64().unwrap(),
+        w["accuracy"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() <= 0.02,
+        "accuracy {a} after losing a worker, {b} without"
+    );
+    let diff = max_weight_diff(
+        &lost.join("checkpoint/weights.safetensors"),
+        &whole.join("checkpoint/weights.safetensors"),
+    );
+    assert!(diff <= 1e-4, "weights differ by {diff}");
+    let lines = jsonl(&lost.join("metrics.jsonl"));
+    assert_eq!(lines.len(), 3);
+}
+
+#[test]
+fn a_worker_killed_mid_epoch_is_replaced_by_resharding_among_the_survivors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = setup(dir.path());
+    let (whole, lost) = (dir.path().join("whole"), dir.path().join("lost"));
+    let a = args(&train, &test, &whole);
+    let o = coordinator(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let mut run = Running::start(&args(&train, &test, &lost));
+    let pids: Vec<u32> = (0..3).map(|id| run.worker_pid(id)).collect();
+    run.wait_into_second_epoch(&lost.join("metrics.jsonl"), 0.4);
+    let killed = pids[1];
+    assert!(Command::new("kill")
+        .args(["-KILL", &killed.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let (ok, log) = run.wait();
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("worker 1 (host ")
+            && log.contains(&format!("pid {killed}) lost: its process exited")),
+        "{log}"
+    );
+    let (step, total) = resumed_at(&log);
+    assert!(
+        0 < step && step < total,
+        "the kill landed at step {step} of {total}"
+    );
+    check_record(&lost, &whole, killed, "exited");
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} left behind");
+    }
+}
+
+/// A hung worker (SIGSTOP: its sockets stay open, its heartbeats stop) is found by its
+/// missing heartbeats; the survivors blocked in the ring with it are released by the new
+/// generation, and the coordinator kills the hung process.
+#[test]
+fn a_hung_worker_is_declared_lost_by_its_heartbeats_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = setup(dir.path());
+    let (whole, lost) = (dir.path().join("whole"), dir.path().join("lost"));
+    let a = args(&train, &test, &whole);
+    let o = coordinator(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let mut run = Running::start(&args(&train, &test, &lost));
+    let pids: Vec<u32> = (0..3).map(|id| run.worker_pid(id)).collect();
+    run.wait_into_second_epoch(&lost.join("metrics.jsonl"), 0.4);
+    let hung = pids[2];
+    assert!(Command::new("kill")
+        .args(["-STOP", &hung.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let stopped = Instant::now();
+    let (ok, log) = run.wait();
+    assert!(ok, "{log}");
+    assert!(
+        log.contains(&format!("pid {hung}) lost: no heartbeat for 2 s")),
+        "{log}"
+    );
+    let (step, total) = resumed_at(&log);
+    assert!(
+        0 < step && step < total,
+        "the hang began at step {step} of {total}"
+    );
+    check_record(&lost, &whole, hung, "no heartbeat");
+    assert!(stopped.elapsed() < Duration::from_secs(60));
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} left behind");
+    }
+}
