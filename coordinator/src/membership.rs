@@ -51,11 +51,14 @@ impl Regroup<'_> {
     /// Settles a membership change during epoch `self.epoch`: bumps the generation (streams of
     /// the old one end, heartbeat replies tell workers to leave their rings), waits for the
     /// members not in `lost` to call Regroup, counts the silent ones lost too, and answers the
-    /// survivors with their new ring. Returns the new membership and every worker lost.
+    /// survivors with their new ring. With `admit` (at an epoch boundary) the late joiners
+    /// waiting in Regroup enter the ring too, at its end. Returns the new membership and every
+    /// worker lost.
     pub async fn run(
         &self,
         fleet: &mut Fleet,
         mut lost: Vec<Lost>,
+        admit: bool,
     ) -> Result<(Arc<Membership>, Vec<Lost>)> {
         let shared = self.shared;
         let current = shared
@@ -64,6 +67,27 @@ impl Regroup<'_> {
             .clone()
             .context("a regroup before the workers joined")?;
         let generation = current.generation + 1;
+        let joiners = if admit {
+            shared.take_candidates()
+        } else {
+            Vec::new()
+        };
+        for m in &joiners {
+            tracing::info!(
+                "worker {} (host {}, pid {}) admitted to the run",
+                m.id,
+                m.host,
+                m.pid
+            );
+        }
+        let current = Membership {
+            generation: current.generation,
+            members: current.members.iter().chain(&joiners).cloned().collect(),
+            settled: true,
+            resume_epoch: current.resume_epoch,
+            resume_step: current.resume_step,
+        };
+        let joiner = |id: usize| joiners.iter().any(|m| m.id == id);
         shared.members.send_replace(Some(Arc::new(Membership {
             generation,
             members: current.members.clone(),
@@ -83,10 +107,12 @@ impl Regroup<'_> {
         let deadline = Instant::now() + self.timeout;
         let mut waiting: Vec<PendingRegroup> = Vec::new();
         loop {
-            for p in shared.take_regroups() {
+            for p in shared.take_regroups(|id| current.position(id).is_some()) {
                 waiting.retain(|w| w.req.rank != p.req.rank);
                 waiting.push(p);
             }
+            // A call whose worker hung up does not count as coming back.
+            waiting.retain(|w| !w.reply.is_closed());
             for (pid, status) in fleet.exited()? {
                 if let Some(m) = current.members.iter().find(|m| m.pid == pid) {
                     if !lost.iter().any(|l| l.member.id == m.id) {
@@ -162,6 +188,10 @@ impl Regroup<'_> {
         }
         let mut positions = Vec::with_capacity(stay.len());
         for w in &stay {
+            if joiner(w.req.rank as usize) {
+                positions.push((0, 0));
+                continue;
+            }
             match position_in(&w.req, self.epoch, self.total_steps) {
                 Some(p) => positions.push(p),
                 None => {
@@ -196,18 +226,26 @@ impl Regroup<'_> {
                 tracing::info!("worker {} left its ring: {}", w.req.rank, w.req.reason);
             }
         }
-        tracing::warn!(
-            "membership generation {generation}: {} workers ({}); epoch {} goes on at step {resume_step} of {} with the state of worker {}",
-            survivors.len(),
-            survivors
-                .iter()
-                .map(|m| m.id.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.epoch + 1,
-            self.total_steps,
-            survivors[source].id,
-        );
+        let ids = survivors
+            .iter()
+            .map(|m| m.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let state = survivors[source].id;
+        if admit && lost.is_empty() {
+            tracing::info!(
+                "membership generation {generation}: {} workers ({ids}); epoch {} starts with the state of worker {state}",
+                survivors.len(),
+                self.epoch + 1,
+            );
+        } else {
+            tracing::warn!(
+                "membership generation {generation}: {} workers ({ids}); epoch {} goes on at step {resume_step} of {} with the state of worker {state}",
+                survivors.len(),
+                self.epoch + 1,
+                self.total_steps,
+            );
+        }
         let peers: Vec<String> = survivors.iter().map(|m| m.ring_addr.clone()).collect();
         for (ring_rank, w) in stay.into_iter().enumerate() {
             let _ = w.reply.send(Ok(pb::RegroupReply {
@@ -219,11 +257,12 @@ impl Regroup<'_> {
                 resume_step,
                 applied_examples: applied,
                 state_source: source as u32,
+                finished: false,
             }));
         }
         shared.metrics.update(|v| {
             v.workers_alive = survivors.len() as u64;
-            v.membership_changes += lost.len() as u64;
+            v.membership_changes += (lost.len() + joiners.len()) as u64;
         });
         Ok((membership, lost))
     }

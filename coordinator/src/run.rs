@@ -393,11 +393,28 @@ async fn drive(
         _ => progress.epochs_done,
     };
     for epoch in first..t.epochs {
+        let regroup = Regroup {
+            shared,
+            epoch,
+            total_steps: 0,
+            timeout: Duration::from_secs(args.heartbeat_timeout),
+            min_workers: args.min_workers as usize,
+        };
+        // Late joiners enter at the epoch boundary, before the plan goes out.
+        let lost_entering = if shared.admission_waiting() {
+            regroup.run(fleet, Vec::new(), true).await?.1
+        } else {
+            Vec::new()
+        };
         let p = pipeline.clone();
         let examples = tokio::task::spawn_blocking(move || p.epoch(epoch)).await?;
         let batches = global_batches(&examples, t.batch_size, args.data.seed, epoch);
         let steps = batches.len() as u64;
         let n = examples.len();
+        let regroup = Regroup {
+            total_steps: steps as usize,
+            ..regroup
+        };
         shared.plan.send_replace(Some(Arc::new(EpochPlan {
             epoch,
             finished: false,
@@ -409,14 +426,7 @@ async fn drive(
         bar.set_length(steps);
         bar.set_position(0);
         bar.set_message(format!("epoch {}/{}", epoch + 1, t.epochs));
-        let regroup = Regroup {
-            shared,
-            epoch,
-            total_steps: steps as usize,
-            timeout: Duration::from_secs(args.heartbeat_timeout),
-            min_workers: args.min_workers as usize,
-        };
-        let s = gather(&regroup, reports, fleet, labels.len(), &bar).await?;
+        let s = gather(&regroup, reports, fleet, labels.len(), &bar, lost_entering).await?;
         progress.workers_lost += s.lost.len() as u64;
         epochs = epoch + 1;
         for (peak, r) in worker_peak_rss.iter_mut().zip(&s.peak_rss) {
@@ -590,6 +600,7 @@ async fn gather(
     fleet: &mut Fleet,
     classes: usize,
     bar: &ProgressBar,
+    lost_before: Vec<Lost>,
 ) -> Result<EpochSummary> {
     let shared = regroup.shared;
     let epoch = regroup.epoch;
@@ -600,7 +611,7 @@ async fn gather(
         .clone()
         .context("no workers joined")?;
     let mut got: Vec<Option<pb::EpochReport>> = vec![None; membership.members.len()];
-    let mut lost_here: Vec<Lost> = Vec::new();
+    let mut lost_here = lost_before;
     let mut since = shared.millis();
     while got.iter().any(Option::is_none) {
         let mut lost = Vec::new();
@@ -640,8 +651,9 @@ async fn gather(
                 }
             }
         }
-        if !lost.is_empty() || shared.regroups_waiting() > 0 {
-            let (m, gone) = regroup.run(fleet, lost).await?;
+        let member = |id: usize| membership.position(id).is_some();
+        if !lost.is_empty() || shared.regroup_waiting(member) {
+            let (m, gone) = regroup.run(fleet, lost, false).await?;
             lost_here.extend(gone);
             got = vec![None; m.members.len()];
             membership = m;

@@ -119,6 +119,9 @@ pub struct PendingRegroup {
     pub reply: oneshot::Sender<Result<pb::RegroupReply, Status>>,
 }
 
+/// Workers that may join a run after its start, over the whole run.
+const MAX_LATE_JOINS: usize = 64;
+
 /// State shared by the service handlers and the run driver.
 pub struct Shared {
     token: String,
@@ -129,6 +132,10 @@ pub struct Shared {
     pub members: watch::Sender<Option<Arc<Membership>>>,
     /// Workers waiting in Regroup; the run driver settles them.
     pub regroups: Mutex<Vec<PendingRegroup>>,
+    /// Workers that joined the run under way, not yet admitted to a ring.
+    pub candidates: Mutex<Vec<Member>>,
+    /// Ids handed out so far (the expected workers', then late joiners').
+    next_id: AtomicUsize,
     pub regroup_requested: tokio::sync::Notify,
     /// The current epoch plan; handlers wait on it.
     pub plan: watch::Sender<Option<Arc<EpochPlan>>>,
@@ -155,10 +162,14 @@ impl Shared {
             pending: Mutex::new(Vec::new()),
             members: watch::channel(None).0,
             regroups: Mutex::new(Vec::new()),
+            candidates: Mutex::new(Vec::new()),
+            next_id: AtomicUsize::new(0),
             regroup_requested: tokio::sync::Notify::new(),
             plan: watch::channel(None).0,
             reports,
-            progress: (0..expected).map(|_| Progress::default()).collect(),
+            progress: (0..expected + MAX_LATE_JOINS)
+                .map(|_| Progress::default())
+                .collect(),
             running: AtomicBool::new(true),
             told_finished: AtomicUsize::new(0),
             started: Instant::now(),
@@ -175,7 +186,12 @@ impl Shared {
             Ok(mut pending) => pending.clear(),
             Err(poisoned) => poisoned.into_inner().clear(),
         }
-        drop(self.take_regroups());
+        for p in self.take_regroups(|_| true) {
+            let _ = p.reply.send(Ok(pb::RegroupReply {
+                finished: true,
+                ..Default::default()
+            }));
+        }
     }
 
     pub fn millis(&self) -> u64 {
@@ -196,31 +212,108 @@ impl Shared {
         self.members.borrow().as_ref().map_or(0, |m| m.generation)
     }
 
-    /// Takes the waiting Regroup calls.
-    pub fn take_regroups(&self) -> Vec<PendingRegroup> {
-        match self.regroups.lock() {
-            Ok(mut p) => std::mem::take(&mut *p),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        }
+    fn regroups(&self) -> std::sync::MutexGuard<'_, Vec<PendingRegroup>> {
+        self.regroups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn regroups_waiting(&self) -> usize {
-        match self.regroups.lock() {
-            Ok(p) => p.len(),
-            Err(poisoned) => poisoned.into_inner().len(),
-        }
+    /// Takes the waiting Regroup calls of the workers `wanted` picks; the others wait on.
+    pub fn take_regroups(&self, wanted: impl Fn(usize) -> bool) -> Vec<PendingRegroup> {
+        let mut pending = self.regroups();
+        let (taken, left) = std::mem::take(&mut *pending)
+            .into_iter()
+            .partition(|p| wanted(p.req.rank as usize));
+        *pending = left;
+        taken
+    }
+
+    /// Whether any worker `wanted` picks waits in Regroup.
+    pub fn regroup_waiting(&self, wanted: impl Fn(usize) -> bool) -> bool {
+        self.regroups().iter().any(|p| wanted(p.req.rank as usize))
+    }
+
+    /// Whether a late joiner waits in Regroup to be admitted.
+    pub fn admission_waiting(&self) -> bool {
+        let candidates: Vec<usize> = self
+            .candidates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        !candidates.is_empty() && self.regroup_waiting(|id| candidates.contains(&id))
+    }
+
+    /// Late joiners waiting in Regroup for admission (their calls still open).
+    pub fn take_candidates(&self) -> Vec<Member> {
+        let ready: Vec<usize> = self
+            .regroups()
+            .iter()
+            .filter(|p| !p.reply.is_closed())
+            .map(|p| p.req.rank as usize)
+            .collect();
+        let mut candidates = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
+        let (taken, left) = std::mem::take(&mut *candidates)
+            .into_iter()
+            .partition(|m| ready.contains(&m.id));
+        *candidates = left;
+        taken
     }
 
     fn check_rank(&self, rank: u32) -> Result<usize, Status> {
         let rank = rank as usize;
-        if rank < self.expected {
+        let ids = self.next_id.load(Ordering::SeqCst);
+        if rank < ids {
             Ok(rank)
         } else {
             Err(Status::invalid_argument(format!(
-                "rank {rank} is not in this run of {} workers",
-                self.expected
+                "rank {rank} is not in this run of {ids} workers"
             )))
         }
+    }
+
+    /// A worker joining after the rendezvous: it gets an id now and a ring at the next epoch
+    /// boundary (it calls Regroup when ready and waits there).
+    fn join_late(&self, req: pb::JoinRequest) -> Result<pb::JoinReply, Status> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        if id >= self.progress.len() {
+            self.next_id.fetch_sub(1, Ordering::SeqCst);
+            return Err(Status::resource_exhausted(format!(
+                "this run has taken {MAX_LATE_JOINS} late workers and takes no more"
+            )));
+        }
+        if !req.nccl_id.is_empty() {
+            tracing::warn!(
+                "worker {id} can use NCCL, but a late joiner all-reduces over the TCP ring"
+            );
+        }
+        tracing::info!(
+            "worker {id} (host {}, pid {}) joined the running run; it enters at the next epoch boundary",
+            req.hostname,
+            req.pid
+        );
+        self.progress[id]
+            .last_seen_ms
+            .store(self.millis(), Ordering::Relaxed);
+        self.candidates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Member {
+                id,
+                ring_addr: req.ring_addr,
+                host: req.hostname,
+                pid: req.pid,
+                device: req.device,
+            });
+        Ok(pb::JoinReply {
+            rank: id as u32,
+            run_id: self.run.run_id,
+            run_spec_json: self.run.spec_json.clone(),
+            vocab_json: self.run.vocab_json.clone(),
+            labels: self.run.labels.clone(),
+            generation: self.generation(),
+            awaiting_admission: true,
+            ..Default::default()
+        })
     }
 
     /// Assigns ranks in join order and answers every waiting worker.
@@ -266,6 +359,7 @@ impl Shared {
                 start_epoch: self.run.start_epoch,
                 nccl_id: nccl_id.clone(),
                 generation: 0,
+                awaiting_admission: false,
             };
             let _ = p.reply.send(reply);
         }
@@ -283,6 +377,7 @@ impl Shared {
                 m.ring_addr
             );
         }
+        self.next_id.store(members.len(), Ordering::SeqCst);
         self.metrics.update(|v| {
             v.workers_alive = members.len() as u64;
             v.membership_changes += members.len() as u64;
@@ -410,9 +505,7 @@ impl pb::coordinator_server::Coordinator for Service {
                 return Err(Status::failed_precondition("this run is over"));
             }
             if self.0.members.borrow().is_some() {
-                return Err(Status::resource_exhausted(
-                    "the cluster is complete; this run takes no more workers",
-                ));
+                return self.0.join_late(req).map(Response::new);
             }
             let (tx, rx) = oneshot::channel();
             pending.push(Pending { req, reply: tx });

@@ -65,7 +65,10 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
     }
 
     let auth_id = reply.run_id;
-    let (ring, abort) = if world > 1 && !reply.nccl_id.is_empty() {
+    let (ring, abort): (Box<dyn Collective>, _) = if reply.awaiting_admission {
+        tracing::info!("the run is under way: this worker enters at the next epoch boundary");
+        (Box::new(Local), None)
+    } else if world > 1 && !reply.nccl_id.is_empty() {
         (
             nccl(args.device, rank as usize, world, &reply.nccl_id)?,
             None,
@@ -138,7 +141,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         },
         report: pb::EpochReport::default(),
     };
-    job.run(rt)
+    job.run(rt, reply.awaiting_admission)
 }
 
 /// Where this worker's weights stand: `steps` of `epoch` applied, with `applied` examples in
@@ -188,16 +191,25 @@ struct Job {
 }
 
 impl Job {
-    fn run(&mut self, rt: &tokio::runtime::Runtime) -> Result<()> {
+    fn run(&mut self, rt: &tokio::runtime::Runtime, admission: bool) -> Result<()> {
         let mut next = self.at.epoch;
+        let mut pass = if admission {
+            Err(Interrupt::Regroup("joining the run under way".into()))
+        } else {
+            self.epoch_pass(rt, next)
+        };
         loop {
-            match self.epoch_pass(rt, next) {
+            match pass {
                 Ok(true) => return Ok(()),
                 Ok(false) => next = self.at.epoch + 1,
                 Err(Interrupt::Fatal(e)) => return Err(e),
                 Err(Interrupt::Regroup(mut reason)) => loop {
                     match self.regroup(rt, &reason) {
-                        Ok(()) => {
+                        Ok(true) => {
+                            tracing::info!("the run ended before this worker was admitted");
+                            return Ok(());
+                        }
+                        Ok(false) => {
                             next = self.at.epoch;
                             break;
                         }
@@ -208,6 +220,7 @@ impl Job {
                     }
                 },
             }
+            pass = self.epoch_pass(rt, next);
         }
     }
 
@@ -359,8 +372,9 @@ impl Job {
     }
 
     /// Leaves the broken ring, asks the coordinator for the new membership, forms the new
-    /// ring and adopts the state of the survivor that got furthest.
-    fn regroup(&mut self, rt: &tokio::runtime::Runtime, reason: &str) -> Result<()> {
+    /// ring and adopts the state of the survivor that got furthest. True when the run ended
+    /// meanwhile.
+    fn regroup(&mut self, rt: &tokio::runtime::Runtime, reason: &str) -> Result<bool> {
         self.membership.set_abort(None);
         self.ring = Box::new(Local);
         let generation = self.membership.generation.load(Ordering::SeqCst);
@@ -379,6 +393,9 @@ impl Job {
             .map_err(|status| anyhow!("{}", status.message()))
             .context("regrouping after a membership change")?
             .into_inner();
+        if reply.finished {
+            return Ok(true);
+        }
         let world = reply.world_size as usize;
         let rank = reply.ring_rank as usize;
         self.membership
@@ -426,7 +443,7 @@ impl Job {
             steps: reply.resume_step,
             applied: reply.applied_examples,
         };
-        Ok(())
+        Ok(false)
     }
 }
 

@@ -1,5 +1,7 @@
-//! A worker lost mid-epoch: the run goes on with the survivors, re-sharding the rest of the
-//! epoch, and trains every example exactly once.
+//! Membership changes during a run: a worker lost mid-epoch (the run goes on with the
+//! survivors, re-sharding the rest of the epoch, every example trained exactly once) and a
+//! worker joining a run under way (admitted at the next epoch boundary with the current
+//! weights and optimizer state).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -7,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use smalltext_tests::{alive, bin, coordinator, json, jsonl, max_weight_diff, stderr, trec_slice};
+use smalltext_tests::{
+    alive, bin, coordinator, free_port, json, jsonl, max_weight_diff, stderr, trec_slice,
+};
 
 fn args(train: &Path, test: &Path, run: &Path) -> Vec<String> {
     [
@@ -262,4 +266,88 @@ fn a_hung_worker_is_declared_lost_by_its_heartbeats_and_the_run_goes_on() {
     for pid in pids {
         assert!(!alive(pid), "worker {pid} left behind");
     }
+}
+
+/// A third worker joins a 2-worker run after its first epoch: it enters at an epoch boundary,
+/// takes the current weights and optimizer state from the ring, and since the global batches
+/// do not depend on how they are split, the run ends with the 2-worker run's weights.
+#[test]
+fn a_worker_joining_a_run_under_way_is_admitted_at_the_next_epoch_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = setup(dir.path());
+    let (whole, joined) = (dir.path().join("whole"), dir.path().join("joined"));
+    let common = |run: &Path| -> Vec<String> {
+        let mut a = args(&train, &test, run);
+        let at = a.iter().position(|x| x == "--epochs").unwrap();
+        a[at + 1] = "4".into();
+        a.drain(0..4); // --workers 3 --threads 1
+        a
+    };
+    let mut a = vec!["--workers", "2", "--threads", "1"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    a.extend(common(&whole));
+    let o = coordinator(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let token = dir.path().join("join.token");
+    std::fs::write(&token, "a-token\n").unwrap();
+    let port = free_port();
+    let mut a: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--expect-workers",
+        "2",
+        "--token-file",
+        token.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(common(&joined));
+    let mut run = Running::start(&a);
+    let worker = || {
+        Command::new(bin("worker"))
+            .args(["--coordinator", &format!("http://127.0.0.1:{port}")])
+            .args(["--token-file", token.to_str().unwrap(), "--threads", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut workers = vec![worker(), worker()];
+    run.wait_into_second_epoch(&joined.join("metrics.jsonl"), 0.0);
+    workers.push(worker());
+    let late = workers[2].id();
+    let (ok, log) = run.wait();
+    assert!(ok, "{log}");
+    for w in &mut workers {
+        let status = w.wait().unwrap();
+        assert!(status.success(), "a worker exited with {status}: {log}");
+    }
+    assert!(
+        log.contains(&format!("pid {late}) admitted to the run")),
+        "{log}"
+    );
+    let s = json(&joined.join("summary.json"));
+    let epochs = s["epoch_log"].as_array().unwrap();
+    assert_eq!(epochs.len(), 4);
+    for e in epochs {
+        assert_eq!(e["examples_planned"], e["examples_trained"], "{e}");
+    }
+    let counts: Vec<u64> = epochs
+        .iter()
+        .map(|e| e["workers"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (counts[0], counts[3]),
+        (2, 3),
+        "workers per epoch {counts:?}"
+    );
+    let diff = max_weight_diff(
+        &joined.join("checkpoint/weights.safetensors"),
+        &whole.join("checkpoint/weights.safetensors"),
+    );
+    assert!(diff <= 1e-4, "weights differ by {diff}");
 }
