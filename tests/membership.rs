@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use smalltext_tests::{
-    alive, bin, coordinator, free_port, json, jsonl, max_weight_diff, stderr, trec_slice,
+    alive, bin, coordinator, free_port, json, jsonl, max_weight_diff, resumed_at, stderr,
+    trec_slice,
 };
 
 fn args(train: &Path, test: &Path, run: &Path) -> Vec<String> {
@@ -127,19 +128,6 @@ impl Running {
         std::thread::sleep(Duration::from_millis(200));
         (status.success(), self.log())
     }
-}
-
-/// The step and total steps of "epoch E goes on at step S of T" in the coordinator's log.
-fn resumed_at(log: &str) -> (u64, u64) {
-    let rest = log
-        .split("goes on at step ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no regroup in the log: {log}"));
-    let mut words = rest.split_whitespace();
-    let step = words.next().unwrap().parse().unwrap();
-    assert_eq!(words.next(), Some("of"));
-    let total = words.next().unwrap().parse().unwrap();
-    (step, total)
 }
 
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {

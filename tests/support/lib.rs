@@ -133,3 +133,16 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
         .port()
 }
+
+/// The step and total steps of "epoch E goes on at step S of T" in the coordinator's log.
+pub fn resumed_at(log: &str) -> (u64, u64) {
+    let rest = log
+        .split("goes on at step ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no regroup in the log: {log}"));
+    let mut words = rest.split_whitespace();
+    let step = words.next().unwrap().parse().unwrap();
+    assert_eq!(words.next(), Some("of"));
+    let total = words.next().unwrap().parse().unwrap();
+    (step, total)
+}
