@@ -109,3 +109,98 @@ fn a_killed_coordinator_resumes_and_reaches_the_uninterrupted_weights() {
         stderr(&o)
     );
 }
+
+/// With `--checkpoint-every 3` a run killed inside an epoch resumes at the checkpointed step
+/// (not at the epoch's start) and still reaches the uninterrupted run's weights.
+#[test]
+fn a_run_killed_inside_an_epoch_resumes_at_its_last_step_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = trec_slice(dir.path(), "train.tsv", 400, 400);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let args = |run: &std::path::Path| -> Vec<String> {
+        [
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--data",
+            train.to_str().unwrap(),
+            "--eval-split",
+            "0.1",
+            "--epochs",
+            "3",
+            "--seed",
+            "4",
+            "--checkpoint-every",
+            "3",
+            "--run-dir",
+            run.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let o = coordinator(&args(&a).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let mut child = Command::new(bin("coordinator"))
+        .args(args(&b))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let signal = |s: &str| {
+        assert!(Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    let state = b.join("checkpoint/state.json");
+    let inside = || {
+        std::fs::read(&state)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+            .is_some_and(|s| s["step"].as_u64().unwrap_or(0) > 0)
+    };
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint inside an epoch"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "finished too early");
+        if inside() {
+            // Stopped, so no newer checkpoint replaces the one just seen before the kill.
+            signal("-STOP");
+            if inside() {
+                break;
+            }
+            signal("-CONT");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let o = coordinator(&["--resume", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let steps: u64 = err
+        .split(" steps of the next")
+        .next()
+        .and_then(|before| before.rsplit(" and ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line in {err}"));
+    assert!(steps > 0, "{err}");
+    let diff = max_weight_diff(
+        &a.join("checkpoint/weights.safetensors"),
+        &b.join("checkpoint/weights.safetensors"),
+    );
+    assert!(diff <= 1e-5, "resumed weights differ by {diff}");
+    let sb = json(&b.join("summary.json"));
+    for e in sb["epoch_log"].as_array().unwrap() {
+        assert_eq!(e["examples_planned"], e["examples_trained"], "{e}");
+    }
+}

@@ -87,6 +87,10 @@ pub struct TrainArgs {
     /// the epoch split among the survivors.
     #[arg(long, default_value_t = 5, help_heading = "Cluster")]
     pub heartbeat_timeout: u64,
+    /// Also checkpoint every N steps inside an epoch, so `--resume` loses at most N steps
+    /// (0: checkpoints at epoch ends only).
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Cluster")]
+    pub checkpoint_every: u64,
     /// Give up when fewer workers than this remain after losing some.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Cluster")]
     pub min_workers: u64,

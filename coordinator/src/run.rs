@@ -18,14 +18,13 @@ use common::pipeline::Pipeline;
 use common::train::{AdamConfig, RunSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use crate::cli::{TrainArgs, Workers};
 use crate::local::Fleet;
 use crate::membership::{Lost, Regroup};
 use crate::model_dir::{self, ModelMeta};
 use crate::rundir::{Progress, RunDir};
-use crate::service::{EpochPlan, RunInfo, Service, Shared};
+use crate::service::{EpochPlan, Inbox, RunInfo, Service, Shared};
 use crate::sharding::global_batches;
 
 /// What one epoch's reports add up to.
@@ -82,10 +81,12 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     let (run_dir, checkpoint) = match (&args.run_dir, args.resume) {
         (Some(dir), true) => {
             let (run_dir, checkpoint) = RunDir::reopen(dir)?;
+            let p = &checkpoint.progress;
             tracing::info!(
-                "resuming {} after epoch {}",
+                "resuming {} after epoch {} and {} steps of the next",
                 dir.display(),
-                checkpoint.progress.epochs_done
+                p.epochs_done,
+                p.step
             );
             (run_dir, Some(checkpoint))
         }
@@ -224,8 +225,10 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             .map(|c| c.optimizer.clone())
             .unwrap_or_default(),
         start_epoch: checkpoint.as_ref().map_or(0, |c| c.progress.epochs_done),
+        start_step: checkpoint.as_ref().map_or(0, |c| c.progress.step),
+        start_applied: checkpoint.as_ref().map_or(0, |c| c.progress.applied),
     };
-    let (shared, mut reports) = Shared::new(token.clone(), world, info);
+    let (shared, mut inbox) = Shared::new(token.clone(), world, info);
     let _metrics_server = match &args.metrics_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -282,7 +285,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         drive(
             &args,
             &shared,
-            &mut reports,
+            &mut inbox,
             &mut fleet,
             &pipeline,
             eval.clone(),
@@ -357,7 +360,7 @@ struct Record {
 async fn drive(
     args: &TrainArgs,
     shared: &Arc<Shared>,
-    reports: &mut mpsc::UnboundedReceiver<pb::EpochReport>,
+    inbox: &mut Inbox,
     fleet: &mut Fleet,
     pipeline: &Arc<Pipeline>,
     eval: Arc<Vec<Example>>,
@@ -422,11 +425,30 @@ async fn drive(
             examples,
             batches,
             eval: eval.clone(),
+            checkpoint_every: args.checkpoint_every as usize,
         })));
         bar.set_length(steps);
         bar.set_position(0);
         bar.set_message(format!("epoch {}/{}", epoch + 1, t.epochs));
-        let s = gather(&regroup, reports, fleet, labels.len(), &bar, lost_entering).await?;
+        // Inside the epoch, a checkpoint after every --checkpoint-every steps.
+        let mut save_inside = |c: pb::CheckpointUpload| -> Result<()> {
+            let mut p = progress.clone();
+            p.step = c.steps_done;
+            p.applied = c.applied_examples;
+            run_dir.save_checkpoint(&meta, &c.weights, &c.optimizer_state, &p)?;
+            tracing::debug!("checkpoint at step {} of epoch {}", c.steps_done, epoch + 1);
+            Ok(())
+        };
+        let s = gather(
+            &regroup,
+            inbox,
+            fleet,
+            labels.len(),
+            &bar,
+            lost_entering,
+            &mut save_inside,
+        )
+        .await?;
         progress.workers_lost += s.lost.len() as u64;
         epochs = epoch + 1;
         for (peak, r) in worker_peak_rss.iter_mut().zip(&s.peak_rss) {
@@ -488,6 +510,8 @@ async fn drive(
             model_dir::save(&run_dir.model(), &meta, &s.weights, &s.optimizer)?;
         }
         progress.epochs_done = epoch + 1;
+        progress.step = 0;
+        progress.applied = 0;
         progress.metrics.push(line.clone());
         progress.epoch_log.push(json!({
             "epoch": epoch + 1, "examples_planned": n, "examples_trained": s.applied, "workers": s.workers,
@@ -596,11 +620,12 @@ async fn wait_for_members(
 /// membership change, after which the reports of the new membership are awaited.
 async fn gather(
     regroup: &Regroup<'_>,
-    reports: &mut mpsc::UnboundedReceiver<pb::EpochReport>,
+    inbox: &mut Inbox,
     fleet: &mut Fleet,
     classes: usize,
     bar: &ProgressBar,
     lost_before: Vec<Lost>,
+    save_checkpoint: &mut dyn FnMut(pb::CheckpointUpload) -> Result<()>,
 ) -> Result<EpochSummary> {
     let shared = regroup.shared;
     let epoch = regroup.epoch;
@@ -616,7 +641,14 @@ async fn gather(
     while got.iter().any(Option::is_none) {
         let mut lost = Vec::new();
         tokio::select! {
-            r = reports.recv() => {
+            c = inbox.checkpoints.recv() => {
+                let c = c.context("the service stopped")?;
+                // Only ring rank 0 of the current membership is asked for checkpoints.
+                if c.epoch == epoch && c.generation == membership.generation && membership.position(c.rank as usize) == Some(0) {
+                    save_checkpoint(c)?;
+                }
+            }
+            r = inbox.reports.recv() => {
                 let r = r.context("the service stopped")?;
                 if r.epoch == epoch && r.generation == membership.generation {
                     if let Some(at) = membership.position(r.rank as usize) {

@@ -40,6 +40,12 @@ pub struct Progress {
     /// Workers lost so far (a checkpoint from before this field reads as 0).
     #[serde(default)]
     pub workers_lost: u64,
+    /// A checkpoint inside epoch `epochs_done` (--checkpoint-every): its steps applied, and
+    /// the examples in their global batches; 0 at an epoch boundary.
+    #[serde(default)]
+    pub step: u64,
+    #[serde(default)]
+    pub applied: u64,
 }
 
 /// What `--resume` starts from.

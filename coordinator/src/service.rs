@@ -29,6 +29,9 @@ pub struct RunInfo {
     pub initial_optimizer: Vec<u8>,
     /// The first epoch workers train (0, or after a resumed run's checkpoint).
     pub start_epoch: u64,
+    /// Steps of `start_epoch` already in the initial weights, and their examples.
+    pub start_step: u64,
+    pub start_applied: u64,
     /// The --encoder directory, served to workers that lack it.
     pub encoder_dir: Option<std::path::PathBuf>,
 }
@@ -43,9 +46,19 @@ pub struct EpochPlan {
     /// Global batches, indices into `examples`.
     pub batches: Vec<Vec<usize>>,
     pub eval: Arc<Vec<Example>>,
+    /// Ring rank 0 uploads a checkpoint after every this many steps (0: never).
+    pub checkpoint_every: usize,
 }
 
 impl EpochPlan {
+    /// Whether step `index` ends with a checkpoint upload (not the last: the epoch's end has
+    /// its own checkpoint).
+    pub fn checkpoint_after(&self, index: usize) -> bool {
+        self.checkpoint_every > 0
+            && (index + 1).is_multiple_of(self.checkpoint_every)
+            && index + 1 < self.batches.len()
+    }
+
     pub fn finished(epoch: u64) -> Self {
         EpochPlan {
             epoch,
@@ -54,6 +67,7 @@ impl EpochPlan {
             examples: Vec::new(),
             batches: Vec::new(),
             eval: Arc::new(Vec::new()),
+            checkpoint_every: 0,
         }
     }
 }
@@ -119,6 +133,12 @@ pub struct PendingRegroup {
     pub reply: oneshot::Sender<Result<pb::RegroupReply, Status>>,
 }
 
+/// What workers send the run driver.
+pub struct Inbox {
+    pub reports: mpsc::UnboundedReceiver<pb::EpochReport>,
+    pub checkpoints: mpsc::UnboundedReceiver<pb::CheckpointUpload>,
+}
+
 /// Workers that may join a run after its start, over the whole run.
 const MAX_LATE_JOINS: usize = 64;
 
@@ -140,6 +160,7 @@ pub struct Shared {
     /// The current epoch plan; handlers wait on it.
     pub plan: watch::Sender<Option<Arc<EpochPlan>>>,
     reports: mpsc::UnboundedSender<pb::EpochReport>,
+    checkpoints: mpsc::UnboundedSender<pb::CheckpointUpload>,
     pub progress: Vec<Progress>,
     pub running: AtomicBool,
     /// Workers that have been sent the `finished` header (told the run is over).
@@ -149,12 +170,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        token: String,
-        expected: usize,
-        run: RunInfo,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<pb::EpochReport>) {
+    pub fn new(token: String, expected: usize, run: RunInfo) -> (Arc<Self>, Inbox) {
         let (reports, rx) = mpsc::unbounded_channel();
+        let (checkpoints, checkpoints_rx) = mpsc::unbounded_channel();
         let shared = Shared {
             token,
             expected,
@@ -167,6 +185,7 @@ impl Shared {
             regroup_requested: tokio::sync::Notify::new(),
             plan: watch::channel(None).0,
             reports,
+            checkpoints,
             progress: (0..expected + MAX_LATE_JOINS)
                 .map(|_| Progress::default())
                 .collect(),
@@ -175,7 +194,13 @@ impl Shared {
             started: Instant::now(),
             metrics: Arc::new(Metrics::default()),
         };
-        (Arc::new(shared), rx)
+        (
+            Arc::new(shared),
+            Inbox {
+                reports: rx,
+                checkpoints: checkpoints_rx,
+            },
+        )
     }
 
     /// Ends the run for the service: heartbeats answer `running: false` and joins still waiting
@@ -357,6 +382,8 @@ impl Shared {
                 initial_weights: self.run.initial_weights.clone(),
                 initial_optimizer: self.run.initial_optimizer.clone(),
                 start_epoch: self.run.start_epoch,
+                start_step: self.run.start_step,
+                start_applied: self.run.start_applied,
                 nccl_id: nccl_id.clone(),
                 generation: 0,
                 awaiting_admission: false,
@@ -386,8 +413,8 @@ impl Shared {
             generation: 0,
             members,
             settled: true,
-            resume_epoch: 0,
-            resume_step: 0,
+            resume_epoch: self.run.start_epoch,
+            resume_step: self.run.start_step as usize,
         })));
     }
 }
@@ -620,6 +647,7 @@ impl pb::coordinator_server::Coordinator for Service {
                         index: index as u64,
                         global_batch: batch.len() as u32,
                         examples: mine.iter().map(|&i| to_pb(&plan.examples[i])).collect(),
+                        checkpoint: rank == 0 && plan.checkpoint_after(index),
                     })
                 });
             let mine = &plan.eval[part(plan.eval.len(), world, rank)];
@@ -688,6 +716,20 @@ impl pb::coordinator_server::Coordinator for Service {
                 "the run ended while this worker waited to regroup",
             )),
         }
+    }
+
+    async fn upload_checkpoint(
+        &self,
+        request: Request<pb::CheckpointUpload>,
+    ) -> Result<Response<pb::EpochAck>, Status> {
+        let upload = request.into_inner();
+        self.0.check_token(&upload.token, "checkpoint upload")?;
+        self.0.check_rank(upload.rank)?;
+        self.0
+            .checkpoints
+            .send(upload)
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        Ok(Response::new(pb::EpochAck {}))
     }
 
     type FetchEncoderStream = FileStream;

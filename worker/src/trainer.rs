@@ -136,8 +136,8 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         progress,
         at: Position {
             epoch: reply.start_epoch,
-            steps: 0,
-            applied: 0,
+            steps: reply.start_step,
+            applied: reply.start_applied,
         },
         report: pb::EpochReport::default(),
     };
@@ -315,6 +315,9 @@ impl Job {
                     }
                     self.at.steps = step.index + 1;
                     self.at.applied += u64::from(step.global_batch);
+                    if step.checkpoint {
+                        self.upload_checkpoint(rt, epoch)?;
+                    }
                     self.progress.step.store(self.at.steps, Ordering::Relaxed);
                     self.progress
                         .examples
@@ -369,6 +372,24 @@ impl Job {
         rt.block_on(self.client.report_epoch(report))
             .context("reporting the epoch")?;
         Ok(false)
+    }
+
+    /// Sends the coordinator this replica's weights and optimizer state after a step it
+    /// marked for a checkpoint.
+    fn upload_checkpoint(&mut self, rt: &tokio::runtime::Runtime, epoch: u64) -> Result<()> {
+        let upload = pb::CheckpointUpload {
+            rank: self.id,
+            token: self.token.clone(),
+            epoch,
+            generation: self.membership.generation.load(Ordering::SeqCst),
+            steps_done: self.at.steps,
+            applied_examples: self.at.applied,
+            weights: self.replica.host().to_bytes()?,
+            optimizer_state: self.opt.to_bytes()?,
+        };
+        rt.block_on(self.client.upload_checkpoint(upload))
+            .context("uploading a checkpoint")?;
+        Ok(())
     }
 
     /// Leaves the broken ring, asks the coordinator for the new membership, forms the new
