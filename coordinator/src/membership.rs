@@ -8,6 +8,7 @@
 //! remaining global batches are split among the survivors: every example of the epoch is
 //! trained exactly once.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,7 +105,11 @@ impl Regroup<'_> {
                 l.reason
             );
         }
-        let deadline = Instant::now() + self.timeout;
+        // A member still sending heartbeats is alive, maybe busy finishing a long step: it gets
+        // up to ten heartbeat timeouts (at least a minute) to come back; a silent one, one.
+        let started = shared.millis();
+        let timeout_ms = self.timeout.as_millis() as u64;
+        let deadline = Instant::now() + (self.timeout * 10).max(Duration::from_secs(60));
         let mut waiting: Vec<PendingRegroup> = Vec::new();
         loop {
             for p in shared.take_regroups(|id| current.position(id).is_some()) {
@@ -131,13 +136,23 @@ impl Regroup<'_> {
             if missing.is_empty() {
                 break;
             }
+            let now = shared.millis();
+            for m in &missing {
+                let seen = shared.progress[m.id]
+                    .last_seen_ms
+                    .load(Ordering::Relaxed)
+                    .max(started);
+                if now.saturating_sub(seen) > timeout_ms {
+                    let reason = format!("no heartbeat for {} s", self.timeout.as_secs());
+                    lost.push(self.lose(m, reason));
+                }
+            }
             if Instant::now() >= deadline {
                 for m in missing {
-                    let reason = format!(
-                        "did not come back to regroup within {} s",
-                        self.timeout.as_secs()
-                    );
-                    lost.push(self.lose(m, reason));
+                    if !lost.iter().any(|l| l.member.id == m.id) {
+                        let reason = "did not come back to regroup within ten heartbeat timeouts";
+                        lost.push(self.lose(m, reason.into()));
+                    }
                 }
                 break;
             }

@@ -74,7 +74,15 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
             None,
         )
     } else {
-        form_ring(rank as usize, &reply.peers, &listener, token, auth_id, 0)?
+        form_ring(
+            rank as usize,
+            &reply.peers,
+            &listener,
+            token,
+            auth_id,
+            0,
+            Duration::from_secs(60),
+        )?
     };
 
     let mut replica = Replica::new(&spec.model, spec.seed, &device)
@@ -143,6 +151,10 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
     };
     job.run(rt, reply.awaiting_admission)
 }
+
+/// How long re-forming a ring after a regroup may take: every survivor is already running,
+/// so a peer that does not show up soon has failed too, and the next regroup drops it.
+const REFORM_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where this worker's weights stand: `steps` of `epoch` applied, with `applied` examples in
 /// their global batches. It moves to the next epoch when that epoch's header arrives.
@@ -435,6 +447,7 @@ impl Job {
             &self.token,
             self.run_id,
             reply.generation,
+            REFORM_TIMEOUT,
         )
         .map_err(|e| anyhow::Error::new(RingFailed(format!("{e:#}"))))?;
         self.ring = ring;
@@ -478,6 +491,7 @@ fn form_ring(
     token: &str,
     run_id: u64,
     generation: u64,
+    connect_timeout: Duration,
 ) -> Result<(Box<dyn Collective>, Option<RingAbort>)> {
     if peers.len() <= 1 {
         return Ok((Box::new(Local), None));
@@ -487,7 +501,7 @@ fn form_ring(
         .map(|p| resolve(p))
         .collect::<Result<Vec<_>>>()?;
     let options = RingOptions {
-        connect_timeout: Duration::from_secs(60),
+        connect_timeout,
         io_timeout: Duration::from_secs(30),
         ..RingOptions::default()
     };
