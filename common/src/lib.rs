@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod resample;
 pub mod rng;
 pub mod shutdown;
+pub mod tls;
 pub mod train;
 
 pub use error::DataError;

@@ -48,26 +48,31 @@ pub fn advertise_addr(given: Option<&str>, daemons: &[String]) -> Result<String>
     }
 }
 
-/// `http://HOST:PORT`, with brackets around an IPv6 address.
-pub fn url(host: &str, port: u16) -> String {
+/// `SCHEME://HOST:PORT`, with brackets around an IPv6 address.
+pub fn url(scheme: &str, host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
-        format!("http://[{host}]:{port}")
+        format!("{scheme}://[{host}]:{port}")
     } else {
-        format!("http://{host}:{port}")
+        format!("{scheme}://{host}:{port}")
     }
 }
 
-fn daemon_url(addr: &str) -> String {
+fn daemon_url(addr: &str, scheme: &str) -> String {
     if addr.contains("://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     }
 }
 
 /// Enrolls every daemon in the run at `coordinator_url`, all at once. The error names each
 /// daemon that could not be reached or refused.
-pub async fn enroll_all(daemons: &[String], coordinator_url: &str, token: &str) -> Result<()> {
+pub async fn enroll_all(
+    daemons: &[String],
+    coordinator_url: &str,
+    token: &str,
+    tls: Option<&common::tls::Tls>,
+) -> Result<()> {
     for (i, d) in daemons.iter().enumerate() {
         if daemons[..i].contains(d) {
             bail!(
@@ -82,6 +87,7 @@ pub async fn enroll_all(daemons: &[String], coordinator_url: &str, token: &str) 
                 d.clone(),
                 coordinator_url.to_string(),
                 token.to_string(),
+                tls.map(|t| t.grpc_client()),
             ))
         })
         .collect();
@@ -105,11 +111,22 @@ pub async fn enroll_all(daemons: &[String], coordinator_url: &str, token: &str) 
     }
 }
 
-async fn enroll(daemon: String, coordinator_url: String, token: String) -> Result<()> {
-    let endpoint = Endpoint::from_shared(daemon_url(&daemon))
+async fn enroll(
+    daemon: String,
+    coordinator_url: String,
+    token: String,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<()> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(daemon_url(&daemon, scheme))
         .with_context(|| format!("worker daemon {daemon:?} is not a usable address"))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10));
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .with_context(|| format!("TLS for worker daemon {daemon}"))?;
+    }
     let channel = endpoint
         .connect()
         .await
@@ -183,9 +200,10 @@ mod tests {
 
     #[test]
     fn coordinator_urls() {
-        assert_eq!(url("10.0.0.1", 50051), "http://10.0.0.1:50051");
-        assert_eq!(url("fd00::1", 7), "http://[fd00::1]:7");
-        assert_eq!(daemon_url("h:1"), "http://h:1");
-        assert_eq!(daemon_url("https://h:1"), "https://h:1");
+        assert_eq!(url("http", "10.0.0.1", 50051), "http://10.0.0.1:50051");
+        assert_eq!(url("https", "fd00::1", 7), "https://[fd00::1]:7");
+        assert_eq!(daemon_url("h:1", "http"), "http://h:1");
+        assert_eq!(daemon_url("h:1", "https"), "https://h:1");
+        assert_eq!(daemon_url("https://h:1", "http"), "https://h:1");
     }
 }

@@ -42,6 +42,7 @@ impl Fleet {
         token: &str,
         threads: usize,
         device: LocalDevice,
+        tls: &common::tls::TlsFiles,
     ) -> Result<Self> {
         let bin = worker_binary()?;
         let mut children = Vec::with_capacity(n);
@@ -61,6 +62,7 @@ impl Fleet {
                     "--device",
                     &device,
                 ])
+                .args(tls.args())
                 .env("SMALLTEXT_TOKEN", token)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

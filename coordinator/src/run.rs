@@ -78,6 +78,10 @@ fn by_source(
 
 pub async fn train(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
+    let tls_files = args.tls.files();
+    let tls = tls_files.load()?;
+    let server_tls = tls.as_ref().map(|t| t.grpc_server()).transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (run_dir, checkpoint) = match (&args.run_dir, args.resume) {
         (Some(dir), true) => {
             let (run_dir, checkpoint) = RunDir::reopen(dir)?;
@@ -265,22 +269,29 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, shared.clone(), server_stopped));
+    let server = tokio::spawn(serve(listener, shared.clone(), server_stopped, server_tls));
     tracing::info!("coordinator listening on {addr}, waiting for {world} workers");
 
     let threads = args.threads.unwrap_or_else(|| (cores() / world).max(1));
     let mut fleet = match local {
-        Some(n) => Fleet::spawn(n, &format!("http://{addr}"), &token, threads, args.device)?,
+        Some(n) => Fleet::spawn(
+            n,
+            &format!("{scheme}://{addr}"),
+            &token,
+            threads,
+            args.device,
+            &tls_files,
+        )?,
         None => Fleet::none(),
     };
     let result = async {
         if let (Some(daemons), Some(host)) = (daemons, &advertise) {
-            let url = crate::daemons::url(host, addr.port());
+            let url = crate::daemons::url(scheme, host, addr.port());
             tracing::info!(
                 "enrolling {} worker daemons; they join this coordinator at {url}",
                 daemons.len()
             );
-            crate::daemons::enroll_all(daemons, &url, &token).await?;
+            crate::daemons::enroll_all(daemons, &url, &token, tls.as_ref()).await?;
         }
         drive(
             &args,
@@ -868,6 +879,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     stop: tokio::sync::oneshot::Receiver<()>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -877,7 +889,17 @@ async fn serve(
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = match builder.tls_config(tls) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("gRPC server TLS: {e}");
+                return;
+            }
+        };
+    }
+    let result = builder
         .add_service(health)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async {

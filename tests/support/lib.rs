@@ -42,6 +42,26 @@ pub fn bin(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let target_dir = dir.parent().expect("target dir").to_path_buf();
         let mut cmd = Command::new(cargo);
+        // Cargo gives a test process its package's variables; some build scripts (ring's)
+        // track CARGO_MANIFEST_DIR, so passing them on would rebuild half the tree here and
+        // again at the next plain `cargo build`.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+            {
+                cmd.env_remove(&key);
+            }
+        }
         cmd.current_dir(root())
             .args(["build", "--quiet", "--workspace", "--bins", "--target-dir"])
             .arg(&target_dir);
@@ -145,4 +165,75 @@ pub fn resumed_at(log: &str) -> (u64, u64) {
     assert_eq!(words.next(), Some("of"));
     let total = words.next().unwrap().parse().unwrap();
     (step, total)
+}
+
+/// A CA and a certificate it signed for 127.0.0.1 and localhost (server and client use), made
+/// with the openssl command in `dir/name-*`: (CA certificate, certificate, key).
+pub fn tls_files(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |s: &str| dir.join(format!("{name}-{s}"));
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("running openssl (apt-get install openssl)");
+        assert!(
+            o.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let s = |p: &PathBuf| p.to_str().expect("utf-8 path").to_string();
+    let (ca, ca_key, cert, key, csr, ext) = (
+        p("ca.pem"),
+        p("ca.key"),
+        p("cert.pem"),
+        p("key.pem"),
+        p("cert.csr"),
+        p("ext.cnf"),
+    );
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509", "-days", "2", "-subj"];
+    let subject = format!("/CN={name} test CA");
+    args.push(&subject);
+    args.extend(ec);
+    let (ca_s, ca_key_s) = (s(&ca), s(&ca_key));
+    args.extend(["-keyout", &ca_key_s, "-out", &ca_s]);
+    run(&args);
+    let (key_s, csr_s) = (s(&key), s(&csr));
+    let mut args = vec!["req", "-subj", "/CN=localhost"];
+    args.extend(ec);
+    args.extend(["-keyout", &key_s, "-out", &csr_s]);
+    run(&args);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .expect("writing the extensions");
+    let (cert_s, ext_s) = (s(&cert), s(&ext));
+    run(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &csr_s,
+        "-CA",
+        &ca_s,
+        "-CAkey",
+        &ca_key_s,
+        "-CAcreateserial",
+        "-extfile",
+        &ext_s,
+        "-out",
+        &cert_s,
+    ]);
+    (ca, cert, key)
 }

@@ -26,16 +26,25 @@ pub async fn join(
     url: &str,
     req: pb::JoinRequest,
     timeout: Duration,
+    tls: Option<&common::tls::Tls>,
 ) -> Result<(Client, pb::JoinReply)> {
+    let tls = match (url.starts_with("https://"), tls) {
+        (true, Some(t)) => Some(t.grpc_client()),
+        (true, None) => bail!("{url} is served over TLS: give --tls-ca (the CA that signed the coordinator's certificate)"),
+        (false, Some(_)) => bail!("--tls-* given but the coordinator URL {url} is not https://"),
+        (false, None) => None,
+    };
     let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {
-            let channel = Channel::from_shared(url.to_string())
+            let mut endpoint = Channel::from_shared(url.to_string())
                 .with_context(|| format!("bad coordinator address {url:?}"))?
-                .connect_timeout(Duration::from_secs(5))
-                .connect()
-                .await?;
+                .connect_timeout(Duration::from_secs(5));
+            if let Some(tls) = &tls {
+                endpoint = endpoint.tls_config(tls.clone()).context("TLS settings")?;
+            }
+            let channel = endpoint.connect().await?;
             let mut client = CoordinatorClient::new(channel)
                 .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
@@ -52,7 +61,9 @@ pub async fn join(
                 Code::FailedPrecondition | Code::ResourceExhausted | Code::InvalidArgument => {
                     bail!(Refused(status.message().to_string()))
                 }
-                _ if Instant::now() > deadline => bail!("joining {url}: {}", status.message()),
+                _ if Instant::now() > deadline => {
+                    bail!("cannot reach the coordinator at {url}: {}", chain(&status))
+                }
                 _ => tracing::debug!("join: {status}; retrying"),
             },
             Err(e) if Instant::now() > deadline => {
@@ -63,6 +74,18 @@ pub async fn join(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// A status with the errors under it (a TLS refusal is several layers down).
+fn chain(status: &tonic::Status) -> String {
+    let mut out = status.message().to_string();
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
 }
 
 /// Progress shared between the training loop and the heartbeat task.

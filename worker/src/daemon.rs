@@ -75,7 +75,15 @@ pub async fn serve(args: &Args, listen: &str, token: String) -> Result<()> {
         }
     );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = args.tls_files().load()? {
+        if args.tls_cert.is_some() {
+            builder = builder
+                .tls_config(tls.grpc_server()?)
+                .context("the daemon's TLS settings")?;
+        }
+    }
+    builder
         .add_service(health)
         .add_service(WorkerDaemonServer::new(daemon))
         .serve_with_incoming_shutdown(incoming, common::shutdown::signal())
@@ -106,6 +114,12 @@ fn job_args(args: &Args) -> Vec<String> {
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_string(), value])
+    .chain(
+        args.tls_files()
+            .args()
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned()),
+    )
     .collect()
 }
 
@@ -114,9 +128,9 @@ fn check_url(url: &str) -> Result<(), String> {
     if url.len() > 1024 {
         return Err("the coordinator URL is too long".into());
     }
-    if !url.starts_with("http://") {
+    if !url.starts_with("http://") && !url.starts_with("https://") {
         return Err(format!(
-            "coordinator URL {url:?}: expected http://HOST:PORT"
+            "coordinator URL {url:?}: expected http://HOST:PORT or https://HOST:PORT"
         ));
     }
     tonic::transport::Endpoint::from_shared(url.to_string())

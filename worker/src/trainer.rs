@@ -45,11 +45,15 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         nccl_id: nccl_candidate(args.device)?,
         device: args.device.to_string(),
     };
+    let tls = args.tls_files().load()?;
     let (mut client, reply) = rt.block_on(client::join(
         url,
         req,
         Duration::from_secs(args.connect_timeout),
+        tls.as_ref(),
     ))?;
+    // Ring links use TLS when this worker has an identity and a CA to check neighbours with.
+    let ring_tls = tls.filter(|t| t.for_ring()).map(Arc::new);
     let rank = reply.rank;
     let world = reply.world_size as usize;
     tracing::info!("joined as rank {rank} of {world}; ring address {ring_addr}");
@@ -78,9 +82,12 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
             rank as usize,
             &reply.peers,
             &listener,
-            token,
-            auth_id,
-            0,
+            &RingSession {
+                token,
+                run_id: auth_id,
+                generation: 0,
+                tls: ring_tls.clone(),
+            },
             Duration::from_secs(60),
         )?
     };
@@ -140,6 +147,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         replica,
         opt,
         ring,
+        ring_tls,
         membership,
         progress,
         at: Position {
@@ -195,6 +203,7 @@ struct Job {
     replica: Replica,
     opt: Adam,
     ring: Box<dyn Collective>,
+    ring_tls: Option<Arc<common::tls::Tls>>,
     membership: Arc<Membership>,
     progress: Arc<Progress>,
     at: Position,
@@ -444,9 +453,12 @@ impl Job {
             rank,
             &reply.peers,
             &self.listener,
-            &self.token,
-            self.run_id,
-            reply.generation,
+            &RingSession {
+                token: &self.token,
+                run_id: self.run_id,
+                generation: reply.generation,
+                tls: self.ring_tls.clone(),
+            },
             REFORM_TIMEOUT,
         )
         .map_err(|e| anyhow::Error::new(RingFailed(format!("{e:#}"))))?;
@@ -481,6 +493,14 @@ impl Job {
     }
 }
 
+/// What a ring of one generation authenticates with.
+struct RingSession<'a> {
+    token: &'a str,
+    run_id: u64,
+    generation: u64,
+    tls: Option<Arc<common::tls::Tls>>,
+}
+
 /// The ring of one generation: `Local` for a world of one, else the TCP ring, with its
 /// abort handle. Authentication binds to the run and the generation, so a link of an old
 /// ring cannot join a new one.
@@ -488,9 +508,7 @@ fn form_ring(
     rank: usize,
     peers: &[String],
     listener: &TcpListener,
-    token: &str,
-    run_id: u64,
-    generation: u64,
+    session: &RingSession<'_>,
     connect_timeout: Duration,
 ) -> Result<(Box<dyn Collective>, Option<RingAbort>)> {
     if peers.len() <= 1 {
@@ -503,14 +521,15 @@ fn form_ring(
     let options = RingOptions {
         connect_timeout,
         io_timeout: Duration::from_secs(30),
+        tls: session.tls.clone(),
         ..RingOptions::default()
     };
-    let session = run_id ^ generation.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let id = session.run_id ^ session.generation.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let ring = RingAllReduce::connect_with(
         rank,
         &peers,
         listener,
-        &RingAuth::new(token.as_bytes(), session),
+        &RingAuth::new(session.token.as_bytes(), id),
         &options,
     )
     .context("forming the ring")?;

@@ -10,7 +10,7 @@
 //! world size and however small the socket buffers.
 
 use std::borrow::Borrow;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +48,9 @@ pub struct RingOptions {
     /// segments overlap sending and receiving sooner; larger ones cost fewer frames. Clamped
     /// to 4 bytes..=[`MAX_PAYLOAD`] and rounded down to whole f32s.
     pub segment_bytes: usize,
+    /// Mutual TLS on both links after the token handshake (certificates checked against the
+    /// CA; the dialer checks that the right neighbour's certificate names its address).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Default for RingOptions {
@@ -56,6 +59,7 @@ impl Default for RingOptions {
             connect_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(5),
             segment_bytes: 128 << 10,
+            tls: None,
         }
     }
 }
@@ -213,8 +217,9 @@ impl RingAllReduce {
             }
         };
 
+        let tls = options.tls.is_some();
         let links = Links::new(left, right, left_stream, right_stream, options)?;
-        tracing::info!(rank, world, %left, %right, "ring formed");
+        tracing::info!(rank, world, %left, %right, tls, "ring formed");
         Ok(Self {
             rank,
             world,
@@ -309,10 +314,10 @@ struct Formation<'a> {
 }
 
 impl Formation<'_> {
-    fn cancel_unless_done(
+    fn cancel_unless_done<T>(
         &self,
-        r: Result<Option<TcpStream>, CollectiveError>,
-    ) -> Result<Option<TcpStream>, CollectiveError> {
+        r: Result<Option<T>, CollectiveError>,
+    ) -> Result<Option<T>, CollectiveError> {
         if !matches!(r, Ok(Some(_))) {
             self.give_up.store(true, Ordering::SeqCst);
         }
@@ -330,7 +335,7 @@ impl Formation<'_> {
 
     /// Dials the right neighbour until it answers and authenticates, or the deadline passes.
     /// `Ok(None)` means the accepting side failed and asked this one to stop.
-    fn dial(&self, right: Peer) -> Result<Option<TcpStream>, CollectiveError> {
+    fn dial(&self, right: Peer) -> Result<Option<Link<dyn Write + Send>>, CollectiveError> {
         let mut last_error: Option<io::Error> = None;
         loop {
             if self.give_up.load(Ordering::SeqCst) {
@@ -354,7 +359,7 @@ impl Formation<'_> {
                             auth::dial(&stream, self.auth, self.me, right.rank as u32, self.world)
                         });
                     match handshake {
-                        Ok(()) => return Ok(Some(stream)),
+                        Ok(()) => return Link::dialed(stream, right, self.options).map(Some),
                         Err(HandshakeError::Auth(reason)) => {
                             return Err(CollectiveError::Auth {
                                 peer: right,
@@ -387,7 +392,7 @@ impl Formation<'_> {
         &self,
         listener: &TcpListener,
         left: Peer,
-    ) -> Result<Option<TcpStream>, CollectiveError> {
+    ) -> Result<Option<Link<dyn Read + Send>>, CollectiveError> {
         listener
             .set_nonblocking(true)
             .map_err(|source| CollectiveError::Io {
@@ -404,7 +409,7 @@ impl Formation<'_> {
         &self,
         listener: &TcpListener,
         left: Peer,
-    ) -> Result<Option<TcpStream>, CollectiveError> {
+    ) -> Result<Option<Link<dyn Read + Send>>, CollectiveError> {
         let mut auth_failures = 0usize;
         let mut last_auth_failure = String::new();
         loop {
@@ -449,8 +454,12 @@ impl Formation<'_> {
                 .and_then(|()| {
                     auth::accept(&stream, self.auth, self.me, left.rank as u32, self.world)
                 });
+            let handshake = handshake.and_then(|()| {
+                Link::accepted(stream, left, self.options)
+                    .map_err(|e| HandshakeError::Auth(e.to_string()))
+            });
             match handshake {
-                Ok(()) => return Ok(Some(stream)),
+                Ok(link) => return Ok(Some(link)),
                 Err(HandshakeError::Auth(reason)) => {
                     tracing::warn!(%from, expected = %left, %reason, "rejected a ring connection: authentication failed");
                     auth_failures += 1;
@@ -463,8 +472,60 @@ impl Formation<'_> {
                     tracing::warn!(%from, expected = %left, error = %e, "dropped a ring connection during the handshake");
                 }
             }
-            // `stream` drops here: the rejected connection is closed.
+            // The rejected connection was dropped, so it is closed.
         }
+    }
+}
+
+/// One link of the ring: the socket (timeouts, shutdown) and the stream the data goes
+/// through: the socket itself, or a TLS session over it.
+struct Link<T: ?Sized> {
+    socket: TcpStream,
+    data: Box<T>,
+}
+
+impl Link<dyn Write + Send> {
+    fn dialed(
+        socket: TcpStream,
+        right: Peer,
+        options: &RingOptions,
+    ) -> Result<Self, CollectiveError> {
+        let clone = socket.try_clone().map_err(|source| CollectiveError::Io {
+            peer: right,
+            during: "setting up the link",
+            source,
+        })?;
+        let data: Box<dyn Write + Send> = match &options.tls {
+            Some(tls) => {
+                tls.ring_dial(clone, right.addr.ip())
+                    .map_err(|e| CollectiveError::Auth {
+                        peer: right,
+                        reason: e.to_string(),
+                    })?
+            }
+            None => Box::new(clone),
+        };
+        Ok(Link { socket, data })
+    }
+}
+
+impl Link<dyn Read + Send> {
+    fn accepted(
+        socket: TcpStream,
+        left: Peer,
+        options: &RingOptions,
+    ) -> Result<Self, crate::tls::TlsError> {
+        let clone = socket
+            .try_clone()
+            .map_err(|source| crate::tls::TlsError::Handshake {
+                peer: left.to_string(),
+                source,
+            })?;
+        let data: Box<dyn Read + Send> = match &options.tls {
+            Some(tls) => tls.ring_accept(clone, &left.to_string())?,
+            None => Box::new(clone),
+        };
+        Ok(Link { socket, data })
     }
 }
 
@@ -513,14 +574,13 @@ enum Segment {
 }
 
 /// The two connections of one rank and the writer thread of the right one.
-#[derive(Debug)]
 struct Links {
     left: Peer,
     right: Peer,
     io_timeout: Duration,
     segment_bytes: usize,
     /// Read by the calling thread only.
-    left_stream: TcpStream,
+    left_stream: Box<dyn Read + Send>,
     /// The frame last read; a whole frame, so it can be forwarded verbatim.
     frame: Vec<u8>,
     outbox: Outbox,
@@ -528,14 +588,26 @@ struct Links {
     abort: RingAbort,
 }
 
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("left", &self.left)
+            .field("right", &self.right)
+            .field("bytes_sent", &self.bytes_sent)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Links {
     fn new(
         left: Peer,
         right: Peer,
-        left_stream: TcpStream,
-        right_stream: TcpStream,
+        left_link: Link<dyn Read + Send>,
+        right_link: Link<dyn Write + Send>,
         options: &RingOptions,
     ) -> Result<Self, CollectiveError> {
+        let (left_stream, left_data) = (left_link.socket, left_link.data);
+        let (right_stream, right_data) = (right_link.socket, right_link.data);
         let setup = |peer: Peer| {
             move |source| CollectiveError::Io {
                 peer,
@@ -550,13 +622,13 @@ impl Links {
             right_stream.try_clone().map_err(setup(right))?,
         ]);
         let wake = left_stream.try_clone().map_err(setup(left))?;
-        let outbox = Outbox::spawn(right_stream, wake).map_err(setup(right))?;
+        let outbox = Outbox::spawn(right_data, right_stream, wake).map_err(setup(right))?;
         Ok(Self {
             left,
             right,
             io_timeout: options.io_timeout,
             segment_bytes: (options.segment_bytes.clamp(4, MAX_PAYLOAD as usize)) / 4 * 4,
-            left_stream,
+            left_stream: left_data,
             frame: Vec::new(),
             outbox,
             bytes_sent: 0,
@@ -648,7 +720,7 @@ impl Links {
         shape_name: &'static str,
         during: &'static str,
     ) -> Result<FrameHeader, CollectiveError> {
-        let header = read_frame(&mut &self.left_stream, &mut self.frame)
+        let header = read_frame(&mut self.left_stream, &mut self.frame)
             .map_err(|e| self.failure(Some((e, during))))?;
         let mismatch = if header.kind != kind {
             Some(ProtocolError::UnexpectedKind {
@@ -908,7 +980,11 @@ struct Outbox {
 impl Outbox {
     /// `wake` is a clone of the left link: when a write fails the writer shuts it down, so a
     /// collective blocked reading from the left fails now instead of at its timeout.
-    fn spawn(stream: TcpStream, wake: TcpStream) -> io::Result<Self> {
+    fn spawn(
+        mut data: Box<dyn Write + Send>,
+        stream: TcpStream,
+        wake: TcpStream,
+    ) -> io::Result<Self> {
         let (queue, frames) = mpsc::channel::<Vec<u8>>();
         let (recycle, recycled) = mpsc::channel();
         let failure = Arc::new(Mutex::new(None));
@@ -916,9 +992,8 @@ impl Outbox {
         let writer = thread::Builder::new()
             .name("ring-writer".into())
             .spawn(move || {
-                let mut stream = stream;
                 for frame in frames {
-                    if let Err(e) = stream.write_all(&frame) {
+                    if let Err(e) = data.write_all(&frame).and_then(|()| data.flush()) {
                         *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         let _ = stream.shutdown(Shutdown::Both);
                         let _ = wake.shutdown(Shutdown::Both);
