@@ -136,3 +136,48 @@ fn a_tls_coordinator_takes_only_workers_with_a_certificate_from_its_ca() {
     assert!(status.success());
     assert_eq!(json(&run.join("summary.json"))["workers"], 2);
 }
+
+/// A worker daemon serving over TLS takes a job from a TLS coordinator, whose workers join it
+/// at https:// with the daemon's certificate.
+#[test]
+fn a_tls_daemon_takes_a_job_from_a_tls_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = trec_slice(dir.path(), "train.tsv", 0, 200);
+    let (ca, cert, key) = tls_files(dir.path(), "node");
+    let token = dir.path().join("join.token");
+    std::fs::write(&token, "daemon-token\n").unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut daemon = Command::new(bin("worker"))
+        .args(["--listen", &listen, "--token-file", token.to_str().unwrap()])
+        .args(["--threads", "1"])
+        .args(tls_args(&ca, &cert, &key))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = dir.path().join("run");
+    let mut args = vec![
+        "--workers",
+        &listen,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--advertise-addr",
+        "127.0.0.1",
+        "--data",
+        train.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ];
+    args.extend(tls_args(&ca, &cert, &key));
+    // The daemon may still be starting: the coordinator retries enrolment for a while.
+    std::thread::sleep(Duration::from_millis(300));
+    let o = coordinator(&args);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("took the job"), "{}", stderr(&o));
+    assert_eq!(json(&run.join("summary.json"))["workers"], 1);
+}
