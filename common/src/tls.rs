@@ -32,11 +32,23 @@ pub enum TlsError {
     },
 }
 
-/// The PEM files of one process.
-#[derive(Debug, Clone, Default)]
+/// The PEM files of one process: the `--tls-*` options of the coordinator and the worker.
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct TlsFiles {
+    /// Certificate chain (PEM) of this process. A coordinator (or worker daemon) with
+    /// --tls-key serves gRPC over TLS, and workers join it at https://; a worker shows it to
+    /// a coordinator that requires client certificates and to its ring neighbours. Local
+    /// workers and daemons are given the coordinator's files, so for local workers it must
+    /// name 127.0.0.1; ring neighbours check that it names the address its holder advertises.
+    #[arg(long = "tls-cert", value_name = "FILE", help_heading = "Security")]
     pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long = "tls-key", value_name = "FILE", help_heading = "Security")]
     pub key: Option<PathBuf>,
+    /// CA certificate (PEM) peers are checked against: a coordinator takes only workers
+    /// showing a certificate it signed (mutual TLS); a worker checks the coordinator and its
+    /// ring neighbours with it (ring links use mutual TLS when a worker has all three files).
+    #[arg(long = "tls-ca", value_name = "FILE", help_heading = "Security")]
     pub ca: Option<PathBuf>,
 }
 

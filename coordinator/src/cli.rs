@@ -46,33 +46,6 @@ pub enum LocalDevice {
     Cuda,
 }
 
-/// TLS for gRPC and for the workers' ring (rustls), from PEM files.
-#[derive(Args, Debug, Clone, Default)]
-pub struct TlsArgs {
-    /// Certificate chain (PEM) of this coordinator; with --tls-key its gRPC service is served
-    /// over TLS and workers join it at https://. Local workers and worker daemons are given
-    /// the same three files, so it must name 127.0.0.1 for local workers.
-    #[arg(long, value_name = "FILE", help_heading = "Security")]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE", help_heading = "Security")]
-    pub tls_key: Option<PathBuf>,
-    /// CA certificate (PEM): workers must show a certificate it signed (mutual TLS), and
-    /// worker daemons' certificates are checked against it.
-    #[arg(long, value_name = "FILE", help_heading = "Security")]
-    pub tls_ca: Option<PathBuf>,
-}
-
-impl TlsArgs {
-    pub fn files(&self) -> common::tls::TlsFiles {
-        common::tls::TlsFiles {
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            ca: self.tls_ca.clone(),
-        }
-    }
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// A number N: start N worker processes on this machine. Or a list host:port,... of
@@ -134,7 +107,7 @@ pub struct TrainArgs {
     pub test: Option<PathBuf>,
 
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub tls: common::tls::TlsFiles,
     /// Where checkpoints, metrics and the model go (default runs/<timestamp>).
     #[arg(long, help_heading = "Output")]
     pub run_dir: Option<PathBuf>,

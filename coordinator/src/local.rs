@@ -116,7 +116,8 @@ impl Fleet {
     /// e.g. hung), so it can neither rejoin the ring nor fail the run by its exit status.
     pub async fn kill(&mut self, pid: u32) {
         if let Some(at) = self.children.iter().position(|(_, p, _)| *p == pid) {
-            let (_, _, mut child) = self.children.remove(at);
+            let (i, _, mut child) = self.children.remove(at);
+            tracing::warn!("worker {i} (pid {pid}) was declared lost while running: killed");
             let _ = child.kill().await;
         }
     }

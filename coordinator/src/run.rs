@@ -78,7 +78,7 @@ fn by_source(
 
 pub async fn train(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
-    let tls_files = args.tls.files();
+    let tls_files = args.tls.clone();
     let tls = tls_files.load()?;
     let server_tls = tls.as_ref().map(|t| t.grpc_server()).transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };

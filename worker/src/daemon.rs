@@ -76,8 +76,8 @@ pub async fn serve(args: &Args, listen: &str, token: String) -> Result<()> {
     );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = args.tls_files().load()? {
-        if args.tls_cert.is_some() {
+    if let Some(tls) = args.tls.load()? {
+        if args.tls.cert.is_some() {
             builder = builder
                 .tls_config(tls.grpc_server()?)
                 .context("the daemon's TLS settings")?;
@@ -115,7 +115,7 @@ fn job_args(args: &Args) -> Vec<String> {
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_string(), value])
     .chain(
-        args.tls_files()
+        args.tls
             .args()
             .into_iter()
             .map(|a| a.to_string_lossy().into_owned()),

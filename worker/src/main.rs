@@ -68,18 +68,8 @@ pub struct Args {
     /// while the worker runs, for Kubernetes probes. (A daemon serves it on --listen.)
     #[arg(long, value_name = "ADDR")]
     pub health_addr: Option<String>,
-    /// Certificate chain (PEM) of this worker: its identity towards a coordinator that
-    /// requires client certificates, towards its ring neighbours (with --tls-ca: ring links
-    /// use mutual TLS) and, for a daemon, its gRPC service's certificate.
-    #[arg(long, value_name = "FILE", help_heading = "Security")]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE", help_heading = "Security")]
-    pub tls_key: Option<PathBuf>,
-    /// CA certificate (PEM) the coordinator (at an https:// URL) and ring neighbours are
-    /// checked against.
-    #[arg(long, value_name = "FILE", help_heading = "Security")]
-    pub tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: common::tls::TlsFiles,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -116,16 +106,6 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
-        }
-    }
-}
-
-impl Args {
-    fn tls_files(&self) -> common::tls::TlsFiles {
-        common::tls::TlsFiles {
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            ca: self.tls_ca.clone(),
         }
     }
 }

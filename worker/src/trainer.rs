@@ -45,7 +45,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         nccl_id: nccl_candidate(args.device)?,
         device: args.device.to_string(),
     };
-    let tls = args.tls_files().load()?;
+    let tls = args.tls.load()?;
     let (mut client, reply) = rt.block_on(client::join(
         url,
         req,
