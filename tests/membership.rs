@@ -14,6 +14,14 @@ use smalltext_tests::{
     trec_slice,
 };
 
+/// These tests time their faults from the first epoch's speed; run one at a time, each keeps
+/// the speed it measured.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn args(train: &Path, test: &Path, run: &Path) -> Vec<String> {
     [
         "--workers",
@@ -185,6 +193,7 @@ fn check_record(lost: &Path, whole: &Path, pid: u32, reason: &str) {
 /// nothing behind and recorded it all (see `check_record`). Returns the second run's log and
 /// the victim's process id.
 fn lose_one(victim: usize, signal: &str, reason: &str) -> (String, u32) {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (train, test) = setup(dir.path());
     let (whole, lost) = (dir.path().join("whole"), dir.path().join("lost"));
@@ -241,6 +250,7 @@ fn a_hung_worker_is_declared_lost_by_its_heartbeats_and_the_run_goes_on() {
 /// do not depend on how they are split, the run ends with the 2-worker run's weights.
 #[test]
 fn a_worker_joining_a_run_under_way_is_admitted_at_the_next_epoch_boundary() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (train, test) = setup(dir.path());
     let (whole, joined) = (dir.path().join("whole"), dir.path().join("joined"));
