@@ -1,39 +1,41 @@
 //! `coordinator --resume`: a coordinator killed mid-run continues from its last checkpoint
 //! and reaches the weights of an uninterrupted run.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use smalltext_tests::{bin, coordinator, json, max_weight_diff, stderr, trec_slice};
+
+/// 2 local workers on `train`, a tenth held out for validation, into `run`, plus `extra`.
+fn run_args(train: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--data",
+        train.to_str().unwrap(),
+        "--eval-split",
+        "0.1",
+        "--heartbeat-timeout",
+        "2",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
 
 #[test]
 fn a_killed_coordinator_resumes_and_reaches_the_uninterrupted_weights() {
     let dir = tempfile::tempdir().unwrap();
     let train = trec_slice(dir.path(), "train.tsv", 0, 400);
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let args = |run: &std::path::Path| -> Vec<String> {
-        [
-            "--workers",
-            "2",
-            "--threads",
-            "1",
-            "--data",
-            train.to_str().unwrap(),
-            "--eval-split",
-            "0.1",
-            "--epochs",
-            "5",
-            "--seed",
-            "3",
-            "--heartbeat-timeout",
-            "2",
-            "--run-dir",
-            run.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let args = |run: &Path| run_args(&train, run, &["--epochs", "5", "--seed", "3"]);
     let args_a = args(&a);
     let o = coordinator(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
@@ -117,28 +119,12 @@ fn a_run_killed_inside_an_epoch_resumes_at_its_last_step_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let train = trec_slice(dir.path(), "train.tsv", 400, 400);
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let args = |run: &std::path::Path| -> Vec<String> {
-        [
-            "--workers",
-            "2",
-            "--threads",
-            "1",
-            "--data",
-            train.to_str().unwrap(),
-            "--eval-split",
-            "0.1",
-            "--epochs",
-            "3",
-            "--seed",
-            "4",
-            "--checkpoint-every",
-            "3",
-            "--run-dir",
-            run.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    let args = |run: &Path| {
+        run_args(
+            &train,
+            run,
+            &["--epochs", "3", "--seed", "4", "--checkpoint-every", "3"],
+        )
     };
     let o = coordinator(&args(&a).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
