@@ -180,6 +180,18 @@ enum Interrupt {
     Fatal(anyhow::Error),
 }
 
+impl Interrupt {
+    /// ABORTED is the coordinator's word for "the membership changed": regroup. Any other
+    /// status while `doing` ends the worker.
+    fn from_status(status: tonic::Status, doing: &'static str) -> Self {
+        if status.code() == tonic::Code::Aborted {
+            Interrupt::Regroup(status.message().to_string())
+        } else {
+            Interrupt::Fatal(anyhow!(status).context(doing))
+        }
+    }
+}
+
 impl From<anyhow::Error> for Interrupt {
     fn from(e: anyhow::Error) -> Self {
         Interrupt::Fatal(e)
@@ -254,20 +266,17 @@ impl Job {
             epoch,
             generation: self.membership.generation.load(Ordering::SeqCst),
         };
-        let mut stream = match rt.block_on(self.client.stream_epoch(request)) {
-            Ok(s) => s.into_inner(),
-            Err(status) if status.code() == tonic::Code::Aborted => {
-                return Err(Interrupt::Regroup(status.message().to_string()))
-            }
-            Err(status) => return Err(anyhow!(status).context("asking for the next epoch").into()),
-        };
-        let header = match rt.block_on(stream.message()) {
-            Ok(Some(pb::EpochMessage {
+        let mut stream = rt
+            .block_on(self.client.stream_epoch(request))
+            .map_err(|s| Interrupt::from_status(s, "asking for the next epoch"))?
+            .into_inner();
+        let header = match rt
+            .block_on(stream.message())
+            .map_err(|s| Interrupt::from_status(s, "receiving the epoch's header"))?
+        {
+            Some(pb::EpochMessage {
                 kind: Some(pb::epoch_message::Kind::Header(h)),
-            })) => h,
-            Err(status) if status.code() == tonic::Code::Aborted => {
-                return Err(Interrupt::Regroup(status.message().to_string()))
-            }
+            }) => h,
             _ => {
                 return Err(anyhow!(
                     "epoch {epoch}: the coordinator's stream did not start with a header"
@@ -302,13 +311,11 @@ impl Job {
             let msg = match rt.block_on(stream.message()) {
                 Ok(Some(msg)) => msg,
                 Ok(None) => break,
-                Err(status) if status.code() == tonic::Code::Aborted => {
-                    return Err(Interrupt::Regroup(status.message().to_string()))
-                }
                 Err(status) => {
-                    return Err(anyhow!(status)
-                        .context("receiving the epoch's shard")
-                        .into())
+                    return Err(Interrupt::from_status(
+                        status,
+                        "receiving the epoch's shard",
+                    ))
                 }
             };
             match msg.kind {
