@@ -198,9 +198,15 @@ fn two_workers_compute_the_same_update_as_one() {
     // 640 distinct questions: one epoch is 20 steps of 32.
     let train_file = trec_slice(dir.path(), "train.tsv", 0, 660);
     let mut weights = Vec::new();
-    for workers in ["1", "2"] {
-        let run = dir.path().join(format!("run{workers}"));
-        train(
+    // Two local workers sum through shared memory unless told to use TCP; either way the
+    // update is one worker's.
+    for (workers, transport, says) in [
+        ("1", "auto", None),
+        ("2", "auto", Some("transport=\"shared memory\"")),
+        ("2", "tcp", Some("transport=\"tcp\"")),
+    ] {
+        let run = dir.path().join(format!("run{workers}{transport}"));
+        let log = train(
             &run,
             &[
                 "--workers",
@@ -209,16 +215,23 @@ fn two_workers_compute_the_same_update_as_one() {
                 "1",
                 "--epochs",
                 "1",
+                "--ring-transport",
+                transport,
                 "--data",
                 train_file.to_str().unwrap(),
             ],
         );
+        if let Some(says) = says {
+            assert_eq!(log.matches(says).count(), 2, "{log}");
+        }
         weights.push(run.join("model/weights.safetensors"));
         let m = json(&run.join("summary.json"));
         assert_eq!(m["workers"].as_u64().unwrap().to_string(), workers);
     }
-    let diff = max_weight_diff(&weights[0], &weights[1]);
-    assert!(diff <= 1e-4, "2 workers differ from 1 by {diff}");
+    for (other, how) in [(1, "through shared memory"), (2, "over TCP")] {
+        let diff = max_weight_diff(&weights[0], &weights[other]);
+        assert!(diff <= 1e-4, "2 workers {how} differ from 1 by {diff}");
+    }
 }
 
 #[test]

@@ -46,6 +46,16 @@ pub enum LocalDevice {
     Cuda,
 }
 
+/// How the workers of a ring exchange gradients.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingTransport {
+    /// Through a shared-memory segment when every worker runs on this same host (e.g.
+    /// `--workers N`), else TCP.
+    Auto,
+    /// Always over TCP between the workers.
+    Tcp,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// A number N: start N worker processes on this machine. Or a list host:port,... of
@@ -55,6 +65,10 @@ pub struct TrainArgs {
     /// Compute threads per worker (default: cores / local workers).
     #[arg(long, help_heading = "Cluster")]
     pub threads: Option<usize>,
+    /// How workers sum gradients: auto (shared memory when all of them run on one host,
+    /// 3× faster than loopback TCP; TCP otherwise) or tcp.
+    #[arg(long, value_enum, default_value = "auto", help_heading = "Cluster")]
+    pub ring_transport: RingTransport,
     /// Device of the local workers: cpu, or cuda (worker i on GPU i; a worker built with
     /// gpu/build.sh). Worker daemons and joining workers choose their own with `worker --device`.
     #[arg(long, value_enum, default_value = "cpu", help_heading = "Cluster")]

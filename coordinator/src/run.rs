@@ -19,7 +19,7 @@ use common::train::{AdamConfig, RunSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::cli::{TrainArgs, Workers};
+use crate::cli::{RingTransport, TrainArgs, Workers};
 use crate::local::Fleet;
 use crate::membership::{Lost, Regroup};
 use crate::model_dir::{self, ModelMeta};
@@ -192,6 +192,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         class_weights,
         encoder: encoder.clone(),
         encoder_cache_bytes: t.encoder_cache_mb.saturating_mul(1 << 20),
+        ring_shared_memory: args.ring_transport == RingTransport::Auto,
     };
     let (world, local, daemons) = match (&args.workers, args.expect_workers) {
         (Workers::Remote(_), Some(_)) => bail!("--workers host:port,... runs the job on those worker daemons and --expect-workers N waits for workers that join by themselves: give one of them"),

@@ -68,6 +68,8 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         );
     }
 
+    let mut replica = Replica::new(&spec.model, spec.seed, &device)
+        .with_context(|| format!("building the model on {}", args.device))?;
     let auth_id = reply.run_id;
     let (ring, abort): (Box<dyn Collective>, _) = if reply.awaiting_admission {
         tracing::info!("the run is under way: this worker enters at the next epoch boundary");
@@ -87,13 +89,12 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
                 run_id: auth_id,
                 generation: 0,
                 tls: ring_tls.clone(),
+                shared_memory: shared_memory_floats(&spec, replica.host()),
             },
             Duration::from_secs(60),
         )?
     };
 
-    let mut replica = Replica::new(&spec.model, spec.seed, &device)
-        .with_context(|| format!("building the model on {}", args.device))?;
     if !reply.initial_weights.is_empty() {
         replica
             .load_weights_bytes(&reply.initial_weights)
@@ -465,6 +466,7 @@ impl Job {
                 run_id: self.run_id,
                 generation: reply.generation,
                 tls: self.ring_tls.clone(),
+                shared_memory: shared_memory_floats(&self.spec, self.replica.host()),
             },
             REFORM_TIMEOUT,
         )
@@ -506,6 +508,18 @@ struct RingSession<'a> {
     run_id: u64,
     generation: u64,
     tls: Option<Arc<common::tls::Tls>>,
+    /// Floats per rank of a shared-memory segment, if all ranks turn out to share a host.
+    shared_memory: usize,
+}
+
+/// Room for the dense gradients of the model in one shared-memory slot (sparse embedding
+/// rows of a batch fit easily; anything larger, like a state broadcast, goes over TCP); 0 when
+/// the run keeps its rings on TCP.
+fn shared_memory_floats(spec: &RunSpec, model: &common::model::Classifier) -> usize {
+    if !spec.ring_shared_memory {
+        return 0;
+    }
+    model.dense_len().max(1 << 18)
 }
 
 /// The ring of one generation: `Local` for a world of one, else the TCP ring, with its
@@ -529,6 +543,7 @@ fn form_ring(
         connect_timeout,
         io_timeout: Duration::from_secs(30),
         tls: session.tls.clone(),
+        shared_memory: session.shared_memory,
         ..RingOptions::default()
     };
     let id = session.run_id ^ session.generation.wrapping_mul(0x9e37_79b9_7f4a_7c15);

@@ -8,8 +8,11 @@ mod frame;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 mod ring;
+mod shm;
 mod sparse;
 
+#[cfg(test)]
+mod shm_tests;
 #[cfg(test)]
 mod tests;
 

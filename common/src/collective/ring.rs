@@ -24,6 +24,7 @@ use super::frame::{
     begin_frame, finish_frame, read_frame, FrameHeader, FrameKind, ProtocolError, ReadError,
     HEADER_LEN, MAX_PAYLOAD,
 };
+use super::shm::{self, SharedRing};
 use super::sparse::{self, Contribution};
 use super::{check_sparse_input, Collective, CollectiveError, Peer};
 
@@ -51,6 +52,11 @@ pub struct RingOptions {
     /// Mutual TLS on both links after the token handshake (certificates checked against the
     /// CA; the dialer checks that the right neighbour's certificate names its address).
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Floats per rank of the shared-memory fast path (see `shm.rs`), used when every rank of
+    /// the ring runs on this host and `shared_memory_dir` is a tmpfs they can all open; calls
+    /// on larger buffers still go over TCP. 0 keeps every collective on TCP.
+    pub shared_memory: usize,
+    pub shared_memory_dir: std::path::PathBuf,
 }
 
 impl Default for RingOptions {
@@ -60,6 +66,8 @@ impl Default for RingOptions {
             io_timeout: Duration::from_secs(5),
             segment_bytes: 128 << 10,
             tls: None,
+            shared_memory: 0,
+            shared_memory_dir: "/dev/shm".into(),
         }
     }
 }
@@ -219,15 +227,81 @@ impl RingAllReduce {
 
         let tls = options.tls.is_some();
         let links = Links::new(left, right, left_stream, right_stream, options)?;
-        tracing::info!(rank, world, %left, %right, tls, "ring formed");
-        Ok(Self {
+        let mut ring = Self {
             rank,
             world,
             step: 0,
             broken: None,
             abort: links.abort.clone(),
             links: Some(links),
-        })
+        };
+        if options.shared_memory > 0 {
+            ring.share_memory(options)?;
+        }
+        let transport = ring.transport();
+        tracing::info!(rank, world, %left, %right, tls, transport, "ring formed");
+        Ok(ring)
+    }
+
+    /// "shared memory" when the ring's collectives run through a segment all ranks mapped,
+    /// else "tcp".
+    pub fn transport(&self) -> &'static str {
+        match self.links.as_ref().and_then(|l| l.shm.as_ref()) {
+            Some(_) => "shared memory",
+            None => "tcp",
+        }
+    }
+
+    /// Rank 0 offers a shared-memory segment over the (authenticated) ring; it is used only
+    /// if every rank could open it, i.e. all run on this host. Failing that is not an error:
+    /// the ring stays on TCP. A failing ring is.
+    fn share_memory(&mut self, options: &RingOptions) -> Result<(), CollectiveError> {
+        let (rank, world) = (self.rank, self.world);
+        let mut shared = None;
+        let mut offer = Vec::new();
+        let mut segment = None;
+        if rank == 0 {
+            match SharedRing::create(
+                &options.shared_memory_dir,
+                world,
+                options.shared_memory,
+                options.io_timeout,
+            ) {
+                Ok((ring, invitation)) => {
+                    offer = invitation.encode();
+                    segment = Some(invitation.path);
+                    shared = Some(ring);
+                }
+                Err(why) => tracing::info!(%why, "no shared memory for the ring; it uses TCP"),
+            }
+        }
+        let agreed = (|| {
+            self.broadcast_bytes(0, &mut offer)?;
+            if rank != 0 && !offer.is_empty() {
+                let joined = shm::Invitation::decode(&offer)
+                    .ok_or_else(|| "an unreadable invitation".to_string())
+                    .and_then(|inv| SharedRing::join(&inv, rank, world, options.io_timeout));
+                match joined {
+                    Ok(ring) => shared = Some(ring),
+                    Err(why) => {
+                        tracing::info!(%why, "cannot share memory with rank 0; the ring uses TCP")
+                    }
+                }
+            }
+            let mut yes = [f32::from(u8::from(shared.is_some()))];
+            self.all_reduce_sum(&mut yes)?;
+            Ok(yes[0] == world as f32)
+        })();
+        // Every rank that could open the segment has: it lives on in their mappings only.
+        if let Some(path) = segment {
+            let _ = std::fs::remove_file(path);
+        }
+        if agreed? {
+            if let Some(links) = self.links.as_mut() {
+                links.shm = shared;
+            }
+        }
+        Ok(())
     }
 
     /// A handle another thread can use to abort a collective stuck in this ring.
@@ -259,6 +333,9 @@ impl RingAllReduce {
                 self.broken = Some(e.to_string());
                 // Closing the links tells both neighbours now, rather than at their timeout.
                 links.abort.close_sockets();
+                if let Some(shm) = &links.shm {
+                    shm.break_ring();
+                }
                 Err(e)
             }
         }
@@ -557,8 +634,36 @@ fn io_failure(
     }
 }
 
+/// Whether a socket is still open: false once the peer closed it, without consuming data.
+fn peek(socket: &TcpStream) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a valid descriptor and a one-byte buffer; MSG_PEEK leaves the data queued and
+    // MSG_DONTWAIT keeps the socket's blocking mode untouched.
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            std::ptr::from_mut(&mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Ok(false),
+        n if n > 0 => Ok(true),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(true)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// The index range of chunk `c` when `len` elements are cut into `n` near-equal chunks.
-fn chunk_range(len: usize, n: usize, c: usize) -> Range<usize> {
+pub(super) fn chunk_range(len: usize, n: usize, c: usize) -> Range<usize> {
     let (base, rem) = (len / n, len % n);
     let start = c * base + c.min(rem);
     start..start + base + usize::from(c < rem)
@@ -586,6 +691,9 @@ struct Links {
     outbox: Outbox,
     bytes_sent: u64,
     abort: RingAbort,
+    /// The left socket, to notice while waiting in shared memory that the neighbour is gone.
+    left_socket: TcpStream,
+    shm: Option<SharedRing>,
 }
 
 impl std::fmt::Debug for Links {
@@ -622,6 +730,7 @@ impl Links {
             right_stream.try_clone().map_err(setup(right))?,
         ]);
         let wake = left_stream.try_clone().map_err(setup(left))?;
+        let left_socket = left_stream.try_clone().map_err(setup(left))?;
         let outbox = Outbox::spawn(right_data, right_stream, wake).map_err(setup(right))?;
         Ok(Self {
             left,
@@ -633,7 +742,35 @@ impl Links {
             outbox,
             bytes_sent: 0,
             abort,
+            left_socket,
+            shm: None,
         })
+    }
+
+    /// Whether the ring still stands, for waits in shared memory: not aborted, and the left
+    /// neighbour's link not closed (a process that dies closes its sockets).
+    fn liveness(&self) -> impl Fn() -> Result<(), CollectiveError> + '_ {
+        move || {
+            if self.abort.is_aborted() {
+                return Err(CollectiveError::Aborted);
+            }
+            match peek(&self.left_socket) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(CollectiveError::Io {
+                    peer: self.left,
+                    during: "waiting in shared memory",
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the left neighbour closed its link",
+                    ),
+                }),
+                Err(source) => Err(CollectiveError::Io {
+                    peer: self.left,
+                    during: "waiting in shared memory",
+                    source,
+                }),
+            }
+        }
     }
 
     /// The error to report when the writer thread is gone or a read failed: an abort first,
@@ -764,6 +901,18 @@ impl Links {
         rank: usize,
         world: usize,
     ) -> Result<(), CollectiveError> {
+        if let Some(mut shm) = self.shm.take() {
+            let done = if buf.len() <= shm.capacity() {
+                Some(shm.all_reduce(buf, step, &self.liveness()))
+            } else {
+                None
+            };
+            self.shm = Some(shm);
+            if let Some(sent) = done {
+                self.bytes_sent += sent?;
+                return Ok(());
+            }
+        }
         let (n, r) = (world, rank);
         let shape = buf.len() as u64;
         // Reduce-scatter step 0: our own chunk, cut into our segments. An empty chunk still
@@ -877,6 +1026,14 @@ impl Links {
         rank: usize,
         world: usize,
     ) -> Result<(Vec<u32>, Vec<f32>), CollectiveError> {
+        if let Some(mut shm) = self.shm.take() {
+            let done = shm.sparse(ids, rows, row_len, step, &self.liveness());
+            self.shm = Some(shm);
+            if let Some((ids, rows, sent)) = done? {
+                self.bytes_sent += sent;
+                return Ok((ids, rows));
+            }
+        }
         let (n, r) = (world, rank);
         let shape = row_len as u64;
         let mut meta = [0u8; 12];
@@ -962,6 +1119,9 @@ impl Drop for Links {
         // collective (bounded by the write timeout), then close both links.
         self.outbox.close();
         self.abort.close_sockets();
+        if let Some(shm) = &self.shm {
+            shm.break_ring();
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use super::*;
 const TOKEN: &[u8] = b"join-token-for-tests";
 const RUN: u64 = 42;
 
-fn listeners(n: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
+pub(super) fn listeners(n: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
     let ls: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
         .collect();
@@ -25,7 +25,7 @@ fn listeners(n: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
     (ls, addrs)
 }
 
-fn options(connect_timeout: Duration, io_timeout: Duration) -> RingOptions {
+pub(super) fn options(connect_timeout: Duration, io_timeout: Duration) -> RingOptions {
     RingOptions {
         connect_timeout,
         io_timeout,
@@ -34,7 +34,7 @@ fn options(connect_timeout: Duration, io_timeout: Duration) -> RingOptions {
 }
 
 /// Forms a ring on given listeners, one thread per rank; returns each rank's outcome.
-fn form_on(
+pub(super) fn form_on(
     ls: Vec<TcpListener>,
     addrs: &[SocketAddr],
     auths: &[RingAuth],
@@ -55,7 +55,7 @@ fn form_on(
     })
 }
 
-fn ring_with(opts: Vec<RingOptions>) -> Vec<RingAllReduce> {
+pub(super) fn ring_with(opts: Vec<RingOptions>) -> Vec<RingAllReduce> {
     let n = opts.len();
     let (ls, addrs) = listeners(n);
     let auths = vec![RingAuth::new(TOKEN, RUN); n];
@@ -65,7 +65,7 @@ fn ring_with(opts: Vec<RingOptions>) -> Vec<RingAllReduce> {
         .collect()
 }
 
-fn ring(n: usize) -> Vec<RingAllReduce> {
+pub(super) fn ring(n: usize) -> Vec<RingAllReduce> {
     ring_with(vec![
         options(
             Duration::from_secs(10),
@@ -76,7 +76,7 @@ fn ring(n: usize) -> Vec<RingAllReduce> {
 }
 
 /// Runs `f` on every rank at once, one thread each, and collects the results in rank order.
-fn each<T: Send>(
+pub(super) fn each<T: Send>(
     rings: &mut [RingAllReduce],
     f: impl Fn(&mut RingAllReduce) -> T + Sync,
 ) -> Vec<T> {
@@ -90,13 +90,13 @@ fn each<T: Send>(
     })
 }
 
-fn random_vec(seed: u64, len: usize) -> Vec<f32> {
+pub(super) fn random_vec(seed: u64, len: usize) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
 }
 
 /// All-reduces per-rank random buffers of `len` and checks the sum and identical bits.
-fn check_dense(rings: &mut [RingAllReduce], len: usize) {
+pub(super) fn check_dense(rings: &mut [RingAllReduce], len: usize) {
     let n = rings.len();
     let inputs: Vec<Vec<f32>> = (0..n)
         .map(|r| random_vec((r * 1_000_000 + len) as u64, len))
@@ -224,7 +224,12 @@ fn local_is_a_no_op() {
 }
 
 /// Sorted unique random ids below `range`, and random rows for them.
-fn random_sparse(seed: u64, range: u32, count: usize, row_len: usize) -> (Vec<u32>, Vec<f32>) {
+pub(super) fn random_sparse(
+    seed: u64,
+    range: u32,
+    count: usize,
+    row_len: usize,
+) -> (Vec<u32>, Vec<f32>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut ids: Vec<u32> = (0..count).map(|_| rng.gen_range(0..range)).collect();
     ids.sort_unstable();
@@ -233,7 +238,7 @@ fn random_sparse(seed: u64, range: u32, count: usize, row_len: usize) -> (Vec<u3
     (ids, rows)
 }
 
-fn check_sparse(
+pub(super) fn check_sparse(
     rings: &mut [RingAllReduce],
     inputs: &[(Vec<u32>, Vec<f32>)],
     table: usize,

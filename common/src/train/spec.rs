@@ -22,4 +22,13 @@ pub struct RunSpec {
     /// Bytes for the vectors of augmented sentences on each worker.
     #[serde(default)]
     pub encoder_cache_bytes: usize,
+    /// Workers that find all their ring peers on their own host sum through shared memory
+    /// (`--ring-transport auto`); false keeps every ring on TCP. Every rank must agree, so the
+    /// coordinator decides.
+    #[serde(default = "yes")]
+    pub ring_shared_memory: bool,
+}
+
+fn yes() -> bool {
+    true
 }

@@ -1,0 +1,127 @@
+//! The shared-memory fast path of the ring: same sums as over TCP, falls back to TCP for
+//! what does not fit or where no segment can be shared, and fails fast when a rank goes.
+
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::tests::{check_dense, check_sparse, each, options, random_sparse, ring_with};
+use super::*;
+
+const CAPACITY: usize = 5000;
+
+fn shm_rings(n: usize, dir: &Path, io_timeout: Duration) -> Vec<RingAllReduce> {
+    ring_with(vec![
+        RingOptions {
+            shared_memory: CAPACITY,
+            shared_memory_dir: dir.to_path_buf(),
+            ..options(Duration::from_secs(10), io_timeout)
+        };
+        n
+    ])
+}
+
+#[test]
+fn sums_and_gathers_through_shared_memory_match_the_reference_and_fall_back_when_too_big() {
+    for n in [2, 3] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut rings = shm_rings(n, dir.path(), Duration::from_secs(10));
+        for r in &rings {
+            assert_eq!(r.transport(), "shared memory", "world {n}");
+        }
+        // Every rank mapped the segment, so its name is already gone from the directory.
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+        assert!(left.is_empty(), "world {n}: {left:?}");
+        // Lengths within a slot, then one beyond it (over TCP), then within again.
+        for len in [0, 1, 5, 1000, CAPACITY, CAPACITY + 1, 4099] {
+            check_dense(&mut rings, len);
+        }
+        let bytes: Vec<u64> = rings.iter_mut().map(|r| r.take_bytes_sent()).collect();
+        assert!(bytes.iter().all(|&b| b > 0), "{bytes:?}");
+        let small: Vec<_> = (0..n as u64)
+            .map(|r| random_sparse(300 + r, 400, 60, 4))
+            .collect();
+        check_sparse(&mut rings, &small, 400, 4);
+        // One rank's rows do not fit its slot (1 500 ids × 5 floats > 5 000): all use TCP.
+        let mut big = small.clone();
+        big[n - 1] = random_sparse(399, 3000, 2500, 4);
+        assert!(big[n - 1].0.len() * 5 > CAPACITY);
+        check_sparse(&mut rings, &big, 3000, 4);
+        check_sparse(&mut rings, &small, 400, 4);
+        check_dense(&mut rings, 777);
+    }
+}
+
+#[test]
+fn without_a_shared_directory_the_ring_stays_on_tcp() {
+    let missing = Path::new("/nonexistent/smalltext-shm");
+    let mut rings = shm_rings(2, missing, Duration::from_secs(10));
+    for r in &rings {
+        assert_eq!(r.transport(), "tcp");
+    }
+    check_dense(&mut rings, 1000);
+}
+
+#[test]
+fn a_rank_that_leaves_mid_sum_fails_the_others_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let io_timeout = Duration::from_secs(20);
+    let mut rings = shm_rings(3, dir.path(), io_timeout);
+    let gone = rings.pop().expect("rank 2");
+    let start = Instant::now();
+    let results = thread::scope(|s| {
+        s.spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            drop(gone);
+        });
+        each(&mut rings, |ring| {
+            let mut buf = vec![1.0f32; 1000];
+            ring.all_reduce_sum(&mut buf)
+        })
+    });
+    assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    // And the ring stays broken, as after a TCP failure.
+    let mut buf = [1.0f32; 10];
+    assert!(matches!(
+        rings[0].all_reduce_sum(&mut buf),
+        Err(CollectiveError::Broken(_))
+    ));
+}
+
+#[test]
+fn a_rank_that_never_arrives_is_a_timeout_and_an_abort_ends_a_wait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let io_timeout = Duration::from_secs(1);
+    let mut rings = shm_rings(2, dir.path(), io_timeout);
+    let start = Instant::now();
+    let err = rings[0]
+        .all_reduce_sum(&mut [1.0; 100])
+        .expect_err("rank 1 never joins");
+    let elapsed = start.elapsed();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(
+        elapsed >= io_timeout && elapsed < 3 * io_timeout,
+        "{elapsed:?}"
+    );
+
+    let mut rings = shm_rings(2, dir.path(), Duration::from_secs(30));
+    let abort = rings[0].abort_handle();
+    let start = Instant::now();
+    let result = thread::scope(|s| {
+        s.spawn(|| {
+            thread::sleep(Duration::from_millis(200));
+            abort.abort();
+        });
+        rings[0].all_reduce_sum(&mut [1.0; 100])
+    });
+    assert!(
+        matches!(result, Err(CollectiveError::Aborted)),
+        "{result:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
