@@ -5,6 +5,10 @@
 #   bench/train_vs_torch.sh [trec|sst2] [threads] [epochs]     # one process each
 #   bench/train_vs_torch.sh ddp [trec|sst2] [epochs]           # 1×1 and 2×1 ours vs torchrun 2×1
 #
+# In ddp mode our 2×1 run sums through shared memory (--ring-transport auto, what two local
+# workers use) and is repeated over the TCP ring for comparison; bytes/step are the bytes each
+# worker publishes to the others either way.
+#
 # Needs PyTorch: python3 -m venv ~/torchref && ~/torchref/bin/pip install torch
 # (TORCH_PYTHON overrides the interpreter; ANCHORS the folder holding torch_bilstm.py).
 set -euo pipefail
@@ -24,10 +28,12 @@ cargo build --release --quiet --bin coordinator --bin worker
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-ours() { # workers threads epochs tag
-  ${CHRT:-} ./target/release/coordinator --workers "$1" --threads "$2" --epochs "$3" --data "$train" --test "$test" \
-    --run-dir "$tmp/$4" 2>"$tmp/$4.log" >/dev/null
-  python3 - "$tmp/$4/summary.json" "$tmp/$4/metrics.jsonl" <<'PY'
+ours() { # workers threads epochs tag [coordinator options...]
+  local w=$1 th=$2 ep=$3 tag=$4
+  shift 4
+  ${CHRT:-} ./target/release/coordinator --workers "$w" --threads "$th" --epochs "$ep" --data "$train" --test "$test" \
+    --run-dir "$tmp/$tag" "$@" 2>"$tmp/$tag.log" >/dev/null
+  python3 - "$tmp/$tag/summary.json" "$tmp/$tag/metrics.jsonl" <<'PY'
 import json, sys, statistics
 s = json.load(open(sys.argv[1]))
 m = [json.loads(l) for l in open(sys.argv[2])]
@@ -63,11 +69,13 @@ else
   epochs=${2:-3}
   read -r a_sps a_acc a_rss a_ar a_by <<<"$(ours 1 1 "$epochs" one)"
   read -r b_sps b_acc b_rss b_ar b_by <<<"$(ours 2 1 "$epochs" two)"
+  read -r c_sps c_acc c_rss c_ar c_by <<<"$(ours 2 1 "$epochs" twotcp --ring-transport tcp)"
   read -r d_sps d_acc _ <<<"$(torch 1 "$epochs" ddp torchrun)"
   printf '%s, %s epochs, batch 32 (global), 1 thread per process\n' "$corpus" "$epochs"
   printf '%-26s %12s %10s %16s %14s\n' run samples/s accuracy "all-reduce ms/st" "bytes/step"
   printf '%-26s %12s %10s %16s %14s\n' "ours 1 worker x 1 thread" "$a_sps" "$a_acc" "$a_ar" "$a_by"
   printf '%-26s %12s %10s %16s %14s\n' "ours 2 workers x 1 thread" "$b_sps" "$b_acc" "$b_ar" "$b_by"
+  printf '%-26s %12s %10s %16s %14s\n' "  same, TCP ring" "$c_sps" "$c_acc" "$c_ar" "$c_by"
   printf '%-26s %12s %10s %16s %14s\n' "PyTorch DDP (gloo) 2 x 1" "$d_sps" "$d_acc" - -
   python3 -c "import sys; a,b,d=map(float,sys.argv[1:]); print(f'scaling 2 workers / 1 worker: {b/a:.2f}x (target 1.6x); ours 2x1 / PyTorch DDP 2x1: {b/d:.2f}x')" "$a_sps" "$b_sps" "$d_sps"
 fi

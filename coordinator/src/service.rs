@@ -15,7 +15,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
-use crate::sharding::part;
+use crate::sharding::{deal, part};
 
 /// What every worker receives at join.
 pub struct RunInfo {
@@ -642,7 +642,7 @@ impl pb::coordinator_server::Coordinator for Service {
                 .enumerate()
                 .skip(first_step)
                 .map(|(index, batch)| {
-                    let mine = &batch[part(batch.len(), world, rank)];
+                    let mine = deal(batch, world, rank);
                     pb::epoch_message::Kind::Step(pb::Step {
                         index: index as u64,
                         global_batch: batch.len() as u32,
