@@ -37,10 +37,11 @@ ours() { # workers threads epochs tag [coordinator options...]
 import json, sys, statistics
 s = json.load(open(sys.argv[1]))
 m = [json.loads(l) for l in open(sys.argv[2])]
-ar = statistics.median(x["allreduce_s_per_step"] for x in m) * 1e3
+ms = lambda k: statistics.median(x[k] for x in m) * 1e3
 by = statistics.median(x["bytes_per_step"] for x in m)
 rss = max([s["peak_rss_mb"]["coordinator"]] + s["peak_rss_mb"]["workers"])
-print(f'{s["samples_per_s"]:.1f} {s["accuracy"]:.4f} {rss:.0f} {ar:.2f} {by:.0f}')
+print(f'{s["samples_per_s"]:.1f} {s["accuracy"]:.4f} {rss:.0f} {ms("allreduce_s_per_step"):.2f} {by:.0f} '
+      f'{ms("compute_s_per_step"):.2f} {ms("update_s_per_step"):.2f}')
 PY
 }
 torch() { # threads epochs tag [torchrun]
@@ -58,7 +59,7 @@ torch() { # threads epochs tag [torchrun]
 
 if [ "$mode" = single ]; then
   threads=${2:-2}; epochs=${3:-3}
-  read -r o_sps o_acc o_rss _ _ <<<"$(ours 1 "$threads" "$epochs" ours)"
+  read -r o_sps o_acc o_rss _ _ _ _ <<<"$(ours 1 "$threads" "$epochs" ours)"
   read -r t_sps t_acc t_rss <<<"$(torch "$threads" "$epochs" torch)"
   printf '%s, %s thread(s), %s epochs, batch 32\n' "$corpus" "$threads" "$epochs"
   printf '%-28s %12s %10s %14s\n' run samples/s accuracy "peak RSS MB"
@@ -67,15 +68,16 @@ if [ "$mode" = single ]; then
   python3 -c "import sys; print(f'ratio ours/PyTorch: {float(sys.argv[1])/float(sys.argv[2]):.2f}x')" "$o_sps" "$t_sps"
 else
   epochs=${2:-3}
-  read -r a_sps a_acc a_rss a_ar a_by <<<"$(ours 1 1 "$epochs" one)"
-  read -r b_sps b_acc b_rss b_ar b_by <<<"$(ours 2 1 "$epochs" two)"
-  read -r c_sps c_acc c_rss c_ar c_by <<<"$(ours 2 1 "$epochs" twotcp --ring-transport tcp)"
+  read -r a_sps a_acc a_rss a_ar a_by a_cm a_up <<<"$(ours 1 1 "$epochs" one)"
+  read -r b_sps b_acc b_rss b_ar b_by b_cm b_up <<<"$(ours 2 1 "$epochs" two)"
+  read -r c_sps c_acc c_rss c_ar c_by c_cm c_up <<<"$(ours 2 1 "$epochs" twotcp --ring-transport tcp)"
   read -r d_sps d_acc _ <<<"$(torch 1 "$epochs" ddp torchrun)"
-  printf '%s, %s epochs, batch 32 (global), 1 thread per process\n' "$corpus" "$epochs"
-  printf '%-26s %12s %10s %16s %14s\n' run samples/s accuracy "all-reduce ms/st" "bytes/step"
-  printf '%-26s %12s %10s %16s %14s\n' "ours 1 worker x 1 thread" "$a_sps" "$a_acc" "$a_ar" "$a_by"
-  printf '%-26s %12s %10s %16s %14s\n' "ours 2 workers x 1 thread" "$b_sps" "$b_acc" "$b_ar" "$b_by"
-  printf '%-26s %12s %10s %16s %14s\n' "  same, TCP ring" "$c_sps" "$c_acc" "$c_ar" "$c_by"
-  printf '%-26s %12s %10s %16s %14s\n' "PyTorch DDP (gloo) 2 x 1" "$d_sps" "$d_acc" - -
+  printf '%s, %s epochs, batch 32 (global), 1 thread per process; ms per step, the largest over the workers\n' "$corpus" "$epochs"
+  row='%-26s %11s %9s %10s %11s %8s %11s\n'
+  printf "$row" run samples/s accuracy compute all-reduce update bytes/step
+  printf "$row" "ours 1 worker x 1 thread" "$a_sps" "$a_acc" "$a_cm" "$a_ar" "$a_up" "$a_by"
+  printf "$row" "ours 2 workers x 1 thread" "$b_sps" "$b_acc" "$b_cm" "$b_ar" "$b_up" "$b_by"
+  printf "$row" "  same, TCP ring" "$c_sps" "$c_acc" "$c_cm" "$c_ar" "$c_up" "$c_by"
+  printf "$row" "PyTorch DDP (gloo) 2 x 1" "$d_sps" "$d_acc" - - - -
   python3 -c "import sys; a,b,d=map(float,sys.argv[1:]); print(f'scaling 2 workers / 1 worker: {b/a:.2f}x (target 1.6x); ours 2x1 / PyTorch DDP 2x1: {b/d:.2f}x')" "$a_sps" "$b_sps" "$d_sps"
 fi

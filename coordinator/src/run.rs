@@ -35,6 +35,9 @@ struct EpochSummary {
     accuracy: f64,
     samples_per_s: f64,
     allreduce_s_per_step: f64,
+    /// The slowest worker's forward and backward, and optimizer update, per step.
+    compute_s_per_step: f64,
+    update_s_per_step: f64,
     bytes_per_step: f64,
     eval: Option<(f64, Confusion)>,
     weights: Vec<u8>,
@@ -491,6 +494,7 @@ async fn drive(
         let mut line = json!({
             "epoch": epoch + 1, "examples": s.examples, "train_loss": s.loss, "train_accuracy": s.accuracy,
             "samples_per_s": s.samples_per_s, "allreduce_s_per_step": s.allreduce_s_per_step, "bytes_per_step": s.bytes_per_step,
+            "compute_s_per_step": s.compute_s_per_step, "update_s_per_step": s.update_s_per_step,
         });
         if s.encoded + s.encode_cached > 0 {
             line["encoded"] = json!(s.encoded);
@@ -726,6 +730,9 @@ async fn gather(
         .map(|r| r.allreduce_seconds)
         .fold(0.0, f64::max);
     let bytes = reports.iter().map(|r| r.bytes_sent).max().unwrap_or(0) as f64;
+    let slowest = |f: fn(&pb::EpochReport) -> f64| reports.iter().map(f).fold(0.0, f64::max);
+    let compute = slowest(|r| r.compute_seconds);
+    let update = slowest(|r| r.update_seconds);
     let eval_n: u64 = reports
         .iter()
         .map(|r| r.confusion.iter().sum::<u64>())
@@ -769,6 +776,8 @@ async fn gather(
             0.0
         },
         allreduce_s_per_step: allreduce / steps,
+        compute_s_per_step: compute / steps,
+        update_s_per_step: update / steps,
         bytes_per_step: bytes / steps,
         eval,
         weights: std::mem::take(&mut rank0.weights),

@@ -390,6 +390,14 @@ impl Job {
         report.confusion = confusion.counts;
         report.bytes_sent = self.ring.take_bytes_sent();
         report.peak_rss_bytes = common::peak_rss_bytes();
+        let per_step = |s: f64| format!("{:.2}", s * 1e3 / report.steps.max(1) as f64);
+        tracing::debug!(
+            epoch = epoch + 1,
+            compute_ms = per_step(report.compute_seconds),
+            allreduce_ms = per_step(report.allreduce_seconds),
+            update_ms = per_step(report.update_seconds),
+            "step time"
+        );
         if header.upload_weights {
             report.weights = self
                 .replica
@@ -600,6 +608,7 @@ fn train_one(
         compute_gradients_per_example(model, &batch, spec.class_weights.as_deref())?
     };
     let reduce = Instant::now();
+    report.compute_seconds += (reduce - start).as_secs_f64();
     let failed = |what: &str, e: CollectiveError| match e {
         CollectiveError::InvalidInput(_) => anyhow!(e).context(format!("all-reduce of {what}")),
         e => anyhow::Error::new(RingFailed(format!("all-reduce of {what}: {e}"))),
@@ -610,8 +619,10 @@ fn train_one(
     ring.all_reduce_sparse_rows(&mut grads.embedding.ids, &mut grads.embedding.rows, dim)
         .map_err(|e| failed("the embedding rows", e))?;
     report.allreduce_seconds += reduce.elapsed().as_secs_f64();
+    let update = Instant::now();
     apply_gradients(replica.host(), opt, &mut grads, step.global_batch as usize)?;
     replica.sync()?;
+    report.update_seconds += update.elapsed().as_secs_f64();
     // Counted only once applied: a step lost with its ring is trained again or adopted.
     let mut loss = 0.0;
     let mut correct = 0;
