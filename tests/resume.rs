@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use smalltext_tests::{bin, coordinator, json, max_weight_diff, stderr, trec_slice};
 
-/// 2 local workers on `train`, a tenth held out for validation, into `run`, plus `extra`.
+/// 2 local workers on `train`, a tenth held out for validation, dropout on (its masks are
+/// drawn per example, so a resumed run draws the same ones), into `run`, plus `extra`.
 fn run_args(train: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--workers",
@@ -20,6 +21,8 @@ fn run_args(train: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
         "0.1",
         "--heartbeat-timeout",
         "2",
+        "--dropout",
+        "0.3",
         "--run-dir",
         run.to_str().unwrap(),
     ]

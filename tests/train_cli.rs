@@ -197,15 +197,8 @@ fn two_workers_compute_the_same_update_as_one() {
     let dir = tempfile::tempdir().unwrap();
     // 640 distinct questions: one epoch is 20 steps of 32.
     let train_file = trec_slice(dir.path(), "train.tsv", 0, 660);
-    let mut weights = Vec::new();
-    // Two local workers sum through shared memory unless told to use TCP; either way the
-    // update is one worker's.
-    for (workers, transport, says) in [
-        ("1", "auto", None),
-        ("2", "auto", Some("transport=\"shared memory\"")),
-        ("2", "tcp", Some("transport=\"tcp\"")),
-    ] {
-        let run = dir.path().join(format!("run{workers}{transport}"));
+    let run = |workers: &str, transport: &str, dropout: &str| {
+        let run = dir.path().join(format!("run{workers}{transport}{dropout}"));
         let log = train(
             &run,
             &[
@@ -217,21 +210,43 @@ fn two_workers_compute_the_same_update_as_one() {
                 "1",
                 "--ring-transport",
                 transport,
+                "--dropout",
+                dropout,
                 "--data",
                 train_file.to_str().unwrap(),
             ],
         );
-        if let Some(says) = says {
-            assert_eq!(log.matches(says).count(), 2, "{log}");
-        }
-        weights.push(run.join("model/weights.safetensors"));
         let m = json(&run.join("summary.json"));
         assert_eq!(m["workers"].as_u64().unwrap().to_string(), workers);
+        (run.join("model/weights.safetensors"), log)
+    };
+    // Two local workers sum through shared memory unless told to use TCP; either way the
+    // update is one worker's.
+    let (plain, _) = run("1", "auto", "0");
+    for (transport, says) in [
+        ("auto", "transport=\"shared memory\""),
+        ("tcp", "transport=\"tcp\""),
+    ] {
+        let (two, log) = run("2", transport, "0");
+        assert_eq!(log.matches(says).count(), 2, "{log}");
+        let diff = max_weight_diff(&plain, &two);
+        assert!(
+            diff <= 1e-4,
+            "2 workers ({transport}) differ from 1 by {diff}"
+        );
     }
-    for (other, how) in [(1, "through shared memory"), (2, "over TCP")] {
-        let diff = max_weight_diff(&weights[0], &weights[other]);
-        assert!(diff <= 1e-4, "2 workers {how} differ from 1 by {diff}");
-    }
+    // Dropout masks are drawn per example, so they do not depend on who trains it.
+    let (one, _) = run("1", "auto", "0.3");
+    let (two, _) = run("2", "auto", "0.3");
+    let diff = max_weight_diff(&one, &two);
+    assert!(
+        diff <= 1e-4,
+        "with dropout, 2 workers differ from 1 by {diff}"
+    );
+    assert!(
+        max_weight_diff(&one, &plain) > 1e-3,
+        "dropout changed nothing"
+    );
 }
 
 #[test]

@@ -33,4 +33,5 @@ pub mod tag {
     pub const BALANCE_AUGMENT: u64 = 6;
     pub const INIT: u64 = 7;
     pub const SUBSAMPLE: u64 = 8;
+    pub const DROPOUT: u64 = 9;
 }

@@ -433,6 +433,7 @@ fn to_pb(e: &Example) -> pb::Example {
         label: e.label,
         source: u32::from(e.source()),
         augmented: e.aug > 0,
+        key: 0,
     }
 }
 
@@ -643,10 +644,14 @@ impl pb::coordinator_server::Coordinator for Service {
                 .skip(first_step)
                 .map(|(index, batch)| {
                     let mine = deal(batch, world, rank);
+                    let keyed = |i: usize| pb::Example {
+                        key: (plan.epoch << 32) | (i as u64 & 0xffff_ffff),
+                        ..to_pb(&plan.examples[i])
+                    };
                     pb::epoch_message::Kind::Step(pb::Step {
                         index: index as u64,
                         global_batch: batch.len() as u32,
-                        examples: mine.iter().map(|&i| to_pb(&plan.examples[i])).collect(),
+                        examples: mine.into_iter().map(keyed).collect(),
                         checkpoint: rank == 0 && plan.checkpoint_after(index),
                     })
                 });

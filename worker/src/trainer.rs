@@ -680,7 +680,10 @@ fn to_batch(examples: &[pb::Example], classes: usize, vocab: usize) -> Result<Ba
     let seqs: Vec<&[u32]> = examples.iter().map(|e| e.tokens.as_slice()).collect();
     let labels: Vec<u32> = examples.iter().map(|e| e.label).collect();
     let augmented: Vec<bool> = examples.iter().map(|e| e.augmented).collect();
-    Ok(Batch::new(&seqs, &labels)?.with_augmented(&augmented)?)
+    let keys: Vec<u64> = examples.iter().map(|e| e.key).collect();
+    Ok(Batch::new(&seqs, &labels)?
+        .with_augmented(&augmented)?
+        .with_keys(&keys)?)
 }
 
 /// Adds the examples' predictions to `confusion`; returns their summed cross-entropy.

@@ -103,6 +103,17 @@ impl BiLstm {
     /// As [`BiLstm::forward`]; in [`Mode::Train`] it records what backward needs and applies
     /// dropout between layers.
     pub fn forward_t(&self, x: &Tensor, lengths: &[usize], mode: Mode) -> Result<Tensor> {
+        self.forward_keyed(x, lengths, mode, None)
+    }
+
+    /// As [`BiLstm::forward_t`], with the rows' dropout keys (see [`Dropout::forward_keyed`]).
+    pub fn forward_keyed(
+        &self,
+        x: &Tensor,
+        lengths: &[usize],
+        mode: Mode,
+        keys: Option<&[u64]>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         if lengths.len() != b {
             return Err(ModelError::Batch(format!(
@@ -123,7 +134,7 @@ impl BiLstm {
             if last {
                 return Ok(y);
             }
-            input = self.between[l].forward_t(&y, mode)?;
+            input = self.between[l].forward_keyed(&y, mode, keys)?;
         }
         Err(ModelError::Config(
             "a BiLSTM needs at least one layer".into(),

@@ -386,8 +386,20 @@ impl Classifier {
 
     /// Logits (B × C) for embedded tokens `x` (B × T × E).
     pub fn forward_embedded(&self, x: &Tensor, lengths: &[usize], mode: Mode) -> Result<Tensor> {
-        let encoded = self.lstm.forward_t(x, lengths, mode)?;
-        let encoded = self.dropout.forward_t(&encoded, mode)?;
+        self.forward_embedded_keyed(x, lengths, mode, None)
+    }
+
+    /// As [`Classifier::forward_embedded`], with one dropout key per row: each row's dropout
+    /// masks then depend on its key alone (see `dropout.rs`).
+    pub fn forward_embedded_keyed(
+        &self,
+        x: &Tensor,
+        lengths: &[usize],
+        mode: Mode,
+        keys: Option<&[u64]>,
+    ) -> Result<Tensor> {
+        let encoded = self.lstm.forward_keyed(x, lengths, mode, keys)?;
+        let encoded = self.dropout.forward_keyed(&encoded, mode, keys)?;
         Ok(match mode {
             Mode::Train => self.fc.forward(&encoded)?,
             Mode::Eval => {

@@ -13,6 +13,8 @@ pub struct Batch {
     steps: usize,
     /// Which rows are augmentations (empty: none), for the encoder's cache.
     augmented: Vec<bool>,
+    /// One dropout key per row (empty: none), see [`Batch::with_keys`].
+    keys: Vec<u64>,
 }
 
 impl Batch {
@@ -49,6 +51,7 @@ impl Batch {
             labels: Vec::new(),
             steps,
             augmented: Vec::new(),
+            keys: Vec::new(),
         })
     }
 
@@ -63,6 +66,25 @@ impl Batch {
         }
         self.augmented = flags.to_vec();
         Ok(self)
+    }
+
+    /// Gives every row a key from which dropout draws that row's mask, so that the mask
+    /// depends on the example alone, not on the batch it is in or what was drawn before.
+    pub fn with_keys(mut self, keys: &[u64]) -> Result<Self> {
+        if keys.len() != self.len() {
+            return Err(ModelError::Batch(format!(
+                "{} dropout keys for {} rows",
+                keys.len(),
+                self.len()
+            )));
+        }
+        self.keys = keys.to_vec();
+        Ok(self)
+    }
+
+    /// The rows' dropout keys, if the batch has them.
+    pub fn keys(&self) -> Option<&[u64]> {
+        (!self.keys.is_empty()).then_some(self.keys.as_slice())
     }
 
     /// Whether row `i` is an augmentation (false when the batch does not say).

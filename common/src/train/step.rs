@@ -74,7 +74,8 @@ pub fn compute_gradients_per_example(
     }
     // The embedded batch is a leaf of its own, so backward stops there and hands us dX.
     let x = Var::from_tensor(&model.embed(batch)?)?;
-    let logits = model.forward_embedded(x.as_tensor(), batch.lengths(), Mode::Train)?;
+    let logits =
+        model.forward_embedded_keyed(x.as_tensor(), batch.lengths(), Mode::Train, batch.keys())?;
     let targets = Tensor::from_slice(labels, (batch.len(), 1), model.device())?;
     let log_probs = candle_nn::ops::log_softmax(&logits, 1)?;
     let picked = log_probs.gather(&targets, 1)?;
