@@ -154,3 +154,43 @@ fn resumed_optimizer_continues_identically() -> TestResult {
     assert!(!dir.path().join("adam.safetensors.tmp").exists());
     Ok(())
 }
+
+/// Scaling inside the update is bitwise scaling the gradients first, sparse rows included.
+#[test]
+fn a_scaled_step_equals_scaling_the_gradients_first() -> TestResult {
+    let cfg = tiny();
+    let (a, b) = (Classifier::new(&cfg, 5)?, Classifier::new(&cfg, 5)?);
+    let (mut opt_a, mut opt_b) = (
+        Adam::new(&a, AdamConfig::default()),
+        Adam::new(&b, AdamConfig::default()),
+    );
+    let sum = Gradients {
+        dense: (0..a.dense_len())
+            .map(|i| (i as f32 * 0.37).sin() * 3.1)
+            .collect(),
+        embedding: SparseRows {
+            ids: vec![1, 3],
+            rows: vec![0.7, -1.3, 2.9, 0.11],
+            dim: 2,
+        },
+    };
+    let scale = 1.0 / 29.0;
+    for _ in 0..3 {
+        let mut scaled = sum.clone();
+        scaled.scale(scale);
+        opt_a.step(&a, &scaled)?;
+        opt_b.step_scaled(&b, &sum, scale)?;
+    }
+    for ((_, pa), (_, pb)) in a.dense_params().iter().zip(b.dense_params()) {
+        assert_eq!(
+            support::flat(pa.as_tensor())?,
+            support::flat(pb.as_tensor())?
+        );
+    }
+    assert_eq!(
+        support::flat(a.embedding().as_tensor())?,
+        support::flat(b.embedding().as_tensor())?
+    );
+    assert_eq!(opt_a.state(), opt_b.state());
+    Ok(())
+}

@@ -70,6 +70,9 @@ struct Coef {
     /// 1 / √(1 − β2^t)
     inv_bc2_sqrt: f32,
     eps: f32,
+    /// What the gradients are multiplied by first (1 / global batch), in the same pass: one
+    /// sweep over the gradients fewer, and bitwise what scaling them beforehand gives.
+    grad_scale: f32,
 }
 
 /// One contiguous span of a parameter with its moments; `grad: None` means a zero gradient.
@@ -92,6 +95,7 @@ fn update_impl(s: Span<'_>) {
                     .zip(s.v.iter_mut())
                     .zip(g)
             {
+                let g = g * c.grad_scale;
                 // m.lerp_(g, 1 − β1); v = β2·v + (1 − β2)·g²; p −= step · m / (√v / √bc2 + ε),
                 // multiplying by 1/√bc2 rather than dividing: one division fewer per element
                 // in a loop bound by divisions, for a last-bit difference from PyTorch.
@@ -257,6 +261,12 @@ impl Adam {
 
     /// One update of `model` with the (already averaged, clipped) gradients.
     pub fn step(&mut self, model: &Classifier, grads: &Gradients) -> Result<()> {
+        self.step_scaled(model, grads, 1.0)
+    }
+
+    /// One update with the gradients multiplied by `scale` (e.g. summed gradients and
+    /// 1 / batch size), as if they had been scaled beforehand.
+    pub fn step_scaled(&mut self, model: &Classifier, grads: &Gradients, scale: f32) -> Result<()> {
         let cfg = model.config();
         if grads.dense.len() != self.state.m.len() {
             return Err(ModelError::Gradients(format!(
@@ -273,7 +283,10 @@ impl Adam {
             )));
         }
         self.state.step += 1;
-        let c = self.coef();
+        let c = Coef {
+            grad_scale: scale,
+            ..self.coef()
+        };
         let split = threads() > 1;
         let st = &mut self.state;
         let mut offset = 0;
@@ -309,6 +322,7 @@ impl Adam {
             step_size: (lr / (1.0 - beta1.powi(t))) as f32,
             inv_bc2_sqrt: (1.0 / (1.0 - beta2.powi(t)).sqrt()) as f32,
             eps: eps as f32,
+            grad_scale: 1.0,
         }
     }
 

@@ -13,16 +13,21 @@ pub fn zero_gradients(model: &Classifier) -> Gradients {
     }
 }
 
-/// Divides the all-reduced sums by the global batch size, clips if configured, and steps Adam.
+/// Divides the all-reduced sums by the global batch size, clips if configured, and steps Adam
+/// (which divides as it goes when there is no clipping). `grads` may be left unscaled.
 pub fn apply_gradients(
     model: &Classifier,
     opt: &mut Adam,
     grads: &mut Gradients,
     global_batch_size: usize,
 ) -> Result<()> {
-    grads.scale(1.0 / global_batch_size.max(1) as f32);
-    if let Some(max) = opt.config().clip_norm {
-        grads.clip_norm(max);
+    let mean = 1.0 / global_batch_size.max(1) as f32;
+    match opt.config().clip_norm {
+        Some(max) => {
+            grads.scale(mean);
+            grads.clip_norm(max);
+            opt.step(model, grads)
+        }
+        None => opt.step_scaled(model, grads, mean),
     }
-    opt.step(model, grads)
 }
