@@ -2,10 +2,12 @@
 //! what does not fit or where no segment can be shared, and fails fast when a rank goes.
 
 use std::path::Path;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use super::tests::{check_dense, check_sparse, each, options, random_sparse, ring_with};
+use super::tests::{
+    aborted_while_alone, check_dense, check_sparse, last_rank_dies_mid_sum, options, random_sparse,
+    ring_with,
+};
 use super::*;
 
 const CAPACITY: usize = 5000;
@@ -66,25 +68,10 @@ fn without_a_shared_directory_the_ring_stays_on_tcp() {
 fn a_rank_that_leaves_mid_sum_fails_the_others_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let io_timeout = Duration::from_secs(20);
-    let mut rings = shm_rings(3, dir.path(), io_timeout);
-    let gone = rings.pop().expect("rank 2");
-    let start = Instant::now();
-    let results = thread::scope(|s| {
-        s.spawn(move || {
-            thread::sleep(Duration::from_millis(100));
-            drop(gone);
-        });
-        each(&mut rings, |ring| {
-            let mut buf = vec![1.0f32; 1000];
-            ring.all_reduce_sum(&mut buf)
-        })
-    });
+    let rings = shm_rings(3, dir.path(), io_timeout);
+    let (mut rings, results, took) = last_rank_dies_mid_sum(rings, 1000);
     assert!(results.iter().all(|r| r.is_err()), "{results:?}");
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     // And the ring stays broken, as after a TCP failure.
     let mut buf = [1.0f32; 10];
     assert!(matches!(
@@ -110,18 +97,5 @@ fn a_rank_that_never_arrives_is_a_timeout_and_an_abort_ends_a_wait() {
     );
 
     let mut rings = shm_rings(2, dir.path(), Duration::from_secs(30));
-    let abort = rings[0].abort_handle();
-    let start = Instant::now();
-    let result = thread::scope(|s| {
-        s.spawn(|| {
-            thread::sleep(Duration::from_millis(200));
-            abort.abort();
-        });
-        rings[0].all_reduce_sum(&mut [1.0; 100])
-    });
-    assert!(
-        matches!(result, Err(CollectiveError::Aborted)),
-        "{result:?}"
-    );
-    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(aborted_while_alone(&mut rings) < Duration::from_secs(2));
 }

@@ -587,29 +587,39 @@ fn malformed_frames_are_protocol_errors() {
     }
 }
 
-#[test]
-fn a_peer_that_dies_mid_reduction_fails_the_others_within_the_timeout() {
-    let io_timeout = Duration::from_secs(2);
-    let mut rings = ring_with(vec![options(Duration::from_secs(10), io_timeout); 3]);
-    let dead = rings.pop().expect("rank 2");
+/// The last rank dies (its ring is dropped) 100 ms into an all-reduce of `len` that the
+/// others are making; returns their results and how long they took.
+pub(super) fn last_rank_dies_mid_sum(
+    mut rings: Vec<RingAllReduce>,
+    len: usize,
+) -> (
+    Vec<RingAllReduce>,
+    Vec<Result<(), CollectiveError>>,
+    Duration,
+) {
+    let dead = rings.pop().expect("a last rank");
     let start = Instant::now();
     let results = thread::scope(|s| {
-        // Rank 2 dies (its sockets close) while the others are mid-way through a reduction.
         s.spawn(move || {
             thread::sleep(Duration::from_millis(100));
             drop(dead);
         });
         each(&mut rings, |ring| {
-            let mut buf = vec![1.0f32; 1_000_000];
+            let mut buf = vec![1.0f32; len];
             ring.all_reduce_sum(&mut buf)
         })
     });
+    (rings, results, start.elapsed())
+}
+
+#[test]
+fn a_peer_that_dies_mid_reduction_fails_the_others_within_the_timeout() {
+    let io_timeout = Duration::from_secs(2);
+    let rings = ring_with(vec![options(Duration::from_secs(10), io_timeout); 3]);
+    // Rank 2's sockets close while the others are mid-way through a reduction.
+    let (_, results, took) = last_rank_dies_mid_sum(rings, 1_000_000);
     assert!(results.iter().all(|r| r.is_err()), "{results:?}");
-    assert!(
-        start.elapsed() < 2 * io_timeout,
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(took < 2 * io_timeout, "took {took:?}");
 }
 
 #[test]
@@ -633,9 +643,9 @@ fn a_hung_peer_is_a_timeout_not_a_hang() {
     drop(hung);
 }
 
-#[test]
-fn another_thread_can_abort_a_stuck_collective() {
-    let mut rings = ring(2);
+/// Rank 0 all-reduces alone (rank 1 never joins, so only an abort can end it) while another
+/// thread aborts the ring after 200 ms; checks the call was aborted and returns how long it took.
+pub(super) fn aborted_while_alone(rings: &mut [RingAllReduce]) -> Duration {
     let abort = rings[0].abort_handle();
     let start = Instant::now();
     let result = thread::scope(|s| {
@@ -643,12 +653,16 @@ fn another_thread_can_abort_a_stuck_collective() {
             thread::sleep(Duration::from_millis(200));
             abort.abort();
         });
-        // Rank 1 never joins this all-reduce, so only the abort can end it.
         rings[0].all_reduce_sum(&mut [1.0; 100])
     });
     assert!(
         matches!(result, Err(CollectiveError::Aborted)),
         "{result:?}"
     );
-    assert!(start.elapsed() < Duration::from_secs(5));
+    start.elapsed()
+}
+
+#[test]
+fn another_thread_can_abort_a_stuck_collective() {
+    assert!(aborted_while_alone(&mut ring(2)) < Duration::from_secs(5));
 }
