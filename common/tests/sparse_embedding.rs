@@ -57,3 +57,31 @@ fn sparse_rows_equal_dense_autograd() -> Result<(), Box<dyn Error>> {
     assert_close("dense gradient", &g, &dense, 1e-5, 1e-4);
     Ok(())
 }
+
+/// A frozen table: backward skips the input gradient and the rest of the gradients are
+/// bitwise those of the same model with a trainable table (two layers: the second layer's
+/// input gradient is still computed).
+#[test]
+fn a_frozen_table_gets_no_rows_and_the_same_dense_gradients() -> Result<(), Box<dyn Error>> {
+    let cfg = ModelConfig {
+        vocab_size: 20,
+        num_classes: 3,
+        embedding_dim: 5,
+        hidden_dim: 4,
+        layers: 2,
+        ..ModelConfig::default()
+    };
+    let frozen_cfg = ModelConfig {
+        freeze_embedding: true,
+        ..cfg.clone()
+    };
+    let (trained, frozen) = (Classifier::new(&cfg, 9)?, Classifier::new(&frozen_cfg, 9)?);
+    let batch = Batch::new(&[&[7, 3, 7, 2], &[7, 19], &[5]], &[0, 2, 1])?;
+    let (a, loss_a, _) = compute_gradients(&trained, &batch)?;
+    let (b, loss_b, _) = compute_gradients(&frozen, &batch)?;
+    assert!(!a.embedding.ids.is_empty());
+    assert!(b.embedding.ids.is_empty() && b.embedding.rows.is_empty());
+    assert_eq!(a.dense, b.dense);
+    assert_eq!(loss_a, loss_b);
+    Ok(())
+}

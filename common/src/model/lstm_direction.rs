@@ -169,14 +169,15 @@ pub fn forward<T: Real>(inp: &DirectionInput<'_, T>) -> Forward<T> {
 }
 
 /// Backpropagation through time from the output gradient `inject`: writes the weight
-/// gradients to `out` and returns the input gradient (packed like the trace, tokens × E).
-/// Consumes the trace: its gate buffer becomes the gate gradients.
+/// gradients to `out` and returns the input gradient (packed like the trace, tokens × E) if
+/// `want_dx`. Consumes the trace: its gate buffer becomes the gate gradients.
 pub fn backward<T: Real>(
     inp: &DirectionInput<'_, T>,
     tr: Trace<T>,
     inject: Injection<'_, T>,
     out: WeightGrads<'_, T>,
-) -> Vec<T> {
+    want_dx: bool,
+) -> Option<Vec<T>> {
     let (plan, e, h) = (inp.plan, inp.input, inp.hidden);
     let (tokens, g4, t_len) = (plan.tokens(), 4 * h, plan.steps());
     let rows = plan.active(0);
@@ -260,6 +261,9 @@ pub fn backward<T: Real>(
         dst_hh[..h].copy_from_slice(&row[e..]);
         dst_hh[h] = b;
     }
+    if !want_dx {
+        return None;
+    }
     let mut dx = vec![T::zero(); tokens * e];
     matmul_into(
         &mut dx,
@@ -269,7 +273,7 @@ pub fn backward<T: Real>(
         inp.w_ih(),
         false,
     );
-    dx
+    Some(dx)
 }
 
 /// `out (cols × rows) = a[.., ..cols]ᵀ` for `a` of `rows` rows `ld` apart, in tiles so that

@@ -271,7 +271,8 @@ impl FusedLstm {
         e: usize,
         (x, w_ih, w_hh): (&[T], &[T], &[T]),
         grad: &[T],
-    ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        want_dx: bool,
+    ) -> candle_core::Result<InputAndWeightGrads<T>> {
         let plan = &self.plan;
         let (b, t, d, h) = (
             plan.batch(),
@@ -310,10 +311,20 @@ impl FusedLstm {
                 stride: d * h,
                 col: k * h,
             };
-            direction::backward(&self.input(k, x, e, w_ih, w_hh), trace, inject, out)
+            direction::backward(
+                &self.input(k, x, e, w_ih, w_hh),
+                trace,
+                inject,
+                out,
+                want_dx,
+            )
         });
+        if !want_dx {
+            return Ok((None, dw_ih, dw_hh));
+        }
         let mut dx = vec![T::zero(); b * t * e];
         for (k, dxk) in dxs.iter().enumerate() {
+            let Some(dxk) = dxk else { continue };
             plan.for_each_token(self.directions[k], |p, row, pos| {
                 let dst = (row * t + pos) * e;
                 for (a, &v) in dx[dst..dst + e].iter_mut().zip(&dxk[p * e..(p + 1) * e]) {
@@ -321,7 +332,7 @@ impl FusedLstm {
                 }
             });
         }
-        Ok((dx, dw_ih, dw_hh))
+        Ok((Some(dx), dw_ih, dw_hh))
     }
 
     fn bwd_typed<T: Element>(
@@ -330,23 +341,30 @@ impl FusedLstm {
         w_ih: &Tensor,
         w_hh: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    ) -> candle_core::Result<(Option<Tensor>, Tensor, Tensor)> {
         let e = x.dims().get(2).copied().unwrap_or(0);
+        // An input nobody differentiates (a frozen encoder's vectors) needs no dX: a fifth of
+        // backward's products with the encoder's 384-wide input.
+        let want_dx = x.track_op();
         let (dx, dwi, dwh) = with_cpu::<T, _>(x, |x| {
             with_cpu::<T, _>(w_ih, |wa| {
                 with_cpu::<T, _>(w_hh, |wh| {
-                    with_cpu::<T, _>(grad, |g| self.backward(e, (x, wa, wh), g))
+                    with_cpu::<T, _>(grad, |g| self.backward(e, (x, wa, wh), g, want_dx))
                 })
             })
         })?;
         let dev = x.device();
         Ok((
-            Tensor::from_vec(dx, x.shape(), dev)?,
+            dx.map(|dx| Tensor::from_vec(dx, x.shape(), dev))
+                .transpose()?,
             Tensor::from_vec(dwi, w_ih.shape(), dev)?,
             Tensor::from_vec(dwh, w_hh.shape(), dev)?,
         ))
     }
 }
+
+/// dX (when wanted), `[dW_ih | db]` and `[dW_hh | db]`, flat.
+type InputAndWeightGrads<T> = (Option<Vec<T>>, Vec<T>, Vec<T>);
 
 fn poisoned() -> candle_core::Error {
     candle_core::Error::Msg("fused_lstm: trace lock poisoned by a panic".into())
@@ -399,6 +417,6 @@ impl CustomOp3 for FusedLstm {
             DType::F64 => self.bwd_typed::<f64>(x, w_ih, w_hh, &grad)?,
             other => bail!("fused_lstm: f32 or f64 only, got {other:?}"),
         };
-        Ok((Some(dx), Some(dwi), Some(dwh)))
+        Ok((dx, Some(dwi), Some(dwh)))
     }
 }

@@ -72,10 +72,15 @@ pub fn compute_gradients_per_example(
             cfg.num_classes
         )));
     }
-    // The embedded batch is a leaf of its own, so backward stops there and hands us dX.
-    let x = Var::from_tensor(&model.embed(batch)?)?;
-    let logits =
-        model.forward_embedded_keyed(x.as_tensor(), batch.lengths(), Mode::Train, batch.keys())?;
+    // When the embedding trains, the embedded batch is a leaf of its own, so backward stops
+    // there and hands us dX; otherwise it is a constant and backward computes no dX at all.
+    let embedded = model.embed(batch)?;
+    let x = match cfg.trains_embedding() {
+        true => Some(Var::from_tensor(&embedded)?),
+        false => None,
+    };
+    let input = x.as_ref().map_or(&embedded, Var::as_tensor);
+    let logits = model.forward_embedded_keyed(input, batch.lengths(), Mode::Train, batch.keys())?;
     let targets = Tensor::from_slice(labels, (batch.len(), 1), model.device())?;
     let log_probs = candle_nn::ops::log_softmax(&logits, 1)?;
     let picked = log_probs.gather(&targets, 1)?;
@@ -96,8 +101,8 @@ pub fn compute_gradients_per_example(
             None => dense.resize(dense.len() + var.elem_count(), 0.0),
         }
     }
-    let embedding = match grads.get(&x) {
-        Some(dx) if cfg.trains_embedding() => {
+    let embedding = match x.as_ref().and_then(|x| grads.get(x)) {
+        Some(dx) => {
             let mut flat = Vec::with_capacity(dx.elem_count());
             extend_from(&mut flat, dx)?;
             scatter_rows(batch, &flat, cfg.embedding_dim)
