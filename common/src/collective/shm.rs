@@ -494,30 +494,27 @@ impl SharedRing {
         unsafe { &*self.base.add(offset).cast::<AtomicU32>() }
     }
 
+    /// The header's first words: what identifies this ring's segment.
+    fn facts(&self, nonce: &[u8; 16]) -> [u64; 5] {
+        let (lo, hi) = nonce.split_at(8);
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        [
+            MAGIC,
+            word(lo),
+            word(hi),
+            self.world as u64,
+            self.capacity as u64,
+        ]
+    }
+
     fn write_facts(&mut self, nonce: &[u8; 16]) {
-        self.word64(0).store(MAGIC, Ordering::Relaxed);
-        self.word64(8).store(
-            u64::from_le_bytes(nonce[..8].try_into().unwrap_or_default()),
-            Ordering::Relaxed,
-        );
-        self.word64(16).store(
-            u64::from_le_bytes(nonce[8..].try_into().unwrap_or_default()),
-            Ordering::Relaxed,
-        );
-        self.word64(24).store(self.world as u64, Ordering::Relaxed);
-        self.word64(32)
-            .store(self.capacity as u64, Ordering::Release);
+        for (i, w) in self.facts(nonce).into_iter().enumerate() {
+            self.word64(8 * i).store(w, Ordering::Release);
+        }
     }
 
     fn facts_match(&self, nonce: &[u8; 16]) -> bool {
-        let words = [
-            MAGIC,
-            u64::from_le_bytes(nonce[..8].try_into().unwrap_or_default()),
-            u64::from_le_bytes(nonce[8..].try_into().unwrap_or_default()),
-            self.world as u64,
-            self.capacity as u64,
-        ];
-        words
+        self.facts(nonce)
             .iter()
             .enumerate()
             .all(|(i, &w)| self.word64(8 * i).load(Ordering::Acquire) == w)

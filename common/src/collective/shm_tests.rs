@@ -99,3 +99,17 @@ fn a_rank_that_never_arrives_is_a_timeout_and_an_abort_ends_a_wait() {
     let mut rings = shm_rings(2, dir.path(), Duration::from_secs(30));
     assert!(aborted_while_alone(&mut rings) < Duration::from_secs(2));
 }
+
+#[test]
+fn a_segment_with_another_nonce_is_not_joined() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timeout = Duration::from_secs(1);
+    let (_owner, invitation) =
+        shm::SharedRing::create(dir.path(), 2, 64, timeout).expect("segment");
+    let mut forged = invitation.clone();
+    forged.nonce[3] ^= 1;
+    let err = shm::SharedRing::join(&forged, 1, 2, timeout).expect_err("wrong nonce");
+    assert!(err.contains("not this ring's segment"), "{err}");
+    assert!(shm::SharedRing::join(&invitation, 1, 2, timeout).is_ok());
+    assert!(shm::Invitation::decode(&invitation.encode()) == Some(invitation));
+}
