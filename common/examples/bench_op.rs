@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release -p common --example bench_op -- [threads]
 //! BIG_GEMM=1 cargo run --release -p common --example bench_op -- 2   # do 2 threads scale?
+//! BATCH=16 cargo run --release -p common --example bench_op            # half a batch (2 workers)
 //! ```
 //! On a machine shared with other work, `chrt -f 10` in front gives steadier figures.
 
@@ -80,8 +81,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     set_threads(threads);
-    let (b, t, e, h) = (32usize, 11usize, 100usize, 200usize);
-    println!("threads {threads}");
+    let b: usize = match std::env::var("BATCH") {
+        Ok(v) => v.parse().map_err(|e| format!("BATCH={v}: {e}"))?,
+        Err(_) => 32,
+    };
+    let (t, e, h) = (11usize, 100usize, 200usize);
+    println!("threads {threads}, batch {b}");
     if std::env::var_os("BIG_GEMM").is_some() {
         let n = 1024;
         let a = vec![0.5f32; n * n];
