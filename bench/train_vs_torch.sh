@@ -7,7 +7,10 @@
 #
 # In ddp mode our 2×1 run sums through shared memory (--ring-transport auto, what two local
 # workers use) and is repeated over the TCP ring for comparison; bytes/step are the bytes each
-# worker publishes to the others either way.
+# worker publishes to the others either way. REPEAT=N (ddp mode) runs our three
+# configurations N times, interleaved so that a slow spell of a shared machine hits all of
+# them alike, and prints each column's median over the N runs (the scaling is the ratio of
+# the medians).
 #
 # Needs PyTorch: python3 -m venv ~/torchref && ~/torchref/bin/pip install torch
 # (TORCH_PYTHON overrides the interpreter; ANCHORS the folder holding torch_bilstm.py).
@@ -68,11 +71,24 @@ if [ "$mode" = single ]; then
   python3 -c "import sys; print(f'ratio ours/PyTorch: {float(sys.argv[1])/float(sys.argv[2]):.2f}x')" "$o_sps" "$t_sps"
 else
   epochs=${2:-3}
-  read -r a_sps a_acc a_rss a_ar a_by a_cm a_up <<<"$(ours 1 1 "$epochs" one)"
-  read -r b_sps b_acc b_rss b_ar b_by b_cm b_up <<<"$(ours 2 1 "$epochs" two)"
-  read -r c_sps c_acc c_rss c_ar c_by c_cm c_up <<<"$(ours 2 1 "$epochs" twotcp --ring-transport tcp)"
+  repeat=${REPEAT:-1}
+  for i in $(seq "$repeat"); do
+    ours 1 1 "$epochs" "one$i" >>"$tmp/one.rows"
+    ours 2 1 "$epochs" "two$i" >>"$tmp/two.rows"
+    ours 2 1 "$epochs" "twotcp$i" --ring-transport tcp >>"$tmp/twotcp.rows"
+  done
+  median() { # the median of each column of a file of rows
+    python3 -c 'import sys, statistics as s; rows = [l.split() for l in open(sys.argv[1])]
+print(" ".join(f"{s.median(float(r[i]) for r in rows):.{0 if i in (2, 4) else 4 if i == 1 else 2}f}" for i in range(len(rows[0]))))' "$1"
+  }
+  read -r a_sps a_acc a_rss a_ar a_by a_cm a_up <<<"$(median "$tmp/one.rows")"
+  read -r b_sps b_acc b_rss b_ar b_by b_cm b_up <<<"$(median "$tmp/two.rows")"
+  read -r c_sps c_acc c_rss c_ar c_by c_cm c_up <<<"$(median "$tmp/twotcp.rows")"
+  if [ "$repeat" -gt 1 ]; then
+    for f in one two twotcp; do printf '%-7s samples/s per run: %s\n' "$f" "$(cut -d' ' -f1 "$tmp/$f.rows" | tr '\n' ' ')"; done
+  fi
   read -r d_sps d_acc _ <<<"$(torch 1 "$epochs" ddp torchrun)"
-  printf '%s, %s epochs, batch 32 (global), 1 thread per process; ms per step, the largest over the workers\n' "$corpus" "$epochs"
+  printf '%s, %s epochs, batch 32 (global), 1 thread per process; ms per step, the largest over the workers; medians of %s run(s)\n' "$corpus" "$epochs" "$repeat"
   row='%-26s %11s %9s %10s %11s %8s %11s\n'
   printf "$row" run samples/s accuracy compute all-reduce update bytes/step
   printf "$row" "ours 1 worker x 1 thread" "$a_sps" "$a_acc" "$a_cm" "$a_ar" "$a_up" "$a_by"
