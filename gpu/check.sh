@@ -4,8 +4,10 @@
 # development machine in .gpu-bundle/ (worker with `cuda,nccl`, CPU coordinator; xz-compressed).
 #
 #   1. worker --self-check: the LSTM layer's output and gradients on cuda:0 against the CPU's
-#      fused op, ten training steps against the CPU, a one-rank NCCL all-reduce;
-#   2. TREC (data/trec), 3 epochs, one worker on cuda:0: samples/s and the loss curve;
+#      fused op (with the step's cell as Candle ops and as the fused cell kernels), ten
+#      training steps against the CPU, a one-rank NCCL all-reduce;
+#   2. TREC (data/trec), 3 epochs, one worker on cuda:0: samples/s and the loss curve, with the
+#      cell as Candle ops (the default) and again with SMALLTEXT_GPU_CELL=fused;
 #   3. the same 3 epochs on the CPU (2 threads) beside it;
 #   4. PyTorch's cuDNN LSTM (gpu/torch_bilstm.py, a copy of the reference) on the same GPU.
 #
@@ -69,6 +71,7 @@ PY
 }
 echo "== 2. TREC, $epochs epochs, one worker on cuda:0"
 train ours-cuda --device cuda --threads 2
+SMALLTEXT_GPU_CELL=fused train ours-cuda-fused-cell --device cuda --threads 2
 echo "== 3. the same on the CPU, 2 threads"
 train ours-cpu --device cpu --threads 2
 echo "== 4. PyTorch (cuDNN LSTM) on cuda:0, same data and epochs"
@@ -85,6 +88,10 @@ if os.path.exists(f"{out}/ours-cuda/metrics.jsonl") and os.path.exists(f"{out}/t
     ours = sorted(json.loads(l)["samples_per_s"] for l in open(f"{out}/ours-cuda/metrics.jsonl"))
     torch = json.load(open(f"{out}/torch.json"))["samples_per_s_median"]
     print(f"ratio ours/PyTorch on the GPU (median epoch samples/s): {ours[len(ours) // 2] / torch:.2f}")
+    fused = f"{out}/ours-cuda-fused-cell/metrics.jsonl"
+    if os.path.exists(fused):
+        f = sorted(json.loads(l)["samples_per_s"] for l in open(fused))
+        print(f"ratio with the fused cell kernels: {f[len(f) // 2] / torch:.2f}")
 PY
 echo "logs in $out"
 exit $status

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::model::bilstm::bilstm;
-use common::model::lstm_composed::composed_layer;
+use common::model::lstm_composed::{composed_layer, StepCell};
 use common::model::{Direction, FusedLstm, LstmOutput, Mode, PackPlan};
 use support::{assert_close, flat, random_fused, random_var, reference_layer, rng, LayerParams};
 
@@ -106,15 +106,18 @@ fn fused_op_matches_composed_candle_ops_f32() -> TestResult {
 /// outputs and every gradient, with garbage in the padding.
 #[test]
 fn gpu_path_composed_layer_matches_fused_op() -> TestResult {
-    for output in [LstmOutput::Last, LstmOutput::Sequence] {
+    for (output, cell) in [LstmOutput::Last, LstmOutput::Sequence]
+        .into_iter()
+        .flat_map(|o| [(o, StepCell::Ops), (o, StepCell::Fused)])
+    {
         let mut r = rng(17);
         let x = random_var(&[LENGTHS.len(), STEPS, INPUT], DType::F64, &mut r)?;
         let (w_ih, w_hh) = random_fused(INPUT, HIDDEN, DType::F64, &mut r)?;
         let ours = fused_layer(&x, (&w_ih, &w_hh), &LENGTHS, output, false, true)?;
-        let theirs = composed_layer(&x, &w_ih, &w_hh, &LENGTHS, HIDDEN, output)?;
+        let theirs = composed_layer(&x, &w_ih, &w_hh, &LENGTHS, HIDDEN, output, cell)?;
         assert_eq!(ours.dims(), theirs.dims());
         assert_close(
-            "composed output",
+            &format!("composed {output:?} {cell:?} output"),
             &flat(&ours)?,
             &flat(&theirs)?,
             1e-10,
@@ -127,7 +130,7 @@ fn gpu_path_composed_layer_matches_fused_op() -> TestResult {
             let a = flat(g_ours.get(var).ok_or("no gradient (fused)")?)?;
             let b = flat(g_theirs.get(var).ok_or("no gradient (composed)")?)?;
             assert_close(
-                &format!("composed {output:?} gradient"),
+                &format!("composed {output:?} {cell:?} gradient"),
                 &a,
                 &b,
                 1e-10,

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
-use common::model::lstm_composed::composed_layer;
+use common::model::lstm_composed::{composed_layer, StepCell};
 use common::model::{Direction, FusedLstm, LstmOutput, ModelConfig, PackPlan};
 use common::train::{apply_gradients, compute_gradients, Adam, AdamConfig, Batch, Replica};
 use rand::{Rng, SeedableRng};
@@ -98,7 +98,7 @@ fn lstm(device: &Device, spec: DeviceSpec) -> Result<bool> {
         }
         Ok(all)
     };
-    let run_device = || -> Result<Vec<Vec<f32>>> {
+    let run_device = |cell: StepCell| -> Result<Vec<Vec<f32>>> {
         let vars = [&x, &w_ih, &w_hh]
             .map(|t| {
                 t.to_device(device)
@@ -114,6 +114,7 @@ fn lstm(device: &Device, spec: DeviceSpec) -> Result<bool> {
             &lengths,
             HIDDEN,
             LstmOutput::Last,
+            cell,
         )?;
         let grads = (&out * &probe.to_device(device)?)?.sum_all()?.backward()?;
         let mut all = vec![flat(&out)?];
@@ -123,15 +124,20 @@ fn lstm(device: &Device, spec: DeviceSpec) -> Result<bool> {
         Ok(all)
     };
     let cpu = run_cpu()?;
-    let dev = run_device()?;
     let tol = 1e-3;
     let mut ok = true;
-    for (k, name) in ["output", "dx", "dW_ih", "dW_hh"].iter().enumerate() {
-        let err = worst_error(&dev[k], &cpu[k], 1e-3);
-        ok &= err <= tol;
-        println!(
-            "lstm {name:<6} {spec} composed vs cpu fused: worst error {err:.2e} (tolerance {tol:.0e})"
-        );
+    // Both ways of doing a step's cell on the device: Candle ops, and the fused cell kernels.
+    let cells = [StepCell::Ops, StepCell::Fused];
+    for cell in cells {
+        let dev = run_device(cell)?;
+        for (k, name) in ["output", "dx", "dW_ih", "dW_hh"].iter().enumerate() {
+            let err = worst_error(&dev[k], &cpu[k], 1e-3);
+            ok &= err <= tol;
+            println!(
+                "lstm {name:<6} {spec} composed ({cell:?} cell) vs cpu fused: worst error \
+                 {err:.2e} (tolerance {tol:.0e})"
+            );
+        }
     }
     let time = |f: &dyn Fn() -> Result<Vec<Vec<f32>>>| -> Result<f64> {
         let reps = 20;
@@ -142,9 +148,10 @@ fn lstm(device: &Device, spec: DeviceSpec) -> Result<bool> {
         Ok(start.elapsed().as_secs_f64() * 1e3 / f64::from(reps))
     };
     println!(
-        "lstm forward+backward, batch {BATCH}×{STEPS}: {spec} composed {:.2} ms, cpu fused \
-         ({} threads) {:.2} ms",
-        time(&run_device)?,
+        "lstm forward+backward, batch {BATCH}×{STEPS}: {spec} composed with the Ops cell {:.2} \
+         ms, with the Fused cell {:.2} ms; cpu fused ({} threads) {:.2} ms",
+        time(&|| run_device(StepCell::Ops))?,
+        time(&|| run_device(StepCell::Fused))?,
         common::model::threads(),
         time(&run_cpu)?
     );

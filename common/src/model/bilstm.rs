@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use super::classifier::Mode;
 use super::dropout::Dropout;
 use super::error::{ModelError, Result};
-use super::lstm_composed::composed_layer;
+use super::lstm_composed::{composed_layer, StepCell};
 use super::lstm_op::{Direction, FusedLstm, LstmOutput};
 use super::packing::PackPlan;
 use super::threads::threads;
@@ -163,6 +163,7 @@ impl BiLstm {
                 plan.lengths(),
                 self.hidden,
                 output,
+                StepCell::from_env()?,
             );
         }
         let op = FusedLstm::new(

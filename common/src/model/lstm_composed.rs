@@ -12,7 +12,32 @@
 use candle_core::Tensor;
 
 use super::error::{ModelError, Result};
+use super::lstm_cell::lstm_cell;
 use super::lstm_op::LstmOutput;
+
+/// How the composed layer does a step's cell arithmetic (gate activations, new cell and state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepCell {
+    /// Candle ops: eight launches a step on a GPU, about twice as many in backward.
+    Ops,
+    /// The [`lstm_cell`] op: one launch forward and one backward.
+    Fused,
+}
+
+impl StepCell {
+    /// What the GPU path uses: `SMALLTEXT_GPU_CELL=fused|ops`. `ops` by default, until the
+    /// fused kernels have been run and measured on a GPU (`gpu/check.sh` runs both).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("SMALLTEXT_GPU_CELL").as_deref() {
+            Err(std::env::VarError::NotPresent) | Ok("ops") => Ok(Self::Ops),
+            Ok("fused") => Ok(Self::Fused),
+            Ok(other) => Err(ModelError::Config(format!(
+                "SMALLTEXT_GPU_CELL={other}: expected `ops` or `fused`"
+            ))),
+            Err(e) => Err(ModelError::Config(format!("SMALLTEXT_GPU_CELL: {e}"))),
+        }
+    }
+}
 
 /// One bidirectional LSTM layer over `x`, rows valid for `lengths`, `hidden` units a direction.
 pub fn composed_layer(
@@ -22,6 +47,7 @@ pub fn composed_layer(
     lengths: &[usize],
     hidden: usize,
     output: LstmOutput,
+    step_cell: StepCell,
 ) -> Result<Tensor> {
     let (b, t, e) = x.dims3()?;
     let h = hidden;
@@ -76,10 +102,15 @@ pub fn composed_layer(
         // which a multiplication by `keep` does, and only at steps past the shortest row.
         for s in steps {
             let gates = (projected.narrow(1, s, 1)?.squeeze(1)? + state.matmul(&r_t)?)?;
-            let act = candle_nn::ops::sigmoid(&gates)?;
-            let c = gates.narrow(1, 2 * h, h)?.tanh()?;
-            cell = ((act.narrow(1, h, h)? * &cell)? + (act.narrow(1, 0, h)? * c)?)?;
-            state = (act.narrow(1, 3 * h, h)? * cell.tanh()?)?;
+            match step_cell {
+                StepCell::Ops => {
+                    let act = candle_nn::ops::sigmoid(&gates)?;
+                    let c = gates.narrow(1, 2 * h, h)?.tanh()?;
+                    cell = ((act.narrow(1, h, h)? * &cell)? + (act.narrow(1, 0, h)? * c)?)?;
+                    state = (act.narrow(1, 3 * h, h)? * cell.tanh()?)?;
+                }
+                StepCell::Fused => (state, cell) = lstm_cell(&gates, &cell)?,
+            }
             if d == 1 && s >= shortest {
                 let k = keep.get(s)?;
                 cell = cell.broadcast_mul(&k)?;

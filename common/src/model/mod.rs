@@ -8,6 +8,7 @@ pub mod classifier;
 mod dropout;
 pub mod error;
 mod gemm;
+pub mod lstm_cell;
 pub mod lstm_composed;
 mod lstm_direction;
 pub mod lstm_op;
