@@ -39,6 +39,11 @@ const SPINS: u32 = 2_000;
 /// How long one futex sleep lasts before the abort flag and peer liveness are checked again.
 const POLL: Duration = Duration::from_millis(2);
 const NONE: u64 = u64::MAX;
+/// Segment files are named `{SEGMENT_PREFIX}{creator pid}-{random}`.
+const SEGMENT_PREFIX: &str = "smalltext-ring-";
+/// A segment is unlinked within its ring's set-up, bounded by the I/O timeout; one this old
+/// whose creator is gone was left by a rank 0 that died during a set-up.
+const LEAKED_AFTER: Duration = Duration::from_secs(600);
 
 /// What [`SharedRing::create`] hands to the other ranks (over the authenticated ring) so they
 /// can open the same segment.
@@ -135,9 +140,10 @@ impl SharedRing {
             return Err("shared memory is implemented for Linux only".into());
         }
         let len = segment_len(world, capacity).ok_or("segment size overflows")?;
+        sweep_leaked(dir);
         let nonce: [u8; 16] = rand::random();
         let path = dir.join(format!(
-            "smalltext-ring-{}-{}",
+            "{SEGMENT_PREFIX}{}-{}",
             std::process::id(),
             hex::encode(&nonce[..8])
         ));
@@ -471,12 +477,7 @@ impl SharedRing {
 
     fn pid_alive(&self, j: usize) -> bool {
         let pid = self.pid(j).load(Ordering::Acquire);
-        if pid <= 0 {
-            return true;
-        }
-        // SAFETY: signal 0 only checks that the process exists.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+        pid <= 0 || process_alive(pid)
     }
 
     // The header. Words are reached through atomics: other processes share them.
@@ -573,6 +574,46 @@ impl SharedRing {
 // SAFETY: the mapping is owned by this value; the raw pointers derived from it are only used
 // through `&self`/`&mut self`, and the data other processes share is guarded by the barriers.
 unsafe impl Send for SharedRing {}
+
+/// Whether process `pid` may exist (one of another user counts as existing).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Removes the segments in `dir` that a rank 0 created and never unlinked because it died
+/// during its ring's set-up: the creator in the name is gone and the file is older than any
+/// set-up. Best effort: what cannot be read or removed (another user's) stays.
+fn sweep_leaked(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SEGMENT_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            .filter(|&pid| pid > 0)
+        else {
+            continue;
+        };
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= LEAKED_AFTER);
+        if old && !process_alive(pid) && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(
+                "removed {}, a shared-memory segment left by a ring whose set-up failed",
+                entry.path().display()
+            );
+        }
+    }
+}
 
 fn open(path: &Path, create: bool) -> std::io::Result<File> {
     let mut o = OpenOptions::new();

@@ -113,3 +113,43 @@ fn a_segment_with_another_nonce_is_not_joined() {
     assert!(shm::SharedRing::join(&invitation, 1, 2, timeout).is_ok());
     assert!(shm::Invitation::decode(&invitation.encode()) == Some(invitation));
 }
+
+/// A segment left behind by a rank 0 that died between creating it and unlinking it (ring
+/// set-up only) is removed by the next rank 0 on the host, once it is a minute old; segments
+/// of live creators, fresh ones and other files are left alone.
+#[test]
+fn a_segment_whose_creator_died_is_swept_by_the_next_ring() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dead = {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        child.wait().expect("wait");
+        pid
+    };
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let file = |name: &str, modified| {
+        let path = dir.path().join(name);
+        let f = std::fs::File::create(&path).expect("create");
+        f.set_modified(modified).expect("mtime");
+        path
+    };
+    let leaked = file(&format!("smalltext-ring-{dead}-00112233aabbccdd"), old);
+    let fresh = file(
+        &format!("smalltext-ring-{dead}-0011223344556677"),
+        std::time::SystemTime::now(),
+    );
+    let alive = file(
+        &format!("smalltext-ring-{}-8899aabbccddeeff", std::process::id()),
+        old,
+    );
+    let other = file(&format!("other-{dead}-00112233aabbccdd"), old);
+    let (_ring, invitation) =
+        shm::SharedRing::create(dir.path(), 2, 64, Duration::from_secs(1)).expect("segment");
+    assert!(
+        !leaked.exists(),
+        "the dead creator's old segment is still there"
+    );
+    for kept in [&fresh, &alive, &other, &invitation.path] {
+        assert!(kept.exists(), "{} was removed", kept.display());
+    }
+}
