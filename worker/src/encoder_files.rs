@@ -6,26 +6,27 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use common::encoder::{files, EncoderRef};
+use common::encoder::files::{self, Hashed};
+use common::encoder::EncoderRef;
 use common::pb;
 
 use crate::client::Client;
 
-/// The directory holding the encoder `r`, downloading it if need be.
+/// The directory holding the encoder `r` (its content hash checked), downloading it if need be.
 pub fn locate(
     r: &EncoderRef,
     client: &mut Client,
     token: &str,
     rank: u32,
     rt: &tokio::runtime::Runtime,
-) -> Result<PathBuf> {
-    if matches(&r.path, &r.sha256) {
-        return Ok(r.path.clone());
+) -> Result<Hashed> {
+    if let Some(found) = matching(&r.path, &r.sha256) {
+        return Ok(found);
     }
     let cached = cache_root().join(&r.sha256);
-    if matches(&cached, &r.sha256) {
+    if let Some(found) = matching(&cached, &r.sha256) {
         tracing::info!("encoder {}: using the copy in {}", r.name, cached.display());
-        return Ok(cached);
+        return Ok(found);
     }
     tracing::info!(
         "encoder {}: no identical copy at {}; downloading it from the coordinator into {}",
@@ -38,23 +39,27 @@ pub fn locate(
     std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let result = rt.block_on(download(client, token, rank, &partial));
     let checked = result.and_then(|()| {
-        let found = files::content_hash(&partial)?;
-        if found != r.sha256 {
+        let found = files::hashed(&partial)?;
+        if found.sha256() != r.sha256 {
             bail!(
-                "the encoder received has content hash {found}, not the run's {}",
+                "the encoder received has content hash {}, not the run's {}",
+                found.sha256(),
                 r.sha256
             );
         }
-        Ok(())
+        Ok(found)
     });
-    if let Err(e) = checked {
-        let _ = std::fs::remove_dir_all(&partial);
-        return Err(e.context("downloading the encoder from the coordinator"));
-    }
+    let found = match checked {
+        Ok(found) => found,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e.context("downloading the encoder from the coordinator"));
+        }
+    };
     let _ = std::fs::remove_dir_all(&cached);
     std::fs::rename(&partial, &cached)
         .with_context(|| format!("moving the encoder into {}", cached.display()))?;
-    Ok(cached)
+    Ok(found.moved_to(cached))
 }
 
 /// `SMALLTEXT_CACHE`, else the system's temporary directory.
@@ -65,8 +70,11 @@ fn cache_root() -> PathBuf {
         .join("smalltext-encoders")
 }
 
-fn matches(dir: &Path, sha256: &str) -> bool {
-    dir.is_dir() && files::content_hash(dir).is_ok_and(|h| h == sha256)
+fn matching(dir: &Path, sha256: &str) -> Option<Hashed> {
+    if !dir.is_dir() {
+        return None;
+    }
+    files::hashed(dir).ok().filter(|h| h.sha256() == sha256)
 }
 
 async fn download(client: &mut Client, token: &str, rank: u32, dir: &Path) -> Result<()> {

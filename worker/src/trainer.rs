@@ -106,8 +106,9 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         .filter(|r| r.mode == EncoderMode::Features)
     {
         let started = Instant::now();
-        let dir = crate::encoder_files::locate(r, &mut client, token, rank, rt)?;
-        let encoder = Encoder::load_checked(&dir, r, &device, spec.encoder_cache_bytes)
+        let found = crate::encoder_files::locate(r, &mut client, token, rank, rt)?;
+        let dir = found.dir();
+        let encoder = Encoder::load_hashed(&found, r.mode, &device, spec.encoder_cache_bytes)
             .with_context(|| format!("loading the encoder from {}", dir.display()))?;
         tracing::info!(
             "encoder {} from {} ready in {:.1} s",

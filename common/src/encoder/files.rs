@@ -3,7 +3,7 @@
 //! coordinator streams to a worker that has no copy.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -55,6 +55,37 @@ pub fn content_hash(dir: &Path) -> Result<String> {
         }
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// A model directory and the content hash [`hashed`] computed for it, so that whoever found it
+/// by its hash can load it without hashing its ~90 MB again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashed {
+    dir: PathBuf,
+    sha256: String,
+}
+
+impl Hashed {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The same files after the directory moved to `dir`.
+    pub fn moved_to(self, dir: PathBuf) -> Self {
+        Self { dir, ..self }
+    }
+}
+
+/// `dir` with its [`content_hash`].
+pub fn hashed(dir: &Path) -> Result<Hashed> {
+    Ok(Hashed {
+        sha256: content_hash(dir)?,
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// A name for logs and checkpoints: the directory's name, or its parent's when the directory

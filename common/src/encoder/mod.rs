@@ -133,17 +133,17 @@ impl Encoder {
         device: &Device,
         cache_bytes: usize,
     ) -> Result<Self> {
-        Self::load_hashed(dir, mode, device, cache_bytes, files::content_hash(dir)?)
+        Self::load_hashed(&files::hashed(dir)?, mode, device, cache_bytes)
     }
 
-    /// As [`Encoder::load`], with the directory's content hash already computed.
-    fn load_hashed(
-        dir: &Path,
+    /// As [`Encoder::load`], for a directory whose content hash is already known.
+    pub fn load_hashed(
+        hashed: &files::Hashed,
         mode: EncoderMode,
         device: &Device,
         cache_bytes: usize,
-        sha256: String,
     ) -> Result<Self> {
+        let dir = hashed.dir();
         let config = read_config(dir)?;
         let weights = dir.join(files::WEIGHTS);
         let invalid = |e: candle_core::Error| EncoderError::Invalid {
@@ -156,7 +156,7 @@ impl Encoder {
         Ok(Self {
             reference: EncoderRef {
                 name: files::display_name(dir),
-                sha256,
+                sha256: hashed.sha256().to_string(),
                 path: dir.to_path_buf(),
                 mode,
             },
@@ -176,16 +176,16 @@ impl Encoder {
         device: &Device,
         cache_bytes: usize,
     ) -> Result<Self> {
-        let found = files::content_hash(dir)?;
-        if found != expected.sha256 {
+        let found = files::hashed(dir)?;
+        if found.sha256() != expected.sha256 {
             return Err(EncoderError::Mismatch {
                 dir: dir.to_path_buf(),
-                found,
+                found: found.sha256().to_string(),
                 expected: expected.sha256.clone(),
                 expected_name: expected.name.clone(),
             });
         }
-        Self::load_hashed(dir, expected.mode, device, cache_bytes, found)
+        Self::load_hashed(&found, expected.mode, device, cache_bytes)
     }
 
     pub fn reference(&self) -> &EncoderRef {
