@@ -109,6 +109,44 @@ fn cpu_slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<
     Ok(&s.as_slice::<T>()?[start..end])
 }
 
+/// Runs `f32s` or `f64s` on the inputs' data, whichever type they all hold.
+fn on_cpu<const N: usize>(
+    inputs: [(&CpuStorage, &Layout); N],
+    f32s: impl FnOnce([&[f32]; N]) -> Vec<f32>,
+    f64s: impl FnOnce([&[f64]; N]) -> Vec<f64>,
+) -> candle_core::Result<CpuStorage> {
+    fn slices<'a, T: Real, const N: usize>(
+        inputs: [(&'a CpuStorage, &Layout); N],
+    ) -> candle_core::Result<[&'a [T]; N]> {
+        let mut out: [&[T]; N] = [&[]; N];
+        for (o, (s, l)) in out.iter_mut().zip(inputs) {
+            *o = cpu_slice(s, l)?;
+        }
+        Ok(out)
+    }
+    match inputs[0].0 {
+        CpuStorage::F32(_) => Ok(CpuStorage::F32(f32s(slices(inputs)?))),
+        CpuStorage::F64(_) => Ok(CpuStorage::F64(f64s(slices(inputs)?))),
+        _ => candle_core::bail!("lstm_cell: f32 or f64 inputs"),
+    }
+}
+
+/// Rows and hidden size of a backward step, after checking the gradient of `[h | c]` too.
+fn grad_dims(
+    gates: &Layout,
+    c_prev: &Layout,
+    grad: &Layout,
+) -> candle_core::Result<(usize, usize)> {
+    let (rows, hidden) = step_dims(gates, c_prev)?;
+    if grad.shape().elem_count() != 2 * rows * hidden || grad.contiguous_offsets().is_none() {
+        candle_core::bail!(
+            "lstm_cell_grad: gradient {:?} for {rows} × {hidden}",
+            grad.shape()
+        )
+    }
+    Ok((rows, hidden))
+}
+
 impl CustomOp2 for Cell {
     fn name(&self) -> &'static str {
         "lstm_cell"
@@ -122,19 +160,11 @@ impl CustomOp2 for Cell {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, hidden) = step_dims(l1, l2)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(forward(
-                cpu_slice::<f32>(s1, l1)?,
-                cpu_slice::<f32>(s2, l2)?,
-                hidden,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(forward(
-                cpu_slice::<f64>(s1, l1)?,
-                cpu_slice::<f64>(s2, l2)?,
-                hidden,
-            )),
-            _ => candle_core::bail!("lstm_cell: f32 or f64 inputs of one dtype"),
-        };
+        let out = on_cpu(
+            [(s1, l1), (s2, l2)],
+            |[g, c]| forward(g, c, hidden),
+            |[g, c]| forward(g, c, hidden),
+        )?;
         Ok((out, Shape::from(2 * rows * hidden)))
     }
 
@@ -181,32 +211,12 @@ impl CustomOp3 for CellGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, hidden) = step_dims(l1, l2)?;
-        if l3.shape().elem_count() != 2 * rows * hidden {
-            candle_core::bail!(
-                "lstm_cell_grad: gradient {:?} for {rows} × {hidden}",
-                l3.shape()
-            )
-        }
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(backward(
-                    cpu_slice::<f32>(s1, l1)?,
-                    cpu_slice::<f32>(s2, l2)?,
-                    cpu_slice::<f32>(s3, l3)?,
-                    hidden,
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(backward(
-                    cpu_slice::<f64>(s1, l1)?,
-                    cpu_slice::<f64>(s2, l2)?,
-                    cpu_slice::<f64>(s3, l3)?,
-                    hidden,
-                ))
-            }
-            _ => candle_core::bail!("lstm_cell_grad: f32 or f64 inputs of one dtype"),
-        };
+        let (rows, hidden) = grad_dims(l1, l2, l3)?;
+        let out = on_cpu(
+            [(s1, l1), (s2, l2), (s3, l3)],
+            |[g, c, d]| backward(g, c, d, hidden),
+            |[g, c, d]| backward(g, c, d, hidden),
+        )?;
         Ok((out, Shape::from(5 * rows * hidden)))
     }
 
@@ -220,13 +230,7 @@ impl CustomOp3 for CellGrad {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let (rows, hidden) = step_dims(l1, l2)?;
-        if l3.shape().elem_count() != 2 * rows * hidden || l3.contiguous_offsets().is_none() {
-            candle_core::bail!(
-                "lstm_cell_grad: gradient {:?} for {rows} × {hidden}",
-                l3.shape()
-            )
-        }
+        let (rows, hidden) = grad_dims(l1, l2, l3)?;
         let out = cuda::launch(
             "lstm_cell_bwd",
             [(s1, l1), (s2, l2), (s3, l3)],
