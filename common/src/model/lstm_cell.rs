@@ -3,9 +3,10 @@
 //! and the previous cell, the new hidden state and cell in one pass, and in backward the
 //! gradients of both inputs in one more.
 //!
-//! Composed from Candle ops the same step is eight launches forward and about twice as many
-//! in autograd's backward, each a pass over memory; on a GPU, at B × H = 32 × 200 elements,
-//! launch latency is most of a step. The CUDA kernels (`lstm_cell.cu`, compiled to PTX by
+//! Composed from Candle ops the same step is seven launches forward (a sigmoid, two tanh,
+//! three products, a sum) and more in autograd's backward, each a pass over memory; at
+//! B × H = 32 × 200 elements a GPU should spend more on launching them than on the arithmetic
+//! (not yet measured: `gpu/check.sh` times both). The CUDA kernels (`lstm_cell.cu`, compiled to PTX by
 //! `build.rs` under the `cuda` feature) and the CPU loops here compute the same thing; the
 //! CPU loops are what the tests check against the fused CPU op, `worker --self-check`
 //! checks the kernels against the CPU on a GPU.

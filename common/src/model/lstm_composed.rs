@@ -18,7 +18,7 @@ use super::lstm_op::LstmOutput;
 /// How the composed layer does a step's cell arithmetic (gate activations, new cell and state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepCell {
-    /// Candle ops: eight launches a step on a GPU, about twice as many in backward.
+    /// Candle ops: seven launches a step on a GPU, more in backward.
     Ops,
     /// The [`lstm_cell`] op: one launch forward and one backward.
     Fused,
