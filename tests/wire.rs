@@ -5,8 +5,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pb;
-use common::pb::coordinator_client::CoordinatorClient;
-use smalltext_tests::{bin, coordinator, free_port, max_weight_diff, stderr, trec_slice};
+use smalltext_tests::{
+    bin, connect_coordinator, coordinator, free_port, max_weight_diff, stderr, trec_slice,
+};
 use tonic::Code;
 
 #[test]
@@ -72,15 +73,7 @@ fn bad_messages_are_refused_and_the_run_is_unaffected() {
         .unwrap();
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut client = loop {
-            match CoordinatorClient::connect(url.clone()).await {
-                Ok(c) => break c.max_encoding_message_size(usize::MAX),
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Err(e) => panic!("connecting: {e}"),
-            }
-        };
+        let mut client = connect_coordinator(&url).await;
         // Wait until the real worker trains.
         loop {
             let s = client

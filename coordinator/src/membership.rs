@@ -262,6 +262,14 @@ impl Regroup<'_> {
             );
         }
         let peers: Vec<String> = survivors.iter().map(|m| m.ring_addr.clone()).collect();
+        // A new communicator needs a new id: ring rank 0's, when every member can use NCCL.
+        let nccl_id = match stay.iter().all(|w| !w.req.nccl_id.is_empty()) {
+            true if survivors.len() > 1 => stay[0].req.nccl_id.clone(),
+            _ => Vec::new(),
+        };
+        if !nccl_id.is_empty() {
+            tracing::info!("all-reduce of generation {generation}: a new NCCL communicator");
+        }
         for (ring_rank, w) in stay.into_iter().enumerate() {
             let _ = w.reply.send(Ok(pb::RegroupReply {
                 generation,
@@ -273,6 +281,7 @@ impl Regroup<'_> {
                 applied_examples: applied,
                 state_source: source as u32,
                 finished: false,
+                nccl_id: nccl_id.clone(),
             }));
         }
         shared.metrics.update(|v| {

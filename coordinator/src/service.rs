@@ -306,11 +306,6 @@ impl Shared {
                 "this run has taken {MAX_LATE_JOINS} late workers and takes no more"
             )));
         }
-        if !req.nccl_id.is_empty() {
-            tracing::warn!(
-                "worker {id} can use NCCL, but a late joiner all-reduces over the TCP ring"
-            );
-        }
         tracing::info!(
             "worker {id} (host {}, pid {}) joined the running run; it enters at the next epoch boundary",
             req.hostname,
@@ -423,6 +418,17 @@ pub struct Service(pub Arc<Shared>);
 
 type EpochStream = Pin<Box<dyn Stream<Item = Result<pb::EpochMessage, Status>> + Send>>;
 
+/// An NCCL unique id offered by a worker: none, or exactly 128 bytes.
+fn check_nccl_id(id: &[u8]) -> Result<(), Status> {
+    if id.is_empty() || id.len() == 128 {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "an NCCL unique id has 128 bytes, not {}",
+        id.len()
+    )))
+}
+
 fn message(kind: pb::epoch_message::Kind) -> Result<pb::EpochMessage, Status> {
     Ok(pb::EpochMessage { kind: Some(kind) })
 }
@@ -517,12 +523,7 @@ impl pb::coordinator_server::Coordinator for Service {
                 "ring address, host name or device name too long",
             ));
         }
-        if !req.nccl_id.is_empty() && req.nccl_id.len() != 128 {
-            return Err(Status::invalid_argument(format!(
-                "an NCCL unique id has 128 bytes, not {}",
-                req.nccl_id.len()
-            )));
-        }
+        check_nccl_id(&req.nccl_id)?;
         let rx = {
             let mut pending = self
                 .0
@@ -700,6 +701,7 @@ impl pb::coordinator_server::Coordinator for Service {
         if req.reason.len() > 4096 {
             return Err(Status::invalid_argument("regroup reason too long"));
         }
+        check_nccl_id(&req.nccl_id)?;
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self

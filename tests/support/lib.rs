@@ -237,3 +237,24 @@ pub fn tls_files(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     ]);
     (ca, cert, key)
 }
+
+/// A gRPC client of the coordinator at `url`, retrying for up to a minute while it starts.
+pub async fn connect_coordinator(
+    url: &str,
+) -> common::pb::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
+    use common::pb::coordinator_client::CoordinatorClient;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match CoordinatorClient::connect(url.to_string()).await {
+            Ok(c) => {
+                break c
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX)
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("connecting to the coordinator at {url}: {e}"),
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::collective::RingAbort;
+use common::collective::Abort;
 use common::pb;
 use common::pb::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
@@ -97,17 +97,17 @@ pub struct Progress {
     pub loss_milli: AtomicU64,
 }
 
-/// The worker's ring generation, and the handle that aborts its ring: shared with the
+/// The worker's ring generation, and the handle that aborts its ring (TCP or NCCL): shared with the
 /// heartbeat task, which aborts the ring when the coordinator announces a newer generation
 /// (a worker was lost), so a worker blocked in an all-reduce regroups at once.
 #[derive(Default)]
 pub struct Membership {
     pub generation: AtomicU64,
-    abort: Mutex<Option<RingAbort>>,
+    abort: Mutex<Option<Arc<dyn Abort>>>,
 }
 
 impl Membership {
-    pub fn set_abort(&self, abort: Option<RingAbort>) {
+    pub fn set_abort(&self, abort: Option<Arc<dyn Abort>>) {
         match self.abort.lock() {
             Ok(mut a) => *a = abort,
             Err(poisoned) => *poisoned.into_inner() = abort,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use common::collective::{Collective, CollectiveError, Local, RingAbort, RingAuth};
+use common::collective::{Abort, Collective, CollectiveError, Local, RingAuth};
 use common::collective::{RingAllReduce, RingOptions};
 use common::encoder::{Encoder, EncoderMode};
 use common::metrics::Confusion;
@@ -75,10 +75,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         tracing::info!("the run is under way: this worker enters at the next epoch boundary");
         (Box::new(Local), None)
     } else if world > 1 && !reply.nccl_id.is_empty() {
-        (
-            nccl(args.device, rank as usize, world, &reply.nccl_id)?,
-            None,
-        )
+        nccl(args.device, rank as usize, world, &reply.nccl_id, None)?
     } else {
         form_ring(
             rank as usize,
@@ -150,6 +147,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         opt,
         ring,
         ring_tls,
+        device: args.device,
         membership,
         progress,
         at: Position {
@@ -218,6 +216,8 @@ struct Job {
     opt: Adam,
     ring: Box<dyn Collective>,
     ring_tls: Option<Arc<common::tls::Tls>>,
+    /// Where the model runs: a worker on a GPU offers an NCCL id at every regroup.
+    device: DeviceSpec,
     membership: Arc<Membership>,
     progress: Arc<Progress>,
     at: Position,
@@ -446,6 +446,11 @@ impl Job {
             steps_done: self.at.steps,
             applied_examples: self.at.applied,
             reason: reason.chars().take(1000).collect(),
+            // Without an id this worker keeps the new ring on TCP, which still trains.
+            nccl_id: nccl_candidate(self.device).unwrap_or_else(|e| {
+                tracing::warn!("offering no NCCL id for the new ring: {e:#}");
+                Vec::new()
+            }),
         };
         let reply = rt
             .block_on(self.client.regroup(req))
@@ -466,19 +471,29 @@ impl Job {
             reply.epoch + 1,
             reply.resume_step
         );
-        let (ring, abort) = form_ring(
-            rank,
-            &reply.peers,
-            &self.listener,
-            &RingSession {
-                token: &self.token,
-                run_id: self.run_id,
-                generation: reply.generation,
-                tls: self.ring_tls.clone(),
-                shared_memory: shared_memory_floats(&self.spec, self.replica.host()),
-            },
-            REFORM_TIMEOUT,
-        )
+        let (ring, abort) = if world > 1 && !reply.nccl_id.is_empty() {
+            nccl(
+                self.device,
+                rank,
+                world,
+                &reply.nccl_id,
+                Some(&self.membership),
+            )
+        } else {
+            form_ring(
+                rank,
+                &reply.peers,
+                &self.listener,
+                &RingSession {
+                    token: &self.token,
+                    run_id: self.run_id,
+                    generation: reply.generation,
+                    tls: self.ring_tls.clone(),
+                    shared_memory: shared_memory_floats(&self.spec, self.replica.host()),
+                },
+                REFORM_TIMEOUT,
+            )
+        }
         .map_err(|e| anyhow::Error::new(RingFailed(format!("{e:#}"))))?;
         self.ring = ring;
         self.membership.set_abort(abort);
@@ -521,6 +536,9 @@ struct RingSession<'a> {
     shared_memory: usize,
 }
 
+/// A collective of one generation and the handle that aborts it (`None` for a world of one).
+type Formed = (Box<dyn Collective>, Option<Arc<dyn Abort>>);
+
 /// Room for the dense gradients of the model in one shared-memory slot (sparse embedding
 /// rows of a batch fit easily; anything larger, like a state broadcast, goes over TCP); 0 when
 /// the run keeps its rings on TCP.
@@ -540,7 +558,7 @@ fn form_ring(
     listener: &TcpListener,
     session: &RingSession<'_>,
     connect_timeout: Duration,
-) -> Result<(Box<dyn Collective>, Option<RingAbort>)> {
+) -> Result<Formed> {
     if peers.len() <= 1 {
         return Ok((Box::new(Local), None));
     }
@@ -564,7 +582,7 @@ fn form_ring(
         &options,
     )
     .context("forming the ring")?;
-    let abort = ring.abort_handle();
+    let abort: Arc<dyn Abort> = Arc::new(ring.abort_handle());
     Ok((Box::new(ring), Some(abort)))
 }
 
@@ -716,16 +734,31 @@ fn nccl_candidate(device: DeviceSpec) -> Result<Vec<u8>> {
     Ok(Vec::new())
 }
 
-/// The NCCL communicator of this run, on this worker's GPU.
-fn nccl(device: DeviceSpec, rank: usize, world: usize, id: &[u8]) -> Result<Box<dyn Collective>> {
+/// The NCCL communicator of this run (or of a regrouped ring), on this worker's GPU, and the
+/// handle that aborts it. With `membership` (a regroup, while the heartbeats run), the handle
+/// is handed over before the communicator forms, so a newer generation also ends the wait
+/// for the other ranks to join.
+fn nccl(
+    device: DeviceSpec,
+    rank: usize,
+    world: usize,
+    id: &[u8],
+    membership: Option<&Membership>,
+) -> Result<Formed> {
     #[cfg(feature = "nccl")]
     if let DeviceSpec::Cuda(ordinal) = device {
-        let comm = common::collective::nccl::NcclAllReduce::new(ordinal, rank, world, id)
+        use common::collective::nccl::{NcclAbort, NcclAllReduce};
+        let abort = NcclAbort::default();
+        let handle: Arc<dyn Abort> = Arc::new(abort.clone());
+        if let Some(m) = membership {
+            m.set_abort(Some(handle.clone()));
+        }
+        let comm = NcclAllReduce::with_abort(ordinal, rank, world, id, abort)
             .context("forming the NCCL communicator")?;
         tracing::info!("all-reduce: NCCL, rank {rank} of {world} on {device}");
-        return Ok(Box::new(comm));
+        return Ok((Box::new(comm), Some(handle)));
     }
-    let _ = (rank, world, id);
+    let _ = (rank, world, id, membership);
     bail!("the coordinator chose NCCL but this worker ({device}) cannot use it")
 }
 

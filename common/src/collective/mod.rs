@@ -38,6 +38,19 @@ pub mod wire {
     }
 }
 
+/// Stops a collective from another thread: the call blocked in it fails at once, and so does
+/// every later one (the caller forms a new collective). The worker's heartbeat task holds one
+/// to leave its ring when the coordinator announces a new membership.
+pub trait Abort: Send + Sync {
+    fn abort(&self);
+}
+
+impl Abort for RingAbort {
+    fn abort(&self) {
+        RingAbort::abort(self);
+    }
+}
+
 /// Sums gradients across the workers of one training run. Every rank must make the same
 /// sequence of calls with the same shapes; a mismatch is reported, not papered over.
 pub trait Collective: Send {

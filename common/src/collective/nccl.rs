@@ -1,24 +1,44 @@
 //! The NCCL backend of [`Collective`], for workers on GPUs (one rank per GPU). The coordinator
-//! hands every rank the same NCCL unique id at rendezvous (rank 0 makes it, see
-//! [`new_unique_id`]); the communicator is then formed by NCCL itself.
+//! hands every rank the same NCCL unique id at rendezvous, and a fresh one at every regroup
+//! (the new rank 0's, see [`new_unique_id`]); the communicator is then formed by NCCL itself.
 //!
 //! Gradients live on the host between the backward pass and the optimizer (see
 //! `train::Replica`), so each call copies its buffer to the GPU, reduces there and copies back.
 //! The sparse embedding rows are gathered (counts first, then ids and rows padded to the
 //! largest count) and merged on the host in rank order, the same on every rank.
 //!
-//! Dropping the collective aborts the communicator (`ncclCommAbort`), which is how a rank that
-//! lost a peer gets out: form a new one with the survivors rather than wait on the dead.
+//! NCCL waits for a dead peer forever, so nothing here blocks inside NCCL or CUDA without a
+//! way out. The communicator is formed on a helper thread that the caller waits for with a
+//! deadline and the abort flag. Each collective is enqueued and then polled (its completion
+//! event, NCCL's asynchronous error, the abort flag, a deadline) instead of synchronizing the
+//! stream. After any failure the collective refuses further calls; dropping it aborts the
+//! communicator (`ncclCommAbort`, which also stops a kernel still waiting for the dead), and
+//! the worker regroups with the survivors, who form a new one.
 
+use std::ffi::{c_char, c_int, c_void};
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use candle_core::cuda_backend::cudarc::driver::{CudaContext, CudaStream, DriverError};
-use candle_core::cuda_backend::cudarc::nccl::{result::NcclError, Comm, Id, ReduceOp};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaContext, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, ValidAsZeroBits,
+};
+use candle_core::cuda_backend::cudarc::nccl::{result, result::NcclError, sys, Id, NcclType};
 
-use super::{check_sparse_input, Collective, CollectiveError};
+use super::{check_sparse_input, Abort, Collective, CollectiveError};
 
 /// Bytes of an NCCL unique id.
 pub const UNIQUE_ID_BYTES: usize = 128;
+
+/// How long forming a communicator may take. Every rank is running when the coordinator
+/// answers it, so one that has not joined by then is lost.
+const INIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one collective may wait for the slowest rank. The first call also connects the
+/// ranks; a lost peer is normally noticed much sooner, through the abort flag.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A fresh NCCL unique id (rank 0 makes one and the coordinator passes it to all ranks).
 pub fn new_unique_id() -> Result<Vec<u8>, CollectiveError> {
@@ -26,28 +46,84 @@ pub fn new_unique_id() -> Result<Vec<u8>, CollectiveError> {
     Ok(id.internal().iter().map(|&c| c as u8).collect())
 }
 
-pub struct NcclAllReduce {
-    comm: Comm,
-    stream: Arc<CudaStream>,
-    bytes_sent: u64,
-}
-
 fn nccl_err(during: &'static str) -> impl Fn(NcclError) -> CollectiveError {
-    move |e| CollectiveError::Backend(format!("NCCL failed while {during}: {e:?}"))
+    move |e| CollectiveError::Backend(format!("NCCL failed while {during}: {:?}", e.0))
 }
 
 fn cuda_err(during: &'static str) -> impl Fn(DriverError) -> CollectiveError {
     move |e| CollectiveError::Backend(format!("CUDA failed while {during}: {e}"))
 }
 
+/// A communicator, aborted when dropped. Never destroyed: `ncclCommDestroy` would wait for
+/// operations that a dead peer never completes.
+struct RawComm(sys::ncclComm_t);
+
+// SAFETY: `ncclComm_t` is a raw pointer, so not `Send` by default. NCCL requires only that a
+// communicator is not used by two threads at once; `RawComm` is owned whole and used only
+// through its owner.
+unsafe impl Send for RawComm {}
+
+impl Drop for RawComm {
+    fn drop(&mut self) {
+        // SAFETY: the handle comes from a successful ncclCommInitRank and is aborted once.
+        if let Err(e) = unsafe { result::comm_abort(self.0) } {
+            tracing::warn!("aborting the NCCL communicator failed: {:?}", e.0);
+        }
+    }
+}
+
+/// Stops an [`NcclAllReduce`] from another thread (see [`Abort`]): a call waiting for the
+/// other ranks, or for them to join, fails within a millisecond or so.
+#[derive(Debug, Clone, Default)]
+pub struct NcclAbort(Arc<AtomicBool>);
+
+impl NcclAbort {
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Abort for NcclAbort {
+    fn abort(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+pub struct NcclAllReduce {
+    // Fields drop in order: the communicator is aborted before the buffers of a failed call
+    // are freed (freeing may wait for the stream) and before the stream goes.
+    comm: RawComm,
+    /// GPU buffers of a call that failed while NCCL may still use them.
+    stranded: Vec<Box<dyn Send>>,
+    stream: Arc<CudaStream>,
+    rank: usize,
+    world: usize,
+    abort: NcclAbort,
+    /// Why an earlier call failed: NCCL's state is unknown after that, so later calls refuse.
+    broken: Option<String>,
+    bytes_sent: u64,
+}
+
 impl NcclAllReduce {
     /// Joins the communicator `unique_id` names as `rank` of `world_size`, on GPU `ordinal`.
-    /// Blocks until every rank has joined.
+    /// Blocks until every rank has joined, for at most a minute.
     pub fn new(
         ordinal: usize,
         rank: usize,
         world_size: usize,
         unique_id: &[u8],
+    ) -> Result<Self, CollectiveError> {
+        Self::with_abort(ordinal, rank, world_size, unique_id, NcclAbort::default())
+    }
+
+    /// As [`NcclAllReduce::new`]; `abort` (kept by the caller) also ends the wait for the
+    /// other ranks to join.
+    pub fn with_abort(
+        ordinal: usize,
+        rank: usize,
+        world_size: usize,
+        unique_id: &[u8],
+        abort: NcclAbort,
     ) -> Result<Self, CollectiveError> {
         if unique_id.len() != UNIQUE_ID_BYTES || rank >= world_size {
             return Err(CollectiveError::InvalidInput(format!(
@@ -55,46 +131,124 @@ impl NcclAllReduce {
                 unique_id.len()
             )));
         }
-        let mut internal = [0 as std::ffi::c_char; UNIQUE_ID_BYTES];
+        let mut internal = [0 as c_char; UNIQUE_ID_BYTES];
         for (dst, &src) in internal.iter_mut().zip(unique_id) {
-            *dst = src as std::ffi::c_char;
+            *dst = src as c_char;
         }
         let ctx = CudaContext::new(ordinal).map_err(cuda_err("opening the GPU"))?;
         let stream = ctx.new_stream().map_err(cuda_err("making a stream"))?;
-        let comm = Comm::from_rank(stream.clone(), rank, world_size, Id::uninit(internal))
-            .map_err(nccl_err("forming the communicator"))?;
+        let id = sys::ncclUniqueId { internal };
+        let comm = join(&ctx, rank, world_size, id, &abort)?;
         Ok(Self {
             comm,
+            stranded: Vec::new(),
             stream,
+            rank,
+            world: world_size,
+            abort,
+            broken: None,
             bytes_sent: 0,
         })
     }
 
+    /// The handle that aborts this collective from another thread.
+    pub fn abort_handle(&self) -> NcclAbort {
+        self.abort.clone()
+    }
+
+    /// Runs one collective; any failure but bad input leaves the collective broken.
+    fn guarded<R>(
+        &mut self,
+        call: impl FnOnce(&mut Self) -> Result<R, CollectiveError>,
+    ) -> Result<R, CollectiveError> {
+        if let Some(why) = &self.broken {
+            return Err(CollectiveError::Broken(why.clone()));
+        }
+        let out = call(self);
+        if let Err(e) = &out {
+            if !matches!(e, CollectiveError::InvalidInput(_)) {
+                self.broken = Some(e.to_string());
+            }
+        }
+        out
+    }
+
+    /// Waits for the work enqueued on the stream so far without blocking in CUDA: polls its
+    /// completion, NCCL's asynchronous error, the abort flag and the deadline.
+    fn wait(&self, during: &'static str) -> Result<(), CollectiveError> {
+        let done = self
+            .stream
+            .record_event(None)
+            .map_err(cuda_err("recording an event"))?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut polls = 0u32;
+        loop {
+            if done.try_is_complete().map_err(cuda_err(during))? {
+                return Ok(());
+            }
+            let mut state = sys::ncclResult_t::ncclSuccess;
+            // SAFETY: a live communicator and a valid place for the answer.
+            unsafe { sys::ncclCommGetAsyncError(self.comm.0, &mut state) }
+                .result()
+                .map_err(nccl_err("asking for its asynchronous error"))?;
+            state.result().map_err(nccl_err(during))?;
+            if self.abort.is_set() {
+                return Err(CollectiveError::Aborted);
+            }
+            if Instant::now() >= deadline {
+                return Err(CollectiveError::Backend(format!(
+                    "NCCL timed out after {CALL_TIMEOUT:?} while {during}: a rank is dead or hung"
+                )));
+            }
+            // A step's all-reduce takes well under a millisecond on one node: spin first.
+            polls += 1;
+            if polls < 1000 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+
     /// Sums `buf` across ranks on the GPU; `buf` ends with the sum.
-    fn reduce<T>(&mut self, buf: &mut [T]) -> Result<(), CollectiveError>
-    where
-        T: candle_core::cuda_backend::cudarc::driver::DeviceRepr
-            + candle_core::cuda_backend::cudarc::nccl::NcclType
-            + Copy,
-    {
+    fn reduce(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
         if buf.is_empty() {
             return Ok(());
         }
-        let mut dev = self
-            .stream
+        let stream = self.stream.clone();
+        let mut dev = stream
             .clone_htod(&*buf)
             .map_err(cuda_err("copying to the GPU"))?;
-        self.comm
-            .all_reduce_in_place(&mut dev, &ReduceOp::Sum)
-            .map_err(nccl_err("all-reducing"))?;
-        self.stream
+        let enqueued = {
+            let (ptr, _written) = dev.device_ptr_mut(&stream);
+            // SAFETY: `dev` holds buf.len() floats on this communicator's GPU, in place.
+            unsafe {
+                result::all_reduce(
+                    ptr as *const c_void,
+                    ptr as *mut c_void,
+                    buf.len(),
+                    f32::as_nccl_type(),
+                    sys::ncclRedOp_t::ncclSum,
+                    self.comm.0,
+                    stream.cu_stream() as _,
+                )
+            }
+        };
+        if let Err(e) = enqueued
+            .map_err(nccl_err("all-reducing"))
+            .and_then(|_| self.wait("all-reducing"))
+        {
+            self.stranded.push(Box::new(dev));
+            return Err(e);
+        }
+        stream
             .memcpy_dtoh(&dev, buf)
             .map_err(cuda_err("copying from the GPU"))?;
-        self.stream
+        stream
             .synchronize()
-            .map_err(cuda_err("waiting for the all-reduce"))?;
+            .map_err(cuda_err("waiting for the copy"))?;
         // What a ring all-reduce sends per rank, for comparison with the TCP ring.
-        let n = self.comm.world_size() as u64;
+        let n = self.world as u64;
         self.bytes_sent += 2 * (n - 1) * std::mem::size_of_val(buf) as u64 / n.max(1);
         Ok(())
     }
@@ -102,55 +256,127 @@ impl NcclAllReduce {
     /// Every rank's `values` (each `len` long), rank after rank.
     fn gather<T>(&mut self, values: &[T], len: usize) -> Result<Vec<T>, CollectiveError>
     where
-        T: candle_core::cuda_backend::cudarc::driver::DeviceRepr
-            + candle_core::cuda_backend::cudarc::driver::ValidAsZeroBits
-            + candle_core::cuda_backend::cudarc::nccl::NcclType
-            + Copy
-            + Default,
+        T: DeviceRepr + ValidAsZeroBits + NcclType + Copy + Default + Send + 'static,
     {
-        let world = self.comm.world_size();
+        if values.len() != len {
+            return Err(CollectiveError::InvalidInput(format!(
+                "{} values to gather as {len}",
+                values.len()
+            )));
+        }
+        let world = self.world;
         let mut out = vec![T::default(); len * world];
         if len == 0 {
             return Ok(out);
         }
-        let src = self
-            .stream
+        let stream = self.stream.clone();
+        let src = stream
             .clone_htod(values)
             .map_err(cuda_err("copying to the GPU"))?;
-        let mut dst = self
-            .stream
+        let mut dst = stream
             .alloc_zeros::<T>(len * world)
             .map_err(cuda_err("allocating on the GPU"))?;
-        self.comm
-            .all_gather(&src, &mut dst)
-            .map_err(nccl_err("all-gathering"))?;
-        self.stream
+        let enqueued = {
+            let (from, _read) = src.device_ptr(&stream);
+            let (to, _written) = dst.device_ptr_mut(&stream);
+            // SAFETY: `src` holds `len` and `dst` len × world values of T on this GPU.
+            unsafe {
+                result::all_gather(
+                    from as *const c_void,
+                    to as *mut c_void,
+                    len,
+                    T::as_nccl_type(),
+                    self.comm.0,
+                    stream.cu_stream() as _,
+                )
+            }
+        };
+        if let Err(e) = enqueued
+            .map_err(nccl_err("all-gathering"))
+            .and_then(|_| self.wait("all-gathering"))
+        {
+            self.stranded.push(Box::new(src));
+            self.stranded.push(Box::new(dst));
+            return Err(e);
+        }
+        stream
             .memcpy_dtoh(&dst, &mut out)
             .map_err(cuda_err("copying from the GPU"))?;
-        self.stream
+        stream
             .synchronize()
-            .map_err(cuda_err("waiting for the all-gather"))?;
+            .map_err(cuda_err("waiting for the copy"))?;
         self.bytes_sent += (std::mem::size_of::<T>() * len * (world - 1)) as u64;
         Ok(out)
     }
 }
 
-// SAFETY: `Comm` holds a raw `ncclComm_t`, so it is not `Send` by default. NCCL requires only
-// that a communicator is not used by two threads at once; this type owns its communicator and
-// uses it through `&mut self`, so moving it to another thread is sound.
-unsafe impl Send for NcclAllReduce {}
+/// Forms the communicator on a helper thread (ncclCommInitRank blocks until every rank has
+/// joined, with no timeout of its own) and waits for it with a deadline and `abort`. A helper
+/// left behind aborts its communicator itself if it is ever formed.
+fn join(
+    ctx: &Arc<CudaContext>,
+    rank: usize,
+    world: usize,
+    id: sys::ncclUniqueId,
+    abort: &NcclAbort,
+) -> Result<RawComm, CollectiveError> {
+    let too_big = |_| CollectiveError::InvalidInput(format!("rank {rank} of {world}"));
+    let (nranks, me) = (
+        c_int::try_from(world).map_err(too_big)?,
+        c_int::try_from(rank).map_err(too_big)?,
+    );
+    let (tx, rx) = mpsc::channel();
+    let ctx = ctx.clone();
+    std::thread::Builder::new()
+        .name("nccl-join".into())
+        .spawn(move || {
+            let formed = ctx
+                .bind_to_thread()
+                .map_err(cuda_err("binding the GPU to the NCCL thread"))
+                .and_then(|()| {
+                    let mut comm = MaybeUninit::uninit();
+                    // SAFETY: NCCL writes `comm` when it succeeds, and only then is it read.
+                    unsafe { result::comm_init_rank(comm.as_mut_ptr(), nranks, id, me) }
+                        .map(|_| RawComm(unsafe { comm.assume_init() }))
+                        .map_err(nccl_err("forming the communicator"))
+                });
+            // When the caller has given up, the communicator is dropped here: aborted.
+            let _ = tx.send(formed);
+        })
+        .map_err(|e| CollectiveError::Backend(format!("starting the NCCL thread: {e}")))?;
+    let deadline = Instant::now() + INIT_TIMEOUT;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(formed) => return formed,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(CollectiveError::Backend(
+                    "the thread forming the NCCL communicator died".into(),
+                ))
+            }
+            Err(RecvTimeoutError::Timeout) if abort.is_set() => {
+                return Err(CollectiveError::Aborted)
+            }
+            Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
+                return Err(CollectiveError::Backend(format!(
+                    "timed out after {INIT_TIMEOUT:?} forming the NCCL communicator: a rank did not join"
+                )))
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
 
 impl Collective for NcclAllReduce {
     fn rank(&self) -> usize {
-        self.comm.rank()
+        self.rank
     }
 
     fn world_size(&self) -> usize {
-        self.comm.world_size()
+        self.world
     }
 
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
-        self.reduce(buf)
+        self.guarded(|me| me.reduce(buf))
     }
 
     fn all_reduce_sparse_rows(
@@ -160,14 +386,14 @@ impl Collective for NcclAllReduce {
         row_len: usize,
     ) -> Result<(), CollectiveError> {
         check_sparse_input(ids, rows, row_len)?;
-        let counts = self.gather(&[ids.len() as u32], 1)?;
+        let counts = self.guarded(|me| me.gather(&[ids.len() as u32], 1))?;
         let most = counts.iter().copied().max().unwrap_or(0) as usize;
         let mut padded_ids = ids.clone();
         padded_ids.resize(most, u32::MAX);
         let mut padded_rows = rows.clone();
         padded_rows.resize(most * row_len, 0.0);
-        let all_ids = self.gather(&padded_ids, most)?;
-        let all_rows = self.gather(&padded_rows, most * row_len)?;
+        let all_ids = self.guarded(|me| me.gather(&padded_ids, most))?;
+        let all_rows = self.guarded(|me| me.gather(&padded_rows, most * row_len))?;
         // (id, position) in id order, ranks in order within an id: the same sum everywhere.
         let mut entries: Vec<(u32, usize)> = counts
             .iter()
