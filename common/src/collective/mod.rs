@@ -4,6 +4,8 @@
 //! prose in `README.md` beside this file.
 
 mod auth;
+#[cfg(any(test, feature = "nccl"))]
+mod deadline;
 mod frame;
 #[cfg(feature = "nccl")]
 pub mod nccl;

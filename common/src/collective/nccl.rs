@@ -18,15 +18,15 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::cuda_backend::cudarc::driver::{
     CudaContext, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::cudarc::nccl::{result, result::NcclError, sys, Id, NcclType};
 
+use super::deadline::{on_helper_thread, poll_until};
 use super::{check_sparse_input, Abort, Collective, CollectiveError};
 
 /// Bytes of an NCCL unique id.
@@ -76,12 +76,6 @@ impl Drop for RawComm {
 /// other ranks, or for them to join, fails within a millisecond or so.
 #[derive(Debug, Clone, Default)]
 pub struct NcclAbort(Arc<AtomicBool>);
-
-impl NcclAbort {
-    fn is_set(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 impl Abort for NcclAbort {
     fn abort(&self) {
@@ -180,34 +174,21 @@ impl NcclAllReduce {
             .stream
             .record_event(None)
             .map_err(cuda_err("recording an event"))?;
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut polls = 0u32;
-        loop {
-            if done.try_is_complete().map_err(cuda_err(during))? {
-                return Ok(());
-            }
-            let mut state = sys::ncclResult_t::ncclSuccess;
-            // SAFETY: a live communicator and a valid place for the answer.
-            unsafe { sys::ncclCommGetAsyncError(self.comm.0, &mut state) }
-                .result()
-                .map_err(nccl_err("asking for its asynchronous error"))?;
-            state.result().map_err(nccl_err(during))?;
-            if self.abort.is_set() {
-                return Err(CollectiveError::Aborted);
-            }
-            if Instant::now() >= deadline {
-                return Err(CollectiveError::Backend(format!(
-                    "NCCL timed out after {CALL_TIMEOUT:?} while {during}: a rank is dead or hung"
-                )));
-            }
-            // A step's all-reduce takes well under a millisecond on one node: spin first.
-            polls += 1;
-            if polls < 1000 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(100));
-            }
-        }
+        let comm = self.comm.0;
+        poll_until(
+            during,
+            CALL_TIMEOUT,
+            &self.abort.0,
+            || done.try_is_complete().map_err(cuda_err(during)),
+            || {
+                let mut state = sys::ncclResult_t::ncclSuccess;
+                // SAFETY: a live communicator and a valid place for the answer.
+                unsafe { sys::ncclCommGetAsyncError(comm, &mut state) }
+                    .result()
+                    .map_err(nccl_err("asking for its asynchronous error"))?;
+                state.result().map(|_| ()).map_err(nccl_err(during))
+            },
+        )
     }
 
     /// Sums `buf` across ranks on the GPU; `buf` ends with the sum.
@@ -311,8 +292,8 @@ impl NcclAllReduce {
 }
 
 /// Forms the communicator on a helper thread (ncclCommInitRank blocks until every rank has
-/// joined, with no timeout of its own) and waits for it with a deadline and `abort`. A helper
-/// left behind aborts its communicator itself if it is ever formed.
+/// joined, with no timeout of its own) and waits for it with a deadline and `abort`. A
+/// communicator formed after the caller gave up is dropped by the helper: aborted.
 fn join(
     ctx: &Arc<CudaContext>,
     rank: usize,
@@ -325,45 +306,21 @@ fn join(
         c_int::try_from(world).map_err(too_big)?,
         c_int::try_from(rank).map_err(too_big)?,
     );
-    let (tx, rx) = mpsc::channel();
     let ctx = ctx.clone();
-    std::thread::Builder::new()
-        .name("nccl-join".into())
-        .spawn(move || {
-            let formed = ctx
-                .bind_to_thread()
-                .map_err(cuda_err("binding the GPU to the NCCL thread"))
-                .and_then(|()| {
-                    let mut comm = MaybeUninit::uninit();
-                    // SAFETY: NCCL writes `comm` when it succeeds, and only then is it read.
-                    unsafe { result::comm_init_rank(comm.as_mut_ptr(), nranks, id, me) }
-                        .map(|_| RawComm(unsafe { comm.assume_init() }))
-                        .map_err(nccl_err("forming the communicator"))
-                });
-            // When the caller has given up, the communicator is dropped here: aborted.
-            let _ = tx.send(formed);
-        })
-        .map_err(|e| CollectiveError::Backend(format!("starting the NCCL thread: {e}")))?;
-    let deadline = Instant::now() + INIT_TIMEOUT;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(formed) => return formed,
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(CollectiveError::Backend(
-                    "the thread forming the NCCL communicator died".into(),
-                ))
-            }
-            Err(RecvTimeoutError::Timeout) if abort.is_set() => {
-                return Err(CollectiveError::Aborted)
-            }
-            Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
-                return Err(CollectiveError::Backend(format!(
-                    "timed out after {INIT_TIMEOUT:?} forming the NCCL communicator: a rank did not join"
-                )))
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-    }
+    on_helper_thread(
+        "forming the NCCL communicator",
+        INIT_TIMEOUT,
+        &abort.0,
+        move || {
+            ctx.bind_to_thread()
+                .map_err(cuda_err("binding the GPU to the NCCL thread"))?;
+            let mut comm = MaybeUninit::uninit();
+            // SAFETY: NCCL writes `comm` when it succeeds, and only then is it read.
+            unsafe { result::comm_init_rank(comm.as_mut_ptr(), nranks, id, me) }
+                .map(|_| RawComm(unsafe { comm.assume_init() }))
+                .map_err(nccl_err("forming the communicator"))
+        },
+    )
 }
 
 impl Collective for NcclAllReduce {
