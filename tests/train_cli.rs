@@ -394,6 +394,71 @@ fn sigterm_stops_the_run_and_its_workers_keeping_the_checkpoint() {
     );
 }
 
+/// A disk that takes no more. Here a file-size limit stands in for it: a write past it fails
+/// with EFBIG where a full disk fails with ENOSPC, and it needs no privileges. The run fails
+/// naming the file it could not write, and leaves no temporary file and no worker behind.
+#[test]
+fn a_file_the_run_cannot_write_fails_it_cleanly() {
+    use std::process::Command;
+
+    let dir = tempfile::tempdir().unwrap();
+    let train_file = trec_slice(dir.path(), "train.tsv", 0, 300);
+    let run = dir.path().join("run");
+    // The weights (over 2 MB) do not fit under 1 MiB; the run's small files do.
+    let o = Command::new("bash")
+        .args(["-c", r#"trap "" XFSZ; ulimit -f 1024; exec "$@""#, "bash"])
+        .arg(smalltext_tests::bin("coordinator"))
+        .args([
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--epochs",
+            "1",
+            "--data",
+        ])
+        .arg(&train_file)
+        .arg("--run-dir")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let log = stderr(&o);
+    assert!(!o.status.success(), "{log}");
+    assert!(log.contains("weights.safetensors"), "{log}");
+    assert!(log.contains("File too large"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let mut files = Vec::new();
+    let mut dirs = vec![run.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    assert!(
+        files.iter().any(|f| f.ends_with("command.json")),
+        "{files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .filter_map(|f| f.file_name())
+            .all(|name| !name.to_string_lossy().contains(".tmp")),
+        "temporary files left: {files:?}"
+    );
+    let pids = worker_pids(&log);
+    assert_eq!(pids.len(), 2, "{log}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        pids.iter().all(|&p| !alive(p)),
+        "workers left behind: {pids:?}"
+    );
+}
+
 /// `--init-embeddings`: the vocabulary's words start from the file's vectors (and move only
 /// by training), the others from the seed; a file of the wrong width is refused.
 #[test]
