@@ -17,6 +17,17 @@ fn train(run: &Path, args: &[&str]) -> String {
     log
 }
 
+/// The coordinator's log names `n` worker processes, and none of them is left running.
+fn assert_workers_gone(log: &str, n: usize) {
+    let pids = worker_pids(log);
+    assert_eq!(pids.len(), n, "{log}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        pids.iter().all(|&p| !alive(p)),
+        "workers left behind: {pids:?}"
+    );
+}
+
 #[test]
 fn one_worker_run_writes_its_record_and_evaluate_reproduces_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -385,13 +396,7 @@ fn sigterm_stops_the_run_and_its_workers_keeping_the_checkpoint() {
     assert!(!exit.success(), "{log}");
     assert!(log.contains("interrupted"), "{log}");
     assert!(run.join("checkpoint/weights.safetensors").exists());
-    let pids = worker_pids(&log);
-    assert_eq!(pids.len(), 2, "{log}");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(
-        pids.iter().all(|&p| !alive(p)),
-        "workers left behind: {pids:?}"
-    );
+    assert_workers_gone(&log, 2);
 }
 
 /// A disk that takes no more. Here a file-size limit stands in for it: a write past it fails
@@ -450,13 +455,7 @@ fn a_file_the_run_cannot_write_fails_it_cleanly() {
             .all(|name| !name.to_string_lossy().contains(".tmp")),
         "temporary files left: {files:?}"
     );
-    let pids = worker_pids(&log);
-    assert_eq!(pids.len(), 2, "{log}");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(
-        pids.iter().all(|&p| !alive(p)),
-        "workers left behind: {pids:?}"
-    );
+    assert_workers_gone(&log, 2);
 }
 
 /// `--init-embeddings`: the vocabulary's words start from the file's vectors (and move only
