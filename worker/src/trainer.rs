@@ -148,6 +148,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         ring,
         ring_tls,
         device: args.device,
+        nccl_failed: false,
         membership,
         progress,
         at: Position {
@@ -216,8 +217,10 @@ struct Job {
     opt: Adam,
     ring: Box<dyn Collective>,
     ring_tls: Option<Arc<common::tls::Tls>>,
-    /// Where the model runs: a worker on a GPU offers an NCCL id at every regroup.
+    /// Where the model runs: a worker on a GPU offers an NCCL id at every regroup…
     device: DeviceSpec,
+    /// …unless forming an NCCL communicator failed here before.
+    nccl_failed: bool,
     membership: Arc<Membership>,
     progress: Arc<Progress>,
     at: Position,
@@ -447,10 +450,13 @@ impl Job {
             applied_examples: self.at.applied,
             reason: reason.chars().take(1000).collect(),
             // Without an id this worker keeps the new ring on TCP, which still trains.
-            nccl_id: nccl_candidate(self.device).unwrap_or_else(|e| {
-                tracing::warn!("offering no NCCL id for the new ring: {e:#}");
-                Vec::new()
-            }),
+            nccl_id: match self.nccl_failed {
+                true => Vec::new(),
+                false => nccl_candidate(self.device).unwrap_or_else(|e| {
+                    tracing::warn!("offering no NCCL id for the new ring: {e:#}");
+                    Vec::new()
+                }),
+            },
         };
         let reply = rt
             .block_on(self.client.regroup(req))
@@ -472,13 +478,22 @@ impl Job {
             reply.resume_step
         );
         let (ring, abort) = if world > 1 && !reply.nccl_id.is_empty() {
-            nccl(
+            let formed = nccl(
                 self.device,
                 rank,
                 world,
                 &reply.nccl_id,
                 Some(&self.membership),
-            )
+            );
+            // Not after an abort (the membership moved on, nothing wrong here): after any
+            // other failure, offering NCCL again could fail every regroup the same way.
+            if let Err(e) = &formed {
+                if !matches!(e.downcast_ref(), Some(CollectiveError::Aborted)) {
+                    tracing::warn!("NCCL failed here; this worker's later rings are TCP rings");
+                    self.nccl_failed = true;
+                }
+            }
+            formed
         } else {
             form_ring(
                 rank,
