@@ -97,9 +97,9 @@ pub struct Progress {
     pub loss_milli: AtomicU64,
 }
 
-/// The worker's ring generation, and the handle that aborts its ring (TCP or NCCL): shared with the
-/// heartbeat task, which aborts the ring when the coordinator announces a newer generation
-/// (a worker was lost), so a worker blocked in an all-reduce regroups at once.
+/// The worker's ring generation, and the handle that aborts its ring (TCP or NCCL): shared
+/// with the heartbeat task, which aborts the ring when the coordinator announces a newer
+/// generation (a worker was lost), so a worker blocked in an all-reduce regroups at once.
 #[derive(Default)]
 pub struct Membership {
     pub generation: AtomicU64,
