@@ -91,4 +91,48 @@ fn workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() {
         "the coordinator logs the refusal: {log}"
     );
     assert_eq!(json(&run.join("summary.json"))["workers"], 2);
+    assert_eq!(
+        json(&run.join("model/model.json"))["training"]["workers"],
+        2
+    );
+}
+
+/// When not every expected worker comes, the coordinator gives up after --join-timeout,
+/// saying how many came and which; the one that came is let go.
+#[test]
+fn a_join_timeout_names_who_came_and_releases_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = trec_slice(dir.path(), "train.tsv", 0, 100);
+    let token = dir.path().join("join.token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let port = free_port();
+    let coord = Command::new(bin("coordinator"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--expect-workers", "2", "--join-timeout", "4"])
+        .args(["--token-file", token.to_str().unwrap(), "--data"])
+        .arg(&train)
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut worker = Command::new(bin("worker"))
+        .args(["--coordinator", &format!("http://127.0.0.1:{port}")])
+        .args(["--token-file", token.to_str().unwrap(), "--threads", "1"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = coord.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("1 of 2 workers joined within 4 s ("), "{log}");
+    assert!(log.contains(&format!("pid {})", worker.id())), "{log}");
+    let start = Instant::now();
+    while worker.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the worker that came is still waiting"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -172,6 +172,10 @@ fn daemons_take_job_after_job_serve_health_and_refuse_a_wrong_token() {
             daemons[1].log()
         );
         assert_eq!(json(&run.join("summary.json"))["workers"], 2);
+        assert_eq!(
+            json(&run.join("model/model.json"))["training"]["workers"],
+            2
+        );
     }
     for d in &daemons {
         d.wait_for_log("job 2 finished");

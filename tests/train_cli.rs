@@ -69,6 +69,13 @@ fn one_worker_run_writes_its_record_and_evaluate_reproduces_it() {
     assert!(summary["train_by_source"].is_null(), "one source, no split");
     assert_eq!(summary["epochs"], 2);
     assert_eq!(summary["workers"], 1);
+    let rss = summary["peak_rss_mb"]["workers"].as_array().unwrap();
+    assert_eq!(rss.len(), 1, "one worker's peak memory: {rss:?}");
+    assert!(rss[0].as_f64().unwrap() > 1.0, "{rss:?}");
+    assert_eq!(
+        json(&run.join("model/model.json"))["training"]["workers"],
+        1
+    );
     let acc = summary["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
     assert!(

@@ -43,8 +43,8 @@ struct EpochSummary {
     weights: Vec<u8>,
     optimizer: Vec<u8>,
     diverged: bool,
-    /// Peak resident memory of each worker, bytes.
-    peak_rss: Vec<u64>,
+    /// Peak resident memory of each reporting worker: its id, bytes.
+    peak_rss: Vec<(u32, u64)>,
     /// Training examples, loss and correct predictions per source, summed over workers.
     sources: Vec<pb::SourceStats>,
     /// With --encoder: sentences encoded and answered from the cache (summed), and the
@@ -385,11 +385,9 @@ async fn drive(
     vocab: &common::data::vocab::Vocab,
     resumed: Option<Progress>,
 ) -> Result<Record> {
-    let world = shared.progress.len();
-    wait_for_members(shared, fleet, Duration::from_secs(args.join_timeout), world).await?;
+    wait_for_members(shared, fleet, Duration::from_secs(args.join_timeout)).await?;
     let t = &args.train;
-    let training_config =
-        json!({"data": args.data, "train": args.train, "workers": world, "test": args.test});
+    let training_config = json!({"data": args.data, "train": args.train, "workers": shared.expected(), "test": args.test});
     let mut meta = ModelMeta::new(
         spec.model.clone(),
         labels.to_vec(),
@@ -402,7 +400,7 @@ async fn drive(
     let has_eval = !eval.is_empty();
     let mut progress = resumed.unwrap_or_default();
     let mut epochs = progress.epochs_done;
-    let mut worker_peak_rss = vec![0u64; world];
+    let mut worker_peak_rss: Vec<u64> = Vec::new();
     let mut train_by_source = serde_json::Value::Null;
     let bar = progress_bar();
     // A run resumed after its early stop has nothing left to train.
@@ -466,8 +464,12 @@ async fn drive(
         .await?;
         progress.workers_lost += s.lost.len() as u64;
         epochs = epoch + 1;
-        for (peak, r) in worker_peak_rss.iter_mut().zip(&s.peak_rss) {
-            *peak = (*peak).max(*r);
+        for &(id, rss) in &s.peak_rss {
+            let id = id as usize;
+            if id >= worker_peak_rss.len() {
+                worker_peak_rss.resize(id + 1, 0);
+            }
+            worker_peak_rss[id] = worker_peak_rss[id].max(rss);
         }
         if s.diverged || !s.loss.is_finite() {
             bail!("training diverged in epoch {}: the loss is not finite; the last good checkpoint is in {}", epoch + 1, run_dir.checkpoint().display());
@@ -615,7 +617,6 @@ async fn wait_for_members(
     shared: &Arc<Shared>,
     fleet: &mut Fleet,
     timeout: Duration,
-    world: usize,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut rx = shared.members.subscribe();
@@ -625,7 +626,16 @@ async fn wait_for_members(
         }
         fleet.check()?;
         if Instant::now() > deadline {
-            bail!("only some of the {world} workers joined within {} s; check that every worker can reach the coordinator and has the right token", timeout.as_secs());
+            let (expected, joined) = shared.joined_so_far();
+            let who = match joined.is_empty() {
+                true => String::new(),
+                false => format!(" ({})", joined.join(", ")),
+            };
+            bail!(
+                "{} of {expected} workers joined within {} s{who}; check that every worker can reach the coordinator and has the right token (--join-timeout waits longer)",
+                joined.len(),
+                timeout.as_secs()
+            );
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
     }
@@ -749,7 +759,7 @@ async fn gather(
     } else {
         None
     };
-    let peak_rss = reports.iter().map(|r| r.peak_rss_bytes).collect();
+    let peak_rss = reports.iter().map(|r| (r.rank, r.peak_rss_bytes)).collect();
     let reports_encoded = reports.iter().map(|r| r.encoded).sum();
     let reports_cached = reports.iter().map(|r| r.encode_cached).sum();
     let reports_encode_s = reports.iter().map(|r| r.encode_seconds).fold(0.0, f64::max);
