@@ -351,6 +351,34 @@ fn bad_training_input_fails_cleanly_without_workers_left() {
     let o = coordinator(&["--workers", "1"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--data"), "{}", stderr(&o));
+    // A missing file: named, with the system's reason given once.
+    let missing = dir.path().join("missing.tsv");
+    let o = coordinator(&["--workers", "1", "--data", missing.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let said = stderr(&o);
+    assert!(said.contains("missing.tsv: No such file"), "{said}");
+    assert_eq!(said.matches("No such file").count(), 1, "{said}");
+    // Values an option cannot mean are refused before any worker starts, naming the flag.
+    for (flag, value) in [
+        ("--epochs", "0"),
+        ("--batch-size", "0"),
+        ("--lr", "nan"),
+        ("--lr", "-0.1"),
+        ("--clip-norm", "0"),
+        ("--dropout", "1"),
+        ("--hidden-dim", "0"),
+        ("--layers", "0"),
+        ("--threads", "0"),
+        ("--max-len", "0"),
+        ("--max-vocab", "1"),
+        ("--heartbeat-timeout", "0"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let o = coordinator(&["--workers", "2", "--data", bad.to_str().unwrap(), &arg]);
+        assert_eq!(o.status.code(), Some(2), "{arg}: {}", stderr(&o));
+        assert!(stderr(&o).contains(flag), "{arg}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("joined"), "{arg}: {}", stderr(&o));
+    }
 }
 
 /// Kubernetes stops a pod with SIGTERM: the coordinator stops its workers, keeps the last

@@ -4,12 +4,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     /// One bad line of a data file: `file:line: what is wrong`.
     #[error("{path}:{line}: {msg}")]
     BadLine {
@@ -40,7 +36,7 @@ impl DataError {
     pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.to_string(),
-            source,
+            cause: source,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod rng;
 pub mod shutdown;
 pub mod tls;
 pub mod train;
+pub mod values;
 
 pub use error::DataError;
 
@@ -60,12 +61,8 @@ mod tests {
 /// Why no join token could be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("reading the token file {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("reading the token file {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("the token file {0} is empty")]
     Empty(String),
     #[error("no join token: give --token-file FILE or set SMALLTEXT_TOKEN")]
@@ -80,7 +77,7 @@ pub fn read_token(file: Option<&std::path::Path>) -> Result<String, TokenError> 
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| TokenError::Io {
         path: shown.clone(),
-        source,
+        cause: source,
     })?;
     let token = text.trim_end_matches(['\n', '\r']).to_string();
     if token.is_empty() {

@@ -24,12 +24,8 @@ pub enum TlsError {
     Config(String),
     #[error("--tls-cert and --tls-key go together: give both or neither")]
     Incomplete,
-    #[error("TLS handshake with {peer}: {source}")]
-    Handshake {
-        peer: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("TLS handshake with {peer}: {cause}")]
+    Handshake { peer: String, cause: std::io::Error },
 }
 
 /// The PEM files of one process: the `--tls-*` options of the coordinator and the worker.
@@ -293,7 +289,7 @@ where
         conn.complete_io(sock)
             .map_err(|source| TlsError::Handshake {
                 peer: peer.to_string(),
-                source,
+                cause: source,
             })?;
     }
     // Flush the last handshake bytes (a client's Finished) before the link carries data.
@@ -301,7 +297,7 @@ where
         conn.complete_io(sock)
             .map_err(|source| TlsError::Handshake {
                 peer: peer.to_string(),
-                source,
+                cause: source,
             })?;
     }
     Ok(())

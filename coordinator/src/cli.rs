@@ -6,6 +6,7 @@ use std::str::FromStr;
 use clap::Args;
 use common::data::config::DataConfig;
 use common::encoder::EncoderMode;
+use common::values::{at_least, dropout, learning_rate, positive};
 use serde::{Deserialize, Serialize};
 
 /// `--workers N` (start N local workers) or `--workers host:port,host:port` (worker daemons).
@@ -63,7 +64,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "1", help_heading = "Cluster")]
     pub workers: Workers,
     /// Compute threads per worker (default: cores / local workers).
-    #[arg(long, help_heading = "Cluster")]
+    #[arg(long, value_parser = at_least(1), help_heading = "Cluster")]
     pub threads: Option<usize>,
     /// How workers sum gradients: auto (shared memory when all of them run on one host,
     /// 3× faster than loopback TCP; TCP otherwise) or tcp.
@@ -83,14 +84,14 @@ pub struct TrainArgs {
     #[arg(long, value_name = "HOST", help_heading = "Cluster")]
     pub advertise_addr: Option<String>,
     /// With --listen: wait for this many workers to join (`worker --coordinator URL`).
-    #[arg(long, help_heading = "Cluster")]
+    #[arg(long, value_parser = at_least(1), help_heading = "Cluster")]
     pub expect_workers: Option<usize>,
     /// File holding the join token (trailing newline ignored); or set SMALLTEXT_TOKEN. Local
     /// workers get a fresh random token.
     #[arg(long, help_heading = "Cluster")]
     pub token_file: Option<PathBuf>,
     /// Seconds to wait for every worker to join.
-    #[arg(long, default_value_t = 120, help_heading = "Cluster")]
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Cluster")]
     pub join_timeout: u64,
     /// Serve the run's metrics for Prometheus at http://ADDR/metrics (e.g. 0.0.0.0:9090):
     /// steps/s, samples/s, loss, all-reduce seconds per step, workers alive, membership changes.
@@ -99,7 +100,7 @@ pub struct TrainArgs {
     /// Seconds without a heartbeat after which a worker counts as lost. The run goes on
     /// with the others: the step in flight is settled, the ring re-formed, and the rest of
     /// the epoch split among the survivors.
-    #[arg(long, default_value_t = 5, help_heading = "Cluster")]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Cluster")]
     pub heartbeat_timeout: u64,
     /// Also checkpoint every N steps inside an epoch, so `--resume` loses at most N steps
     /// (0: checkpoints at epoch ends only).
@@ -138,16 +139,16 @@ pub struct TrainArgs {
 #[serde(default)]
 pub struct TrainConfig {
     /// Passes over the training data.
-    #[arg(long, default_value_t = 10, help_heading = "Training")]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Training")]
     pub epochs: u64,
     /// Examples per optimizer step, over all workers.
-    #[arg(long, default_value_t = 32, help_heading = "Training")]
+    #[arg(long, default_value_t = 32, value_parser = at_least(1), help_heading = "Training")]
     pub batch_size: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3, help_heading = "Training")]
+    #[arg(long, default_value_t = 1e-3, value_parser = learning_rate, help_heading = "Training")]
     pub lr: f64,
     /// Clip the gradient to this L2 norm (off by default, as the reference).
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = positive, help_heading = "Training")]
     pub clip_norm: Option<f32>,
     /// Weigh each class's loss: `balanced` (n / (classes × n_class), from the training
     /// originals) or explicit `LABEL=W,LABEL=W` (unlisted classes weigh 1).
@@ -155,19 +156,19 @@ pub struct TrainConfig {
     pub class_weights: Option<String>,
     /// Stop when the validation loss has not improved for this many epochs (needs --eval or
     /// --eval-split).
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Training")]
     pub patience: Option<u64>,
     /// Embedding width.
-    #[arg(long, default_value_t = 100, help_heading = "Model")]
+    #[arg(long, default_value_t = 100, value_parser = at_least(1), help_heading = "Model")]
     pub embedding_dim: usize,
     /// LSTM units per direction.
-    #[arg(long, default_value_t = 200, help_heading = "Model")]
+    #[arg(long, default_value_t = 200, value_parser = at_least(1), help_heading = "Model")]
     pub hidden_dim: usize,
     /// Stacked BiLSTM layers.
-    #[arg(long, default_value_t = 1, help_heading = "Model")]
+    #[arg(long, default_value_t = 1, value_parser = at_least(1), help_heading = "Model")]
     pub layers: usize,
     /// Dropout between layers and before the output layer.
-    #[arg(long, default_value_t = 0.0, help_heading = "Model")]
+    #[arg(long, default_value_t = 0.0, value_parser = dropout, help_heading = "Model")]
     pub dropout: f32,
     /// Start the embedding table from these word vectors (word2vec/GloVe text format: `word v1
     /// v2 …` a line, optional `count dim` header; --embedding-dim must match); words not in

@@ -96,23 +96,49 @@ pub fn to_flags(
             other => vec![other],
         };
         for v in values {
-            match (v, takes_value) {
-                (toml::Value::Boolean(true), false) => flags.push(format!("--{name}")),
-                (toml::Value::Boolean(false), false) => {}
+            let value = match (v, takes_value) {
+                (toml::Value::Boolean(true), false) => {
+                    flags.push(format!("--{name}"));
+                    continue;
+                }
+                (toml::Value::Boolean(false), false) => continue,
                 (_, false) => bail!("{}: {key} is a switch: true or false", where_()),
-                (toml::Value::String(s), true) => flags.push(format!("--{name}={s}")),
+                (toml::Value::String(s), true) => s.clone(),
                 (
                     toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_),
                     true,
-                ) => flags.push(format!("--{name}={v}")),
+                ) => v.to_string(),
                 _ => bail!(
                     "{}: {key} must be a string, number or list of them",
                     where_()
                 ),
+            };
+            if let Err(why) = check_value(arg, &value) {
+                bail!("{}: {key} = {value:?}: {why}", where_());
             }
+            flags.push(format!("--{name}={value}"));
         }
     }
     Ok(flags)
+}
+
+/// Runs the flag's own value parser on `value`, here too, so that a value out of range is
+/// reported at its line of the file rather than as a flag the user never typed.
+fn check_value(arg: &Arg, value: &str) -> Result<(), String> {
+    let probe = Arg::new("value")
+        .value_parser(arg.get_value_parser().clone())
+        .allow_hyphen_values(true);
+    match Command::new("config")
+        .no_binary_name(true)
+        .arg(probe)
+        .try_get_matches_from([value])
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match std::error::Error::source(&e) {
+            Some(why) => why.to_string(),
+            None => e.to_string().lines().next().unwrap_or_default().to_string(),
+        }),
+    }
 }
 
 /// The training option with this long name (not --config, --help or --version).

@@ -26,7 +26,7 @@ pub struct Common {
     #[arg(long, default_value_t = 0)]
     pub epoch: u64,
     /// Worker threads for augmentation (the result does not depend on it).
-    #[arg(long, default_value_t = default_threads())]
+    #[arg(long, default_value_t = default_threads(), value_parser = common::values::at_least(1))]
     pub threads: usize,
 }
 

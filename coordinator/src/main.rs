@@ -251,7 +251,27 @@ mod tests {
         let err = parse(&["--config", &path]).err().unwrap().to_string();
         assert!(err.contains("run.toml:"), "{err}");
         let path = write(dir.path(), "epochs = \"many\"\n");
-        assert!(parse(&["--config", &path, "--data", "x.tsv"]).is_err());
+        let err = parse(&["--config", &path, "--data", "x.tsv"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("run.toml:1"), "{err}");
+        // Values out of their option's range: the file's line and the flag's rule.
+        for (text, line, why) in [
+            (
+                "data = [\"x.tsv\"]\nbatch-size = 0\n",
+                2,
+                "0 is less than 1",
+            ),
+            ("epochs = 3\nlr = -0.5\n", 2, "not a finite number"),
+            ("\ndropout = 1.0\n", 2, "below 1"),
+        ] {
+            let path = write(dir.path(), text);
+            let err = parse(&["--config", &path]).err().unwrap().to_string();
+            assert!(
+                err.contains(&format!("run.toml:{line}")) && err.contains(why),
+                "{text:?}: {err}"
+            );
+        }
     }
 
     /// A renamed or removed flag must not silently break the Kubernetes deployment: the

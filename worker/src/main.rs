@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// Compute threads (of every job, in daemon mode).
-    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()), value_parser = common::values::at_least(1))]
     pub threads: usize,
     /// Address ring peers dial to reach this worker (in Kubernetes: the pod IP).
     #[arg(long, default_value = "127.0.0.1")]

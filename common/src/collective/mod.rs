@@ -155,12 +155,11 @@ impl fmt::Display for Peer {
 /// ring is unusable (its streams may be mid-frame): drop it and form a new one.
 #[derive(Debug, Error)]
 pub enum CollectiveError {
-    #[error("ring I/O with {peer} failed while {during}: {source}")]
+    #[error("ring I/O with {peer} failed while {during}: {cause}")]
     Io {
         peer: Peer,
         during: &'static str,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error(
         "timed out after {after:?} while {during} ({peer}): the peer is dead, hung or far behind"
@@ -172,12 +171,8 @@ pub enum CollectiveError {
     },
     #[error("ring authentication failed with {peer}: {reason}")]
     Auth { peer: Peer, reason: String },
-    #[error("ring protocol error from {peer}: {source}")]
-    Protocol {
-        peer: Peer,
-        #[source]
-        source: ProtocolError,
-    },
+    #[error("ring protocol error from {peer}: {cause}")]
+    Protocol { peer: Peer, cause: ProtocolError },
     #[error("the collective was aborted by a shutdown of the ring")]
     Aborted,
     #[error("the ring is broken by an earlier failure ({0}); form a new one")]

@@ -446,7 +446,7 @@ impl Formation<'_> {
                         Err(HandshakeError::Protocol(source)) => {
                             return Err(CollectiveError::Protocol {
                                 peer: right,
-                                source,
+                                cause: source,
                             })
                         }
                         // The neighbour may have restarted or dropped a stale connection: retry.
@@ -475,7 +475,7 @@ impl Formation<'_> {
             .map_err(|source| CollectiveError::Io {
                 peer: left,
                 during: "preparing the ring listener",
-                source,
+                cause: source,
             })?;
         let result = self.accept_loop(listener, left);
         let _ = listener.set_nonblocking(false);
@@ -570,7 +570,7 @@ impl Link<dyn Write + Send> {
         let clone = socket.try_clone().map_err(|source| CollectiveError::Io {
             peer: right,
             during: "setting up the link",
-            source,
+            cause: source,
         })?;
         let data: Box<dyn Write + Send> = match &options.tls {
             Some(tls) => {
@@ -596,7 +596,7 @@ impl Link<dyn Read + Send> {
             .try_clone()
             .map_err(|source| crate::tls::TlsError::Handshake {
                 peer: left.to_string(),
-                source,
+                cause: source,
             })?;
         let data: Box<dyn Read + Send> = match &options.tls {
             Some(tls) => tls.ring_accept(clone, &left.to_string())?,
@@ -629,7 +629,7 @@ fn io_failure(
         _ => CollectiveError::Io {
             peer,
             during,
-            source: e,
+            cause: e,
         },
     }
 }
@@ -720,7 +720,7 @@ impl Links {
             move |source| CollectiveError::Io {
                 peer,
                 during: "setting up the link",
-                source,
+                cause: source,
             }
         };
         configure(&left_stream, options.io_timeout).map_err(setup(left))?;
@@ -759,7 +759,7 @@ impl Links {
                 Ok(false) => Err(CollectiveError::Io {
                     peer: self.left,
                     during: "waiting in shared memory",
-                    source: io::Error::new(
+                    cause: io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the left neighbour closed its link",
                     ),
@@ -767,7 +767,7 @@ impl Links {
                 Err(source) => Err(CollectiveError::Io {
                     peer: self.left,
                     during: "waiting in shared memory",
-                    source,
+                    cause: source,
                 }),
             }
         }
@@ -781,7 +781,7 @@ impl Links {
             Some((ReadError::Protocol(source), _)) => {
                 return CollectiveError::Protocol {
                     peer: self.left,
-                    source,
+                    cause: source,
                 }
             }
             Some((ReadError::Io(e), during)) => Some((e, during)),
@@ -798,7 +798,7 @@ impl Links {
             None => CollectiveError::Io {
                 peer: self.right,
                 during: "sending",
-                source: io::Error::other("the ring's writer thread stopped"),
+                cause: io::Error::other("the ring's writer thread stopped"),
             },
         }
     }
@@ -887,7 +887,7 @@ impl Links {
     fn protocol(&self, source: ProtocolError) -> CollectiveError {
         CollectiveError::Protocol {
             peer: self.left,
-            source,
+            cause: source,
         }
     }
 

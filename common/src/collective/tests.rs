@@ -357,7 +357,7 @@ fn shape_mismatch_between_ranks_is_a_protocol_error() {
         results.iter().any(|r| matches!(
             r,
             Err(CollectiveError::Protocol {
-                source: ProtocolError::ShapeMismatch { .. },
+                cause: ProtocolError::ShapeMismatch { .. },
                 ..
             })
         )),
@@ -578,7 +578,7 @@ fn malformed_frames_are_protocol_errors() {
     ];
     for (name, bytes, expected) in cases {
         match rank0_error_after(bytes) {
-            CollectiveError::Protocol { peer, source } => {
+            CollectiveError::Protocol { peer, cause: source } => {
                 assert_eq!(peer.rank, 1, "{name}");
                 assert!(expected(&source), "{name}: {source:?}");
             }

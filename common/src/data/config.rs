@@ -10,6 +10,7 @@ use super::load::{BadLinePolicy, Format, LoadOptions};
 use super::tokenize::Tokenizer;
 use crate::mix::MixStop;
 use crate::resample::Balance;
+use crate::values::{at_least, fraction, open_fraction};
 
 /// A training source: `PATH` or `PATH:WEIGHT`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -120,24 +121,6 @@ pub enum UnknownLabels {
     Skip,
 }
 
-fn fraction(s: &str) -> Result<f64, String> {
-    let f: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if (0.0..=1.0).contains(&f) {
-        Ok(f)
-    } else {
-        Err(format!("{f} is not between 0 and 1"))
-    }
-}
-
-fn open_fraction(s: &str) -> Result<f64, String> {
-    let f = fraction(s)?;
-    if f > 0.0 && f < 1.0 {
-        Ok(f)
-    } else {
-        Err(format!("{f} must be strictly between 0 and 1"))
-    }
-}
-
 /// The data pipeline's options: load → mix → eval split → augment → balance → shuffle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -186,13 +169,13 @@ pub struct DataConfig {
     #[arg(long, value_enum, default_value_t, help_heading = "Vocabulary")]
     pub tokenizer: Tokenizer,
     /// Vocabulary size, PAD and UNK included.
-    #[arg(long, default_value_t = 10_000, help_heading = "Vocabulary")]
+    #[arg(long, default_value_t = 10_000, value_parser = at_least(2), help_heading = "Vocabulary")]
     pub max_vocab: usize,
     /// Leave out tokens seen fewer times than this.
     #[arg(long, default_value_t = 1, help_heading = "Vocabulary")]
     pub min_freq: usize,
     /// Cut sequences to this many tokens.
-    #[arg(long, default_value_t = 64, help_heading = "Vocabulary")]
+    #[arg(long, default_value_t = 64, value_parser = at_least(1), help_heading = "Vocabulary")]
     pub max_len: usize,
 
     /// Augmentation: none, or EDA (synonym replacement from WordNet, random insertion, swap, deletion).

@@ -10,11 +10,10 @@ pub enum EncoderError {
          see models/README.md)"
     )]
     NotAModel { dir: PathBuf, missing: &'static str },
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },

@@ -39,7 +39,7 @@ pub fn content_hash(dir: &Path) -> Result<String> {
         let path = dir.join(name);
         let io = |source| EncoderError::Io {
             path: path.clone(),
-            source,
+            cause: source,
         };
         let mut f = std::fs::File::open(&path).map_err(io)?;
         let len = f.metadata().map_err(io)?.len();

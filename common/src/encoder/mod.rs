@@ -71,7 +71,7 @@ pub fn read_config(dir: &Path) -> Result<Config> {
     let path = dir.join(files::CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|source| EncoderError::Io {
         path: path.clone(),
-        source,
+        cause: source,
     })?;
     serde_json::from_str(&text).map_err(|e| EncoderError::Invalid {
         path,

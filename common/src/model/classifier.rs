@@ -245,7 +245,7 @@ impl Classifier {
     pub fn load_weights(&mut self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         self.load_weights_bytes(&bytes)
             .map_err(|e| ModelError::Checkpoint {

@@ -13,11 +13,10 @@ pub enum ModelError {
     Config(String),
     #[error("gradients do not fit the model: {0}")]
     Gradients(String),
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },

@@ -19,6 +19,6 @@ pub fn to_safetensors<'a>(
 pub fn write_bytes_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::fsutil::write_atomic(path, bytes).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }

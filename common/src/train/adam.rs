@@ -351,7 +351,7 @@ impl Adam {
     pub fn load(model: &Classifier, config: AdamConfig, path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         Self::from_bytes(model, config, &bytes).map_err(|e| ModelError::Checkpoint {
             path: path.to_path_buf(),

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
+use common::values::{at_least, open_fraction};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::TrainArgs;
@@ -38,7 +39,7 @@ pub struct ExperimentArgs {
     )]
     pub conditions: Vec<String>,
     /// Seeds 0 … K−1: each draws its own subsample, validation split and initialisation.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub seeds: u64,
     /// Another labelled source for the `mix` condition, PATH:WEIGHT (e.g. movie reviews mixed
     /// into a small product-review set).
@@ -49,19 +50,19 @@ pub struct ExperimentArgs {
     #[arg(long, value_name = "DIR")]
     pub encoder: Option<PathBuf>,
     /// Local worker processes per training run.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least(1))]
     pub workers: usize,
     /// Compute threads per worker (default: cores / workers).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1))]
     pub threads: Option<usize>,
     /// Early stopping: epochs without a better validation loss.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub patience: u64,
     /// At most this many epochs per run.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_epochs: u64,
     /// Fraction of each subsample carved as its validation set.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = open_fraction)]
     pub eval_split: f64,
     /// Output directory: results.jsonl, report.md, learning-curve.png, data/ and runs/.
     #[arg(long, value_name = "DIR")]
@@ -153,9 +154,6 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     for c in &args.conditions {
         condition_flags(c, args.mix.as_deref(), args.encoder.as_deref())?;
-    }
-    if args.seeds == 0 {
-        bail!("--seeds must be at least 1");
     }
     for dir in ["data", "runs"] {
         std::fs::create_dir_all(args.out.join(dir))
