@@ -358,6 +358,25 @@ fn bad_training_input_fails_cleanly_without_workers_left() {
     let said = stderr(&o);
     assert!(said.contains("missing.tsv: No such file"), "{said}");
     assert_eq!(said.matches("No such file").count(), 1, "{said}");
+    // A worker that fails: the coordinator's own error says which and why (the worker is
+    // built without the `cuda` feature here).
+    let good = dir.path().join("good.tsv");
+    std::fs::write(&good, "A\tfine\nB\tgood\n").unwrap();
+    let o = coordinator(&[
+        "--workers",
+        "1",
+        "--device",
+        "cuda",
+        "--data",
+        good.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let last = stderr(&o).lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.starts_with("error: worker 0 exited") && last.contains("without GPU support"),
+        "{}",
+        stderr(&o)
+    );
     // Values an option cannot mean are refused before any worker starts, naming the flag.
     for (flag, value) in [
         ("--epochs", "0"),

@@ -4,17 +4,75 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 
 use crate::cli::LocalDevice;
 
 pub struct Fleet {
-    /// Index, process id, process.
-    children: Vec<(usize, u32, Child)>,
+    children: Vec<Worker>,
+}
+
+struct Worker {
+    index: usize,
+    pid: u32,
+    child: Child,
+    /// The task forwarding its log, and the last error it logged: why it exited, when it did.
+    log: Option<JoinHandle<()>>,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Worker {
+    /// Tracks worker `index`, forwarding its log with the prefix `[worker index]`.
+    fn watch(index: usize, mut child: Child) -> Self {
+        let last_error = Arc::new(Mutex::new(None));
+        let log = child.stderr.take().map(|err| {
+            let last_error = Arc::clone(&last_error);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[worker {index}] {line}");
+                    if let (Some(message), Ok(mut last)) = (error_message(&line), last_error.lock())
+                    {
+                        *last = Some(message.to_string());
+                    }
+                }
+            })
+        });
+        Worker {
+            index,
+            pid: child.id().unwrap_or(0),
+            child,
+            log,
+            last_error,
+        }
+    }
+
+    /// `status`, and the error the worker logged last, once its log has been read to the end
+    /// (it ends with the process; waited for briefly).
+    async fn exit_reason(&mut self, status: std::process::ExitStatus) -> String {
+        if let Some(log) = self.log.take() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), log).await;
+        }
+        let last = self.last_error.lock().ok().and_then(|e| e.clone());
+        match last {
+            Some(error) => format!("{status}: {error}"),
+            None => status.to_string(),
+        }
+    }
+}
+
+/// The message of a worker's error line: tracing's `… ERROR message` or a final `error: …`.
+fn error_message(line: &str) -> Option<&str> {
+    match line.split_once(" ERROR ") {
+        Some((_, message)) => Some(message.trim()),
+        None => line.strip_prefix("error: ").map(str::trim),
+    }
 }
 
 /// The `worker` binary installed beside this `coordinator`.
@@ -51,7 +109,7 @@ impl Fleet {
                 LocalDevice::Cpu => "cpu".to_string(),
                 LocalDevice::Cuda => format!("cuda:{i}"),
             };
-            let mut child = Command::new(&bin)
+            let child = Command::new(&bin)
                 .args([
                     "--coordinator",
                     url,
@@ -70,41 +128,37 @@ impl Fleet {
                 .kill_on_drop(true)
                 .spawn()
                 .with_context(|| format!("starting worker {i} ({})", bin.display()))?;
-            if let Some(err) = child.stderr.take() {
-                tokio::spawn(async move {
-                    let mut lines = BufReader::new(err).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        eprintln!("[worker {i}] {line}");
-                    }
-                });
-            }
-            let pid = child.id().unwrap_or(0);
-            children.push((i, pid, child));
+            children.push(Worker::watch(i, child));
         }
         Ok(Fleet { children })
     }
 
-    /// An error naming the first worker that has exited (a worker only exits on its own when
-    /// the run is over).
-    pub fn check(&mut self) -> Result<()> {
-        for (i, _, child) in &mut self.children {
-            if let Some(status) = child.try_wait().context("checking a worker")? {
-                bail!("worker {i} exited unexpectedly ({status})");
+    /// An error naming the first worker that has exited, and why (a worker only exits on its
+    /// own when the run is over).
+    pub async fn check(&mut self) -> Result<()> {
+        for w in &mut self.children {
+            if let Some(status) = w.child.try_wait().context("checking a worker")? {
+                let why = w.exit_reason(status).await;
+                bail!("worker {} exited unexpectedly ({why})", w.index);
             }
         }
         Ok(())
     }
 
-    /// Workers that have exited since the last call, by process id with their exit status;
-    /// they are no longer tracked.
-    pub fn exited(&mut self) -> Result<Vec<(u32, String)>> {
+    /// Workers that have exited since the last call, by process id with their exit status and
+    /// the last error they logged; they are no longer tracked.
+    pub async fn exited(&mut self) -> Result<Vec<(u32, String)>> {
         let mut gone = Vec::new();
         let mut i = 0;
         while i < self.children.len() {
-            match self.children[i].2.try_wait().context("checking a worker")? {
+            match self.children[i]
+                .child
+                .try_wait()
+                .context("checking a worker")?
+            {
                 Some(status) => {
-                    let (_, pid, _) = self.children.remove(i);
-                    gone.push((pid, status.to_string()));
+                    let mut w = self.children.remove(i);
+                    gone.push((w.pid, w.exit_reason(status).await));
                 }
                 None => i += 1,
             }
@@ -115,23 +169,30 @@ impl Fleet {
     /// Kills and forgets the worker with process id `pid` (one declared lost while alive,
     /// e.g. hung), so it can neither rejoin the ring nor fail the run by its exit status.
     pub async fn kill(&mut self, pid: u32) {
-        if let Some(at) = self.children.iter().position(|(_, p, _)| *p == pid) {
-            let (i, _, mut child) = self.children.remove(at);
-            tracing::warn!("worker {i} (pid {pid}) was declared lost while running: killed");
-            let _ = child.kill().await;
+        if let Some(at) = self.children.iter().position(|w| w.pid == pid) {
+            let mut w = self.children.remove(at);
+            tracing::warn!(
+                "worker {} (pid {pid}) was declared lost while running: killed",
+                w.index
+            );
+            let _ = w.child.kill().await;
         }
     }
 
     /// Waits for every worker to exit, killing those still running after `timeout`.
     pub async fn wait(&mut self, timeout: Duration) -> Result<()> {
         let mut failed = Vec::new();
-        for (i, _, child) in &mut self.children {
-            match tokio::time::timeout(timeout, child.wait()).await {
+        for w in &mut self.children {
+            let i = w.index;
+            match tokio::time::timeout(timeout, w.child.wait()).await {
                 Ok(Ok(status)) if status.success() => {}
-                Ok(Ok(status)) => failed.push(format!("worker {i} exited with {status}")),
+                Ok(Ok(status)) => {
+                    let why = w.exit_reason(status).await;
+                    failed.push(format!("worker {i} exited with {why}"));
+                }
                 Ok(Err(e)) => failed.push(format!("worker {i}: {e}")),
                 Err(_) => {
-                    let _ = child.kill().await;
+                    let _ = w.child.kill().await;
                     failed.push(format!(
                         "worker {i} did not stop within {} s and was killed",
                         timeout.as_secs()
@@ -149,9 +210,45 @@ impl Fleet {
 
     /// Kills every worker still running and reaps it.
     pub async fn kill_all(&mut self) {
-        for (_, _, child) in &mut self.children {
-            let _ = child.kill().await;
+        for w in &mut self.children {
+            let _ = w.child.kill().await;
         }
         self.children.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exited_worker_is_reported_with_the_last_error_it_logged() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let script = "echo '2026-11-29T10:00:00Z  INFO starting' >&2; \
+                          echo '2026-11-29T10:00:01Z ERROR first problem' >&2; \
+                          echo '2026-11-29T10:00:02Z ERROR building the model: bad size' >&2; \
+                          exit 3";
+            let child = Command::new("sh")
+                .args(["-c", script])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut fleet = Fleet {
+                children: vec![Worker::watch(0, child)],
+            };
+            let gone = loop {
+                let gone = fleet.exited().await.unwrap();
+                if !gone.is_empty() {
+                    break gone;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert_eq!(gone.len(), 1);
+            assert_eq!(gone[0].1, "exit status: 3: building the model: bad size");
+            assert!(fleet.children.is_empty());
+        });
+        assert_eq!(error_message("error: no data"), Some("no data"));
+        assert_eq!(error_message("2026 INFO all fine"), None);
     }
 }

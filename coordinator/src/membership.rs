@@ -118,7 +118,7 @@ impl Regroup<'_> {
             }
             // A call whose worker hung up does not count as coming back.
             waiting.retain(|w| !w.reply.is_closed());
-            for (pid, status) in fleet.exited()? {
+            for (pid, status) in fleet.exited().await? {
                 if let Some(m) = current.members.iter().find(|m| m.pid == pid) {
                     if !lost.iter().any(|l| l.member.id == m.id) {
                         lost.push(self.lose(m, format!("its process exited ({status})")));
@@ -199,7 +199,11 @@ impl Regroup<'_> {
                 self.min_workers.max(1)
             );
             refuse_all(stay, &why);
-            bail!("giving up: {why}");
+            let lost: Vec<String> = lost
+                .iter()
+                .map(|l| format!("; lost worker {}: {}", l.member.id, l.reason))
+                .collect();
+            bail!("giving up: {why}{}", lost.concat());
         }
         let mut positions = Vec::with_capacity(stay.len());
         for w in &stay {

@@ -624,7 +624,7 @@ async fn wait_for_members(
         if rx.borrow_and_update().is_some() {
             return Ok(());
         }
-        fleet.check()?;
+        fleet.check().await?;
         if Instant::now() > deadline {
             let (expected, joined) = shared.joined_so_far();
             let who = match joined.is_empty() {
@@ -695,7 +695,7 @@ async fn gather(
                 if n > 0 {
                     shared.metrics.update(|v| v.loss = loss / n as f64);
                 }
-                for (pid, status) in fleet.exited()? {
+                for (pid, status) in fleet.exited().await? {
                     if let Some(m) = members.iter().find(|m| m.pid == pid) {
                         lost.push(Lost { member: m.clone(), reason: format!("its process exited ({status})") });
                     }
