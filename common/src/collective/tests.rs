@@ -578,7 +578,10 @@ fn malformed_frames_are_protocol_errors() {
     ];
     for (name, bytes, expected) in cases {
         match rank0_error_after(bytes) {
-            CollectiveError::Protocol { peer, cause: source } => {
+            CollectiveError::Protocol {
+                peer,
+                cause: source,
+            } => {
                 assert_eq!(peer.rank, 1, "{name}");
                 assert!(expected(&source), "{name}: {source:?}");
             }
