@@ -626,7 +626,7 @@ async fn wait_for_members(
         }
         fleet.check().await?;
         if Instant::now() > deadline {
-            let (expected, joined) = shared.joined_so_far();
+            let (expected, joined) = (shared.expected(), shared.joined_so_far());
             let who = match joined.is_empty() {
                 true => String::new(),
                 false => format!(" ({})", joined.join(", ")),

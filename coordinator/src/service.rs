@@ -208,17 +208,16 @@ impl Shared {
         self.expected
     }
 
-    /// How many workers the run waits for, and the ones that have joined so far (host and
-    /// pid), for a message when the others do not come.
-    pub fn joined_so_far(&self) -> (usize, Vec<String>) {
-        let joined = match self.pending.lock() {
+    /// The workers waiting for the others to join (host and pid), for a message when the
+    /// others do not come.
+    pub fn joined_so_far(&self) -> Vec<String> {
+        match self.pending.lock() {
             Ok(pending) => pending
                 .iter()
                 .map(|p| format!("{} pid {}", p.req.hostname, p.req.pid))
                 .collect(),
             Err(_) => Vec::new(),
-        };
-        (self.expected, joined)
+        }
     }
 
     /// Ends the run for the service: heartbeats answer `running: false` and joins still waiting
