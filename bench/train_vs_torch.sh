@@ -10,7 +10,10 @@
 # worker publishes to the others either way. REPEAT=N (ddp mode) runs our three
 # configurations N times, interleaved so that a slow spell of a shared machine hits all of
 # them alike, and prints each column's median over the N runs (the scaling is the ratio of
-# the medians).
+# the medians). Before each of those runs it also measures what this machine's second core
+# adds at that moment (bench_op PROBE=2: the step's products alone, then two copies at once):
+# on a shared host two busy vCPUs at times get the throughput of one, and then no program
+# scales.
 #
 # Needs PyTorch: python3 -m venv ~/torchref && ~/torchref/bin/pip install torch
 # (TORCH_PYTHON overrides the interpreter; ANCHORS the folder holding torch_bilstm.py).
@@ -28,6 +31,7 @@ case "$corpus" in
   *) echo "unknown corpus $corpus (trec|sst2)" >&2; exit 2 ;;
 esac
 cargo build --release --quiet --bin coordinator --bin worker
+[ "$mode" = ddp ] && cargo build --release --quiet -p common --example bench_op
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -46,6 +50,16 @@ rss = max([s["peak_rss_mb"]["coordinator"]] + s["peak_rss_mb"]["workers"])
 print(f'{s["samples_per_s"]:.1f} {s["accuracy"]:.4f} {rss:.0f} {ms("allreduce_s_per_step"):.2f} {by:.0f} '
       f'{ms("compute_s_per_step"):.2f} {ms("update_s_per_step"):.2f}')
 PY
+}
+machine() { # what a second busy core adds right now: the step's products, two copies vs one
+  local probe=./target/release/examples/bench_op
+  local one two_a two_b
+  one=$(PROBE=2 ${CHRT:-} "$probe" | awk '{print $2}')
+  PROBE=2 ${CHRT:-} "$probe" | awk '{print $2}' >"$tmp/probe" &
+  two_a=$(PROBE=2 ${CHRT:-} "$probe" | awk '{print $2}')
+  wait
+  two_b=$(cat "$tmp/probe")
+  python3 -c 'import sys; a, b, c = map(float, sys.argv[1:]); print(f"{(b + c) / a:.2f}")' "$one" "$two_a" "$two_b"
 }
 torch() { # threads epochs tag [torchrun]
   if [ "${4:-}" = torchrun ]; then
@@ -73,6 +87,7 @@ else
   epochs=${2:-3}
   repeat=${REPEAT:-1}
   for i in $(seq "$repeat"); do
+    machine >>"$tmp/machine.rows"
     ours 1 1 "$epochs" "one$i" >>"$tmp/one.rows"
     ours 2 1 "$epochs" "two$i" >>"$tmp/two.rows"
     ours 2 1 "$epochs" "twotcp$i" --ring-transport tcp >>"$tmp/twotcp.rows"
@@ -86,6 +101,7 @@ print(" ".join(f"{s.median(float(r[i]) for r in rows):.{0 if i in (2, 4) else 4 
   read -r c_sps c_acc c_rss c_ar c_by c_cm c_up <<<"$(median "$tmp/twotcp.rows")"
   if [ "$repeat" -gt 1 ]; then
     for f in one two twotcp; do printf '%-7s samples/s per run: %s\n' "$f" "$(cut -d' ' -f1 "$tmp/$f.rows" | tr '\n' ' ')"; done
+    printf '%-7s 2-core scaling before each run: %s\n' machine "$(tr '\n' ' ' <"$tmp/machine.rows")"
   fi
   read -r d_sps d_acc _ <<<"$(torch 1 "$epochs" ddp torchrun)"
   printf '%s, %s epochs, batch 32 (global), 1 thread per process; ms per step, the largest over the workers; medians of %s run(s)\n' "$corpus" "$epochs" "$repeat"
@@ -96,4 +112,6 @@ print(" ".join(f"{s.median(float(r[i]) for r in rows):.{0 if i in (2, 4) else 4 
   printf "$row" "  same, TCP ring" "$c_sps" "$c_acc" "$c_cm" "$c_ar" "$c_up" "$c_by"
   printf "$row" "PyTorch DDP (gloo) 2 x 1" "$d_sps" "$d_acc" - - - -
   python3 -c "import sys; a,b,d=map(float,sys.argv[1:]); print(f'scaling 2 workers / 1 worker: {b/a:.2f}x (target 1.6x); ours 2x1 / PyTorch DDP 2x1: {b/d:.2f}x')" "$a_sps" "$b_sps" "$d_sps"
+  printf "this machine's own 2-core scaling at the time (bench_op PROBE: the step's products, two copies at once vs one; median): %s\n" \
+    "$(python3 -c 'import sys, statistics as s; print(f"{s.median(float(l) for l in open(sys.argv[1])):.2f}x")' "$tmp/machine.rows")"
 fi

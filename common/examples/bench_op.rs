@@ -7,6 +7,7 @@
 //! cargo run --release -p common --example bench_op -- [threads]
 //! BIG_GEMM=1 cargo run --release -p common --example bench_op -- 2   # do 2 threads scale?
 //! BATCH=16 cargo run --release -p common --example bench_op            # half a batch (2 workers)
+//! PROBE=2 cargo run --release -p common --example bench_op             # 2 s of a step's products
 //! ```
 //! On a machine shared with other work, `chrt -f 10` in front gives steadier figures.
 
@@ -75,6 +76,23 @@ fn gemm_probe_ld(m: usize, n: usize, k: usize, lhs_t: bool, rhs_t: bool, pad: us
     2.0 * (m * n * k) as f64 / ms / 1e6
 }
 
+/// GFLOP/s of a step's two kinds of product, a per-step `h·W` and a weight gradient over all
+/// tokens, run in turn for `secs` seconds on one thread. Two copies at once against one alone
+/// tell what this machine's second core adds right now (a shared host can give two busy
+/// vCPUs the throughput of one).
+fn probe(secs: f64, e: usize, h: usize) -> f64 {
+    let start = Instant::now();
+    let mut flops = 0.0;
+    while start.elapsed().as_secs_f64() < secs {
+        for (m, n, k, lt) in [(32, 4 * h, h, false), (4 * h, e, 326, true)] {
+            // gemm_probe runs the product 201 times (a warm-up and 200 timed).
+            black_box(gemm_probe(m, n, k, lt, false));
+            flops += 2.0 * (m * n * k) as f64 * 201.0;
+        }
+    }
+    flops / start.elapsed().as_secs_f64() / 1e9
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads: usize = std::env::args()
         .nth(1)
@@ -86,6 +104,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 32,
     };
     let (t, e, h) = (11usize, 100usize, 200usize);
+    if let Ok(secs) = std::env::var("PROBE") {
+        let secs: f64 = secs.parse().map_err(|e| format!("PROBE={secs}: {e}"))?;
+        println!("probe {:.1} GFLOP/s", probe(secs, e, h));
+        return Ok(());
+    }
     println!("threads {threads}, batch {b}");
     if std::env::var_os("BIG_GEMM").is_some() {
         let n = 1024;
