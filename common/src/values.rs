@@ -24,11 +24,14 @@ pub fn open_fraction(s: &str) -> Result<f64, String> {
 
 /// A probability of dropping a unit: 0 (none) up to, not including, 1.
 pub fn dropout(s: &str) -> Result<f32, String> {
-    let f = fraction(s)?;
-    if f < 1.0 {
-        Ok(f as f32)
-    } else {
+    // Parsed as f32 directly, as clap did before: no double rounding through f64.
+    let f: f32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..1.0).contains(&f) {
+        Ok(f)
+    } else if f == 1.0 {
         Err("1 would drop every unit: give a value below 1".into())
+    } else {
+        Err(format!("{f} is not between 0 and 1"))
     }
 }
 
