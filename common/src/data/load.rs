@@ -28,13 +28,38 @@ impl Format {
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
-        match ext.as_deref() {
-            Some("tsv") | Some("txt") => Ok(Format::Tsv),
-            Some("csv") => Ok(Format::Csv),
-            Some("jsonl") | Some("ndjson") | Some("json") => Ok(Format::Jsonl),
-            _ => Err(DataError::UnknownFormat {
+        if let Some(format) = ext.as_deref().and_then(Self::from_extension) {
+            return Ok(format);
+        }
+        // `train.tsv:x`: a source weight that is not a number reads as part of the file name.
+        let typo = path
+            .to_str()
+            .and_then(|s| s.rsplit_once(':'))
+            .filter(|(file, _)| {
+                Path::new(file)
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .and_then(|e| Self::from_extension(&e.to_ascii_lowercase()))
+                    .is_some()
+            });
+        match typo {
+            Some((file, weight)) => Err(DataError::Config(format!(
+                "{}: cannot tell the format from the extension; if `{weight}` was meant as a \
+                 --data source's weight, it must be a positive number (PATH:WEIGHT, e.g. {file}:2)",
+                path.display()
+            ))),
+            None => Err(DataError::UnknownFormat {
                 path: path.to_path_buf(),
             }),
+        }
+    }
+
+    fn from_extension(ext: &str) -> Option<Format> {
+        match ext {
+            "tsv" | "txt" => Some(Format::Tsv),
+            "csv" => Some(Format::Csv),
+            "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+            _ => None,
         }
     }
 }
@@ -376,6 +401,22 @@ mod tests {
 
     fn err(path: &Path) -> String {
         load(path, &LoadOptions::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_weight_that_is_not_a_number_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let tsv = write(&dir, "a.tsv", b"pos\tgood film\n");
+        let typo = PathBuf::from(format!("{}:abc", tsv.display()));
+        let msg = err(&typo);
+        assert!(
+            msg.contains("if `abc` was meant as a --data source's weight"),
+            "{msg}"
+        );
+        assert!(msg.contains(&format!("{}:2", tsv.display())), "{msg}");
+        // Without a known format before the colon it stays a format question.
+        let msg = err(&dir.path().join("notes:abc"));
+        assert!(msg.contains("cannot tell the format"), "{msg}");
     }
 
     #[test]
