@@ -6,15 +6,19 @@
 //! swept; untouched rows take a cheaper path that needs no gradient memory.
 //!
 //! Every worker of a run applies the whole update to its own replica, although with N workers
-//! on one host each could update 1/N of a state kept in shared memory (ZeRO stage 1). Measured
-//! (TREC, 2 workers × 1 thread, 2 cores): an update of half the state in place would take
-//! 0.75 ms of a 10 ms step instead of 1.5 (3,520–3,740 against 3,200–3,340 samples/s). But in
-//! place, a worker lost halfway through its shard leaves a state that no survivor can restore,
-//! and the design promises that a lost worker costs one step. Writing the new state to a
-//! second bank keeps the old one whole; that version was built and measured: 1.15 ms (memory
-//! traffic 36 bytes per value instead of 24; non-temporal stores were slower still), plus
-//! 0.2 ms to copy the new dense weights back into each model, for no gain that stood out of
-//! the host's noise (3,233–3,365 against 1,971–3,307 samples/s, interleaved runs).
+//! on one host each could update 1/N of a state kept in shared memory (ZeRO stage 1). Both
+//! ways were built and measured (TREC, 3 epochs, 2 workers × 1 thread on 2 cores, four
+//! interleaved runs each, medians):
+//! - in place, one copy of the state: update 0.75 ms a step instead of 1.5; 3,380 samples/s
+//!   against 3,160 replicated (+7%; one worker: 2,310). But a worker lost halfway through its
+//!   shard leaves a state no survivor can restore, and the design promises that a lost worker
+//!   costs one step.
+//! - into a second bank, so that the old state stays whole until every shard is written:
+//!   update 1.15 ms (36 bytes of memory traffic per value instead of 24; non-temporal stores
+//!   were slower still), plus 0.2 ms to copy the new dense weights back into each model;
+//!   3,215 against 3,136 samples/s (+2.5%, inside the host's noise).
+//!
+//! Neither reaches the 1.6× scaling of issue #4; the second keeps the guarantee for too little.
 
 use std::cell::RefCell;
 use std::path::Path;
