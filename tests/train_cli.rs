@@ -159,6 +159,50 @@ fn one_worker_run_writes_its_record_and_evaluate_reproduces_it() {
         let p = l["probability"].as_f64().unwrap();
         assert!(p > 0.0 && p <= 1.0 && l["label"].is_string());
     }
+
+    // From a file: one output line per input line, a blank one unlabelled, in order.
+    let input = dir.path().join("questions.txt");
+    std::fs::write(&input, format!("{}\n\n   \n{}\n", q[0], q[1])).unwrap();
+    let predict_file = |args: &[&str]| {
+        let mut all = vec!["predict", "--model", model.to_str().unwrap()];
+        all.extend_from_slice(&["--input", input.to_str().unwrap()]);
+        all.extend_from_slice(args);
+        coordinator(&all)
+    };
+    let o = predict_file(&["--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), 4, "{}", stdout(&o));
+    assert_eq!(got[0], lines[0]);
+    assert_eq!(got[3], lines[1]);
+    for blank in &got[1..3] {
+        assert!(
+            blank["label"].is_null() && blank["probability"].is_null(),
+            "{blank}"
+        );
+    }
+    let o = predict_file(&[]);
+    let tsv = stdout(&o);
+    let tsv: Vec<&str> = tsv.lines().collect();
+    assert_eq!(tsv.len(), 4);
+    assert_eq!(tsv[1], "\t\t");
+    // A line that is not UTF-8 is named by file and line.
+    std::fs::write(&input, b"who wrote hamlet ?\n\xff\xfe\n").unwrap();
+    let o = predict_file(&[]);
+    assert!(!o.status.success());
+    let want = format!("{}:2", input.display());
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    // The run directory instead of its model: pointed at the model.
+    let o = coordinator(&["predict", "--model", run.to_str().unwrap(), "x"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("is a run directory; its model is"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

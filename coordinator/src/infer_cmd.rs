@@ -41,7 +41,9 @@ pub struct PredictArgs {
     /// Model directory (RUN_DIR/model).
     #[arg(long)]
     pub model: PathBuf,
-    /// Sentences to classify; without them, one per line from --input or stdin.
+    /// Sentences to classify; without them, one per line from --input or stdin. Every one
+    /// gets a line of output, in order; a blank one gets no label (an empty label and
+    /// probability, or null in JSON), so the output lines up with the input.
     pub texts: Vec<String>,
     /// File with one sentence per line.
     #[arg(long)]
@@ -126,34 +128,46 @@ pub fn predict_cmd(args: PredictArgs) -> Result<()> {
     let texts: Vec<String> = if !args.texts.is_empty() {
         args.texts
     } else {
-        let reader: Box<dyn BufRead> = match &args.input {
-            Some(p) => Box::new(std::io::BufReader::new(
-                std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
-            )),
-            None => Box::new(std::io::stdin().lock()),
+        let (reader, name): (Box<dyn BufRead>, String) = match &args.input {
+            Some(p) => (
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+                )),
+                p.display().to_string(),
+            ),
+            None => (Box::new(std::io::stdin().lock()), "stdin".into()),
         };
         let mut v = Vec::new();
         for (i, line) in reader.lines().enumerate() {
-            let line = line.with_context(|| format!("reading line {} of the input", i + 1))?;
-            if !line.trim().is_empty() {
-                v.push(line);
-            }
+            v.push(line.with_context(|| format!("{name}:{}", i + 1))?);
         }
         v
     };
-    let seqs: Vec<Vec<u32>> = texts.iter().map(|t| m.encode(t)).collect();
-    let preds = predict_all(&m.model, &seqs)?;
+    // Blank sentences have nothing to classify; they keep their place in the output.
+    let given: Vec<usize> = (0..texts.len())
+        .filter(|&i| !texts[i].trim().is_empty())
+        .collect();
+    let seqs: Vec<Vec<u32>> = given.iter().map(|&i| m.encode(&texts[i])).collect();
+    let mut preds = vec![None; texts.len()];
+    for (&i, pred) in given.iter().zip(predict_all(&m.model, &seqs)?) {
+        preds[i] = Some(pred);
+    }
     let mut out = std::io::stdout().lock();
-    for (text, (label, probs)) in texts.iter().zip(preds) {
-        let name = &m.meta.labels[label];
+    for (text, pred) in texts.iter().zip(preds) {
+        let (name, p) = match &pred {
+            Some((label, probs)) => (Some(&m.meta.labels[*label]), Some(probs[*label])),
+            None => (None, None),
+        };
         if args.json {
             writeln!(
                 out,
                 "{}",
-                json!({"text": text, "label": name, "probability": probs[label]})
+                json!({"text": text, "label": name, "probability": p})
             )?;
         } else {
-            writeln!(out, "{name}\t{:.4}\t{text}", probs[label])?;
+            let name = name.map_or("", String::as_str);
+            let p = p.map_or(String::new(), |p| format!("{p:.4}"));
+            writeln!(out, "{name}\t{p}\t{text}")?;
         }
     }
     Ok(())

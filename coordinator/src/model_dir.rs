@@ -113,6 +113,14 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
         );
     }
     let meta_path = dir.join(META);
+    let inner = dir.join("model");
+    if !meta_path.exists() && inner.join(META).exists() {
+        bail!(
+            "{} is a run directory; its model is {}",
+            dir.display(),
+            inner.display()
+        );
+    }
     let text = std::fs::read_to_string(&meta_path)
         .with_context(|| format!("reading {}", meta_path.display()))?;
     let meta: ModelMeta = serde_json::from_str(&text)
