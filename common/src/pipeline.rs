@@ -216,6 +216,28 @@ impl Pipeline {
 
     fn resolve_plan(&self) -> Result<AugmentPlan, DataError> {
         let cfg = &self.cfg;
+        // Options that shape augmentations no one asked for would be ignored without a word.
+        if cfg.augment == AugmentKind::None {
+            let rates = [
+                ("--alpha", cfg.alpha),
+                ("--alpha-sr", cfg.alpha_sr),
+                ("--alpha-ri", cfg.alpha_ri),
+                ("--alpha-rs", cfg.alpha_rs),
+                ("--alpha-rd", cfg.alpha_rd),
+            ];
+            if let Some((flag, _)) = rates.iter().find(|(_, r)| r.is_some()) {
+                return Err(DataError::Config(format!(
+                    "{flag} sets a rate of --augment eda, which is off (--balance augment \
+                     alone fills classes at EDA's default rate, 0.1)"
+                )));
+            }
+            if let (NumAug::Count(k), None) = (cfg.num_aug, cfg.crop) {
+                return Err(DataError::Config(format!(
+                    "--num-aug {k} asks for augmentations, but none are made: add --augment eda \
+                     or --crop FRACTION"
+                )));
+            }
+        }
         let rows = self.train_rows();
         let (auto_k, auto_alpha) = AugmentPlan::recommended(rows);
         let num_aug = match cfg.num_aug {

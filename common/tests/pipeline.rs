@@ -239,6 +239,34 @@ fn single_class_training_data_is_an_error() {
 }
 
 #[test]
+fn augmentation_options_without_augmentation_are_refused() {
+    let train = trec();
+    let refused = |cfg: DataConfig| Pipeline::new(&cfg).err().unwrap().to_string();
+    let err = refused(DataConfig {
+        num_aug: NumAug::Count(2),
+        ..cfg(&[&train])
+    });
+    assert!(err.contains("--num-aug 2 asks for augmentations"), "{err}");
+    let err = refused(DataConfig {
+        alpha_rd: Some(0.2),
+        crop: Some(0.8),
+        ..cfg(&[&train])
+    });
+    assert!(
+        err.contains("--alpha-rd sets a rate of --augment eda"),
+        "{err}"
+    );
+    // Crops alone take --num-aug.
+    let p = Pipeline::new(&DataConfig {
+        num_aug: NumAug::Count(2),
+        crop: Some(0.8),
+        ..cfg(&[&train])
+    })
+    .unwrap();
+    assert_eq!(p.plan().num_aug, 2);
+}
+
+#[test]
 fn label_map_merges_spellings_across_sources() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.tsv");
