@@ -89,6 +89,20 @@ impl Pipeline {
         }
         let probs = mix::probabilities(&cfg.data.iter().map(|s| s.weight).collect::<Vec<_>>())
             .map_err(DataError::Config)?;
+        // Options of steps that do not run would be ignored without a word.
+        if probs.is_none() && cfg.mix_stop != mix::MixStop::default() {
+            return Err(DataError::Config(
+                "--mix-stop applies to weighted sources (--data PATH:WEIGHT); these are \
+                 concatenated"
+                    .into(),
+            ));
+        }
+        if cfg.balance == Balance::None && cfg.balance_ratio != 1.0 {
+            return Err(DataError::Config(format!(
+                "--balance-ratio {} needs --balance oversample, undersample or augment",
+                cfg.balance_ratio
+            )));
+        }
         let label_map = match &cfg.label_map {
             Some(p) => read_label_map(p)?,
             None => HashMap::new(),

@@ -239,7 +239,7 @@ fn single_class_training_data_is_an_error() {
 }
 
 #[test]
-fn augmentation_options_without_augmentation_are_refused() {
+fn options_of_steps_that_do_not_run_are_refused() {
     let train = trec();
     let refused = |cfg: DataConfig| Pipeline::new(&cfg).err().unwrap().to_string();
     let err = refused(DataConfig {
@@ -254,6 +254,19 @@ fn augmentation_options_without_augmentation_are_refused() {
     });
     assert!(
         err.contains("--alpha-rd sets a rate of --augment eda"),
+        "{err}"
+    );
+    let err = refused(DataConfig {
+        balance_ratio: 0.5,
+        ..cfg(&[&train])
+    });
+    assert!(err.contains("--balance-ratio 0.5 needs --balance"), "{err}");
+    let err = refused(DataConfig {
+        mix_stop: common::mix::MixStop::AllExhausted,
+        ..cfg(&[&train])
+    });
+    assert!(
+        err.contains("--mix-stop applies to weighted sources"),
         "{err}"
     );
     // Crops alone take --num-aug.
