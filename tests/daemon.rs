@@ -267,6 +267,19 @@ fn worker_modes_are_exclusive_and_an_unreachable_daemon_is_named() {
         "{}",
         stderr(&both)
     );
+    // Values the worker cannot use are refused before it dials anyone.
+    for (flag, value) in [
+        ("--advertise-addr", "not an ip"),
+        ("--advertise-addr", "10.0.0.7:50052"),
+        ("--heartbeat-timeout", "0"),
+    ] {
+        let o = Command::new(bin("worker"))
+            .args(["--coordinator", "http://127.0.0.1:1", flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+        assert!(stderr(&o).contains(flag), "{}", stderr(&o));
+    }
     let neither = Command::new(bin("worker")).output().unwrap();
     let said = stderr(&neither);
     assert!(!neither.status.success());
@@ -286,4 +299,5 @@ fn worker_modes_are_exclusive_and_an_unreachable_daemon_is_named() {
         log.contains(&format!("cannot reach worker daemon {nobody}")),
         "{log}"
     );
+    assert!(!log.contains("connect error: tcp connect error"), "{log}");
 }

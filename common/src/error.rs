@@ -1,4 +1,5 @@
-//! Errors of the data pipeline. Every message names the file (and line) a user must look at.
+//! Errors of the data pipeline (every message names the file, and line, a user must look at),
+//! and how the binaries print an error chain.
 
 use std::path::PathBuf;
 
@@ -38,5 +39,33 @@ impl DataError {
             path: path.to_string(),
             cause: source,
         }
+    }
+}
+
+/// An error chain as `{:#}` prints it, without a cause that repeats the one before it
+/// (e.g. hyper's `tcp connect error: tcp connect error: Connection refused`).
+pub fn chain_without_repeats(chain: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for part in chain.split(": ") {
+        if out.last() != Some(&part) {
+            out.push(part);
+        }
+    }
+    out.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_causes_are_printed_once() {
+        assert_eq!(
+            chain_without_repeats(
+                "cannot reach x: transport error: tcp connect error: tcp connect error: refused"
+            ),
+            "cannot reach x: transport error: tcp connect error: refused"
+        );
+        assert_eq!(chain_without_repeats("a: b: a"), "a: b: a");
     }
 }

@@ -71,6 +71,24 @@ pub fn at_least(
     }
 }
 
+/// A host other machines can dial: an IP address or a DNS name (letters, digits, `-`, `.`).
+pub fn host(s: &str) -> Result<String, String> {
+    let name_like = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if s.parse::<std::net::IpAddr>().is_ok() || name_like {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is neither an IP address nor a host name"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +115,16 @@ mod tests {
         assert_eq!(at_least(1)("3"), Ok(3));
         assert!(at_least(1)("0").is_err() && at_least(2)("1").is_err());
         assert!(at_least(1)("-1").is_err() && at_least(1)("1.5").is_err());
+        for good in [
+            "10.0.0.7",
+            "::1",
+            "worker-0.workers.default.svc",
+            "localhost",
+        ] {
+            assert_eq!(host(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "not an ip", "a..b", "-a", "10.0.0.7:50052", "http://x"] {
+            assert!(host(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -80,7 +80,10 @@ fn main() -> std::process::ExitCode {
     let argv = match config_file::expand(std::env::args_os().collect(), &Cli::command()) {
         Ok(argv) => argv,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "error: {}",
+                common::error::chain_without_repeats(&format!("{e:#}"))
+            );
             return std::process::ExitCode::from(2);
         }
     };
@@ -119,7 +122,10 @@ fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "error: {}",
+                common::error::chain_without_repeats(&format!("{e:#}"))
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()), value_parser = common::values::at_least(1))]
     pub threads: usize,
     /// Address ring peers dial to reach this worker (in Kubernetes: the pod IP).
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1", value_parser = common::values::host)]
     pub advertise_addr: String,
     /// Port of the ring listener (0: any free port).
     #[arg(long, default_value_t = 0)]
@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub connect_timeout: u64,
     /// Seconds without an answer from the coordinator after which this worker gives up.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_timeout: u64,
     /// Compute device: cpu, or cuda:N for GPU N (a worker built with gpu/build.sh). Workers
     /// on GPUs that all have NCCL all-reduce with it; otherwise over the TCP ring.
@@ -100,7 +100,10 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!(
+                "{}",
+                common::error::chain_without_repeats(&format!("{e:#}"))
+            );
             if e.downcast_ref::<client::Refused>().is_some() {
                 ExitCode::from(EXIT_REFUSED)
             } else {
