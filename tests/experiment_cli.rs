@@ -106,4 +106,23 @@ fn experiment_writes_every_cell_and_a_rerun_only_adds_new_ones() {
         "{}",
         stderr(&o)
     );
+    for (flag, list, twice) in [
+        ("--sizes", "100,full,100", "100"),
+        ("--conditions", "eda,baseline,eda", "eda"),
+    ] {
+        let o = coordinator(&[
+            "experiment",
+            "--data",
+            train.to_str().unwrap(),
+            "--test",
+            test.to_str().unwrap(),
+            flag,
+            list,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!o.status.success());
+        let want = format!("{flag} lists {twice} twice");
+        assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    }
 }

@@ -104,6 +104,14 @@ fn condition_flags(
     Ok(flags.iter().map(|s| s.to_string()).collect())
 }
 
+/// The first item of `list` that appears again later in it.
+fn repeated(list: &[String]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::new();
+    list.iter()
+        .find(|s| !seen.insert(s.as_str()))
+        .map(String::as_str)
+}
+
 fn parse_size(size: &str) -> Result<Option<usize>> {
     if size == "full" {
         return Ok(None);
@@ -154,6 +162,12 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     for c in &args.conditions {
         condition_flags(c, args.mix.as_deref(), args.encoder.as_deref())?;
+    }
+    // A cell listed twice would be trained twice and counted twice in the report.
+    for (flag, list) in [("--sizes", &args.sizes), ("--conditions", &args.conditions)] {
+        if let Some(twice) = repeated(list) {
+            bail!("{flag} lists {twice} twice");
+        }
     }
     for dir in ["data", "runs"] {
         std::fs::create_dir_all(args.out.join(dir))
