@@ -157,9 +157,12 @@ fn line_of_key(text: &str, key: &str) -> usize {
     text.lines()
         .position(|l| {
             let l = l.trim_start();
-            l.strip_prefix(key)
+            let assigned = l
+                .strip_prefix(key)
                 .or_else(|| l.strip_prefix(&format!("\"{key}\"")))
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
+                .is_some_and(|rest| rest.trim_start().starts_with('='));
+            // Options are keys at the top; a `[table]` header is no option either.
+            assigned || l.starts_with(&format!("[{key}]"))
         })
         .map_or(1, |i| i + 1)
 }

@@ -270,6 +270,11 @@ mod tests {
             ),
             ("epochs = 3\nlr = -0.5\n", 2, "not a finite number"),
             ("\ndropout = 1.0\n", 2, "below 1"),
+            (
+                "epochs = 2\n[training]\nlr = 1\n",
+                2,
+                "unknown option \"training\"",
+            ),
         ] {
             let path = write(dir.path(), text);
             let err = parse(&["--config", &path]).err().unwrap().to_string();
