@@ -211,7 +211,7 @@ fn mixed_sources_get_their_own_training_metrics() {
     let a = trec_slice(dir.path(), "train.tsv", 0, 300);
     let b = trec_slice(dir.path(), "train.tsv", 1000, 150);
     let run = dir.path().join("run");
-    train(
+    let log = train(
         &run,
         &[
             "--workers",
@@ -225,6 +225,12 @@ fn mixed_sources_get_their_own_training_metrics() {
             "--data",
             b.to_str().unwrap(),
         ],
+    );
+    // What the coordinator announces is what the workers formed.
+    assert!(
+        log.contains("all-reduce between workers: ring through shared memory")
+            && log.contains("transport=\"shared memory\""),
+        "{log}"
     );
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();

@@ -214,6 +214,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     let info = RunInfo {
         run_id,
         spec_json: serde_json::to_string(&spec)?,
+        ring_shared_memory: spec.ring_shared_memory,
         vocab_json: serde_json::to_string(&vocab)?,
         labels: labels.clone(),
         initial_weights: match (&t.init_embeddings, &encoder) {

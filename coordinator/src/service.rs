@@ -21,6 +21,9 @@ use crate::sharding::{deal, part};
 pub struct RunInfo {
     pub run_id: u64,
     pub spec_json: String,
+    /// Workers whose ring peers all run on their host sum through shared memory
+    /// (`--ring-transport auto`).
+    pub ring_shared_memory: bool,
     pub vocab_json: String,
     pub labels: Vec<String>,
     /// Weights every worker starts from (safetensors), empty to initialise from the seed.
@@ -365,10 +368,19 @@ impl Shared {
         } else {
             Vec::new()
         };
-        let collective = match (self.expected, nccl_id.is_empty()) {
-            (1, _) => "none (one worker)",
-            (_, true) => "TCP ring",
-            (_, false) => "NCCL",
+        // Workers that find every peer on their host sum through shared memory; the same
+        // host name is what they will find.
+        let one_host = pending
+            .first()
+            .map(|p| &p.req.hostname)
+            .filter(|h| pending.iter().all(|p| &p.req.hostname == *h));
+        let collective = match (self.expected, nccl_id.is_empty(), one_host) {
+            (1, _, _) => "none (one worker)".to_string(),
+            (_, false, _) => "NCCL".to_string(),
+            (_, true, Some(host)) if self.run.ring_shared_memory => {
+                format!("ring through shared memory (every worker on host {host}; TCP if they cannot share a segment)")
+            }
+            (_, true, _) => "TCP ring".to_string(),
         };
         tracing::info!("all-reduce between workers: {collective}");
         let members: Vec<Member> = pending
