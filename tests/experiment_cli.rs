@@ -89,27 +89,8 @@ fn experiment_writes_every_cell_and_a_rerun_only_adds_new_ones() {
     let png = std::fs::read(out.join("learning-curve.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 
-    let o = coordinator(&[
-        "experiment",
-        "--data",
-        train.to_str().unwrap(),
-        "--test",
-        test.to_str().unwrap(),
-        "--conditions",
-        "baseline,magic",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("unknown condition \"magic\""),
-        "{}",
-        stderr(&o)
-    );
-    for (flag, list, twice) in [
-        ("--sizes", "100,full,100", "100"),
-        ("--conditions", "eda,baseline,eda", "eda"),
-    ] {
+    // Refused before anything trains: the experiment's flags plus one option.
+    let refused = |flag: &str, value: &str| {
         let o = coordinator(&[
             "experiment",
             "--data",
@@ -117,12 +98,23 @@ fn experiment_writes_every_cell_and_a_rerun_only_adds_new_ones() {
             "--test",
             test.to_str().unwrap(),
             flag,
-            list,
+            value,
             "--out",
             out.to_str().unwrap(),
         ]);
         assert!(!o.status.success());
-        let want = format!("{flag} lists {twice} twice");
-        assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let said = refused("--conditions", "baseline,magic");
+    assert!(said.contains("unknown condition \"magic\""), "{said}");
+    for (flag, list, twice) in [
+        ("--sizes", "100,full,100", "100"),
+        ("--conditions", "eda,baseline,eda", "eda"),
+    ] {
+        let said = refused(flag, list);
+        assert!(
+            said.contains(&format!("{flag} lists {twice} twice")),
+            "{said}"
+        );
     }
 }
