@@ -77,6 +77,46 @@ pub struct Pipeline {
     wordpiece: Option<std::sync::Arc<WordPiece>>,
 }
 
+/// Options of steps that do not run would be ignored without a word: refused instead.
+/// `weighted`: the sources are mixed by weight (else concatenated).
+fn refuse_unused_options(cfg: &DataConfig, weighted: bool) -> Result<(), DataError> {
+    let refuse = |msg: String| Err(DataError::Config(msg));
+    if !weighted && cfg.mix_stop != mix::MixStop::default() {
+        return refuse(
+            "--mix-stop applies to weighted sources (--data PATH:WEIGHT); these are concatenated"
+                .into(),
+        );
+    }
+    if cfg.balance == Balance::None && cfg.balance_ratio != 1.0 {
+        return refuse(format!(
+            "--balance-ratio {} needs --balance oversample, undersample or augment",
+            cfg.balance_ratio
+        ));
+    }
+    if cfg.augment == AugmentKind::None {
+        let rates = [
+            ("--alpha", cfg.alpha),
+            ("--alpha-sr", cfg.alpha_sr),
+            ("--alpha-ri", cfg.alpha_ri),
+            ("--alpha-rs", cfg.alpha_rs),
+            ("--alpha-rd", cfg.alpha_rd),
+        ];
+        if let Some((flag, _)) = rates.iter().find(|(_, r)| r.is_some()) {
+            return refuse(format!(
+                "{flag} sets a rate of --augment eda, which is off (--balance augment alone \
+                 fills classes at EDA's default rate, 0.1)"
+            ));
+        }
+        if let (NumAug::Count(k), None) = (cfg.num_aug, cfg.crop) {
+            return refuse(format!(
+                "--num-aug {k} asks for augmentations, but none are made: add --augment eda or \
+                 --crop FRACTION"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Pipeline {
     pub fn new(cfg: &DataConfig) -> Result<Self, DataError> {
         if cfg.data.is_empty() {
@@ -89,20 +129,7 @@ impl Pipeline {
         }
         let probs = mix::probabilities(&cfg.data.iter().map(|s| s.weight).collect::<Vec<_>>())
             .map_err(DataError::Config)?;
-        // Options of steps that do not run would be ignored without a word.
-        if probs.is_none() && cfg.mix_stop != mix::MixStop::default() {
-            return Err(DataError::Config(
-                "--mix-stop applies to weighted sources (--data PATH:WEIGHT); these are \
-                 concatenated"
-                    .into(),
-            ));
-        }
-        if cfg.balance == Balance::None && cfg.balance_ratio != 1.0 {
-            return Err(DataError::Config(format!(
-                "--balance-ratio {} needs --balance oversample, undersample or augment",
-                cfg.balance_ratio
-            )));
-        }
+        refuse_unused_options(cfg, probs.is_some())?;
         let label_map = match &cfg.label_map {
             Some(p) => read_label_map(p)?,
             None => HashMap::new(),
@@ -230,28 +257,6 @@ impl Pipeline {
 
     fn resolve_plan(&self) -> Result<AugmentPlan, DataError> {
         let cfg = &self.cfg;
-        // Options that shape augmentations no one asked for would be ignored without a word.
-        if cfg.augment == AugmentKind::None {
-            let rates = [
-                ("--alpha", cfg.alpha),
-                ("--alpha-sr", cfg.alpha_sr),
-                ("--alpha-ri", cfg.alpha_ri),
-                ("--alpha-rs", cfg.alpha_rs),
-                ("--alpha-rd", cfg.alpha_rd),
-            ];
-            if let Some((flag, _)) = rates.iter().find(|(_, r)| r.is_some()) {
-                return Err(DataError::Config(format!(
-                    "{flag} sets a rate of --augment eda, which is off (--balance augment \
-                     alone fills classes at EDA's default rate, 0.1)"
-                )));
-            }
-            if let (NumAug::Count(k), None) = (cfg.num_aug, cfg.crop) {
-                return Err(DataError::Config(format!(
-                    "--num-aug {k} asks for augmentations, but none are made: add --augment eda \
-                     or --crop FRACTION"
-                )));
-            }
-        }
         let rows = self.train_rows();
         let (auto_k, auto_alpha) = AugmentPlan::recommended(rows);
         let num_aug = match cfg.num_aug {
