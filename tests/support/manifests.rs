@@ -66,12 +66,45 @@ pub fn containers() -> Vec<Container> {
             continue;
         };
         for c in list {
+            let env = environment(c);
             out.push(Container {
                 file: file.clone(),
                 command: strings(&c["command"]),
-                args: strings(&c["args"]),
+                args: strings(&c["args"])
+                    .iter()
+                    .map(|a| expand(a, &env))
+                    .collect(),
             });
         }
     }
     out
+}
+
+/// A container's environment as the process would see it: literal values, and for the pod's
+/// own IP (`fieldRef: status.podIP`, known only at run time) a sample address.
+fn environment(container: &serde_yaml::Value) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for var in container["env"].as_sequence().into_iter().flatten() {
+        let Some(name) = var["name"].as_str() else {
+            continue;
+        };
+        let value = match (
+            var["value"].as_str(),
+            var["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        ) {
+            (Some(v), _) => v.to_string(),
+            (None, Some("status.podIP")) => "10.0.0.7".to_string(),
+            _ => continue,
+        };
+        env.push((name.to_string(), value));
+    }
+    env
+}
+
+/// `$(NAME)` in an argument replaced by the variable's value, as the kubelet does before the
+/// container starts; unknown names stay as they are (so does Kubernetes).
+fn expand(arg: &str, env: &[(String, String)]) -> String {
+    env.iter().fold(arg.to_string(), |a, (name, value)| {
+        a.replace(&format!("$({name})"), value)
+    })
 }
