@@ -113,7 +113,7 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
         );
     }
     let meta_path = dir.join(META);
-    let inner = dir.join("model");
+    let inner = dir.join(crate::rundir::MODEL);
     if !meta_path.exists() && inner.join(META).exists() {
         bail!(
             "{} is a run directory; its model is {}",

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::model_dir::{self, ModelMeta};
 
 const COMMAND: &str = "command.json";
+/// The run directory's folder holding its best model.
+pub const MODEL: &str = "model";
 const STATE: &str = "state.json";
 
 /// How a run was started: `coordinator --resume` starts it again the same way.
@@ -186,7 +188,7 @@ impl RunDir {
     }
 
     pub fn model(&self) -> PathBuf {
-        self.path.join("model")
+        self.path.join(MODEL)
     }
 
     pub fn checkpoint(&self) -> PathBuf {
