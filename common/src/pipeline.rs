@@ -644,7 +644,10 @@ fn read_label_map(path: &Path) -> Result<HashMap<String, String>, DataError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(&shown, e))?;
     let mut map = HashMap::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in crate::data::strip_byte_order_mark(&text)
+        .lines()
+        .enumerate()
+    {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }

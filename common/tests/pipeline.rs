@@ -286,14 +286,17 @@ fn label_map_merges_spellings_across_sources() {
     std::fs::write(&a, "positive\tgood\nnegative\tbad\n").unwrap();
     let b = dir.path().join("b.tsv");
     std::fs::write(&b, "1\tfine\n0\tawful\n").unwrap();
-    let map = dir.path().join("map.tsv");
-    std::fs::write(&map, "1\tpositive\n0\tnegative\n").unwrap();
-    let p = Pipeline::new(&DataConfig {
-        label_map: Some(map),
-        ..cfg(&[&a, &b])
-    })
-    .unwrap();
-    assert_eq!(p.labels(), ["negative", "positive"]);
+    // A byte order mark (Excel, Notepad) must not hide the first alias.
+    for bom in ["", "\u{feff}"] {
+        let map = dir.path().join("map.tsv");
+        std::fs::write(&map, format!("{bom}1\tpositive\n0\tnegative\n")).unwrap();
+        let p = Pipeline::new(&DataConfig {
+            label_map: Some(map),
+            ..cfg(&[&a, &b])
+        })
+        .unwrap();
+        assert_eq!(p.labels(), ["negative", "positive"], "bom {bom:?}");
+    }
 }
 
 #[test]

@@ -139,7 +139,11 @@ pub fn predict_cmd(args: PredictArgs) -> Result<()> {
         };
         let mut v = Vec::new();
         for (i, line) in reader.lines().enumerate() {
-            v.push(line.with_context(|| format!("{name}:{}", i + 1))?);
+            let line = line.with_context(|| format!("{name}:{}", i + 1))?;
+            v.push(match i {
+                0 => common::data::strip_byte_order_mark(&line).to_string(),
+                _ => line,
+            });
         }
         v
     };

@@ -233,6 +233,7 @@ fn read_lines(
             continue;
         }
         let parsed = match std::str::from_utf8(&buf) {
+            Ok(line) if line_no == 1 => parse(super::strip_byte_order_mark(line)),
             Ok(line) => parse(line),
             Err(e) => Err(format!(
                 "invalid UTF-8 at byte {} of the line",
@@ -449,6 +450,29 @@ mod tests {
         let got = load(&jsonl, &LoadOptions::default()).unwrap();
         assert_eq!(got.records[0].label, "1");
         assert_eq!(got.records[1].label, "x");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_line() {
+        // Excel and Notepad start UTF-8 files with one; it must not become a label of its own.
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, &[u8]); 3] = [
+            ("b.tsv", b"\xef\xbb\xbfpos\tgood film\nneg\tbad\n"),
+            (
+                "b.jsonl",
+                b"\xef\xbb\xbf{\"text\": \"good film\", \"label\": \"pos\"}\n",
+            ),
+            ("b.csv", b"\xef\xbb\xbftext,label\ngood film,pos\n"),
+        ];
+        for (name, bytes) in cases {
+            let got = load(&write(&dir, name, bytes), &LoadOptions::default()).unwrap();
+            assert_eq!(got.records[0].label, "pos", "{name}");
+            assert_eq!(got.records[0].text, "good film", "{name}");
+        }
+        // Only at the start of the file: elsewhere it is text like any other.
+        let later = write(&dir, "c.tsv", b"pos\tok\n\xef\xbb\xbfneg\tbad\n");
+        let got = load(&later, &LoadOptions::default()).unwrap();
+        assert_eq!(got.records[1].label, "\u{feff}neg");
     }
 
     #[test]

@@ -8,6 +8,15 @@ pub mod vocab;
 
 use serde::{Deserialize, Serialize};
 
+/// The byte order mark Excel and Notepad write at the start of UTF-8 files. It belongs to no
+/// line: left in, it would make the first label a class of its own or hide the first word.
+pub const BYTE_ORDER_MARK: &str = "\u{feff}";
+
+/// `text` without a leading [`BYTE_ORDER_MARK`]; for the start of a file only.
+pub fn strip_byte_order_mark(text: &str) -> &str {
+    text.strip_prefix(BYTE_ORDER_MARK).unwrap_or(text)
+}
+
 /// A stable identity for an example: its source (index of `--data`) and line in that file.
 /// Later stages key every random choice about the example on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

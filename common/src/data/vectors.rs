@@ -37,6 +37,10 @@ pub fn read(path: &Path, vocab: &Vocab) -> Result<Pretrained, DataError> {
     };
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| DataError::io(&shown, e))?;
+        let line = match i {
+            0 => super::strip_byte_order_mark(&line),
+            _ => &line,
+        };
         let mut fields = line.split_whitespace();
         let Some(word) = fields.next() else { continue };
         let values: Vec<&str> = fields.collect();
@@ -104,6 +108,22 @@ mod tests {
                 ]
             );
             assert_eq!(p.missing, 2, "sat and mat");
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_word_or_header_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vocab();
+        for header in ["", "3 2\n"] {
+            let path = dir.path().join("v.txt");
+            std::fs::write(&path, format!("\u{feff}{header}cat 1 2\nthe 0.5 -0.5\n")).unwrap();
+            let p = read(&path, &v).unwrap();
+            assert_eq!(
+                p.rows[1],
+                (v.id("cat"), vec![1.0, 2.0]),
+                "header {header:?}"
+            );
         }
     }
 
