@@ -280,6 +280,19 @@ fn worker_modes_are_exclusive_and_an_unreachable_daemon_is_named() {
         assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
         assert!(stderr(&o).contains(flag), "{}", stderr(&o));
     }
+    // An empty SMALLTEXT_TOKEN (an unset variable in a template) is no token, as an empty
+    // token file is none: it would let in anyone who sends an empty one.
+    let o = Command::new(bin("worker"))
+        .args(["--coordinator", "http://127.0.0.1:1"])
+        .env("SMALLTEXT_TOKEN", "")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("SMALLTEXT_TOKEN is empty"),
+        "{}",
+        stderr(&o)
+    );
     let neither = Command::new(bin("worker")).output().unwrap();
     let said = stderr(&neither);
     assert!(!neither.status.success());

@@ -67,12 +67,19 @@ pub enum TokenError {
     Empty(String),
     #[error("no join token: give --token-file FILE or set SMALLTEXT_TOKEN")]
     Missing,
+    #[error("SMALLTEXT_TOKEN is empty: set it to the join token, or give --token-file FILE")]
+    EmptyVariable,
 }
 
-/// The join token: from `file` (a trailing newline ignored), else from `SMALLTEXT_TOKEN`.
+/// The join token: from `file` (a trailing newline ignored), else from `SMALLTEXT_TOKEN`;
+/// never empty.
 pub fn read_token(file: Option<&std::path::Path>) -> Result<String, TokenError> {
     let Some(path) = file else {
-        return std::env::var("SMALLTEXT_TOKEN").map_err(|_| TokenError::Missing);
+        return match std::env::var("SMALLTEXT_TOKEN") {
+            Ok(token) if token.is_empty() => Err(TokenError::EmptyVariable),
+            Ok(token) => Ok(token),
+            Err(_) => Err(TokenError::Missing),
+        };
     };
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| TokenError::Io {
