@@ -246,7 +246,17 @@ impl Pipeline {
                 "validation set",
             )?,
             None => match cfg.eval_split {
-                Some(f) => split_off_eval(&mut train[0], f, cfg.seed, pipeline.labels.len()),
+                Some(f) => {
+                    let eval = split_off_eval(&mut train[0], f, cfg.seed, pipeline.labels.len());
+                    if eval.is_empty() {
+                        return Err(DataError::Config(format!(
+                            "--eval-split {f} of {} leaves no validation example: give a \
+                             larger fraction, or a validation file with --eval FILE",
+                            cfg.data[0].path.display()
+                        )));
+                    }
+                    eval
+                }
                 None => Vec::new(),
             },
         };
@@ -614,7 +624,9 @@ fn class_counts(labels: &[u32], k: usize) -> Vec<usize> {
     c
 }
 
-/// Removes a stratified, seeded `fraction` of `docs` and returns it.
+/// Removes a stratified, seeded `fraction` of `docs` and returns it. Every class keeps at
+/// least one training example: a class seen only in validation would be scored but never
+/// learnt.
 fn split_off_eval(docs: &mut Vec<Doc>, fraction: f64, seed: u64, num_classes: usize) -> Vec<Doc> {
     let mut take = vec![false; docs.len()];
     for class in 0..num_classes as u32 {
@@ -622,7 +634,8 @@ fn split_off_eval(docs: &mut Vec<Doc>, fraction: f64, seed: u64, num_classes: us
             .filter(|&i| docs[i].label == class)
             .collect();
         members.shuffle(&mut stream(&[seed, tag::SPLIT, class as u64]));
-        let n = (fraction * members.len() as f64).round() as usize;
+        let n = ((fraction * members.len() as f64).round() as usize)
+            .min(members.len().saturating_sub(1));
         for &i in members.iter().take(n) {
             take[i] = true;
         }

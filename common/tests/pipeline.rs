@@ -149,6 +149,38 @@ fn eval_split_is_stratified_and_never_reaches_training() {
 }
 
 #[test]
+fn eval_split_leaves_every_class_in_training_and_refuses_an_empty_validation_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let slice = trec_slice(&dir, "s.tsv", 0, 100);
+    // Almost everything to validation: each class still keeps one training example.
+    let p = Pipeline::new(&DataConfig {
+        eval_split: Some(0.99),
+        ..cfg(&[&slice])
+    })
+    .unwrap();
+    let trained: HashSet<u32> = p.train_docs(0).iter().map(|d| d.label).collect();
+    assert_eq!(
+        trained.len(),
+        p.labels().len(),
+        "a class lost to validation"
+    );
+    assert_eq!(p.train_docs(0).len() + p.eval_docs().len(), 100);
+    // Too small a fraction of too few rows: no validation set at all is an error, not a run
+    // without model selection.
+    let e = Pipeline::new(&DataConfig {
+        eval_split: Some(0.001),
+        ..cfg(&[&slice])
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("--eval-split 0.001") && e.contains("s.tsv") && e.contains("no validation"),
+        "{e}"
+    );
+}
+
+#[test]
 fn eval_split_comes_only_from_the_first_source() {
     let dir = tempfile::tempdir().unwrap();
     let a = trec_slice(&dir, "a.tsv", 0, 300);
