@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use common::data::load::{load, LoadOptions};
 use smalltext_tests::{coordinator, stderr, stdout, trec, trec_slice};
 
 fn counts(tsv: &str) -> HashMap<String, usize> {
@@ -158,4 +159,74 @@ fn skipped_bad_lines_are_reported() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("2 bad lines skipped"), "{}", stdout(&o));
+}
+
+#[test]
+fn export_writes_the_format_its_file_name_says_and_reads_back_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = trec_slice(dir.path(), "train.tsv", 0, 200);
+    let b = trec_slice(dir.path(), "train.tsv", 200, 100);
+    let export = |name: &str| {
+        let out = dir.path().join(name);
+        let o = coordinator(&[
+            "data",
+            "export",
+            "--data",
+            a.to_str().unwrap(),
+            "--data",
+            b.to_str().unwrap(),
+            "--augment",
+            "eda",
+            "--num-aug",
+            "1",
+            "--with-source",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        out
+    };
+    let rows = |path: &std::path::Path| -> Vec<(String, String)> {
+        let loaded = load(path, &LoadOptions::default()).unwrap();
+        loaded
+            .records
+            .into_iter()
+            .map(|r| (r.label, r.text))
+            .collect()
+    };
+    let tsv = std::fs::read_to_string(export("out.tsv")).unwrap();
+    let columns: Vec<Vec<&str>> = tsv.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(columns.len(), 600);
+    assert!(columns.iter().all(|c| c.len() == 3));
+    let want: Vec<(String, String)> = columns
+        .iter()
+        .map(|c| (c[0].to_string(), c[1].to_string()))
+        .collect();
+    let sources: Vec<String> = columns.iter().map(|c| c[2].to_string()).collect();
+    for name in ["out.csv", "out.jsonl"] {
+        let out = export(name);
+        let got = rows(&out);
+        let same = got == want;
+        assert!(
+            same,
+            "{name} read back: {:?}",
+            got.iter().zip(&want).find(|(a, b)| a != b)
+        );
+        let text = std::fs::read_to_string(&out).unwrap();
+        let got: Vec<String> = if name.ends_with(".csv") {
+            assert!(text.starts_with("label,text,source\n"), "{name}");
+            text.lines()
+                .skip(1)
+                .map(|l| l.rsplit(',').next().unwrap().to_string())
+                .collect()
+        } else {
+            text.lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v["source"].as_str().unwrap().to_string()
+                })
+                .collect()
+        };
+        assert_eq!(got, sources, "{name}: the source column");
+    }
 }

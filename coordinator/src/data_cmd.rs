@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use common::data::config::DataConfig;
+use common::data::load::Format;
 use common::pipeline::{Epoch, Pipeline};
 
 #[derive(Subcommand, Debug)]
@@ -13,8 +14,8 @@ pub enum DataCommand {
     /// Print originals beside their augmentations, then class counts per source before and
     /// after balancing.
     Preview(PreviewArgs),
-    /// Write one epoch of the processed training set as `label<TAB>text` (`--with-source`
-    /// adds the source as a third column).
+    /// Write one epoch of the processed training set: `label<TAB>text`, or CSV or JSON lines
+    /// when the --out file is named .csv or .jsonl (`--with-source` adds each example's source).
     Export(ExportArgs),
 }
 
@@ -43,10 +44,11 @@ pub struct PreviewArgs {
 pub struct ExportArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Output file (written atomically).
+    /// Output file (written atomically): .csv and .jsonl are written as such (columns
+    /// `label`, `text`), anything else as `label<TAB>text`. `--data` reads each back.
     #[arg(long)]
     pub out: PathBuf,
-    /// Add the source of each example as a third column.
+    /// Add the source of each example as a third column (`source`).
     #[arg(long)]
     pub with_source: bool,
 }
@@ -77,27 +79,53 @@ fn export(p: &Pipeline, args: &ExportArgs) -> Result<()> {
     let epoch = p.epoch_items(args.common.epoch);
     let labels = p.labels();
     let sources = p.sources();
-    common::fsutil::write_atomic_with(&args.out, |w| {
-        for it in &epoch.items {
-            w.write_all(labels[it.label() as usize].as_bytes())?;
-            w.write_all(b"\t")?;
-            for (i, t) in it.tokens.iter().enumerate() {
-                if i > 0 {
-                    w.write_all(b" ")?;
+    // The file's own name says how to read it back, so it also says how to write it.
+    let format = Format::from_path(&args.out).unwrap_or(Format::Tsv);
+    let rows = epoch.items.iter().map(|it| {
+        let source = &sources[it.doc.id.source as usize].name;
+        (
+            labels[it.label() as usize].as_str(),
+            it.tokens.join(" "),
+            args.with_source.then_some(source.as_str()),
+        )
+    });
+    common::fsutil::write_atomic_with(&args.out, |w| match format {
+        Format::Tsv => {
+            for (label, text, source) in rows {
+                write!(w, "{label}\t{text}")?;
+                if let Some(source) = source {
+                    write!(w, "\t{source}")?;
                 }
-                w.write_all(t.as_bytes())?;
+                writeln!(w)?;
             }
-            if args.with_source {
-                w.write_all(b"\t")?;
-                w.write_all(sources[it.doc.id.source as usize].name.as_bytes())?;
-            }
-            w.write_all(b"\n")?;
+            Ok(())
         }
-        Ok(())
+        Format::Csv => {
+            let mut csv = csv::Writer::from_writer(w);
+            let header: &[&str] = match args.with_source {
+                true => &["label", "text", "source"],
+                false => &["label", "text"],
+            };
+            csv.write_record(header)?;
+            for (label, text, source) in rows {
+                csv.write_record([label, &text].into_iter().chain(source))?;
+            }
+            csv.flush()
+        }
+        Format::Jsonl => {
+            for (label, text, source) in rows {
+                let mut row = serde_json::json!({"label": label, "text": text});
+                if let Some(source) = source {
+                    row["source"] = source.into();
+                }
+                writeln!(w, "{row}")?;
+            }
+            Ok(())
+        }
     })
     .with_context(|| format!("writing {}", args.out.display()))?;
     tracing::info!(
-        "wrote {} examples to {}",
+        "wrote {} examples to {} ({format:?})",
         epoch.items.len(),
         args.out.display()
     );
