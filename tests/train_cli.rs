@@ -130,6 +130,33 @@ fn one_worker_run_writes_its_record_and_evaluate_reproduces_it() {
     assert_eq!(eval["accuracy"].as_f64().unwrap(), acc);
     assert_eq!(eval["macro_f1"], summary["macro_f1"]);
 
+    // A label the model never saw: an error that says how to leave such examples out, and
+    // with --unknown-labels skip the rest is evaluated.
+    let extra = dir.path().join("extra.tsv");
+    std::fs::write(
+        &extra,
+        "XYZ\twhat is this ?\nLOC\twhere is paris ?\nHUM\twho wrote hamlet ?\n",
+    )
+    .unwrap();
+    let evaluate_extra = |more: &[&str]| {
+        let mut args = vec!["evaluate", "--model", model.to_str().unwrap()];
+        args.extend_from_slice(&["--data", extra.to_str().unwrap(), "--json"]);
+        args.extend_from_slice(more);
+        coordinator(&args)
+    };
+    let o = evaluate_extra(&[]);
+    assert!(!o.status.success());
+    let said = stderr(&o);
+    assert!(
+        said.contains("XYZ") && said.contains("--unknown-labels skip"),
+        "{said}"
+    );
+    let o = evaluate_extra(&["--unknown-labels", "skip"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("skipped 1 examples"), "{}", stderr(&o));
+    let eval: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(eval["examples"], 2);
+
     // predict: a label and probability per sentence, the same on every load.
     let q = ["what is the capital of peru ?", "who wrote hamlet ?"];
     let o1 = coordinator(&[

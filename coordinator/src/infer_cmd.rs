@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use common::data::config::UnknownLabels;
 use common::data::load::{BadLinePolicy, Format, LoadOptions};
 use common::metrics::Confusion;
 use common::model::Classifier;
@@ -27,6 +28,14 @@ pub struct EvaluateArgs {
     pub text_column: String,
     #[arg(long, default_value = "label")]
     pub label_column: String,
+    /// What to do with a line that cannot be read: stop with an error naming it, or skip it
+    /// and count it.
+    #[arg(long, value_enum, default_value = "error")]
+    pub on_bad_line: BadLinePolicy,
+    /// Examples whose label the model was not trained on: stop with an error listing the
+    /// labels, or leave them out (counted in the log).
+    #[arg(long, value_enum, default_value = "error")]
+    pub unknown_labels: UnknownLabels,
     /// Print one JSON object on stdout instead of a report.
     #[arg(long)]
     pub json: bool,
@@ -89,9 +98,9 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         format: args.format,
         text_column: args.text_column,
         label_column: args.label_column,
-        on_bad_line: BadLinePolicy::Error,
+        on_bad_line: args.on_bad_line,
     };
-    let data = model_dir::load_labelled(&m, &args.data, &opts)?;
+    let data = model_dir::load_labelled(&m, &args.data, &opts, args.unknown_labels)?;
     let c = confusion(&m.model, &data, m.meta.labels.len())?;
     let per_class = c.per_class(&m.meta.labels);
     let mut out = std::io::stdout().lock();

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use common::data::config::UnknownLabels;
 use common::data::load::{self, LoadOptions};
 use common::data::tokenize::Tokenizer;
 use common::data::vocab::Vocab;
@@ -188,30 +189,53 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
 }
 
 /// A labelled file as (token ids, label id), with the model's tokenizer and labels. Labels the
-/// model does not know are an error listing them.
+/// model does not know are an error listing them, or with [`UnknownLabels::Skip`] their
+/// examples are left out and counted in the log.
 pub fn load_labelled(
     m: &LoadedModel,
     path: &Path,
     opts: &LoadOptions,
+    unknown_labels: UnknownLabels,
 ) -> Result<Vec<(Vec<u32>, u32)>> {
     let meta = &m.meta;
     let loaded = load::load(path, opts)?;
     let mut out = Vec::with_capacity(loaded.records.len());
     let mut unknown: Vec<String> = Vec::new();
+    let mut skipped = 0;
     for r in loaded.records {
         match meta.labels.iter().position(|l| *l == r.label) {
             Some(id) => out.push((m.encode(&r.text), id as u32)),
-            None if !unknown.contains(&r.label) => unknown.push(r.label),
-            None => {}
+            None => {
+                skipped += 1;
+                if !unknown.contains(&r.label) {
+                    unknown.push(r.label)
+                }
+            }
         }
     }
-    if !unknown.is_empty() {
-        unknown.sort();
-        bail!(
-            "{} has labels the model was not trained on: {}",
+    if unknown.is_empty() {
+        return Ok(out);
+    }
+    unknown.sort();
+    match unknown_labels {
+        UnknownLabels::Error => bail!(
+            "{} has labels the model was not trained on: {} (use --unknown-labels skip to leave \
+             those examples out)",
             path.display(),
             unknown.join(", ")
-        );
+        ),
+        UnknownLabels::Skip if out.is_empty() => bail!(
+            "{}: every example has a label the model was not trained on ({})",
+            path.display(),
+            unknown.join(", ")
+        ),
+        UnknownLabels::Skip => {
+            tracing::warn!(
+                "{}: skipped {skipped} examples with labels the model was not trained on ({})",
+                path.display(),
+                unknown.join(", ")
+            );
+            Ok(out)
+        }
     }
-    Ok(out)
 }
