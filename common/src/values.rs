@@ -89,6 +89,62 @@ pub fn host(s: &str) -> Result<String, String> {
     }
 }
 
+/// A `HOST:PORT` to dial: a host name, an IPv4 address or a bracketed IPv6 one (`[::1]:50052`),
+/// and a port from 1 to 65535.
+pub fn host_port(s: &str) -> Result<String, String> {
+    let Some((h, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} is not host:port"));
+    };
+    let bare = match h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => v6,
+        Some(_) => return Err(format!("{s:?}: {h} is not an IPv6 address")),
+        None if h.contains(':') => {
+            return Err(format!(
+                "{s:?}: write an IPv6 host in brackets, [{h}]:{port}"
+            ))
+        }
+        None => h,
+    };
+    if bare.is_empty() {
+        return Err(format!("{s:?} has no host before the port"));
+    }
+    host(bare).map_err(|e| format!("{s:?}: the host {e}"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(s.to_string()),
+        _ => Err(format!("{s:?}: the port must be a number from 1 to 65535")),
+    }
+}
+
+/// A coordinator's gRPC URL: `http://` or `https://`, a host (an IPv6 one in brackets) and an
+/// optional port, nothing after it but a `/`.
+pub fn grpc_url(s: &str) -> Result<String, String> {
+    let Some(rest) = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+    else {
+        return Err(format!(
+            "{s:?} is not a URL: write http://HOST:PORT (https:// with TLS)"
+        ));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let has_port = match authority.rfind(']') {
+        Some(close) => authority[close..].contains(':'),
+        None => authority.contains(':'),
+    };
+    let checked = match has_port {
+        true => host_port(authority),
+        false => match authority
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+        {
+            Some(v6) => host(v6),
+            None => host(authority),
+        },
+    };
+    checked.map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(s.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +181,25 @@ mod tests {
         }
         for bad in ["", "not an ip", "a..b", "-a", "10.0.0.7:50052", "http://x"] {
             assert!(host(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "http://coordinator:50051",
+            "https://coord.example.com/",
+            "http://[::1]:50051",
+            "http://10.0.0.7:50051",
+        ] {
+            assert_eq!(grpc_url(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "coordinator:50051",
+            "http://",
+            "http://:50051",
+            "http://a b:50051",
+            "http://coordinator:port",
+            "http://coordinator:50051/path",
+            "http://::1:50051",
+        ] {
+            assert!(grpc_url(bad).is_err(), "{bad}");
         }
     }
 }

@@ -26,18 +26,18 @@ impl FromStr for Workers {
                 Ok(Workers::Local(n))
             };
         }
-        let addrs: Vec<String> = s
+        let addrs: Vec<&str> = s
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
-            .map(str::to_string)
             .collect();
         if addrs.is_empty() || addrs.iter().any(|a| !a.contains(':')) {
             return Err(format!(
                 "{s:?}: expected a number of local workers or a list host:port,host:port"
             ));
         }
-        Ok(Workers::Remote(addrs))
+        let addrs = addrs.into_iter().map(common::values::host_port);
+        Ok(Workers::Remote(addrs.collect::<Result<_, _>>()?))
     }
 }
 
@@ -287,5 +287,29 @@ mod tests {
             .contains("unknown label"));
         assert!("x,y".parse::<Workers>().is_err());
         assert_eq!("2".parse::<Workers>().unwrap(), Workers::Local(2));
+    }
+
+    #[test]
+    fn worker_daemon_addresses_are_host_and_port() {
+        let list = "10.0.0.7:50052, worker-1.workers.svc:50052,[::1]:50052";
+        assert_eq!(
+            list.parse::<Workers>().unwrap(),
+            Workers::Remote(vec![
+                "10.0.0.7:50052".into(),
+                "worker-1.workers.svc:50052".into(),
+                "[::1]:50052".into()
+            ])
+        );
+        for (bad, why) in [
+            ("host1:notaport", "port"),
+            ("host1:0", "port"),
+            ("host1:70000", "port"),
+            (":5000", "host"),
+            ("not a host:5000", "host"),
+            ("host1:50052,host2", "host:port"),
+        ] {
+            let e = bad.parse::<Workers>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }
