@@ -269,17 +269,41 @@ fn worker_modes_are_exclusive_and_an_unreachable_daemon_is_named() {
     );
     // Values the worker cannot use are refused before it dials anyone.
     for (flag, value) in [
+        ("--coordinator", "coordinator:50051"),
+        ("--coordinator", "http://not a host:50051"),
+        ("--coordinator", "http://coordinator:port"),
         ("--advertise-addr", "not an ip"),
         ("--advertise-addr", "10.0.0.7:50052"),
         ("--heartbeat-timeout", "0"),
     ] {
-        let o = Command::new(bin("worker"))
-            .args(["--coordinator", "http://127.0.0.1:1", flag, value])
-            .output()
-            .unwrap();
+        let mut args = vec![flag, value];
+        if flag != "--coordinator" {
+            args.extend_from_slice(&["--coordinator", "http://127.0.0.1:1"]);
+        }
+        let o = Command::new(bin("worker")).args(&args).output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
         assert!(stderr(&o).contains(flag), "{}", stderr(&o));
     }
+    // While the coordinator cannot be reached the worker says so at once, not only when it
+    // gives up.
+    let dir = tempfile::tempdir().unwrap();
+    let token = write(dir.path(), "join.token", TOKEN);
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let o = Command::new(bin("worker"))
+        .args(["--coordinator", &nobody, "--connect-timeout", "1"])
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    let said = stderr(&o);
+    assert!(!o.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("the coordinator at {nobody} is not reachable yet"))
+            && said.contains("retrying for up to 1 s")
+            && !said.contains("tcp connect error: tcp connect error")
+            && said.contains(&format!("cannot reach the coordinator at {nobody}")),
+        "{said}"
+    );
     // An empty SMALLTEXT_TOKEN (an unset variable in a template) is no token, as an empty
     // token file is none: it would let in anyone who sends an empty one.
     let o = Command::new(bin("worker"))
@@ -301,9 +325,7 @@ fn worker_modes_are_exclusive_and_an_unreachable_daemon_is_named() {
         "{said}"
     );
 
-    let dir = tempfile::tempdir().unwrap();
     let train = trec_slice(dir.path(), "train.tsv", 0, 100);
-    let token = write(dir.path(), "join.token", TOKEN);
     let nobody = format!("127.0.0.1:{}", free_port());
     let out = run_on_daemons(&nobody, &token, &train, &dir.path().join("run"));
     let log = stderr(&out);

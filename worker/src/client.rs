@@ -36,6 +36,20 @@ pub async fn join(
     };
     let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(100);
+    // A worker often starts before its coordinator: say so once, then keep quiet until the
+    // deadline, when the error says why.
+    let mut said_waiting = false;
+    let mut waiting = |why: &dyn std::fmt::Display| {
+        match said_waiting {
+            false => tracing::info!(
+                "the coordinator at {url} is not reachable yet ({why}); retrying for up to {} s \
+                 (--connect-timeout)",
+                timeout.as_secs()
+            ),
+            true => tracing::debug!("coordinator at {url} not reachable yet: {why}; retrying"),
+        }
+        said_waiting = true;
+    };
     loop {
         let attempt = async {
             let mut endpoint = Channel::from_shared(url.to_string())
@@ -64,12 +78,12 @@ pub async fn join(
                 _ if Instant::now() > deadline => {
                     bail!("cannot reach the coordinator at {url}: {}", chain(&status))
                 }
-                _ => tracing::debug!("join: {status}; retrying"),
+                _ => waiting(&chain(&status)),
             },
             Err(e) if Instant::now() > deadline => {
                 return Err(e.context(format!("cannot reach the coordinator at {url}")))
             }
-            Err(e) => tracing::debug!("coordinator not reachable yet: {e:#}; retrying"),
+            Err(e) => waiting(&common::error::chain_without_repeats(&format!("{e:#}"))),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -32,7 +32,7 @@ use clap::{ArgGroup, Parser};
 )]
 pub struct Args {
     /// Join this coordinator, train its run and exit, e.g. http://coordinator:50051.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = common::values::grpc_url)]
     pub coordinator: Option<String>,
     /// Run as a daemon: serve gRPC on this address (e.g. 0.0.0.0:50052) and train one job at a
     /// time for each coordinator that enrolls this worker (`coordinator --workers host:port,...`).
