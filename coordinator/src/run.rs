@@ -278,6 +278,11 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     tracing::info!("coordinator listening on {addr}, waiting for {world} workers");
 
     let threads = args.threads.unwrap_or_else(|| (cores() / world).max(1));
+    if let (Some(n), crate::cli::LocalDevice::Cpu) = (local, args.device) {
+        if let Some(warning) = oversubscribed(n, threads, cores()) {
+            tracing::warn!("{warning}");
+        }
+    }
     let mut fleet = match local {
         Some(n) => Fleet::spawn(
             n,
@@ -1033,4 +1038,43 @@ pub fn default_run_dir() -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     PathBuf::from("runs").join(format!("{secs}"))
+}
+
+/// What to tell a user whose local CPU workers would run more compute threads than the
+/// machine has cores: spinning thread pools then take turns on a core and every step waits
+/// for the slowest.
+fn oversubscribed(workers: usize, threads: usize, cores: usize) -> Option<String> {
+    let total = workers * threads;
+    (total > cores).then(|| {
+        let fit = match cores / workers {
+            0 => format!("at most {cores} --workers with --threads 1"),
+            per_worker => format!("--threads {per_worker}"),
+        };
+        format!(
+            "{workers} local workers × {threads} compute threads = {total} threads on {cores} \
+             cores: they will slow each other down; {fit} would fit"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oversubscribed;
+
+    #[test]
+    fn more_compute_threads_than_cores_is_named_with_what_would_fit() {
+        assert_eq!(oversubscribed(2, 1, 2), None);
+        assert_eq!(oversubscribed(1, 8, 8), None);
+        let two_by_four = oversubscribed(2, 4, 2).unwrap();
+        assert!(
+            two_by_four.contains("8 threads on 2 cores"),
+            "{two_by_four}"
+        );
+        assert!(
+            two_by_four.contains("--threads 1 would fit"),
+            "{two_by_four}"
+        );
+        let three = oversubscribed(3, 1, 2).unwrap();
+        assert!(three.contains("at most 2 --workers"), "{three}");
+    }
 }
