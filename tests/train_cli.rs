@@ -455,6 +455,24 @@ fn bad_training_input_fails_cleanly_without_workers_left() {
         "{}",
         stderr(&o)
     );
+    // A --min-freq no word reaches leaves nothing but UNK to learn from: refused, not trained.
+    let o = coordinator(&[
+        "--workers",
+        "1",
+        "--data",
+        good.to_str().unwrap(),
+        "--min-freq",
+        "5",
+        "--run-dir",
+        dir.path().join("r2").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let said = stderr(&o);
+    assert!(
+        said.contains("the vocabulary holds no word") && said.contains("--min-freq 5"),
+        "{said}"
+    );
+    assert!(!said.contains("joined"), "{said}");
     // Values an option cannot mean are refused before any worker starts, naming the flag.
     for (flag, value) in [
         ("--epochs", "0"),
