@@ -125,9 +125,10 @@ fn export(p: &Pipeline, args: &ExportArgs) -> Result<()> {
     })
     .with_context(|| format!("writing {}", args.out.display()))?;
     tracing::info!(
-        "wrote {} examples to {} ({format:?})",
+        "wrote {} examples to {} ({})",
         epoch.items.len(),
-        args.out.display()
+        args.out.display(),
+        format!("{format:?}").to_lowercase()
     );
     Ok(())
 }
