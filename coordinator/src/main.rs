@@ -39,8 +39,9 @@ struct Cli {
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     config: Option<std::path::PathBuf>,
     /// Continue the unfinished run in RUN_DIR from its last checkpoint (the end of its last
-    /// completed epoch), with the options it was started with, from the directory it was
-    /// started in; it reaches the weights an uninterrupted run reaches.
+    /// completed epoch, or a later step with --checkpoint-every), with the options it was
+    /// started with, from the directory it was started in; it reaches the weights an
+    /// uninterrupted run reaches.
     #[arg(long, value_name = "RUN_DIR", help_heading = "Output")]
     resume: Option<std::path::PathBuf>,
     #[command(flatten)]
