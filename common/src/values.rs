@@ -95,20 +95,7 @@ pub fn host_port(s: &str) -> Result<String, String> {
     let Some((h, port)) = s.rsplit_once(':') else {
         return Err(format!("{s:?} is not host:port"));
     };
-    let bare = match h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => v6,
-        Some(_) => return Err(format!("{s:?}: {h} is not an IPv6 address")),
-        None if h.contains(':') => {
-            return Err(format!(
-                "{s:?}: write an IPv6 host in brackets, [{h}]:{port}"
-            ))
-        }
-        None => h,
-    };
-    if bare.is_empty() {
-        return Err(format!("{s:?} has no host before the port"));
-    }
-    host(bare).map_err(|e| format!("{s:?}: the host {e}"))?;
+    host_before_port(h).map_err(|e| format!("{s:?}: {e}"))?;
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(s.to_string()),
         _ => Err(format!("{s:?}: the port must be a number from 1 to 65535")),
@@ -127,22 +114,25 @@ pub fn grpc_url(s: &str) -> Result<String, String> {
         ));
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
-    let has_port = match authority.rfind(']') {
-        Some(close) => authority[close..].contains(':'),
-        None => authority.contains(':'),
-    };
-    let checked = match has_port {
-        true => host_port(authority),
-        false => match authority
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-        {
-            Some(v6) => host(v6),
-            None => host(authority),
-        },
-    };
-    checked.map_err(|e| format!("{s:?}: {e}"))?;
+    let after_host = authority
+        .rfind(']')
+        .map_or(authority, |end| &authority[end..]);
+    match after_host.contains(':') {
+        true => host_port(authority).map(|_| ()),
+        false => host_before_port(authority).map_err(|e| format!("{s:?}: {e}")),
+    }?;
     Ok(s.to_string())
+}
+
+/// The host part of `HOST:PORT`, where an IPv6 address needs brackets.
+fn host_before_port(h: &str) -> Result<(), String> {
+    match h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => Ok(()),
+        Some(_) => Err(format!("{h} is not an IPv6 address")),
+        None if h.is_empty() => Err("no host before the port".into()),
+        None if h.contains(':') => Err(format!("write an IPv6 host in brackets, [{h}]")),
+        None => host(h).map(|_| ()).map_err(|e| format!("the host {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -137,7 +137,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         Some(_) => Vocab::build(std::iter::empty::<&str>(), 2, 1),
         None => pipeline.vocab().clone(),
     };
-    if encoder.is_none() && vocab.len() <= 2 {
+    if encoder.is_none() && vocab.words() == 0 {
         bail!(
             "the vocabulary holds no word (only PAD and UNK): no token occurs --min-freq {} \
              times in the training data; lower --min-freq",

@@ -80,6 +80,11 @@ impl Vocab {
         self.tokens.is_empty()
     }
 
+    /// How many tokens it holds besides PAD and UNK.
+    pub fn words(&self) -> usize {
+        self.tokens.len().saturating_sub(UNK as usize + 1)
+    }
+
     pub fn id(&self, token: &str) -> u32 {
         self.index.get(token).copied().unwrap_or(UNK)
     }
