@@ -108,6 +108,29 @@ fn preview_shows_augmentations_and_counts_per_source() {
         "{s}"
     );
     assert!(s.contains("before → after balancing"), "{s}");
+    assert!(!s.contains("mixing"), "{s}");
+    // A weighted mix says what share of the draws each source gets.
+    let b = trec_slice(dir.path(), "train.tsv", 1000, 100);
+    let o = coordinator(&[
+        "data",
+        "preview",
+        "--data",
+        &format!("{}:3", a.display()),
+        "--data",
+        &format!("{}:1", b.display()),
+        "--mix-stop",
+        "all-exhausted",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    let want = format!(
+        "mixing 2 sources by weight: {} 0.750, {} 0.250 of the draws (the weights add up to 4: \
+         scaled to add up to 1); an epoch ends when every source has been drawn whole at least \
+         once (--mix-stop all-exhausted)",
+        a.display(),
+        b.display()
+    );
+    assert!(s.contains(&want), "{s}");
 }
 
 #[test]

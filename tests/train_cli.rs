@@ -289,6 +289,43 @@ fn mixed_sources_get_their_own_training_metrics() {
 }
 
 #[test]
+fn weighted_sources_are_announced_with_their_share_and_each_epoch_with_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = trec_slice(dir.path(), "train.tsv", 0, 300);
+    let b = trec_slice(dir.path(), "train.tsv", 1000, 150);
+    let run = dir.path().join("run");
+    // Weights that add up to 1.2: they are proportions, scaled to add up to 1.
+    let log = train(
+        &run,
+        &[
+            "--epochs",
+            "1",
+            "--data",
+            &format!("{}:0.9", a.display()),
+            "--data",
+            &format!("{}:0.3", b.display()),
+        ],
+    );
+    let want = format!(
+        "mixing 2 sources by weight: {} 0.750, {} 0.250 of the draws (the weights add up to \
+         1.2: scaled to add up to 1); an epoch ends when one source runs out (--mix-stop \
+         first-exhausted)",
+        a.display(),
+        b.display()
+    );
+    assert!(log.contains(&want), "{log}");
+    // The first source (300 rows, 3/4 of the draws) runs out after about 400 draws.
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let n = line["examples"].as_u64().unwrap();
+    assert!((300..450).contains(&n), "{n}");
+    assert!(
+        log.contains(&format!("epoch 1/1: {n} examples, loss ")),
+        "{log}"
+    );
+}
+
+#[test]
 fn two_workers_compute_the_same_update_as_one() {
     let dir = tempfile::tempdir().unwrap();
     // 640 distinct questions: one epoch is 20 steps of 32.

@@ -44,6 +44,44 @@ pub fn probabilities(weights: &[Option<f64>]) -> Result<Option<Vec<f64>>, String
     Ok(Some(raw.iter().map(|w| w / total).collect()))
 }
 
+/// One line telling what a weighted mix does: each source's share of the draws, how the
+/// given weights became those shares, and when an epoch ends.
+pub fn describe(names: &[&str], weights: &[Option<f64>], probs: &[f64], stop: MixStop) -> String {
+    let shares: Vec<String> = names
+        .iter()
+        .zip(probs)
+        .map(|(n, p)| format!("{n} {p:.3}"))
+        .collect();
+    let unweighted: Vec<&str> = names
+        .iter()
+        .zip(weights)
+        .filter(|(_, w)| w.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    let given: f64 = weights.iter().flatten().sum();
+    let how = if !unweighted.is_empty() {
+        format!(
+            " ({} without a weight: an equal share of what the weights leave of 1)",
+            unweighted.join(", ")
+        )
+    } else if (given - 1.0).abs() > 1e-9 {
+        format!(" (the weights add up to {given}: scaled to add up to 1)")
+    } else {
+        String::new()
+    };
+    let end = match stop {
+        MixStop::FirstExhausted => "one source runs out (--mix-stop first-exhausted)",
+        MixStop::AllExhausted => {
+            "every source has been drawn whole at least once (--mix-stop all-exhausted)"
+        }
+    };
+    format!(
+        "mixing {} sources by weight: {} of the draws{how}; an epoch ends when {end}",
+        names.len(),
+        shares.join(", ")
+    )
+}
+
 /// The epoch's draw as (source, index within source): at each draw a source is chosen with
 /// its probability and yields its next example (each source in its own shuffled order).
 pub fn interleave(
@@ -102,6 +140,33 @@ pub fn interleave(
 mod tests {
     use super::*;
     use crate::rng::stream;
+
+    #[test]
+    fn describe_says_how_weights_became_shares() {
+        let w = [Some(0.9), Some(0.3)];
+        let p = probabilities(&w).unwrap().unwrap();
+        assert_eq!(
+            describe(&["a.tsv", "b.tsv"], &w, &p, MixStop::FirstExhausted),
+            "mixing 2 sources by weight: a.tsv 0.750, b.tsv 0.250 of the draws (the weights add \
+             up to 1.2: scaled to add up to 1); an epoch ends when one source runs out \
+             (--mix-stop first-exhausted)"
+        );
+        let w = [Some(0.5), None, None];
+        let p = probabilities(&w).unwrap().unwrap();
+        let line = describe(&["a", "b", "c"], &w, &p, MixStop::AllExhausted);
+        assert!(
+            line.starts_with(
+                "mixing 3 sources by weight: a 0.500, b 0.250, c 0.250 of the draws (b, c without \
+                 a weight: an equal share of what the weights leave of 1)"
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with("drawn whole at least once (--mix-stop all-exhausted)"));
+        let w = [Some(0.25), Some(0.75)];
+        let p = probabilities(&w).unwrap().unwrap();
+        let line = describe(&["a", "b"], &w, &p, MixStop::FirstExhausted);
+        assert!(line.contains("b 0.750 of the draws; an epoch"), "{line}");
+    }
 
     #[test]
     fn unweighted_sources_share_the_rest() {

@@ -324,6 +324,14 @@ impl Pipeline {
     pub fn sources(&self) -> &[SourceInfo] {
         &self.sources
     }
+    /// What a weighted mix does, in a line for the log; `None` when the sources are simply
+    /// concatenated.
+    pub fn mix_description(&self) -> Option<String> {
+        let probs = self.probs.as_ref()?;
+        let names: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
+        let weights: Vec<Option<f64>> = self.sources.iter().map(|s| s.weight).collect();
+        Some(mix::describe(&names, &weights, probs, self.cfg.mix_stop))
+    }
     pub fn labels(&self) -> &[String] {
         &self.labels
     }

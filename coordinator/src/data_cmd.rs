@@ -172,6 +172,9 @@ fn describe_sources(p: &Pipeline, out: &mut impl Write) -> Result<()> {
         }
         writeln!(out)?;
     }
+    if let Some(mix) = p.mix_description() {
+        writeln!(out, "{mix}")?;
+    }
     let plan = p.plan();
     writeln!(
         out,

@@ -152,6 +152,9 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         eval.len(),
         pipeline.plan().num_aug
     );
+    if let Some(mix) = pipeline.mix_description() {
+        tracing::info!("{mix}");
+    }
 
     let t = &args.train;
     let class_weights = match &t.class_weights {
@@ -563,9 +566,10 @@ async fn drive(
             String::new()
         };
         let note = format!(
-            "epoch {}/{}: loss {:.4} accuracy {:.4}{eval_note}, {:.0} samples/s, all-reduce {:.1} ms/step{encode_note}",
+            "epoch {}/{}: {} examples, loss {:.4} accuracy {:.4}{eval_note}, {:.0} samples/s, all-reduce {:.1} ms/step{encode_note}",
             epoch + 1,
             t.epochs,
+            s.examples,
             s.loss,
             s.accuracy,
             s.samples_per_s,
