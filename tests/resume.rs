@@ -193,3 +193,43 @@ fn a_run_killed_inside_an_epoch_resumes_at_its_last_step_checkpoint() {
         assert_eq!(e["examples_planned"], e["examples_trained"], "{e}");
     }
 }
+
+/// A run is resumed only on the data it started with: a training file edited in between is
+/// named and the resume refused before any worker starts (it used to fail inside the worker
+/// with a shape mismatch of the embedding table).
+#[test]
+fn a_resume_after_the_data_changed_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = trec_slice(dir.path(), "train.tsv", 800, 400);
+    let run = dir.path().join("run");
+    let args = run_args(&train, &run, &["--epochs", "200"]);
+    let mut child = Command::new(bin("coordinator"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = run.join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no first epoch");
+        assert!(child.try_wait().unwrap().is_none(), "finished too early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let original = std::fs::read_to_string(&train).unwrap();
+    std::fs::write(&train, format!("{original}HUM\twho edited this file ?\n")).unwrap();
+    let o = coordinator(&["--resume", run.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} changed since the run started",
+            train.display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("worker rank 0 joined"), "{err}");
+}

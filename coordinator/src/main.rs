@@ -40,8 +40,8 @@ struct Cli {
     config: Option<std::path::PathBuf>,
     /// Continue the unfinished run in RUN_DIR from its last checkpoint (the end of its last
     /// completed epoch, or a later step with --checkpoint-every), with the options it was
-    /// started with, from the directory it was started in; it reaches the weights an
-    /// uninterrupted run reaches.
+    /// started with, from the directory it was started in, on unchanged data files; it reaches
+    /// the weights an uninterrupted run reaches.
     #[arg(long, value_name = "RUN_DIR", help_heading = "Output")]
     resume: Option<std::path::PathBuf>,
     #[command(flatten)]

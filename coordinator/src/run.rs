@@ -79,6 +79,15 @@ fn by_source(
         .collect::<Vec<_>>())
 }
 
+/// The files a run reads its examples and labels from: training sources, validation and test
+/// sets, the label map.
+fn input_paths(args: &TrainArgs) -> Vec<&std::path::Path> {
+    let data = args.data.data.iter().map(|s| s.path.as_path());
+    let others = [&args.data.eval, &args.test, &args.data.label_map];
+    data.chain(others.into_iter().flatten().map(|p| p.as_path()))
+        .collect()
+}
+
 pub async fn train(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
     let tls_files = args.tls.clone();
@@ -88,6 +97,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     let (run_dir, checkpoint) = match (&args.run_dir, args.resume) {
         (Some(dir), true) => {
             let (run_dir, checkpoint) = RunDir::reopen(dir)?;
+            crate::rundir::check_inputs(&crate::rundir::read_command(dir)?.inputs)?;
             let p = &checkpoint.progress;
             tracing::info!(
                 "resuming {} after epoch {} and {} steps of the next",
@@ -100,9 +110,14 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         _ => {
             let run_dir = RunDir::create(args.run_dir.clone())?;
             if !args.command.is_empty() {
+                let inputs = input_paths(&args)
+                    .into_iter()
+                    .map(crate::rundir::InputFile::hash)
+                    .collect::<Result<_>>()?;
                 run_dir.save_command(&crate::rundir::Command {
                     cwd: std::env::current_dir().context("the working directory")?,
                     argv: args.command.clone(),
+                    inputs,
                 })?;
             }
             (run_dir, None)
@@ -854,14 +869,10 @@ async fn finish(
     let mut rates = record.samples_per_s.clone();
     rates.sort_by(|a, b| a.total_cmp(b));
     let median = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
-    let mut files = Vec::new();
-    for spec in &args.data.data {
-        files
-            .push(json!({"path": spec.path, "sha256": common::pipeline::file_sha256(&spec.path)?}));
-    }
-    for p in [&args.data.eval, &args.test].into_iter().flatten() {
-        files.push(json!({"path": p, "sha256": common::pipeline::file_sha256(p)?}));
-    }
+    let files = input_paths(args)
+        .into_iter()
+        .map(crate::rundir::InputFile::hash)
+        .collect::<Result<Vec<_>>>()?;
     let summary = json!({
         "accuracy": headline.map(Confusion::accuracy),
         "macro_f1": headline.map(Confusion::macro_f1),

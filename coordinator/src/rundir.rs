@@ -25,6 +25,47 @@ pub struct Command {
     pub cwd: PathBuf,
     /// The arguments after the program name, with any --config file expanded.
     pub argv: Vec<String>,
+    /// The files the run reads, as it found them: a resumed run must read the same (a run
+    /// directory from before this field resumes unchecked).
+    #[serde(default)]
+    pub inputs: Vec<InputFile>,
+}
+
+/// An input file and the SHA-256 of its contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+impl InputFile {
+    pub fn hash(path: &Path) -> Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            sha256: common::pipeline::file_sha256(path)?,
+        })
+    }
+}
+
+/// Refuses to go on when an input file differs from what the run started with (relative
+/// paths against the working directory, which `--resume` has restored): the vocabulary, the
+/// labels and every epoch's draw come from them, so the checkpoint would not fit.
+pub fn check_inputs(inputs: &[InputFile]) -> Result<()> {
+    for f in inputs {
+        let now = common::pipeline::file_sha256(&f.path)
+            .with_context(|| format!("{}: the run read it when it started", f.path.display()))?;
+        if now != f.sha256 {
+            bail!(
+                "{} changed since the run started (sha256 {}… then, {}… now): a resumed run \
+                 must read the same data to continue its checkpoint; restore the file, or start \
+                 a new run",
+                f.path.display(),
+                &f.sha256[..12],
+                &now[..12]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Where a run stands after its last checkpointed epoch.
