@@ -92,13 +92,25 @@ pub fn host(s: &str) -> Result<String, String> {
 /// A `HOST:PORT` to dial: a host name, an IPv4 address or a bracketed IPv6 one (`[::1]:50052`),
 /// and a port from 1 to 65535.
 pub fn host_port(s: &str) -> Result<String, String> {
+    host_and_port_from(s, 1)
+}
+
+/// A `HOST:PORT` to listen on (`0.0.0.0:50052`, `[::]:50052`, `localhost:9090`), where port 0
+/// means any free port.
+pub fn listen_addr(s: &str) -> Result<String, String> {
+    host_and_port_from(s, 0)
+}
+
+fn host_and_port_from(s: &str, lowest_port: u16) -> Result<String, String> {
     let Some((h, port)) = s.rsplit_once(':') else {
         return Err(format!("{s:?} is not host:port"));
     };
     host_before_port(h).map_err(|e| format!("{s:?}: {e}"))?;
     match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(s.to_string()),
-        _ => Err(format!("{s:?}: the port must be a number from 1 to 65535")),
+        Ok(p) if p >= lowest_port => Ok(s.to_string()),
+        _ => Err(format!(
+            "{s:?}: the port must be a number from {lowest_port} to 65535"
+        )),
     }
 }
 
@@ -191,5 +203,23 @@ mod tests {
         ] {
             assert!(grpc_url(bad).is_err(), "{bad}");
         }
+        for good in [
+            "0.0.0.0:50052",
+            "[::]:0",
+            "localhost:9090",
+            "127.0.0.1:65535",
+        ] {
+            assert_eq!(listen_addr(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "127.0.0.1:99999",
+            "0.0.0.0",
+            ":50052",
+            "0.0.0.0:-1",
+            ":::50052",
+        ] {
+            assert!(listen_addr(bad).is_err(), "{bad}");
+        }
+        assert!(host_port("10.0.0.7:0").is_err());
     }
 }

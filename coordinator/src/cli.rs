@@ -76,7 +76,7 @@ pub struct TrainArgs {
     pub device: LocalDevice,
     /// Address the coordinator's gRPC service listens on (default: loopback, a free port, for
     /// local workers; 0.0.0.0, a free port, for worker daemons).
-    #[arg(long, help_heading = "Cluster")]
+    #[arg(long, value_name = "ADDR", value_parser = common::values::listen_addr, help_heading = "Cluster")]
     pub listen: Option<String>,
     /// With --workers host:port,...: the host name or IP the worker daemons dial to reach this
     /// coordinator (default: 127.0.0.1 when every daemon address is loopback, else this
@@ -95,7 +95,7 @@ pub struct TrainArgs {
     pub join_timeout: u64,
     /// Serve the run's metrics for Prometheus at http://ADDR/metrics (e.g. 0.0.0.0:9090):
     /// steps/s, samples/s, loss, all-reduce seconds per step, workers alive, membership changes.
-    #[arg(long, value_name = "ADDR", help_heading = "Cluster")]
+    #[arg(long, value_parser = common::values::listen_addr, value_name = "ADDR", help_heading = "Cluster")]
     pub metrics_addr: Option<String>,
     /// Seconds without a heartbeat after which a worker counts as lost. The run goes on
     /// with the others: the step in flight is settled, the ring re-formed, and the rest of

@@ -36,7 +36,7 @@ pub struct Args {
     pub coordinator: Option<String>,
     /// Run as a daemon: serve gRPC on this address (e.g. 0.0.0.0:50052) and train one job at a
     /// time for each coordinator that enrolls this worker (`coordinator --workers host:port,...`).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_parser = common::values::listen_addr, value_name = "ADDR")]
     pub listen: Option<String>,
     /// File holding the join token (trailing newline ignored); or set SMALLTEXT_TOKEN.
     #[arg(long)]
@@ -66,7 +66,7 @@ pub struct Args {
     pub self_check: bool,
     /// With --coordinator: serve the gRPC health service on this address (e.g. 0.0.0.0:50053)
     /// while the worker runs, for Kubernetes probes. (A daemon serves it on --listen.)
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_parser = common::values::listen_addr, value_name = "ADDR")]
     pub health_addr: Option<String>,
     #[command(flatten)]
     pub tls: common::tls::TlsFiles,
