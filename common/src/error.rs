@@ -18,6 +18,17 @@ pub enum DataError {
     UnknownFormat { path: PathBuf },
     #[error("{path}: no examples")]
     Empty { path: String },
+    #[error(
+        "{path}: none of its {rows} rows is left for training: {in_eval} are in the validation \
+         set (the same text as a row of --eval) and {duplicates} repeat (text, label) rows of \
+         the sources before it or of itself"
+    )]
+    NothingLeft {
+        path: String,
+        rows: usize,
+        in_eval: usize,
+        duplicates: usize,
+    },
     #[error("training data has a single class ({0}); a classifier needs at least two")]
     SingleClass(String),
     #[error(

@@ -187,6 +187,14 @@ impl Pipeline {
                     info.in_eval
                 );
             }
+            if kept.is_empty() {
+                return Err(DataError::NothingLeft {
+                    path: info.name,
+                    rows: info.rows,
+                    in_eval: info.in_eval,
+                    duplicates: info.duplicates,
+                });
+            }
             sources.push(info);
             per_source.push(kept);
         }

@@ -270,6 +270,36 @@ fn single_class_training_data_is_an_error() {
     assert!(err.contains("single class (pos)"), "{err}");
 }
 
+/// A source with nothing left for training is a mistake (the training file given as --eval
+/// too, or a file given twice), not a source to drop without a word.
+#[test]
+fn a_source_left_without_training_rows_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = trec_slice(&dir, "a.tsv", 0, 100);
+    let same_as_eval = DataConfig {
+        eval: Some(a.clone()),
+        ..cfg(&[&a])
+    };
+    let err = Pipeline::new(&same_as_eval).err().unwrap().to_string();
+    assert!(
+        err.contains(&format!(
+            "{}: none of its 100 rows is left for training: 100 are in the validation set",
+            a.display()
+        )),
+        "{err}"
+    );
+    let b = trec_slice(&dir, "b.tsv", 0, 100);
+    let err = Pipeline::new(&cfg(&[&a, &b])).err().unwrap().to_string();
+    assert!(
+        err.contains(&format!("{}: none of its 100 rows", b.display()))
+            && err.contains("repeat (text, label) rows of the sources before it"),
+        "{err}"
+    );
+    // Some rows left: the source stays.
+    let c = trec_slice(&dir, "c.tsv", 50, 100);
+    assert_eq!(Pipeline::new(&cfg(&[&a, &c])).unwrap().train_rows(), 150);
+}
+
 #[test]
 fn options_of_steps_that_do_not_run_are_refused() {
     let train = trec();
