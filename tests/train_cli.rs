@@ -448,6 +448,74 @@ fn sharded_evaluation_equals_single_process_evaluation_and_shards_cover_the_epoc
     }
 }
 
+/// A test set that shares sentences with the training data overstates accuracy: the run says
+/// how many, in its log and its summary.
+#[test]
+fn test_sentences_also_in_training_are_counted_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = trec_slice(dir.path(), "train.tsv", 0, 200);
+    // 3 training sentences (one with other spacing and case, which tokenizes the same) among
+    // 7 of TREC's test set.
+    let rows: Vec<String> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .take(3)
+        .map(str::to_string)
+        .collect();
+    let shouted = {
+        let (label, text) = rows[2].split_once('\t').unwrap();
+        format!("{label}\t  {}  ", text.to_uppercase())
+    };
+    let other = std::fs::read_to_string(trec_slice(dir.path(), "test.tsv", 0, 7)).unwrap();
+    let test = dir.path().join("mixed-test.tsv");
+    std::fs::write(
+        &test,
+        format!("{}\n{}\n{shouted}\n{other}", rows[0], rows[1]),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let log = train(
+        &run,
+        &[
+            "--epochs",
+            "1",
+            "--data",
+            data.to_str().unwrap(),
+            "--test",
+            test.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        log.contains(&format!(
+            "test set {}: 3 of its 10 sentences also occur in the training data",
+            test.display()
+        )),
+        "{log}"
+    );
+    let summary = json(&run.join("summary.json"));
+    assert_eq!(summary["test_examples"], 10);
+    assert_eq!(summary["test_examples_in_training"], 3);
+    // TREC's own test set shares no sentence with this slice.
+    let run = dir.path().join("clean");
+    let clean = trec_slice(dir.path(), "test.tsv", 0, 50);
+    let log = train(
+        &run,
+        &[
+            "--epochs",
+            "1",
+            "--data",
+            data.to_str().unwrap(),
+            "--test",
+            clean.to_str().unwrap(),
+        ],
+    );
+    assert!(!log.contains("also occur in the training data"), "{log}");
+    assert_eq!(
+        json(&run.join("summary.json"))["test_examples_in_training"],
+        0
+    );
+}
+
 #[test]
 fn bad_training_input_fails_cleanly_without_workers_left() {
     let dir = tempfile::tempdir().unwrap();

@@ -382,6 +382,20 @@ impl Pipeline {
         &self.eval
     }
 
+    /// How many of `docs` have the tokens of a training example (originals of every source;
+    /// not the validation set): a test set sharing them overstates accuracy.
+    pub fn texts_in_training(&self, docs: &[Doc]) -> usize {
+        let seen: HashSet<&[String]> = self
+            .train
+            .iter()
+            .flatten()
+            .map(|d| d.tokens.as_slice())
+            .collect();
+        docs.iter()
+            .filter(|d| seen.contains(d.tokens.as_slice()))
+            .count()
+    }
+
     /// The sentences of epoch `epoch`: mixed, augmented, balanced and shuffled. Depends only
     /// on (seed, epoch), never on the number of threads.
     pub fn epoch_items(&self, epoch: u64) -> Epoch<'_> {

@@ -137,7 +137,19 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     let test = match &args.test {
         Some(path) => {
             let docs = pipeline.load_labelled(path, "test set")?;
-            Some(pipeline.encode_docs(&docs))
+            let in_training = pipeline.texts_in_training(&docs);
+            if in_training > 0 {
+                tracing::warn!(
+                    "test set {}: {in_training} of its {} sentences also occur in the training \
+                     data (same tokens), so its accuracy overstates how the model does on new text",
+                    path.display(),
+                    docs.len()
+                );
+            }
+            Some(TestSet {
+                examples: pipeline.encode_docs(&docs),
+                in_training,
+            })
         }
         None => None,
     };
@@ -836,12 +848,18 @@ async fn gather(
     })
 }
 
+/// The `--test` set, encoded, and how many of its sentences the training data also holds.
+struct TestSet {
+    examples: Vec<Example>,
+    in_training: usize,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn finish(
     args: &TrainArgs,
     run_dir: &RunDir,
     record: Record,
-    test: Option<Vec<Example>>,
+    test: Option<TestSet>,
     labels: &[String],
     started: Instant,
     world: usize,
@@ -850,7 +868,7 @@ async fn finish(
     let model_path = run_dir.model();
     let loaded = tokio::task::spawn_blocking(move || model_dir::load(&model_path)).await??;
     let test_confusion = match &test {
-        Some(examples) => {
+        Some(TestSet { examples, .. }) => {
             let data: Vec<(Vec<u32>, u32)> = examples
                 .iter()
                 .map(|e| (e.tokens.clone(), e.label))
@@ -877,6 +895,8 @@ async fn finish(
         "accuracy": headline.map(Confusion::accuracy),
         "macro_f1": headline.map(Confusion::macro_f1),
         "evaluated_on": if test_confusion.is_some() { "test" } else if record.eval.is_some() { "eval" } else { "none" },
+        "test_examples": test.as_ref().map(|t| t.examples.len()),
+        "test_examples_in_training": test.as_ref().map(|t| t.in_training),
         "eval_accuracy": record.eval.as_ref().map(|(_, c)| c.accuracy()),
         "eval_macro_f1": record.eval.as_ref().map(|(_, c)| c.macro_f1()),
         "eval_loss": record.eval.as_ref().map(|(l, _)| l),
