@@ -448,6 +448,53 @@ fn sharded_evaluation_equals_single_process_evaluation_and_shards_cover_the_epoc
     }
 }
 
+/// A model trained with --label-map keeps the map: `evaluate` on a file with the aliased
+/// spellings reproduces the run's test accuracy instead of refusing the labels.
+#[test]
+fn evaluate_applies_the_label_map_the_model_was_trained_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let respell = |path: &std::path::Path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let out = path.with_extension("respelled.tsv");
+        std::fs::write(&out, text.replace("LOC\t", "location\t")).unwrap();
+        out
+    };
+    let data = respell(&trec_slice(dir.path(), "train.tsv", 0, 300));
+    let test = respell(&trec_slice(dir.path(), "test.tsv", 0, 100));
+    let map = dir.path().join("labels.tsv");
+    std::fs::write(&map, "location\tLOC\n").unwrap();
+    let run = dir.path().join("run");
+    train(
+        &run,
+        &[
+            "--epochs",
+            "1",
+            "--data",
+            data.to_str().unwrap(),
+            "--test",
+            test.to_str().unwrap(),
+            "--label-map",
+            map.to_str().unwrap(),
+        ],
+    );
+    let summary = json(&run.join("summary.json"));
+    assert!(summary["labels"]
+        .as_array()
+        .unwrap()
+        .contains(&"LOC".into()));
+    let o = coordinator(&[
+        "evaluate",
+        "--model",
+        run.join("model").to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let eval: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(eval["accuracy"], summary["accuracy"]);
+}
+
 /// A test set that shares sentences with the training data overstates accuracy: the run says
 /// how many, in its log and its summary.
 #[test]

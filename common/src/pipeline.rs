@@ -1,7 +1,7 @@
 //! The data pipeline as one object: load → mix → eval split → (per epoch) augment → balance →
 //! shuffle. The coordinator calls [`Pipeline::epoch`] once per epoch and shards the result.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
@@ -66,7 +66,7 @@ pub struct Pipeline {
     cfg: DataConfig,
     sources: Vec<SourceInfo>,
     labels: Vec<String>,
-    label_map: HashMap<String, String>,
+    label_map: BTreeMap<String, String>,
     train: Vec<Vec<Doc>>,
     eval: Vec<Doc>,
     probs: Option<Vec<f64>>,
@@ -132,7 +132,7 @@ impl Pipeline {
         refuse_unused_options(cfg, probs.is_some())?;
         let label_map = match &cfg.label_map {
             Some(p) => read_label_map(p)?,
-            None => HashMap::new(),
+            None => BTreeMap::new(),
         };
         let opts = cfg.load_options();
 
@@ -339,6 +339,10 @@ impl Pipeline {
         let names: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
         let weights: Vec<Option<f64>> = self.sources.iter().map(|s| s.weight).collect();
         Some(mix::describe(&names, &weights, probs, self.cfg.mix_stop))
+    }
+    /// `--label-map`'s aliases and the labels they stand for.
+    pub fn label_map(&self) -> &BTreeMap<String, String> {
+        &self.label_map
     }
     pub fn labels(&self) -> &[String] {
         &self.labels
@@ -683,10 +687,10 @@ fn split_off_eval(docs: &mut Vec<Doc>, fraction: f64, seed: u64, num_classes: us
     eval
 }
 
-fn read_label_map(path: &Path) -> Result<HashMap<String, String>, DataError> {
+fn read_label_map(path: &Path) -> Result<BTreeMap<String, String>, DataError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(&shown, e))?;
-    let mut map = HashMap::new();
+    let mut map = BTreeMap::new();
     for (i, line) in crate::data::strip_byte_order_mark(&text)
         .lines()
         .enumerate()

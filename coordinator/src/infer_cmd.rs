@@ -19,13 +19,17 @@ pub struct EvaluateArgs {
     /// Model directory (RUN_DIR/model).
     #[arg(long)]
     pub model: PathBuf,
-    /// Labelled data to evaluate on.
+    /// Labelled data to evaluate on. Labels spelled as an alias of the training's --label-map
+    /// count as the label it maps to (the model keeps the map).
     #[arg(long)]
     pub data: PathBuf,
+    /// File format; by default from the extension (.tsv/.txt, .csv, .jsonl).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+    /// CSV/JSONL column holding the text.
     #[arg(long, default_value = "text")]
     pub text_column: String,
+    /// CSV/JSONL column holding the label.
     #[arg(long, default_value = "label")]
     pub label_column: String,
     /// What to do with a line that cannot be read: stop with an error naming it, or skip it

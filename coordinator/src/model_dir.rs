@@ -2,6 +2,7 @@
 //! tokenizer and the configuration it was trained with), so `evaluate` and `predict` need
 //! nothing else.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -37,6 +38,10 @@ pub struct ModelMeta {
     /// `features` mode its vectors are the input): needed, identical, to use the model.
     #[serde(default)]
     pub encoder: Option<EncoderRef>,
+    /// The training's `--label-map` (alias → label): data labelled with the aliases is
+    /// evaluated as training read it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_map: BTreeMap<String, String>,
 }
 
 impl ModelMeta {
@@ -59,6 +64,7 @@ impl ModelMeta {
             training,
             version: env!("CARGO_PKG_VERSION").into(),
             encoder: None,
+            label_map: BTreeMap::new(),
         }
     }
 }
@@ -202,7 +208,10 @@ pub fn load_labelled(
     let mut out = Vec::with_capacity(loaded.records.len());
     let mut unknown: Vec<String> = Vec::new();
     let mut skipped = 0;
-    for r in loaded.records {
+    for mut r in loaded.records {
+        if let Some(l) = meta.label_map.get(&r.label) {
+            r.label = l.clone();
+        }
         match meta.labels.iter().position(|l| *l == r.label) {
             Some(id) => out.push((m.encode(&r.text), id as u32)),
             None => {

@@ -440,6 +440,7 @@ async fn drive(
         training_config,
     );
     meta.encoder = spec.encoder.clone();
+    meta.label_map = pipeline.label_map().clone();
     let has_eval = !eval.is_empty();
     let mut progress = resumed.unwrap_or_default();
     let mut epochs = progress.epochs_done;
