@@ -233,3 +233,64 @@ fn a_resume_after_the_data_changed_is_refused_naming_the_file() {
     );
     assert!(!err.contains("worker rank 0 joined"), "{err}");
 }
+
+/// The same command started again on the run directory of its unfinished run (a coordinator
+/// pod that Kubernetes restarts) continues it; another command is refused instead of starting
+/// over on top of the checkpoint.
+#[test]
+fn the_same_command_again_continues_its_unfinished_run_and_another_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = trec_slice(dir.path(), "train.tsv", 1200, 400);
+    let run = dir.path().join("run");
+    let args = |epochs: &str| run_args(&train, &run, &["--epochs", epochs, "--seed", "5"]);
+    let mut child = Command::new(bin("coordinator"))
+        .args(args("6"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = run.join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no second epoch"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "finished too early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state = std::fs::read(run.join("checkpoint/state.json")).unwrap();
+
+    let other = args("7");
+    let o = coordinator(&other.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("holds an unfinished run started with other options")
+            && err.contains(&format!("coordinator --resume {}", run.display())),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(run.join("checkpoint/state.json")).unwrap(),
+        state,
+        "the refused run touched the checkpoint"
+    );
+
+    let same = args("6");
+    let o = coordinator(&same.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("continuing it from its checkpoint"), "{err}");
+    let epochs: Vec<u64> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, [1, 2, 3, 4, 5, 6], "{err}");
+}

@@ -94,7 +94,32 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     let tls = tls_files.load()?;
     let server_tls = tls.as_ref().map(|t| t.grpc_server()).transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let (run_dir, checkpoint) = match (&args.run_dir, args.resume) {
+    // A coordinator started again with the same command (e.g. a pod Kubernetes restarts)
+    // continues its unfinished run rather than starting over on top of its checkpoint.
+    let resume = match (&args.run_dir, args.resume) {
+        (Some(dir), false) if !args.command.is_empty() => match crate::rundir::unfinished(dir)? {
+            Some(saved)
+                if saved.argv == args.command
+                    && Some(&saved.cwd) == std::env::current_dir().ok().as_ref() =>
+            {
+                tracing::info!(
+                    "{} holds an unfinished run of this same command: continuing it from its \
+                     checkpoint, as --resume does",
+                    dir.display()
+                );
+                true
+            }
+            Some(_) => bail!(
+                "the run directory {dir} holds an unfinished run started with other options \
+                 (its command.json): continue it with `coordinator --resume {dir}`, or give a new \
+                 --run-dir",
+                dir = dir.display()
+            ),
+            None => false,
+        },
+        (_, resume) => resume,
+    };
+    let (run_dir, checkpoint) = match (&args.run_dir, resume) {
         (Some(dir), true) => {
             let (run_dir, checkpoint) = RunDir::reopen(dir)?;
             crate::rundir::check_inputs(&crate::rundir::read_command(dir)?.inputs)?;

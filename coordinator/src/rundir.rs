@@ -110,6 +110,18 @@ pub fn read_command(dir: &Path) -> Result<Command> {
     serde_json::from_str(&text).with_context(|| format!("{} is corrupt", p.display()))
 }
 
+/// The start command of the unfinished run in `path`, if it holds one that can be continued:
+/// a checkpoint, a `command.json` and no `summary.json`.
+pub fn unfinished(path: &Path) -> Result<Option<Command>> {
+    let checkpointed = ["checkpoint", "checkpoint.old"]
+        .iter()
+        .any(|d| path.join(d).join(STATE).exists());
+    if path.join("summary.json").exists() || !checkpointed || !path.join(COMMAND).exists() {
+        return Ok(None);
+    }
+    read_command(path).map(Some)
+}
+
 pub struct RunDir {
     path: PathBuf,
     metrics: Mutex<String>,
