@@ -253,3 +253,42 @@ fn export_writes_the_format_its_file_name_says_and_reads_back_the_same() {
         assert_eq!(got, sources, "{name}: the source column");
     }
 }
+
+/// Exporting over one of the files the export reads would lose the original data.
+#[test]
+fn export_refuses_to_overwrite_its_own_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = trec_slice(dir.path(), "train.tsv", 0, 50);
+    let before = std::fs::read(&a).unwrap();
+    // Named another way (./dir/../dir/file), it is still the same file.
+    let parent = a.parent().unwrap();
+    let alias = parent
+        .join("..")
+        .join(parent.file_name().unwrap())
+        .join(a.file_name().unwrap());
+    for out in [&a, &alias] {
+        let o = coordinator(&[
+            "data",
+            "export",
+            "--data",
+            a.to_str().unwrap(),
+            "--augment",
+            "eda",
+            "--num-aug",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!o.status.success());
+        assert!(
+            stderr(&o).contains("is an input of this export"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            before,
+            "the input was overwritten"
+        );
+    }
+}

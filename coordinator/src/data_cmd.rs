@@ -76,6 +76,20 @@ pub fn run(cmd: DataCommand) -> Result<()> {
 }
 
 fn export(p: &Pipeline, args: &ExportArgs) -> Result<()> {
+    // The same file under any name (symlinks, `..`): writing it would lose what was read.
+    if let Ok(out) = args.out.canonicalize() {
+        let inputs = p.sources().iter().map(|s| s.path.as_path());
+        for input in inputs.chain(p.config().eval.as_deref()) {
+            if input.canonicalize().is_ok_and(|i| i == out) {
+                anyhow::bail!(
+                    "--out {} is an input of this export ({}): writing it would lose the \
+                     original; give another --out",
+                    args.out.display(),
+                    input.display()
+                );
+            }
+        }
+    }
     let epoch = p.epoch_items(args.common.epoch);
     let labels = p.labels();
     let sources = p.sources();
