@@ -165,10 +165,11 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             let in_training = pipeline.texts_in_training(&docs);
             if in_training > 0 {
                 tracing::warn!(
-                    "test set {}: {in_training} of its {} sentences also occur in the training \
-                     data (same tokens), so its accuracy overstates how the model does on new text",
+                    "test set {}: {in_training} of its {} sentences also {} in the training data \
+                     (same tokens), so its accuracy overstates how the model does on new text",
                     path.display(),
-                    docs.len()
+                    docs.len(),
+                    if in_training == 1 { "occurs" } else { "occur" }
                 );
             }
             Some(TestSet {
