@@ -33,6 +33,29 @@ fn run_args(train: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// Starts the coordinator on `args` and kills it (SIGKILL: no clean-up) once `epochs` epochs
+/// are in the metrics of its run directory `run`.
+fn kill_after_epochs(args: &[String], run: &Path, epochs: usize) {
+    let mut child = Command::new(bin("coordinator"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = run.join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < epochs {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no epoch {epochs}"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "finished too early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn a_killed_coordinator_resumes_and_reaches_the_uninterrupted_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,29 +66,8 @@ fn a_killed_coordinator_resumes_and_reaches_the_uninterrupted_weights() {
     let o = coordinator(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
 
-    // The same run, killed (SIGKILL: no clean-up) once two epochs are checkpointed.
-    let mut child = Command::new(bin("coordinator"))
-        .args(args(&b))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let metrics = b.join("metrics.jsonl");
-    let start = Instant::now();
-    loop {
-        let lines = std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count());
-        if lines >= 2 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no second epoch"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "finished too early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // The same run, killed once two epochs are checkpointed.
+    kill_after_epochs(&args(&b), &b, 2);
     assert!(!b.join("summary.json").exists());
 
     let o = coordinator(&["--resume", b.to_str().unwrap()]);
@@ -203,21 +205,7 @@ fn a_resume_after_the_data_changed_is_refused_naming_the_file() {
     let train = trec_slice(dir.path(), "train.tsv", 800, 400);
     let run = dir.path().join("run");
     let args = run_args(&train, &run, &["--epochs", "200"]);
-    let mut child = Command::new(bin("coordinator"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let metrics = run.join("metrics.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 1 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no first epoch");
-        assert!(child.try_wait().unwrap().is_none(), "finished too early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_epochs(&args, &run, 1);
 
     let original = std::fs::read_to_string(&train).unwrap();
     std::fs::write(&train, format!("{original}HUM\twho edited this file ?\n")).unwrap();
@@ -243,24 +231,7 @@ fn the_same_command_again_continues_its_unfinished_run_and_another_is_refused() 
     let train = trec_slice(dir.path(), "train.tsv", 1200, 400);
     let run = dir.path().join("run");
     let args = |epochs: &str| run_args(&train, &run, &["--epochs", epochs, "--seed", "5"]);
-    let mut child = Command::new(bin("coordinator"))
-        .args(args("6"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let metrics = run.join("metrics.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no second epoch"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "finished too early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_epochs(&args("6"), &run, 2);
     let state = std::fs::read(run.join("checkpoint/state.json")).unwrap();
 
     let other = args("7");
@@ -283,7 +254,7 @@ fn the_same_command_again_continues_its_unfinished_run_and_another_is_refused() 
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("continuing it from its checkpoint"), "{err}");
-    let epochs: Vec<u64> = std::fs::read_to_string(&metrics)
+    let epochs: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
