@@ -56,6 +56,19 @@ fn kill_after_epochs(args: &[String], run: &Path, epochs: usize) {
     child.wait().unwrap();
 }
 
+/// The epoch of each line of the run's `metrics.jsonl`, in order.
+fn metric_epochs(run: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn a_killed_coordinator_resumes_and_reaches_the_uninterrupted_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,16 +106,11 @@ fn a_killed_coordinator_resumes_and_reaches_the_uninterrupted_weights() {
     for e in log {
         assert_eq!(e["examples_planned"], e["examples_trained"], "{e}");
     }
-    let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
-    let epochs: Vec<u64> = lines
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(epochs, [1, 2, 3, 4, 5], "one metrics line per epoch");
+    assert_eq!(
+        metric_epochs(&b),
+        [1, 2, 3, 4, 5],
+        "one metrics line per epoch"
+    );
 
     // A finished run is not resumed; nor is a directory that never held one.
     let o = coordinator(&["--resume", b.to_str().unwrap()]);
@@ -254,14 +262,5 @@ fn the_same_command_again_continues_its_unfinished_run_and_another_is_refused() 
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("continuing it from its checkpoint"), "{err}");
-    let epochs: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(epochs, [1, 2, 3, 4, 5, 6], "{err}");
+    assert_eq!(metric_epochs(&run), [1, 2, 3, 4, 5, 6], "{err}");
 }
