@@ -60,7 +60,7 @@ pub fn check_inputs(inputs: &[InputFile]) -> Result<()> {
                  must read the same data to continue its checkpoint; restore the file, or start \
                  a new run",
                 f.path.display(),
-                &f.sha256[..12],
+                f.sha256.get(..12).unwrap_or(&f.sha256),
                 &now[..12]
             );
         }
@@ -113,13 +113,20 @@ pub fn read_command(dir: &Path) -> Result<Command> {
 /// The start command of the unfinished run in `path`, if it holds one that can be continued:
 /// a checkpoint, a `command.json` and no `summary.json`.
 pub fn unfinished(path: &Path) -> Result<Option<Command>> {
-    let checkpointed = ["checkpoint", "checkpoint.old"]
-        .iter()
-        .any(|d| path.join(d).join(STATE).exists());
-    if path.join("summary.json").exists() || !checkpointed || !path.join(COMMAND).exists() {
+    let finished = path.join("summary.json").exists();
+    if finished || checkpoint_in(path).is_none() || !path.join(COMMAND).exists() {
         return Ok(None);
     }
     read_command(path).map(Some)
+}
+
+/// The folder of the run's last complete checkpoint: `checkpoint/`, or `checkpoint.old/` when
+/// the run was interrupted between the renames of a checkpoint swap.
+fn checkpoint_in(path: &Path) -> Option<PathBuf> {
+    ["checkpoint", "checkpoint.old"]
+        .into_iter()
+        .map(|d| path.join(d))
+        .find(|d| d.join(STATE).exists())
 }
 
 pub struct RunDir {
@@ -158,19 +165,12 @@ impl RunDir {
                 path.display()
             );
         }
-        let mut dir = path.join("checkpoint");
-        if !dir.join(STATE).exists() {
-            // Interrupted between the renames of a checkpoint swap.
-            let old = path.join("checkpoint.old");
-            if old.join(STATE).exists() {
-                dir = old;
-            } else {
-                bail!(
-                    "{} has no checkpoint yet (the run stopped before its first epoch ended): start it afresh",
-                    path.display()
-                );
-            }
-        }
+        let Some(dir) = checkpoint_in(path) else {
+            bail!(
+                "{} has no checkpoint yet (the run stopped before its first epoch ended): start it afresh",
+                path.display()
+            );
+        };
         let read = |name: &str| {
             let p = dir.join(name);
             std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
