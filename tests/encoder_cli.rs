@@ -225,7 +225,8 @@ fn embeddings_mode_starts_from_the_encoder_table_and_freezing_keeps_it() {
     assert!(o.status.success(), "{}", stderr(&o));
     let meta = json(&run.join("model/model.json"));
     assert_eq!(meta["encoder"]["mode"], "embeddings");
-    assert_eq!(meta["model"]["encoder_features"], false);
+    assert_eq!(meta["model"]["input"]["kind"], "embedding");
+    assert_eq!(meta["model"]["input"]["frozen"], true);
     let dev = candle_core::Device::Cpu;
     let ours = candle_core::safetensors::load(run.join("model/weights.safetensors"), &dev).unwrap();
     let theirs =

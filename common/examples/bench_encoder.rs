@@ -13,7 +13,7 @@ use std::time::Instant;
 use candle_core::Device;
 use clap::Parser;
 use common::encoder::{Encoder, EncoderMode, ENCODE_BATCH};
-use common::model::set_threads;
+use common::kernels::set_threads;
 
 #[derive(Parser)]
 struct Args {

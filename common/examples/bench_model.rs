@@ -12,9 +12,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::Device;
 use clap::Parser;
-use common::model::{set_threads, Classifier, ModelConfig};
-use common::train::{bucket_batches, no_all_reduce, predict, train_step, Adam, AdamConfig, Batch};
+use common::collective::Local;
+use common::kernels::set_threads;
+use common::model::{Batch, FlatConfig};
+use common::train::{bucket_batches, predict, train_step, Adam, AdamConfig, Replica};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -139,13 +142,15 @@ fn main() -> Result<(), String> {
     let labels: Vec<u32> = rows.iter().filter_map(|(l, _)| label_of(l)).collect();
     let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
 
-    let cfg = ModelConfig {
+    let cfg = FlatConfig {
         vocab_size: args.max_vocab,
         num_classes: names.len(),
-        ..ModelConfig::default()
-    };
-    let model = Classifier::new(&cfg, args.seed).map_err(|e| e.to_string())?;
-    let mut opt = Adam::new(&model, AdamConfig::default());
+        ..FlatConfig::default()
+    }
+    .parts();
+    let replica = Replica::new(&cfg, args.seed, &Device::Cpu).map_err(|e| e.to_string())?;
+    let model = replica.host();
+    let mut opt = Adam::new(model.groups(), AdamConfig::default());
 
     let mut rates = Vec::new();
     let mut cpu_rates = Vec::new();
@@ -167,8 +172,9 @@ fn main() -> Result<(), String> {
             let b = batch(&seqs, &labels, idx)?;
             padded += b.len() * b.steps();
             let start = Instant::now();
-            let (l, _) = train_step(&model, &mut opt, &b, b.len(), no_all_reduce)
-                .map_err(|e| e.to_string())?;
+            let l = train_step(&replica, &mut opt, &mut Local, Some(&b), b.len(), None)
+                .map_err(|e| e.to_string())?
+                .loss_sum();
             busy += start.elapsed().as_secs_f64();
             loss += l;
             n += b.len();
@@ -197,7 +203,7 @@ fn main() -> Result<(), String> {
             let mut right = 0;
             for idx in all.chunks(256) {
                 let b = batch(&tseqs, &tlabels, idx)?;
-                let preds = predict(&model, &b).map_err(|e| e.to_string())?;
+                let preds = predict(model, &b).map_err(|e| e.to_string())?;
                 right += preds
                     .iter()
                     .zip(b.labels())

@@ -16,10 +16,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use common::model::{
-    set_threads, Classifier, Direction, FusedLstm, LstmOutput, ModelConfig, PackPlan,
-};
-use common::train::{compute_gradients, Adam, AdamConfig, Batch};
+use common::kernels::set_threads;
+use common::model::{Batch, Classifier, Direction, FlatConfig, FusedLstm, LstmOutput, PackPlan};
+use common::train::{compute_gradients, Adam, AdamConfig};
 
 /// Median milliseconds of `f` over `reps` runs, after a warm-up run.
 fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -234,10 +233,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         3.0 * flops / both / 1e6
     );
 
-    let cfg = ModelConfig {
+    let cfg = FlatConfig {
         num_classes: 6,
-        ..ModelConfig::default()
-    };
+        ..FlatConfig::default()
+    }
+    .parts();
     let model = Classifier::new(&cfg, 0)?;
     let seqs: Vec<Vec<u32>> = lengths
         .iter()
@@ -256,9 +256,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     println!("compute_gradients       {grads:7.3} ms");
     let (g, _, _) = compute_gradients(&model, &batch)?;
-    let mut opt = Adam::new(&model, AdamConfig::default());
+    let mut opt = Adam::new(model.groups(), AdamConfig::default());
     let adam = time_ms(30, || {
-        black_box(opt.step(&model, &g).ok());
+        black_box(opt.step(model.groups(), &g).ok());
     });
     println!("adam step               {adam:7.3} ms");
     // In a run Adam's 18 MB of weights and moments (1.48 M parameters × 3 × 4 bytes) is often
@@ -273,7 +273,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .for_each(|b| *b = b.wrapping_add(r));
             black_box(&junk);
             let t = Instant::now();
-            black_box(opt.step(&model, &g).ok());
+            black_box(opt.step(model.groups(), &g).ok());
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();

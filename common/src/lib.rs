@@ -1,5 +1,6 @@
 //! The library every binary of the project shares: the data pipeline (load, mix, augment,
-//! balance), the model and its training step, and the collective operations between workers.
+//! balance), the model and its training step, the compute kernels under both, and the collective
+//! operations between workers.
 
 pub mod augment;
 pub mod collective;
@@ -7,6 +8,7 @@ pub mod data;
 pub mod encoder;
 pub mod error;
 pub mod fsutil;
+pub mod kernels;
 pub mod metrics;
 pub mod mix;
 pub mod model;

@@ -1,20 +1,20 @@
 //! Class-weighted loss: the gradient is the per-example gradient scaled by its class's weight.
 
-use common::model::{Classifier, ModelConfig};
-use common::train::{compute_gradients, compute_gradients_weighted, Batch};
+use common::model::{Batch, Classifier, FlatConfig};
+use common::train::{compute_gradients, compute_gradients_weighted};
 
 #[test]
 fn weights_scale_each_examples_gradient() {
-    let cfg = ModelConfig {
+    let cfg = FlatConfig {
         vocab_size: 20,
         num_classes: 3,
         embedding_dim: 4,
         hidden_dim: 5,
         layers: 1,
         dropout: 0.0,
-        ..ModelConfig::default()
+        ..FlatConfig::default()
     };
-    let model = Classifier::new(&cfg, 11).unwrap();
+    let model = Classifier::new(&cfg.parts(), 11).unwrap();
     let seqs: [&[u32]; 2] = [&[2, 3, 4], &[5, 6]];
     let both = Batch::new(&seqs, &[0, 2]).unwrap();
     let (plain, loss, _) = compute_gradients(&model, &both).unwrap();

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use common::encoder::{Encoder, EncoderMode};
-use common::train::Batch;
 
 fn model_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -110,13 +109,12 @@ fn features_do_not_depend_on_the_batch_and_come_from_the_cache() {
         .encode("what is the name of the longest river in the whole wide world ?")
         .expect("tokenizing");
     let alone = enc.encode_ids(&[&short]).expect("encoding").remove(0);
-    let batch = Batch::new(&[&long, &short], &[0, 1])
-        .and_then(|b| b.with_augmented(&[false, true]))
-        .expect("batch");
-    let x = enc.features(&batch, &Device::Cpu).expect("features");
+    let rows: [&[u32]; 2] = [&long, &short];
+    let features = || enc.features(&rows, &[false, true], long.len(), &Device::Cpu);
+    let x = features().expect("features");
     assert_eq!(x.dims(), &[2, long.len(), 384]);
-    let rows = x.to_vec3::<f32>().expect("values");
-    for (t, got) in rows[1].iter().enumerate() {
+    let values = x.to_vec3::<f32>().expect("values");
+    for (t, got) in values[1].iter().enumerate() {
         if t < short.len() {
             let want = &alone[t * 384..(t + 1) * 384];
             let diff = got
@@ -134,10 +132,10 @@ fn features_do_not_depend_on_the_batch_and_come_from_the_cache() {
     }
     let first = enc.take_stats();
     assert_eq!((first.encoded, first.cached), (2, 0));
-    let again = enc.features(&batch, &Device::Cpu).expect("features");
+    let again = features().expect("features");
     let stats = enc.take_stats();
     assert_eq!((stats.encoded, stats.cached), (0, 2));
-    assert_eq!(again.to_vec3::<f32>().expect("values"), rows);
+    assert_eq!(again.to_vec3::<f32>().expect("values"), values);
     let (kept, pooled) = enc.cache_bytes();
     assert_eq!(kept, long.len() * 384 * 4, "the original is kept");
     assert_eq!(pooled, short.len() * 384 * 4, "the augmentation is pooled");

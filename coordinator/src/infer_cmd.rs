@@ -7,9 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use common::data::config::UnknownLabels;
 use common::data::load::{BadLinePolicy, Format, LoadOptions};
-use common::metrics::Confusion;
-use common::model::Classifier;
-use common::train::{predict, Batch};
+use common::train::{evaluate as evaluate_model, predict_all};
 use serde_json::json;
 
 use crate::model_dir;
@@ -70,32 +68,6 @@ pub struct PredictArgs {
     pub encoder: Option<PathBuf>,
 }
 
-const BATCH: usize = 256;
-
-/// Most probable class and class probabilities of each sequence.
-pub fn predict_all(model: &Classifier, seqs: &[Vec<u32>]) -> Result<Vec<(usize, Vec<f32>)>> {
-    let mut out = Vec::with_capacity(seqs.len());
-    for chunk in seqs.chunks(BATCH) {
-        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-        out.extend(predict(model, &Batch::unlabeled(&refs)?)?);
-    }
-    Ok(out)
-}
-
-/// Confusion matrix of `model` on labelled sequences.
-pub fn confusion(
-    model: &Classifier,
-    data: &[(Vec<u32>, u32)],
-    classes: usize,
-) -> Result<Confusion> {
-    let seqs: Vec<Vec<u32>> = data.iter().map(|(s, _)| s.clone()).collect();
-    let mut c = Confusion::new(classes);
-    for ((pred, _), (_, label)) in predict_all(model, &seqs)?.into_iter().zip(data) {
-        c.add(*label as usize, pred);
-    }
-    Ok(c)
-}
-
 pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     let m = model_dir::load_with(&args.model, args.encoder.as_deref())?;
     let opts = LoadOptions {
@@ -105,7 +77,8 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         on_bad_line: args.on_bad_line,
     };
     let data = model_dir::load_labelled(&m, &args.data, &opts, args.unknown_labels)?;
-    let c = confusion(&m.model, &data, m.meta.labels.len())?;
+    let pairs: Vec<(&[u32], u32)> = data.iter().map(|(s, l)| (s.as_slice(), *l)).collect();
+    let c = evaluate_model(&m.model, &pairs)?.confusion;
     let per_class = c.per_class(&m.meta.labels);
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -165,8 +138,9 @@ pub fn predict_cmd(args: PredictArgs) -> Result<()> {
         .filter(|&i| !texts[i].trim().is_empty())
         .collect();
     let seqs: Vec<Vec<u32>> = given.iter().map(|&i| m.encode(&texts[i])).collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     let mut preds = vec![None; texts.len()];
-    for (&i, pred) in given.iter().zip(predict_all(&m.model, &seqs)?) {
+    for (&i, pred) in given.iter().zip(predict_all(&m.model, &refs)?) {
         preds[i] = Some(pred);
     }
     let mut out = std::io::stdout().lock();

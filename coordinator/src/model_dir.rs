@@ -1,6 +1,10 @@
 //! A trained model on disk: `weights.safetensors` plus `model.json` (shape, vocabulary, labels,
 //! tokenizer and the configuration it was trained with), so `evaluate` and `predict` need
 //! nothing else.
+//!
+//! Format 2 describes the model as parts (input, sequence encoder, heads); format 1 described
+//! the seed's classifier as one flat record. Both load; what is written is format 2. The
+//! weights file is the same in both.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,14 +16,14 @@ use common::data::load::{self, LoadOptions};
 use common::data::tokenize::Tokenizer;
 use common::data::vocab::Vocab;
 use common::encoder::{files, Encoder, EncoderRef, WordPiece};
-use common::model::{Classifier, ModelConfig};
+use common::model::{Classifier, FlatConfig, ModelConfig};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 pub const WEIGHTS: &str = "weights.safetensors";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 pub const META: &str = "model.json";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelMeta {
@@ -45,6 +49,28 @@ pub struct ModelMeta {
 }
 
 impl ModelMeta {
+    /// Reads `model.json` of format 1 or 2 (a format-1 model's flat record becomes its parts).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let mut value: serde_json::Value = serde_json::from_str(text)?;
+        let format = value.get("format").and_then(serde_json::Value::as_u64);
+        match format {
+            Some(1) => {
+                let flat: FlatConfig = serde_json::from_value(value["model"].take())
+                    .context("its format-1 model record")?;
+                value["model"] = serde_json::to_value(ModelConfig::from(flat))?;
+                value["format"] = FORMAT.into();
+            }
+            Some(f) if f == u64::from(FORMAT) => {}
+            Some(f) => bail!("model format {f} is not supported (this build reads 1 and {FORMAT})"),
+            None => bail!("it has no format number"),
+        }
+        let meta: ModelMeta = serde_json::from_value(value)?;
+        meta.model
+            .validate()
+            .map_err(|e| anyhow::anyhow!("its model: {e}"))?;
+        Ok(meta)
+    }
+
     pub fn new(
         model: ModelConfig,
         labels: Vec<String>,
@@ -130,17 +156,10 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
     }
     let text = std::fs::read_to_string(&meta_path)
         .with_context(|| format!("reading {}", meta_path.display()))?;
-    let meta: ModelMeta = serde_json::from_str(&text)
-        .with_context(|| format!("{} is corrupt", meta_path.display()))?;
-    if meta.format != FORMAT {
-        bail!(
-            "{}: model format {} is not supported (this build reads {FORMAT})",
-            meta_path.display(),
-            meta.format
-        );
-    }
-    let vocab_ok = meta.encoder.is_some() || meta.vocab.len() == meta.model.vocab_size;
-    if meta.labels.len() != meta.model.num_classes || !vocab_ok {
+    let meta = ModelMeta::from_json(&text)
+        .with_context(|| format!("{} cannot be read", meta_path.display()))?;
+    let vocab_ok = meta.encoder.is_some() || meta.vocab.len() == meta.model.vocab_size();
+    if meta.labels.len() != meta.model.num_classes() || !vocab_ok {
         bail!(
             "{} is inconsistent: labels or vocabulary do not match the model's shape",
             meta_path.display()
@@ -167,7 +186,7 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
                     dir_used.display()
                 )));
             }
-            if meta.model.encoder_features {
+            if meta.model.reads_encoder() {
                 let enc = Encoder::load_checked(dir_used, r, &Device::Cpu, INFERENCE_CACHE)
                     .map_err(|e| refuse(&e))?;
                 let wp = enc.wordpiece().clone();

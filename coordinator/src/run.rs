@@ -12,7 +12,7 @@ use common::data::vocab::Vocab;
 use common::data::Example;
 use common::encoder::{EncoderMode, EncoderRef, WordPiece};
 use common::metrics::Confusion;
-use common::model::ModelConfig;
+use common::model::{HeadConfig, InputConfig, ModelConfig, SequenceConfig};
 use common::pb;
 use common::pipeline::Pipeline;
 use common::train::{AdamConfig, RunSpec};
@@ -237,17 +237,29 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         .is_some_and(|e| e.mode == EncoderMode::Features);
     let spec = RunSpec {
         model: ModelConfig {
-            vocab_size: pipeline.vocab_size(),
-            num_classes: labels.len(),
-            embedding_dim: match &encoder {
-                Some(e) => common::encoder::hidden_size(&e.path)?,
-                None => t.embedding_dim,
+            input: match &encoder {
+                Some(e) if features => InputConfig::EncoderFeatures {
+                    vocab_size: pipeline.vocab_size(),
+                    dim: common::encoder::hidden_size(&e.path)?,
+                },
+                _ => InputConfig::Embedding {
+                    vocab_size: pipeline.vocab_size(),
+                    dim: match &encoder {
+                        Some(e) => common::encoder::hidden_size(&e.path)?,
+                        None => t.embedding_dim,
+                    },
+                    frozen: t.freeze_embeddings,
+                },
             },
-            hidden_dim: t.hidden_dim,
-            layers: t.layers,
-            dropout: t.dropout,
-            encoder_features: features,
-            freeze_embedding: t.freeze_embeddings,
+            sequence: SequenceConfig::Bilstm {
+                hidden_dim: t.hidden_dim,
+                layers: t.layers,
+                dropout: t.dropout,
+            },
+            heads: vec![HeadConfig {
+                num_classes: labels.len(),
+                dropout: t.dropout,
+            }],
         },
         adam: AdamConfig {
             lr: t.lr,
@@ -900,11 +912,8 @@ async fn finish(
                 .iter()
                 .map(|e| (e.tokens.clone(), e.label))
                 .collect();
-            Some(crate::infer_cmd::confusion(
-                &loaded.model,
-                &data,
-                labels.len(),
-            )?)
+            let pairs: Vec<(&[u32], u32)> = data.iter().map(|(s, l)| (s.as_slice(), *l)).collect();
+            Some(common::train::evaluate(&loaded.model, &pairs)?.confusion)
         }
         None => None,
     };
@@ -1015,12 +1024,12 @@ fn pretrained_weights(
 ) -> Result<Vec<u8>> {
     let vectors = common::data::vectors::read(path, vocab)
         .with_context(|| format!("--init-embeddings {}", path.display()))?;
-    if vectors.dim != spec.model.embedding_dim {
+    if vectors.dim != spec.model.input.dim() {
         bail!(
             "--init-embeddings {}: the vectors have {} dimensions but the embedding has {}; add --embedding-dim {}",
             path.display(),
             vectors.dim,
-            spec.model.embedding_dim,
+            spec.model.input.dim(),
             vectors.dim
         );
     }
@@ -1065,12 +1074,12 @@ fn encoder_table_weights(encoder: &EncoderRef, spec: &RunSpec) -> Result<Vec<u8>
     let table = common::encoder::word_embeddings(&encoder.path)
         .with_context(|| format!("--encoder {}", encoder.path.display()))?;
     let (rows, dim) = table.dims2()?;
-    if rows != spec.model.vocab_size || dim != spec.model.embedding_dim {
+    if rows != spec.model.vocab_size() || dim != spec.model.input.dim() {
         bail!(
             "--encoder {}: its embedding table is {rows} × {dim} but its tokenizer and configuration say {} × {}",
             encoder.path.display(),
-            spec.model.vocab_size,
-            spec.model.embedding_dim
+            spec.model.vocab_size(),
+            spec.model.input.dim()
         );
     }
     let values = table.to_vec2::<f32>()?;

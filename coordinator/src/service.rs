@@ -472,8 +472,6 @@ fn to_pb(e: &Example) -> pb::Example {
     }
 }
 
-const EVAL_BATCH: usize = 256;
-
 /// Returns once the run is no longer in a settled membership of `generation` (or shuts down).
 async fn left_behind(rx: &mut watch::Receiver<Option<Arc<Membership>>>, generation: u64) {
     let _ = rx
@@ -686,7 +684,7 @@ impl pb::coordinator_server::Coordinator for Service {
                     })
                 });
             let mine = &plan.eval[part(plan.eval.len(), world, rank)];
-            let evals = mine.chunks(EVAL_BATCH).map(|chunk| {
+            let evals = mine.chunks(common::train::EVAL_BATCH).map(|chunk| {
                 pb::epoch_message::Kind::Eval(pb::EvalBatch {
                     examples: chunk.iter().map(to_pb).collect(),
                 })

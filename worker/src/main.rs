@@ -115,7 +115,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     if args.self_check {
-        common::model::set_threads(args.threads);
+        common::kernels::set_threads(args.threads);
         return selfcheck::run(args.device);
     }
     let token = common::read_token(args.token_file.as_deref())?;
@@ -126,7 +126,7 @@ fn run(args: &Args) -> Result<()> {
         .context("starting the I/O runtime")?;
     match (&args.coordinator, &args.listen) {
         (Some(url), _) => {
-            common::model::set_threads(args.threads);
+            common::kernels::set_threads(args.threads);
             let _health = match &args.health_addr {
                 Some(addr) => Some(rt.block_on(health::serve(addr))?),
                 None => None,

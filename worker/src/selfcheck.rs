@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
+use common::collective::Local;
 use common::model::lstm_composed::{composed_layer, StepCell};
-use common::model::{Direction, FusedLstm, LstmOutput, ModelConfig, PackPlan};
-use common::train::{apply_gradients, compute_gradients, Adam, AdamConfig, Batch, Replica};
+use common::model::{Batch, Direction, FlatConfig, FusedLstm, LstmOutput, PackPlan};
+use common::train::{train_step, Adam, AdamConfig, Replica};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -152,7 +153,7 @@ fn lstm(device: &Device, spec: DeviceSpec) -> Result<bool> {
          ms, with the Fused cell {:.2} ms; cpu fused ({} threads) {:.2} ms",
         time(&|| run_device(StepCell::Ops))?,
         time(&|| run_device(StepCell::Fused))?,
-        common::model::threads(),
+        common::kernels::threads(),
         time(&run_cpu)?
     );
     Ok(ok)
@@ -160,11 +161,12 @@ fn lstm(device: &Device, spec: DeviceSpec) -> Result<bool> {
 
 /// Ten steps of the default-size classifier on `device` and on the CPU from the same seed.
 fn training(device: &Device, spec: DeviceSpec) -> Result<bool> {
-    let config = ModelConfig {
+    let config = FlatConfig {
         vocab_size: 2_000,
         num_classes: 6,
-        ..ModelConfig::default()
-    };
+        ..FlatConfig::default()
+    }
+    .parts();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let batches = (0..10)
         .map(|_| {
@@ -181,17 +183,25 @@ fn training(device: &Device, spec: DeviceSpec) -> Result<bool> {
         .collect::<Result<Vec<_>>>()?;
     let train = |on: &Device| -> Result<(Vec<f64>, Vec<f32>, f64)> {
         let replica = Replica::new(&config, 11, on)?;
-        let mut opt = Adam::new(replica.host(), AdamConfig::default());
+        let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
         let mut losses = Vec::new();
         let start = Instant::now();
         for batch in &batches {
-            let (mut grads, loss, _) = compute_gradients(replica.compute(), batch)?;
-            apply_gradients(replica.host(), &mut opt, &mut grads, batch.len())?;
-            replica.sync()?;
-            losses.push(loss / batch.len() as f64);
+            let step = train_step(
+                &replica,
+                &mut opt,
+                &mut Local,
+                Some(batch),
+                batch.len(),
+                None,
+            )?;
+            losses.push(step.loss_sum() / batch.len() as f64);
         }
         let ms = start.elapsed().as_secs_f64() * 1e3 / batches.len() as f64;
-        let (_, first) = &replica.host().dense_params()[0];
+        let first = replica
+            .host()
+            .param("lstm.l0.w_ih")
+            .context("the model has no lstm.l0.w_ih")?;
         Ok((losses, flat(first.as_tensor())?, ms))
     };
     let (cpu_losses, cpu_w, cpu_ms) = train(&Device::Cpu)?;

@@ -9,14 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use common::collective::{Abort, Collective, CollectiveError, Local, RingAuth};
 use common::collective::{RingAllReduce, RingOptions};
-use common::encoder::{Encoder, EncoderMode};
+use common::encoder::Encoder;
 use common::metrics::Confusion;
-use common::model::Classifier;
+use common::model::{Batch, Classifier};
 use common::pb;
-use common::train::{
-    apply_gradients, compute_gradients_per_example, predict, zero_gradients, Adam, Batch, Replica,
-    RunSpec,
-};
+use common::train::{evaluate, train_step, Adam, Replica, RunSpec, StepError};
 
 use crate::client::{self, Membership, Progress};
 use crate::device::DeviceSpec;
@@ -60,10 +57,10 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
     let spec: RunSpec = serde_json::from_str(&reply.run_spec_json)
         .context("the coordinator sent an unreadable run spec")?;
     let classes = reply.labels.len();
-    if spec.model.num_classes != classes {
+    if spec.model.num_classes() != classes {
         bail!(
             "the run spec has {} classes but {} labels",
-            spec.model.num_classes,
+            spec.model.num_classes(),
             classes
         );
     }
@@ -97,11 +94,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
             .load_weights_bytes(&reply.initial_weights)
             .context("loading the coordinator's initial weights")?;
     }
-    if let Some(r) = spec
-        .encoder
-        .as_ref()
-        .filter(|r| r.mode == EncoderMode::Features)
-    {
+    if let Some(r) = spec.encoder.as_ref().filter(|_| spec.model.reads_encoder()) {
         let started = Instant::now();
         let found = crate::encoder_files::locate(r, &mut client, token, rank, rt)?;
         let dir = found.dir();
@@ -116,9 +109,9 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         replica.attach_encoder(Arc::new(encoder))?;
     }
     let opt = if reply.initial_optimizer.is_empty() {
-        Adam::new(replica.host(), spec.adam)
+        Adam::new(replica.host().groups(), spec.adam)
     } else {
-        Adam::from_bytes(replica.host(), spec.adam, &reply.initial_optimizer)
+        Adam::from_bytes(replica.host().groups(), spec.adam, &reply.initial_optimizer)
             .context("loading the coordinator's optimizer state")?
     };
     let progress = Arc::new(Progress::default());
@@ -361,7 +354,7 @@ impl Job {
                     );
                 }
                 Some(pb::epoch_message::Kind::Eval(eval)) => {
-                    eval_loss += evaluate(
+                    eval_loss += evaluate_part(
                         self.replica.compute(),
                         &eval.examples,
                         self.classes,
@@ -526,7 +519,7 @@ impl Job {
             self.replica
                 .load_weights_bytes(weights)
                 .context("loading the broadcast weights")?;
-            self.opt = Adam::from_bytes(self.replica.host(), self.spec.adam, optimizer)
+            self.opt = Adam::from_bytes(self.replica.host().groups(), self.spec.adam, optimizer)
                 .context("loading the broadcast optimizer state")?;
         }
         if reply.epoch != self.at.epoch {
@@ -621,6 +614,9 @@ fn unpack_state(state: &[u8]) -> Result<(&[u8], &[u8])> {
     Ok(rest.split_at(len))
 }
 
+/// Trains one step with the library's step and keeps the books: the epoch's report gets the
+/// step's timings and, per source, its examples' losses. A failed all-reduce (other than bad
+/// input) is a [`RingFailed`]: the step was not applied, and the worker regroups.
 fn train_one(
     replica: &Replica,
     opt: &mut Adam,
@@ -630,37 +626,39 @@ fn train_one(
     report: &mut pb::EpochReport,
 ) -> Result<()> {
     let start = Instant::now();
-    let model = replica.compute();
-    let (mut grads, outcomes) = if step.examples.is_empty() {
-        (zero_gradients(model), Vec::new())
-    } else {
-        let batch = to_batch(
+    let batch = match step.examples.is_empty() {
+        true => None,
+        false => Some(to_batch(
             &step.examples,
-            spec.model.num_classes,
-            spec.model.vocab_size,
-        )?;
-        compute_gradients_per_example(model, &batch, spec.class_weights.as_deref())?
+            spec.model.num_classes(),
+            spec.model.vocab_size(),
+        )?),
     };
-    let reduce = Instant::now();
-    report.compute_seconds += (reduce - start).as_secs_f64();
-    let failed = |what: &str, e: CollectiveError| match e {
-        CollectiveError::InvalidInput(_) => anyhow!(e).context(format!("all-reduce of {what}")),
-        e => anyhow::Error::new(RingFailed(format!("all-reduce of {what}: {e}"))),
-    };
-    ring.all_reduce_sum(&mut grads.dense)
-        .map_err(|e| failed("the dense gradients", e))?;
-    let dim = grads.embedding.dim;
-    ring.all_reduce_sparse_rows(&mut grads.embedding.ids, &mut grads.embedding.rows, dim)
-        .map_err(|e| failed("the embedding rows", e))?;
-    report.allreduce_seconds += reduce.elapsed().as_secs_f64();
-    let update = Instant::now();
-    apply_gradients(replica.host(), opt, &mut grads, step.global_batch as usize)?;
-    replica.sync()?;
-    report.update_seconds += update.elapsed().as_secs_f64();
+    let done = train_step(
+        replica,
+        opt,
+        ring,
+        batch.as_ref(),
+        step.global_batch as usize,
+        spec.class_weights.as_deref(),
+    )
+    .map_err(|e| match e {
+        StepError::Collective {
+            source: source @ CollectiveError::InvalidInput(_),
+            what,
+        } => anyhow!(source).context(format!("all-reduce of {what}")),
+        StepError::Collective { what, source } => {
+            anyhow::Error::new(RingFailed(format!("all-reduce of {what}: {source}")))
+        }
+        StepError::Model(e) => anyhow!(e),
+    })?;
+    report.compute_seconds += done.timings.compute.as_secs_f64();
+    report.allreduce_seconds += done.timings.all_reduce.as_secs_f64();
+    report.update_seconds += done.timings.update.as_secs_f64();
     // Counted only once applied: a step lost with its ring is trained again or adopted.
     let mut loss = 0.0;
     let mut correct = 0;
-    for (example, outcome) in step.examples.iter().zip(&outcomes) {
+    for (example, outcome) in step.examples.iter().zip(&done.outcomes) {
         let stats = by_source(&mut report.sources, example.source);
         stats.examples += 1;
         stats.loss_sum += f64::from(outcome.loss);
@@ -698,7 +696,7 @@ fn by_source(sources: &mut Vec<pb::SourceStats>, source: u32) -> &mut pb::Source
 }
 
 /// Checks what came over the wire before it reaches the model.
-fn to_batch(examples: &[pb::Example], classes: usize, vocab: usize) -> Result<Batch> {
+fn check_examples(examples: &[pb::Example], classes: usize, vocab: usize) -> Result<()> {
     for e in examples {
         if e.label as usize >= classes
             || e.tokens.is_empty()
@@ -711,6 +709,12 @@ fn to_batch(examples: &[pb::Example], classes: usize, vocab: usize) -> Result<Ba
             );
         }
     }
+    Ok(())
+}
+
+/// A training batch of examples that came over the wire, checked first.
+fn to_batch(examples: &[pb::Example], classes: usize, vocab: usize) -> Result<Batch> {
+    check_examples(examples, classes, vocab)?;
     let seqs: Vec<&[u32]> = examples.iter().map(|e| e.tokens.as_slice()).collect();
     let labels: Vec<u32> = examples.iter().map(|e| e.label).collect();
     let augmented: Vec<bool> = examples.iter().map(|e| e.augmented).collect();
@@ -721,7 +725,7 @@ fn to_batch(examples: &[pb::Example], classes: usize, vocab: usize) -> Result<Ba
 }
 
 /// Adds the examples' predictions to `confusion`; returns their summed cross-entropy.
-fn evaluate(
+fn evaluate_part(
     model: &Classifier,
     examples: &[pb::Example],
     classes: usize,
@@ -730,13 +734,19 @@ fn evaluate(
     if examples.is_empty() {
         return Ok(0.0);
     }
-    let batch = to_batch(examples, classes, model.config().vocab_size)?;
-    let mut loss = 0.0;
-    for ((pred, probs), e) in predict(model, &batch)?.into_iter().zip(examples) {
-        confusion.add(e.label as usize, pred);
-        loss -= f64::from(probs[e.label as usize].max(1e-30)).ln();
+    check_examples(examples, classes, model.config().vocab_size())?;
+    let pairs: Vec<(&[u32], u32)> = examples
+        .iter()
+        .map(|e| (e.tokens.as_slice(), e.label))
+        .collect();
+    let part = evaluate(model, &pairs)?;
+    if !confusion.merge(&part.confusion) {
+        bail!(
+            "the model has {} classes, the run {classes}",
+            part.confusion.classes
+        );
     }
-    Ok(loss)
+    Ok(part.loss_sum)
 }
 
 /// A fresh NCCL unique id when this worker can all-reduce with NCCL (rank 0's is used).

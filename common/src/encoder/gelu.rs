@@ -46,7 +46,7 @@ fn gelu_kernel((dst, src): (&mut [f32], &[f32])) {
     }
 }
 
-crate::model::simd::multiversion!(fn gelu_block(io: (&mut [f32], &[f32])) => gelu_kernel);
+crate::kernels::simd::multiversion!(fn gelu_block(io: (&mut [f32], &[f32])) => gelu_kernel);
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -65,7 +65,7 @@ impl CustomOp1 for Gelu {
         };
         let src = &data[start..end];
         let mut dst = vec![0f32; src.len()];
-        if crate::model::threads() > 1 && src.len() > CHUNK {
+        if crate::kernels::threads() > 1 && src.len() > CHUNK {
             dst.par_chunks_mut(CHUNK)
                 .zip(src.par_chunks(CHUNK))
                 .for_each(gelu_block);

@@ -26,8 +26,6 @@ pub use error::EncoderError;
 use error::Result;
 pub use wordpiece::{WordPiece, MAX_PIECES};
 
-use crate::train::Batch;
-
 /// Sentences per encoder forward pass (the reference's batch).
 pub const ENCODE_BATCH: usize = 64;
 
@@ -253,12 +251,22 @@ impl Encoder {
         Ok(())
     }
 
-    /// The encoder's vectors for a batch of WordPiece ids (B × T × width on `device`, zero
-    /// past each row's length), from the cache where it has them. Rows the batch marks as
-    /// augmented go to the cache's bounded pool, the others are kept for the run.
-    pub fn features(&self, batch: &Batch, device: &Device) -> Result<Tensor> {
-        let (b, t, h) = (batch.len(), batch.steps(), self.hidden);
-        let row = |i: usize| &batch.ids()[i * t..i * t + batch.lengths()[i]];
+    /// The encoder's vectors for rows of WordPiece ids (B × `steps` × width on `device`, zero
+    /// past each row's length), from the cache where it has them. Rows marked `augmented` go
+    /// to the cache's bounded pool, the others are kept for the run (no marks: none is).
+    pub fn features(
+        &self,
+        rows: &[&[u32]],
+        augmented: &[bool],
+        steps: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let (b, t, h) = (rows.len(), steps, self.hidden);
+        if rows.iter().any(|r| r.len() > t) {
+            return Err(EncoderError::Run(format!("a row is longer than {t} steps")));
+        }
+        let row = |i: usize| rows[i];
+        let is_augmented = |i: usize| augmented.get(i).copied().unwrap_or(false);
         let mut found: Vec<Option<cache::Vectors>> = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             (0..b).map(|i| cache.get(row(i))).collect()
@@ -276,7 +284,7 @@ impl Encoder {
                 let v: cache::Vectors = v.into();
                 // Identical rows of the batch share one encoding; keep it if any is original.
                 let same: Vec<usize> = (0..b).filter(|&j| row(j) == row(i)).collect();
-                let keep = same.iter().any(|&j| !batch.augmented(j));
+                let keep = same.iter().any(|&j| !is_augmented(j));
                 cache.insert(row(i), v.clone(), keep);
                 for j in same {
                     found[j].get_or_insert_with(|| v.clone());

@@ -8,7 +8,7 @@
 
 use num_traits::Float;
 
-use super::simd::multiversion;
+use crate::kernels::simd::multiversion;
 
 /// The element types the fused LSTM runs on.
 pub trait Real:

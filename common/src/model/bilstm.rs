@@ -7,13 +7,13 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::classifier::Mode;
 use super::dropout::Dropout;
 use super::error::{ModelError, Result};
 use super::lstm_composed::{composed_layer, StepCell};
 use super::lstm_op::{Direction, FusedLstm, LstmOutput};
+use super::mode::Mode;
 use super::packing::PackPlan;
-use super::threads::threads;
+use crate::kernels::threads;
 
 const DIRECTIONS: [Direction; 2] = [Direction::Forward, Direction::Reverse];
 

@@ -1,133 +1,84 @@
-//! The text classifier: Embedding(V, E) → BiLSTM(H) → Linear(2H, C), initialised as PyTorch
-//! initialises the same layers, deterministically from a seed, and saved as safetensors.
-//!
-//! The embedding table is a parameter but not part of the autograd graph: rows are gathered
-//! by hand (see [`Classifier::embed`]) so that its gradient can stay sparse.
+//! The text classifier, assembled from parts: an [`Input`] (token ids to vectors), a
+//! [`SequenceEncoder`] (vectors to one sentence vector) and one or more [`Head`]s (sentence
+//! vector to class scores); initialised as PyTorch initialises the same layers,
+//! deterministically from a seed, and saved as safetensors. Outside this folder the model is
+//! its [`ParamGroup`]s and its forward and backward passes.
 
-use std::f64::consts::PI;
 use std::path::Path;
 use std::sync::Arc;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Storage, Tensor, Var};
-use candle_nn::{Linear, Module, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
-use super::bilstm::{bilstm, bilstm_params, BiLstm};
-use super::dropout::Dropout;
+use super::batch::Batch;
+use super::config::ModelConfig;
 use super::error::{ModelError, Result};
+use super::gradients::Gradients;
+use super::head::{self, Head};
+use super::init::uniform;
+use super::input::Input;
+use super::mode::Mode;
+use super::params::{dense_len, GroupKind, GroupOptim, ParamGroup, Shapes};
 use super::persist::{to_safetensors, write_bytes_atomically};
+use super::sequence::{self, SequenceEncoder};
 use crate::encoder::Encoder;
-use crate::train::Batch;
 
-/// Name of the embedding table in checkpoints.
-pub const EMBEDDING: &str = "embedding.weight";
+pub use super::input::EMBEDDING;
 
 /// Rows per slice in [`Classifier::logits`]: the op's buffers grow with rows × length, and
 /// an evaluation batch of hundreds of long rows would otherwise need hundreds of megabytes.
 pub const EVAL_ROWS: usize = 32;
 
-/// Training (dropout on, backward recorded) or inference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Train,
-    Eval,
-}
-
-/// The shape of the model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ModelConfig {
-    /// Rows of the embedding table, PAD (0) and UNK (1) included.
-    pub vocab_size: usize,
-    pub num_classes: usize,
-    pub embedding_dim: usize,
-    /// Units per direction.
-    pub hidden_dim: usize,
-    pub layers: usize,
-    /// Between LSTM layers and before the linear layer, in training.
-    pub dropout: f32,
-    /// The BiLSTM reads a frozen encoder's token vectors (`embedding_dim` wide) instead of
-    /// the embedding table, which then has a single unused row; `vocab_size` still bounds the
-    /// (WordPiece) ids.
-    pub encoder_features: bool,
-    /// The embedding table is not trained (e.g. pretrained vectors kept as they are).
-    pub freeze_embedding: bool,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            vocab_size: 10_000,
-            num_classes: 2,
-            embedding_dim: 100,
-            hidden_dim: 200,
-            layers: 1,
-            dropout: 0.0,
-            encoder_features: false,
-            freeze_embedding: false,
-        }
-    }
-}
-
-impl ModelConfig {
-    fn validate(&self) -> Result<()> {
-        let ok = self.vocab_size >= 2
-            && self.num_classes >= 1
-            && self.embedding_dim >= 1
-            && self.hidden_dim >= 1
-            && self.layers >= 1
-            && (0.0..1.0).contains(&self.dropout);
-        if ok {
-            Ok(())
-        } else {
-            Err(ModelError::Config(format!("{self:?}")))
-        }
-    }
-
-    /// Rows of the embedding table as stored: one placeholder row when the encoder's vectors
-    /// replace it.
-    pub fn table_rows(&self) -> usize {
-        if self.encoder_features {
-            1
-        } else {
-            self.vocab_size
-        }
-    }
-
-    /// Whether training updates the embedding table.
-    pub fn trains_embedding(&self) -> bool {
-        !self.encoder_features && !self.freeze_embedding
-    }
-
-    /// Names and shapes of the dense parameters (all but the embedding), in the fixed order
-    /// of the flat gradient vector.
-    pub fn dense_params(&self) -> Vec<(String, Vec<usize>)> {
-        let mut params: Vec<_> = bilstm_params(self.embedding_dim, self.hidden_dim, self.layers)
-            .into_iter()
-            .map(|(n, s)| (format!("lstm.{n}"), s))
-            .collect();
-        params.push((
-            "fc.weight".into(),
-            vec![self.num_classes, 2 * self.hidden_dim],
-        ));
-        params.push(("fc.bias".into(), vec![self.num_classes]));
-        params
-    }
-}
-
 pub struct Classifier {
     config: ModelConfig,
     device: Device,
     varmap: VarMap,
-    embedding: Var,
-    dense: Vec<(String, Var)>,
-    lstm: BiLstm,
-    dropout: Dropout,
-    fc: Linear,
-    /// The frozen encoder whose vectors replace the embedding table (`encoder_features`).
-    encoder: Option<Arc<Encoder>>,
+    input: Input,
+    sequence: SequenceEncoder,
+    heads: Vec<Head>,
+    /// The input's table first, then the sequence encoder, then each head: the dense groups'
+    /// order is the order of the flat gradient vector.
+    groups: Vec<ParamGroup>,
+}
+
+/// A training forward pass: the logits, and what backward needs to hand back the input's
+/// gradient.
+pub struct Forward {
+    pub logits: Tensor,
+    /// The embedded batch as a leaf of its own when the input trains, so that backward stops
+    /// there and hands us dX; otherwise it is a constant and backward computes no dX at all.
+    leaf: Option<Var>,
+}
+
+/// One part's dense parameters: its group's name, the parameters' names and shapes, and the
+/// fan its initialisation draws with.
+struct DensePart {
+    group: String,
+    shapes: Shapes,
+    fan: usize,
+}
+
+/// The dense parts in gradient order: the sequence encoder, then each head.
+fn dense_parts(config: &ModelConfig) -> Vec<DensePart> {
+    let (shapes, fan) = sequence::params(&config.sequence, config.input.dim());
+    let width = config.sequence.output_dim();
+    let mut parts = vec![DensePart {
+        group: sequence::GROUP.to_string(),
+        shapes,
+        fan,
+    }];
+    for (k, h) in config.heads.iter().enumerate() {
+        let (shapes, fan) = head::params(h, k, width);
+        parts.push(DensePart {
+            group: head::group(k),
+            shapes,
+            fan,
+        });
+    }
+    parts
 }
 
 impl Classifier {
@@ -143,23 +94,12 @@ impl Classifier {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         {
             let mut vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-            let (v, e) = (config.table_rows(), config.embedding_dim);
-            // nn.Embedding: N(0, 1), the padding row zero.
-            let mut table: Vec<f32> = (0..v * e).map(|_| normal(&mut rng)).collect();
-            table[..e].iter_mut().for_each(|x| *x = 0.0);
-            vars.insert(EMBEDDING.into(), Var::from_vec(table, (v, e), device)?);
-            for (name, shape) in config.dense_params() {
-                // nn.LSTM: U(±1/√H) everywhere. nn.Linear: Kaiming-uniform with a = √5 for the
-                // weight and U(±1/√fan_in) for the bias, which are the same bound.
-                let fan = if name.starts_with("lstm.") {
-                    config.hidden_dim
-                } else {
-                    2 * config.hidden_dim
-                };
-                let bound = 1.0 / (fan as f32).sqrt();
-                let n = shape.iter().product();
-                let data: Vec<f32> = (0..n).map(|_| rng.gen_range(-bound..bound)).collect();
-                vars.insert(name, Var::from_vec(data, shape, device)?);
+            Input::init(&config.input, &mut rng, device, &mut vars)?;
+            for part in dense_parts(config) {
+                for (name, shape) in part.shapes {
+                    let data = uniform(shape.iter().product(), part.fan, &mut rng);
+                    vars.insert(name, Var::from_vec(data, shape, device)?);
+                }
             }
         }
         Self::from_varmap(config, varmap, device, rng.gen())
@@ -171,67 +111,61 @@ impl Classifier {
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
-        let (embedding, dense) = {
+        let (input, dense) = {
             let vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
             let get = |name: &str| {
                 vars.get(name)
                     .cloned()
                     .ok_or_else(|| ModelError::Config(format!("missing parameter {name}")))
             };
-            let dense = config
-                .dense_params()
+            let dense = dense_parts(config)
                 .into_iter()
-                .map(|(n, _)| get(&n).map(|v| (n, v)))
+                .map(|part| {
+                    let params = part
+                        .shapes
+                        .into_iter()
+                        .map(|(n, _)| get(&n).map(|v| (n, v)))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(ParamGroup {
+                        name: part.group,
+                        kind: GroupKind::Dense,
+                        params,
+                        optim: GroupOptim::default(),
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
-            (get(EMBEDDING)?, dense)
+            (Input::from_vars(&config.input, &vars)?, dense)
         };
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-        let h = config.hidden_dim;
-        let lstm = bilstm(
-            config.embedding_dim,
-            h,
-            config.layers,
-            config.dropout,
-            seed,
-            vb.pp("lstm"),
-        )?;
-        let fc = Linear::new(
-            vb.get((config.num_classes, 2 * h), "fc.weight")?,
-            Some(vb.get(config.num_classes, "fc.bias")?),
-        );
+        let sequence =
+            SequenceEncoder::build(&config.sequence, config.input.dim(), seed, vb.clone())?;
+        let width = config.sequence.output_dim();
+        let heads = config
+            .heads
+            .iter()
+            .enumerate()
+            .map(|(k, h)| Head::build(h, k, width, seed.wrapping_sub(1 + k as u64), &vb))
+            .collect::<Result<Vec<_>>>()?;
+        let mut groups = input.groups();
+        groups.extend(dense);
         Ok(Self {
             config: config.clone(),
             device: device.clone(),
             varmap,
-            embedding,
-            dense,
-            lstm,
-            dropout: Dropout::new(config.dropout, seed.wrapping_sub(1)),
-            fc,
-            encoder: None,
+            input,
+            sequence,
+            heads,
+            groups,
         })
     }
 
-    /// Gives a model of `encoder_features` shape the encoder whose vectors it reads.
+    /// Gives a model that reads an encoder's vectors the encoder.
     pub fn attach_encoder(&mut self, encoder: Arc<Encoder>) -> Result<()> {
-        if !self.config.encoder_features {
-            return Err(ModelError::Config(
-                "this model reads its embedding table, not an encoder".into(),
-            ));
-        }
-        if encoder.hidden() != self.config.embedding_dim {
-            return Err(ModelError::Config(format!(
-                "the encoder's vectors have {} dimensions but the model reads {}",
-                encoder.hidden(),
-                self.config.embedding_dim
-            )));
-        }
-        self.encoder = Some(encoder);
-        Ok(())
+        self.input.attach_encoder(encoder)
     }
 
     pub fn encoder(&self) -> Option<&Arc<Encoder>> {
-        self.encoder.as_ref()
+        self.input.encoder()
     }
 
     /// A model of shape `config` with the weights saved at `path`.
@@ -281,25 +215,7 @@ impl Classifier {
 
     /// Overwrites rows of the embedding table (e.g. with pretrained word vectors).
     pub fn set_embedding_rows(&self, rows: &[(u32, Vec<f32>)]) -> Result<()> {
-        let (v, e) = (self.config.vocab_size, self.config.embedding_dim);
-        let mut table = self
-            .embedding
-            .as_tensor()
-            .flatten_all()?
-            .to_device(&Device::Cpu)?
-            .to_vec1::<f32>()?;
-        for (id, row) in rows {
-            let id = *id as usize;
-            if id >= v || row.len() != e {
-                return Err(ModelError::Config(format!(
-                    "an embedding row {id} of width {} for a {v} × {e} table",
-                    row.len()
-                )));
-            }
-            table[id * e..(id + 1) * e].copy_from_slice(row);
-        }
-        let table = Tensor::from_vec(table, (v, e), &Device::Cpu)?.to_device(&self.device)?;
-        Ok(self.embedding.set(&table)?)
+        self.input.set_rows(rows, &self.device)
     }
 
     /// Copies every weight of `other` (same shape, any device) into this model.
@@ -310,13 +226,13 @@ impl Classifier {
                 other.config, self.config
             )));
         }
-        let pairs = std::iter::once((&self.embedding, &other.embedding)).chain(
-            self.dense
+        let params = |m: &Classifier| -> Vec<Var> {
+            m.groups
                 .iter()
-                .zip(&other.dense)
-                .map(|((_, a), (_, b))| (a, b)),
-        );
-        for (dst, src) in pairs {
+                .flat_map(|g| g.params.iter().map(|(_, v)| v.clone()))
+                .collect()
+        };
+        for (dst, src) in params(self).iter().zip(params(other)) {
             dst.set(&src.as_tensor().to_device(&self.device)?)?;
         }
         Ok(())
@@ -330,85 +246,109 @@ impl Classifier {
         &self.device
     }
 
+    /// The parameter groups: what the optimizer, the collective and checkpoints work on.
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    /// Elements in all dense groups: the length of the flat dense gradient.
+    pub fn dense_len(&self) -> usize {
+        dense_len(&self.groups)
+    }
+
+    /// The parameter called `name` (as in the weights file).
+    pub fn param(&self, name: &str) -> Option<&Var> {
+        self.groups
+            .iter()
+            .flat_map(|g| &g.params)
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
     /// The embedding table (V × E).
     pub fn embedding(&self) -> &Var {
-        &self.embedding
+        self.input.table()
     }
 
-    /// The dense parameters, in the order of the flat gradient vector.
-    pub fn dense_params(&self) -> &[(String, Var)] {
-        &self.dense
-    }
-
-    /// Elements in all dense parameters.
-    pub fn dense_len(&self) -> usize {
-        self.dense.iter().map(|(_, v)| v.elem_count()).sum()
-    }
-
-    /// The embedding rows of the batch's tokens (B × T × E), gathered outside autograd;
-    /// padding positions get the PAD row. With an encoder: its vectors of the batch.
+    /// The input vectors of the batch's tokens (B × T × E), outside autograd.
     pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
-        let (b, t) = (batch.len(), batch.steps());
-        let (v, e) = (self.config.vocab_size, self.config.embedding_dim);
-        if let Some(&bad) = batch.ids().iter().find(|&&id| id as usize >= v) {
-            return Err(ModelError::Batch(format!(
-                "token id {bad} ≥ vocabulary size {v}"
-            )));
-        }
-        if self.config.encoder_features {
-            let encoder = self.encoder.as_ref().ok_or_else(|| {
-                ModelError::Config(
-                    "this model reads an encoder's vectors, but none is attached".into(),
-                )
-            })?;
-            return encoder
-                .features(batch, &self.device)
-                .map_err(|e| ModelError::Batch(e.to_string()));
-        }
-        let (storage, layout) = self.embedding.storage_and_layout();
-        let table = match (&*storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(cpu), Some((start, end))) => &cpu.as_slice::<f32>()?[start..end],
-            _ => {
-                drop(storage);
-                let ids = Tensor::from_slice(batch.ids(), b * t, &self.device)?;
-                let rows = self.embedding.detach().index_select(&ids, 0)?;
-                return Ok(rows.reshape((b, t, e))?);
-            }
-        };
-        let mut out = Vec::with_capacity(b * t * e);
-        for &id in batch.ids() {
-            let id = id as usize;
-            out.extend_from_slice(&table[id * e..(id + 1) * e]);
-        }
-        drop(storage);
-        Ok(Tensor::from_vec(out, (b, t, e), &self.device)?)
+        self.input.embed(batch, &self.device)
     }
 
-    /// Logits (B × C) for embedded tokens `x` (B × T × E).
-    pub fn forward_embedded(&self, x: &Tensor, lengths: &[usize], mode: Mode) -> Result<Tensor> {
-        self.forward_embedded_keyed(x, lengths, mode, None)
-    }
-
-    /// As [`Classifier::forward_embedded`], with one dropout key per row: each row's dropout
-    /// masks then depend on its key alone (see `dropout.rs`).
-    pub fn forward_embedded_keyed(
+    /// Logits (B × C) of head `head` for embedded tokens `x` (B × T × E), with one dropout key
+    /// per row when `keys` is given: each row's dropout masks then depend on its key alone
+    /// (see `dropout.rs`).
+    pub fn forward_embedded(
         &self,
         x: &Tensor,
         lengths: &[usize],
         mode: Mode,
         keys: Option<&[u64]>,
+        head: usize,
     ) -> Result<Tensor> {
-        let encoded = self.lstm.forward_keyed(x, lengths, mode, keys)?;
-        let encoded = self.dropout.forward_keyed(&encoded, mode, keys)?;
-        Ok(match mode {
-            Mode::Train => self.fc.forward(&encoded)?,
-            Mode::Eval => {
-                let fc = Linear::new(
-                    self.fc.weight().detach(),
-                    self.fc.bias().map(Tensor::detach),
-                );
-                fc.forward(&encoded)?
+        let head = self.heads.get(head).ok_or_else(|| {
+            ModelError::Batch(format!("head {head} of a model with {}", self.heads.len()))
+        })?;
+        let encoded = self.sequence.forward(x, lengths, mode, keys)?;
+        head.forward(&encoded, mode, keys)
+    }
+
+    /// The training forward pass over `batch`, on the head it names.
+    pub fn forward_train(&self, batch: &Batch) -> Result<Forward> {
+        let embedded = self.embed(batch)?;
+        let leaf = match self.input.trains() {
+            true => Some(Var::from_tensor(&embedded)?),
+            false => None,
+        };
+        let x = leaf.as_ref().map_or(&embedded, Var::as_tensor);
+        let logits =
+            self.forward_embedded(x, batch.lengths(), Mode::Train, batch.keys(), batch.head())?;
+        Ok(Forward { logits, leaf })
+    }
+
+    /// Classes of the head a batch uses.
+    pub fn classes_of(&self, batch: &Batch) -> Result<usize> {
+        self.config
+            .heads
+            .get(batch.head())
+            .map(|h| h.num_classes)
+            .ok_or_else(|| {
+                ModelError::Batch(format!(
+                    "head {} of a model with {}",
+                    batch.head(),
+                    self.heads.len()
+                ))
+            })
+    }
+
+    /// The gradients of a backward pass from `forward`, in the groups' form: the dense groups
+    /// flat (a parameter that got none counts zeros), the table as the rows the batch touched.
+    pub fn gradients(
+        &self,
+        forward: &Forward,
+        store: &GradStore,
+        batch: &Batch,
+    ) -> Result<Gradients> {
+        let mut dense = Vec::with_capacity(self.dense_len());
+        for group in self.groups.iter().filter(|g| g.is_dense()) {
+            for (_, var) in &group.params {
+                match store.get(var) {
+                    Some(g) => extend_from(&mut dense, g)?,
+                    None => dense.resize(dense.len() + var.elem_count(), 0.0),
+                }
             }
+        }
+        let dx = match forward.leaf.as_ref().and_then(|x| store.get(x)) {
+            Some(dx) => {
+                let mut flat = Vec::with_capacity(dx.elem_count());
+                extend_from(&mut flat, dx)?;
+                Some(flat)
+            }
+            None => None,
+        };
+        Ok(Gradients {
+            dense,
+            sparse: vec![self.input.gradient(batch, dx.as_deref())],
         })
     }
 
@@ -422,15 +362,23 @@ impl Classifier {
             let rows = x
                 .narrow(0, k * EVAL_ROWS, lengths.len())?
                 .narrow(1, 0, steps)?;
-            parts.push(self.forward_embedded(&rows, lengths, Mode::Eval)?);
+            parts.push(self.forward_embedded(&rows, lengths, Mode::Eval, None, batch.head())?);
         }
         Ok(Tensor::cat(&parts, 0)?)
     }
 }
 
-/// A standard normal draw (Box–Muller).
-fn normal(rng: &mut impl Rng) -> f32 {
-    let u1: f64 = 1.0 - rng.gen::<f64>();
-    let u2: f64 = rng.gen();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()) as f32
+/// Appends a tensor's values, straight from its memory when it is a contiguous CPU tensor.
+fn extend_from(dst: &mut Vec<f32>, t: &Tensor) -> Result<()> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            if let Ok(data) = cpu.as_slice::<f32>() {
+                dst.extend_from_slice(&data[start..end]);
+                return Ok(());
+            }
+        }
+    }
+    dst.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+    Ok(())
 }

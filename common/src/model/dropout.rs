@@ -14,8 +14,8 @@ use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::classifier::Mode;
 use super::error::{ModelError, Result};
+use super::mode::Mode;
 use crate::rng::{stream, tag};
 
 /// Zeroes each element with probability `p` in training and scales the rest by `1/(1-p)`.

@@ -20,9 +20,6 @@ pub enum ModelError {
     },
     #[error("{path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
-    /// The caller's gradient hook (e.g. the all-reduce) failed; the step was not applied.
-    #[error("gradient hook failed: {0}")]
-    Hook(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -13,8 +13,8 @@
 //! place, and both weight gradients come from a single product with that matrix.
 
 use super::activation::{self, BackwardBlock, ForwardBlock, Real};
-use super::gemm::{matmul_into, Mat, Op};
 use super::packing::{Direction, PackPlan};
+use crate::kernels::gemm::{matmul_into, Mat, Op};
 
 /// The read-only inputs of one direction.
 pub struct DirectionInput<'a, T> {

@@ -204,7 +204,7 @@ impl FusedLstm {
     ) -> Vec<R> {
         if self.parallel && states.len() == 2 {
             if let (Some(b), Some(a)) = (states.pop(), states.pop()) {
-                let (ra, rb) = super::threads::join(|| f(0, a), || f(1, b));
+                let (ra, rb) = crate::kernels::threads::join(|| f(0, a), || f(1, b));
                 return vec![ra, rb];
             }
         }

@@ -1,26 +1,36 @@
-//! The BiLSTM text classifier: a fused LSTM layer written as a Candle custom op with its own
-//! backpropagation through time, the bidirectional (optionally stacked) layer built on it, and
-//! the classifier (embedding → BiLSTM → linear) with its parameters and checkpoints.
+//! The model, as parts: the input (embedding table or a frozen encoder's vectors), the
+//! sequence encoder (the seed's BiLSTM: a fused LSTM layer written as a Candle custom op with
+//! its own backpropagation through time), and the heads; their configuration, their parameter
+//! groups and their gradients, and the batch they read.
 
 mod activation;
+pub mod batch;
 pub mod bilstm;
 pub mod classifier;
+pub mod config;
 mod dropout;
 pub mod error;
-mod gemm;
+pub mod gradients;
+mod head;
+mod init;
+mod input;
 pub mod lstm_cell;
 pub mod lstm_composed;
 mod lstm_direction;
 pub mod lstm_op;
-pub mod malloc;
+pub mod mode;
 pub mod packing;
+pub mod params;
 pub(crate) mod persist;
-pub(crate) mod simd;
-pub mod threads;
+mod sequence;
 
+pub use batch::{Batch, PAD};
 pub use bilstm::BiLstm;
-pub use classifier::{Classifier, Mode, ModelConfig};
+pub use classifier::{Classifier, Forward, EMBEDDING, EVAL_ROWS};
+pub use config::{FlatConfig, HeadConfig, InputConfig, ModelConfig, SequenceConfig};
 pub use error::{ModelError, Result};
+pub use gradients::{Gradients, SparseRows};
 pub use lstm_op::{Direction, FusedLstm, LstmOutput};
+pub use mode::Mode;
 pub use packing::PackPlan;
-pub use threads::{set_threads, threads};
+pub use params::{GroupKind, GroupOptim, ParamGroup};

@@ -1,7 +1,9 @@
-//! Adam with PyTorch's dense semantics (`torch.optim.Adam`, no weight decay, no amsgrad),
-//! updating the parameters in place in one fused pass over each parameter's memory.
+//! Adam with PyTorch's dense semantics (`torch.optim.Adam`, no amsgrad; with a group's weight
+//! decay, `torch.optim.AdamW`'s decoupled decay), updating the parameters in place in one
+//! fused pass over each parameter's memory. It sees the model as parameter groups, each with
+//! its own settings (see [`GroupOptim`]).
 //!
-//! The embedding gradient arrives sparse, but as in PyTorch every row's moments still decay
+//! A sparse group's gradient (the embedding table's) arrives as rows, but as in PyTorch every row's moments still decay
 //! each step (an untouched row has gradient zero, not no gradient), so the whole table is
 //! swept; untouched rows take a cheaper path that needs no gradient memory.
 //!
@@ -26,10 +28,10 @@ use std::path::Path;
 use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::gradients::Gradients;
+use crate::kernels::simd::multiversion;
+use crate::kernels::threads;
 use crate::model::persist::{to_safetensors, write_bytes_atomically};
-use crate::model::simd::multiversion;
-use crate::model::{threads, Classifier, ModelError, Result};
+use crate::model::{Gradients, GroupKind, GroupOptim, ModelError, ParamGroup, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -60,17 +62,25 @@ impl Default for AdamConfig {
 pub struct AdamState {
     /// Steps taken.
     pub step: u64,
-    /// First and second moments of the dense parameters (flat, gradient order)…
+    /// First and second moments of the dense groups (flat, gradient order)…
     pub m: Vec<f32>,
     pub v: Vec<f32>,
-    /// …and of the embedding table (V × E).
-    pub m_embedding: Vec<f32>,
-    pub v_embedding: Vec<f32>,
+    /// …and of each sparse group's table, in group order.
+    pub tables: Vec<Moments>,
+}
+
+/// The moments of one table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Moments {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
 }
 
 pub struct Adam {
     config: AdamConfig,
     state: AdamState,
+    /// The sparse groups' names, which name their moments in saved state (`m_embedding`).
+    tables: Vec<String>,
 }
 
 /// The scalars of one step, as PyTorch computes them.
@@ -153,7 +163,7 @@ fn update_rows(
         let (m0, m1) = m.split_at_mut(mid * dim);
         let (v0, v1) = v.split_at_mut(mid * dim);
         let (r0, r1) = rows.split_at(k * dim);
-        crate::model::threads::join(
+        crate::kernels::threads::join(
             || update_rows(p0, m0, v0, first, dim, &ids[..k], r0, c, false),
             || update_rows(p1, m1, v1, first + mid, dim, &ids[k..], r1, c, false),
         );
@@ -192,7 +202,7 @@ fn update_dense(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coef,
         let (m0, m1) = m.split_at_mut(mid);
         let (v0, v1) = v.split_at_mut(mid);
         let (g0, g1) = g.split_at(mid);
-        crate::model::threads::join(
+        crate::kernels::threads::join(
             || update_dense(p0, m0, v0, g0, c, false),
             || update_dense(p1, m1, v1, g1, c, false),
         );
@@ -205,6 +215,13 @@ fn update_dense(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coef,
         grad: Some(g),
         c,
     });
+}
+
+/// Multiplies the weights by `factor` (AdamW's decoupled decay); nothing when it is 1.
+fn decay_weights(p: &mut [f32], factor: f32) {
+    if factor != 1.0 {
+        p.iter_mut().for_each(|x| *x *= factor);
+    }
 }
 
 /// Hands a parameter's own memory to a closure (candle's in-place op hook), so the update
@@ -232,38 +249,69 @@ fn with_param_mut(var: &Var, mut f: impl FnMut(&mut [f32])) -> Result<()> {
     Ok(var.as_tensor().inplace_op1(&op)?)
 }
 
+/// The sparse groups' names and sizes, in group order.
+fn tables(groups: &[ParamGroup]) -> Vec<(String, usize)> {
+    groups
+        .iter()
+        .filter(|g| !g.is_dense())
+        .map(|g| (g.name.clone(), g.len()))
+        .collect()
+}
+
 impl Adam {
-    /// A fresh optimizer (zero moments) for `model`'s parameters.
-    pub fn new(model: &Classifier, config: AdamConfig) -> Self {
-        let dense = model.dense_len();
-        let table = model.embedding().elem_count();
+    /// A fresh optimizer (zero moments) for the parameters of `groups`.
+    pub fn new(groups: &[ParamGroup], config: AdamConfig) -> Self {
+        let dense = crate::model::params::dense_len(groups);
+        let (names, tables): (Vec<_>, Vec<_>) = tables(groups)
+            .into_iter()
+            .map(|(name, n)| {
+                let zeros = Moments {
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                };
+                (name, zeros)
+            })
+            .unzip();
         Self {
             config,
             state: AdamState {
                 step: 0,
                 m: vec![0.0; dense],
                 v: vec![0.0; dense],
-                m_embedding: vec![0.0; table],
-                v_embedding: vec![0.0; table],
+                tables,
             },
+            tables: names,
         }
     }
 
-    /// Resumes from saved state, which must fit `model`.
-    pub fn from_state(model: &Classifier, config: AdamConfig, state: AdamState) -> Result<Self> {
-        let (dense, table) = (model.dense_len(), model.embedding().elem_count());
-        if state.m.len() != dense
-            || state.v.len() != dense
-            || state.m_embedding.len() != table
-            || state.v_embedding.len() != table
-        {
+    /// Resumes from saved state, which must fit `groups`.
+    pub fn from_state(groups: &[ParamGroup], config: AdamConfig, state: AdamState) -> Result<Self> {
+        let dense = crate::model::params::dense_len(groups);
+        let tables = tables(groups);
+        let fits = state.m.len() == dense
+            && state.v.len() == dense
+            && state.tables.len() == tables.len()
+            && state
+                .tables
+                .iter()
+                .zip(&tables)
+                .all(|(t, (_, n))| t.m.len() == *n && t.v.len() == *n);
+        if !fits {
+            let sizes = |xs: &mut dyn Iterator<Item = usize>| {
+                xs.map(|n| n.to_string()).collect::<Vec<_>>().join("+")
+            };
             return Err(ModelError::Gradients(format!(
-                "optimizer state for {}+{} parameters, model has {dense}+{table}",
+                "optimizer state for {}+{} parameters, model has {dense}+{}",
                 state.m.len(),
-                state.m_embedding.len()
+                sizes(&mut state.tables.iter().map(|t| t.m.len())),
+                sizes(&mut tables.iter().map(|(_, n)| *n)),
             )));
         }
-        Ok(Self { config, state })
+        Ok(Self {
+            config,
+            state,
+            tables: tables.into_iter().map(|(name, _)| name).collect(),
+        })
     }
 
     pub fn config(&self) -> &AdamConfig {
@@ -274,52 +322,89 @@ impl Adam {
         &self.state
     }
 
-    /// One update of `model` with the (already averaged, clipped) gradients.
-    pub fn step(&mut self, model: &Classifier, grads: &Gradients) -> Result<()> {
-        self.step_scaled(model, grads, 1.0)
+    /// One update of `groups` with the (already averaged, clipped) gradients.
+    pub fn step(&mut self, groups: &[ParamGroup], grads: &Gradients) -> Result<()> {
+        self.step_scaled(groups, grads, 1.0)
     }
 
     /// One update with the gradients multiplied by `scale` (e.g. summed gradients and
     /// 1 / batch size), as if they had been scaled beforehand.
-    pub fn step_scaled(&mut self, model: &Classifier, grads: &Gradients, scale: f32) -> Result<()> {
-        let cfg = model.config();
-        if grads.dense.len() != self.state.m.len() {
+    pub fn step_scaled(
+        &mut self,
+        groups: &[ParamGroup],
+        grads: &Gradients,
+        scale: f32,
+    ) -> Result<()> {
+        grads.validate(groups)?;
+        if grads.dense.len() != self.state.m.len() || grads.sparse.len() != self.state.tables.len()
+        {
             return Err(ModelError::Gradients(format!(
-                "{} dense gradients for {} parameters",
+                "gradients for {} dense values and {} tables, optimizer state for {} and {}",
                 grads.dense.len(),
-                self.state.m.len()
-            )));
-        }
-        grads.embedding.validate(cfg.vocab_size)?;
-        if grads.embedding.dim != cfg.embedding_dim {
-            return Err(ModelError::Gradients(format!(
-                "embedding rows of width {}, model has {}",
-                grads.embedding.dim, cfg.embedding_dim
+                grads.sparse.len(),
+                self.state.m.len(),
+                self.state.tables.len()
             )));
         }
         self.state.step += 1;
-        let c = Coef {
+        let base = Coef {
             grad_scale: scale,
-            ..self.coef()
+            ..self.coef(1.0)
         };
         let split = threads() > 1;
-        let st = &mut self.state;
-        let mut offset = 0;
-        for (_, var) in model.dense_params() {
-            let n = var.elem_count();
-            let (m, v) = (&mut st.m[offset..offset + n], &mut st.v[offset..offset + n]);
-            let g = &grads.dense[offset..offset + n];
-            with_param_mut(var, |p| update_dense(p, m, v, g, c, split))?;
-            offset += n;
+        let (mut offset, mut table) = (0, 0);
+        for group in groups {
+            let c = match group.optim.lr_scale == 1.0 {
+                true => base,
+                false => Coef {
+                    grad_scale: scale,
+                    ..self.coef(group.optim.lr_scale)
+                },
+            };
+            let decay = self.decay(&group.optim);
+            let st = &mut self.state;
+            match group.kind {
+                GroupKind::Dense => {
+                    for (_, var) in &group.params {
+                        let n = var.elem_count();
+                        if !group.optim.frozen {
+                            let (m, v) =
+                                (&mut st.m[offset..offset + n], &mut st.v[offset..offset + n]);
+                            let g = &grads.dense[offset..offset + n];
+                            with_param_mut(var, |p| {
+                                decay_weights(p, decay);
+                                update_dense(p, m, v, g, c, split)
+                            })?;
+                        }
+                        offset += n;
+                    }
+                }
+                GroupKind::Sparse { dim, .. } => {
+                    let e = &grads.sparse[table];
+                    let Moments { m, v } = &mut st.tables[table];
+                    table += 1;
+                    if group.optim.frozen {
+                        continue;
+                    }
+                    for (_, var) in &group.params {
+                        with_param_mut(var, |p| {
+                            decay_weights(p, decay);
+                            update_rows(p, m, v, 0, dim, &e.ids, &e.rows, c, split)
+                        })?;
+                    }
+                }
+            }
         }
-        let e = &grads.embedding;
-        let (m, v) = (&mut st.m_embedding, &mut st.v_embedding);
-        with_param_mut(model.embedding(), |p| {
-            update_rows(p, m, v, 0, e.dim, &e.ids, &e.rows, c, split)
-        })
+        Ok(())
     }
 
-    fn coef(&self) -> Coef {
+    /// What a group's weights are multiplied by before its update: 1 − lr·decay (AdamW).
+    fn decay(&self, optim: &GroupOptim) -> f32 {
+        (1.0 - self.config.lr * optim.lr_scale * optim.weight_decay) as f32
+    }
+
+    /// The step's scalars, at `lr_scale` times the learning rate.
+    fn coef(&self, lr_scale: f64) -> Coef {
         let AdamConfig {
             lr,
             beta1,
@@ -334,7 +419,7 @@ impl Adam {
             beta2: beta2 as f32,
             one_minus_beta1: (1.0 - beta1) as f32,
             one_minus_beta2: (1.0 - beta2) as f32,
-            step_size: (lr / (1.0 - beta1.powi(t))) as f32,
+            step_size: (lr * lr_scale / (1.0 - beta1.powi(t))) as f32,
             inv_bc2_sqrt: (1.0 / (1.0 - beta2.powi(t)).sqrt()) as f32,
             eps: eps as f32,
             grad_scale: 1.0,
@@ -346,36 +431,39 @@ impl Adam {
         write_bytes_atomically(path, &self.to_bytes()?)
     }
 
-    /// The state as safetensors bytes.
+    /// The state as safetensors bytes: the dense moments as `m` and `v`, a table's as
+    /// `m_NAME` and `v_NAME` (the embedding's: `m_embedding`, `v_embedding`).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let st = &self.state;
         let dev = Device::Cpu;
         let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &dev);
         let step = i64::try_from(st.step).unwrap_or(i64::MAX);
-        let tensors = [
-            ("step", Tensor::from_slice(&[step], 1, &dev)?),
-            ("m", t(&st.m)?),
-            ("v", t(&st.v)?),
-            ("m_embedding", t(&st.m_embedding)?),
-            ("v_embedding", t(&st.v_embedding)?),
+        let mut tensors = vec![
+            ("step".to_string(), Tensor::from_slice(&[step], 1, &dev)?),
+            ("m".to_string(), t(&st.m)?),
+            ("v".to_string(), t(&st.v)?),
         ];
-        to_safetensors(tensors.iter().map(|(k, v)| (*k, v)))
+        for (name, moments) in self.tables.iter().zip(&st.tables) {
+            tensors.push((format!("m_{name}"), t(&moments.m)?));
+            tensors.push((format!("v_{name}"), t(&moments.v)?));
+        }
+        to_safetensors(tensors.iter().map(|(k, v)| (k.as_str(), v)))
     }
 
-    /// Loads state saved by [`Adam::save`] for `model`.
-    pub fn load(model: &Classifier, config: AdamConfig, path: &Path) -> Result<Self> {
+    /// Loads state saved by [`Adam::save`] for `groups`.
+    pub fn load(groups: &[ParamGroup], config: AdamConfig, path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
             cause: source,
         })?;
-        Self::from_bytes(model, config, &bytes).map_err(|e| ModelError::Checkpoint {
+        Self::from_bytes(groups, config, &bytes).map_err(|e| ModelError::Checkpoint {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })
     }
 
-    /// State from [`Adam::to_bytes`], for `model`.
-    pub fn from_bytes(model: &Classifier, config: AdamConfig, bytes: &[u8]) -> Result<Self> {
+    /// State from [`Adam::to_bytes`], for `groups`.
+    pub fn from_bytes(groups: &[ParamGroup], config: AdamConfig, bytes: &[u8]) -> Result<Self> {
         let bad = |msg: String| ModelError::Config(format!("optimizer state: {msg}"));
         let mut tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
             .map_err(|e| bad(e.to_string()))?;
@@ -393,9 +481,16 @@ impl Adam {
                 .ok_or_else(|| bad("bad step count".into()))?,
             m: f32s(take("m")?)?,
             v: f32s(take("v")?)?,
-            m_embedding: f32s(take("m_embedding")?)?,
-            v_embedding: f32s(take("v_embedding")?)?,
+            tables: tables(groups)
+                .iter()
+                .map(|(name, _)| {
+                    Ok(Moments {
+                        m: f32s(take(&format!("m_{name}"))?)?,
+                        v: f32s(take(&format!("v_{name}"))?)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
         };
-        Self::from_state(model, config, state)
+        Self::from_state(groups, config, state)
     }
 }

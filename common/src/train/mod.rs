@@ -1,26 +1,20 @@
-//! Training the classifier: batches, the step's gradients in a form an all-reduce can
-//! exchange, the Adam optimizer, the training step itself (with a hook where the all-reduce
-//! goes), prediction, and the length-bucketed batch plan.
+//! Training the model: the one training step every worker runs (gradients, all-reduce, the
+//! optimizer, the device copy), the Adam optimizer over parameter groups, the replica a worker
+//! holds, evaluation, the run's spec, and the length-bucketed batch plan.
 
 pub mod adam;
-pub mod apply;
-pub mod batch;
 pub mod bucket;
-pub mod gradients;
-pub mod predict;
+pub mod evaluate;
 pub mod replica;
 pub mod spec;
 pub mod step;
 
-pub use adam::{Adam, AdamConfig, AdamState};
-pub use apply::{apply_gradients, zero_gradients};
-pub use batch::Batch;
+pub use adam::{Adam, AdamConfig, AdamState, Moments};
 pub use bucket::bucket_batches;
-pub use gradients::{Gradients, SparseRows};
-pub use predict::predict;
+pub use evaluate::{evaluate, predict, predict_all, Evaluation, EVAL_BATCH};
 pub use replica::Replica;
 pub use spec::RunSpec;
 pub use step::{
-    compute_gradients, compute_gradients_per_example, compute_gradients_weighted, no_all_reduce,
-    train_step, Outcome,
+    compute_gradients, compute_gradients_per_example, compute_gradients_weighted, train_step,
+    Outcome, StepError, StepReport, StepTimings,
 };

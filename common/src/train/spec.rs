@@ -16,7 +16,7 @@ pub struct RunSpec {
     #[serde(default)]
     pub class_weights: Option<Vec<f32>>,
     /// The encoder of `--encoder`: workers load it when the model reads its vectors
-    /// (`model.encoder_features`); otherwise only its tokenizer was used, by the coordinator.
+    /// (`model.reads_encoder()`); otherwise only its tokenizer was used, by the coordinator.
     #[serde(default)]
     pub encoder: Option<EncoderRef>,
     /// Bytes for the vectors of augmented sentences on each worker.

@@ -1,12 +1,16 @@
-//! The training step as a library function, split where a distributed run inserts its
-//! all-reduce: gradients of the local examples, the hook, then the shared update.
+//! The training step, as every worker runs it: forward and backward over the local examples,
+//! the all-reduce of the gradients with the other workers (the dense groups in one flat
+//! vector, each sparse table as the rows the batch touched), the optimizer's update of the
+//! master weights, and the refresh of the device copy, each phase timed.
 
-use candle_core::{DType, Storage, Tensor, Var};
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
 
 use super::adam::Adam;
-use super::batch::{Batch, PAD};
-use super::gradients::{Gradients, SparseRows};
-use crate::model::{Classifier, Mode, ModelError, Result};
+use super::replica::Replica;
+use crate::collective::{Collective, CollectiveError};
+use crate::model::{Batch, Classifier, Gradients, ModelError, Result};
 
 /// The index of the largest value (NaN never wins).
 pub(crate) fn argmax(xs: &[f32]) -> usize {
@@ -19,8 +23,18 @@ pub(crate) fn argmax(xs: &[f32]) -> usize {
     best
 }
 
-/// Forward and backward over `batch`: the gradients of the summed cross-entropy (not the
-/// mean, see [`Gradients`]), the summed loss, and how many examples were classified right.
+/// How one training example fared in the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    /// Its cross-entropy (unweighted).
+    pub loss: f32,
+    /// Whether its highest logit is its label.
+    pub correct: bool,
+}
+
+/// Forward and backward over `batch`: the gradients of the summed cross-entropy (not the mean:
+/// workers hold different numbers of examples, so the step divides once by the global batch
+/// size after summing across workers), the summed loss, and how many were classified right.
 pub fn compute_gradients(model: &Classifier, batch: &Batch) -> Result<(Gradients, f64, usize)> {
     compute_gradients_weighted(model, batch, None)
 }
@@ -38,15 +52,6 @@ pub fn compute_gradients_weighted(
     Ok((grads, loss, correct))
 }
 
-/// How one training example fared in the forward pass.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Outcome {
-    /// Its cross-entropy (unweighted).
-    pub loss: f32,
-    /// Whether its highest logit is its label.
-    pub correct: bool,
-}
-
 /// As [`compute_gradients_weighted`], with each example's loss and correctness in batch
 /// order (for metrics per source of mixed data).
 pub fn compute_gradients_per_example(
@@ -54,38 +59,29 @@ pub fn compute_gradients_per_example(
     batch: &Batch,
     class_weights: Option<&[f32]>,
 ) -> Result<(Gradients, Vec<Outcome>)> {
-    let cfg = model.config();
-    if class_weights.is_some_and(|w| w.len() != cfg.num_classes) {
+    let classes = model.classes_of(batch)?;
+    if class_weights.is_some_and(|w| w.len() != classes) {
         return Err(ModelError::Batch(format!(
-            "{} class weights for {} classes",
+            "{} class weights for {classes} classes",
             class_weights.map_or(0, <[f32]>::len),
-            cfg.num_classes
         )));
     }
     let labels = batch.labels();
     if labels.len() != batch.len() {
         return Err(ModelError::Batch("training needs a labelled batch".into()));
     }
-    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= cfg.num_classes) {
+    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
         return Err(ModelError::Batch(format!(
-            "label {bad} ≥ number of classes {}",
-            cfg.num_classes
+            "label {bad} ≥ number of classes {classes}"
         )));
     }
-    // When the embedding trains, the embedded batch is a leaf of its own, so backward stops
-    // there and hands us dX; otherwise it is a constant and backward computes no dX at all.
-    let embedded = model.embed(batch)?;
-    let x = match cfg.trains_embedding() {
-        true => Some(Var::from_tensor(&embedded)?),
-        false => None,
-    };
-    let input = x.as_ref().map_or(&embedded, Var::as_tensor);
-    let logits = model.forward_embedded_keyed(input, batch.lengths(), Mode::Train, batch.keys())?;
+    let forward = model.forward_train(batch)?;
+    let logits = &forward.logits;
     let targets = Tensor::from_slice(labels, (batch.len(), 1), model.device())?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, 1)?;
+    let log_probs = candle_nn::ops::log_softmax(logits, 1)?;
     let picked = log_probs.gather(&targets, 1)?;
     let loss = picked.sum_all()?.neg()?;
-    let grads = match class_weights {
+    let store = match class_weights {
         None => loss.backward()?,
         Some(w) => {
             let per_example: Vec<f32> = labels.iter().map(|&l| w[l as usize]).collect();
@@ -93,23 +89,7 @@ pub fn compute_gradients_per_example(
             picked.mul(&w)?.sum_all()?.neg()?.backward()?
         }
     };
-
-    let mut dense = Vec::with_capacity(model.dense_len());
-    for (_, var) in model.dense_params() {
-        match grads.get(var) {
-            Some(g) => extend_from(&mut dense, g)?,
-            None => dense.resize(dense.len() + var.elem_count(), 0.0),
-        }
-    }
-    let embedding = match x.as_ref().and_then(|x| grads.get(x)) {
-        Some(dx) => {
-            let mut flat = Vec::with_capacity(dx.elem_count());
-            extend_from(&mut flat, dx)?;
-            scatter_rows(batch, &flat, cfg.embedding_dim)
-        }
-        _ => SparseRows::empty(cfg.embedding_dim),
-    };
-
+    let grads = model.gradients(&forward, &store, batch)?;
     let losses = picked.neg()?.flatten_all()?.to_vec1::<f32>()?;
     let outcomes = logits
         .to_vec2::<f32>()?
@@ -121,76 +101,131 @@ pub fn compute_gradients_per_example(
             correct: argmax(row) == label as usize,
         })
         .collect();
-    Ok((Gradients { dense, embedding }, outcomes))
+    Ok((grads, outcomes))
 }
 
-/// Appends a tensor's values, straight from its memory when it is a contiguous CPU tensor.
-fn extend_from(dst: &mut Vec<f32>, t: &Tensor) -> Result<()> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            if let Ok(data) = cpu.as_slice::<f32>() {
-                dst.extend_from_slice(&data[start..end]);
-                return Ok(());
-            }
-        }
+/// Where a step's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTimings {
+    /// Forward and backward.
+    pub compute: Duration,
+    /// The all-reduce of the gradients, waiting for the slowest worker included.
+    pub all_reduce: Duration,
+    /// The optimizer's update and the device copy's refresh.
+    pub update: Duration,
+}
+
+/// What one applied step gives back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Each local example's loss and correctness, in batch order.
+    pub outcomes: Vec<Outcome>,
+    pub timings: StepTimings,
+}
+
+impl StepReport {
+    /// The local examples' summed loss.
+    pub fn loss_sum(&self) -> f64 {
+        self.outcomes.iter().map(|o| f64::from(o.loss)).sum()
     }
-    dst.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+
+    /// How many local examples were classified right.
+    pub fn correct(&self) -> usize {
+        self.outcomes.iter().filter(|o| o.correct).count()
+    }
+}
+
+/// Why a step was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The all-reduce failed; the weights are untouched, so the step can be trained again
+    /// (or adopted from a survivor) once the workers regroup.
+    #[error("all-reduce of {what}: {source}")]
+    Collective {
+        what: &'static str,
+        #[source]
+        source: CollectiveError,
+    },
+}
+
+/// One optimizer step of a data-parallel run. The local examples' gradients (`batch`, or none
+/// when this worker holds no example of the step: it still joins the all-reduce) are summed
+/// across the workers by `collective`, divided by `global_batch_size`, clipped if the optimizer
+/// says so, and applied to the replica's master weights, whose device copy is then refreshed.
+/// Every worker applies the same sums, so every replica holds the same weights after every
+/// step. If the all-reduce fails, the weights are untouched.
+pub fn train_step(
+    replica: &Replica,
+    opt: &mut Adam,
+    collective: &mut dyn Collective,
+    batch: Option<&Batch>,
+    global_batch_size: usize,
+    class_weights: Option<&[f32]>,
+) -> std::result::Result<StepReport, StepError> {
+    if global_batch_size == 0 {
+        return Err(ModelError::Batch("global batch size 0".into()).into());
+    }
+    let start = Instant::now();
+    let model = replica.compute();
+    let (mut grads, outcomes) = match batch {
+        Some(batch) => compute_gradients_per_example(model, batch, class_weights)?,
+        None => (Gradients::zeros(model.groups()), Vec::new()),
+    };
+    let reduce = Instant::now();
+    all_reduce(collective, &mut grads)?;
+    let update = Instant::now();
+    apply_gradients(replica.host(), opt, &mut grads, global_batch_size)?;
+    replica.sync()?;
+    Ok(StepReport {
+        outcomes,
+        timings: StepTimings {
+            compute: reduce - start,
+            all_reduce: update - reduce,
+            update: update.elapsed(),
+        },
+    })
+}
+
+/// Sums the gradients across the workers: the dense groups in one call, then each table.
+fn all_reduce(
+    collective: &mut dyn Collective,
+    grads: &mut Gradients,
+) -> std::result::Result<(), StepError> {
+    collective
+        .all_reduce_sum(&mut grads.dense)
+        .map_err(|source| StepError::Collective {
+            what: "the dense gradients",
+            source,
+        })?;
+    for table in &mut grads.sparse {
+        let dim = table.dim;
+        collective
+            .all_reduce_sparse_rows(&mut table.ids, &mut table.rows, dim)
+            .map_err(|source| StepError::Collective {
+                what: "the embedding rows",
+                source,
+            })?;
+    }
     Ok(())
 }
 
-/// Sums the rows of `dx` (B × T × E) into the rows of the tokens they embedded. PAD gets no
-/// gradient (PyTorch's `padding_idx`), nor does padding.
-fn scatter_rows(batch: &Batch, dx: &[f32], dim: usize) -> SparseRows {
-    let t_len = batch.steps();
-    let valid = || {
-        batch
-            .lengths()
-            .iter()
-            .enumerate()
-            .flat_map(move |(b, &len)| {
-                (0..len).map(move |t| (b * t_len + t, batch.ids()[b * t_len + t]))
-            })
-    };
-    let mut ids: Vec<u32> = valid().map(|(_, id)| id).filter(|&id| id != PAD).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut rows = vec![0.0; ids.len() * dim];
-    for (pos, id) in valid() {
-        if let Ok(k) = ids.binary_search(&id) {
-            let src = &dx[pos * dim..(pos + 1) * dim];
-            rows[k * dim..(k + 1) * dim]
-                .iter_mut()
-                .zip(src)
-                .for_each(|(r, g)| *r += g);
-        }
-    }
-    SparseRows { ids, rows, dim }
-}
-
-/// One optimizer step: local gradients → `hook` (the all-reduce: sum across workers) →
-/// divide by `global_batch_size` → clip (if configured) → Adam. Returns the local summed loss
-/// and number correct. If the hook fails, the model is untouched.
-pub fn train_step<E>(
+/// Divides the all-reduced sums by the global batch size, clips if configured, and steps Adam
+/// (which divides as it goes when there is no clipping). `grads` may be left unscaled.
+fn apply_gradients(
     model: &Classifier,
     opt: &mut Adam,
-    batch: &Batch,
+    grads: &mut Gradients,
     global_batch_size: usize,
-    hook: impl FnOnce(&mut Gradients) -> std::result::Result<(), E>,
-) -> Result<(f64, usize)>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    if global_batch_size == 0 {
-        return Err(ModelError::Batch("global batch size 0".into()));
+) -> Result<()> {
+    let mean = 1.0 / global_batch_size.max(1) as f32;
+    match opt.config().clip_norm {
+        Some(max) => {
+            grads.scale(mean);
+            grads.clip_norm(max);
+            opt.step(model.groups(), grads)
+        }
+        None => opt.step_scaled(model.groups(), grads, mean),
     }
-    let (mut grads, loss_sum, correct) = compute_gradients(model, batch)?;
-    hook(&mut grads).map_err(|e| ModelError::Hook(Box::new(e)))?;
-    super::apply::apply_gradients(model, opt, &mut grads, global_batch_size)?;
-    Ok((loss_sum, correct))
-}
-
-/// A hook for single-process training: leaves the gradients as they are.
-pub fn no_all_reduce(_: &mut Gradients) -> std::result::Result<(), std::convert::Infallible> {
-    Ok(())
 }

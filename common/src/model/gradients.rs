@@ -1,13 +1,14 @@
-//! One step's gradients in the form an all-reduce exchanges cheaply: every dense parameter in
-//! one flat vector (the order of `ModelConfig::dense_params`), and the embedding gradient as
-//! only the rows the batch touched.
+//! One step's gradients in the form an all-reduce exchanges cheaply: every dense group's
+//! parameters in one flat vector (group order), and each sparse group's table as only the rows
+//! the batch touched.
 //!
 //! Gradients are sums over examples, not means: workers hold different numbers of examples,
 //! so the caller divides once by the global batch size after summing across workers.
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ModelError, Result};
+use super::error::{ModelError, Result};
+use super::params::{dense_len, sparse_shapes, ParamGroup};
 
 /// Some rows of a `V × dim` matrix; every other row is zero.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,23 +87,67 @@ impl SparseRows {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gradients {
-    /// All dense parameters, flat, in `ModelConfig::dense_params` order.
+    /// All dense groups' parameters, flat, in group order.
     pub dense: Vec<f32>,
-    /// The embedding table's gradient; PAD (row 0) never has one.
-    pub embedding: SparseRows,
+    /// One per sparse group, in group order; PAD (row 0 of a token table) never has one.
+    pub sparse: Vec<SparseRows>,
 }
 
 impl Gradients {
+    /// No gradient at all, for `groups`: what a worker without an example of a step
+    /// contributes to its all-reduce.
+    pub fn zeros(groups: &[ParamGroup]) -> Self {
+        Self {
+            dense: vec![0.0; dense_len(groups)],
+            sparse: sparse_shapes(groups)
+                .into_iter()
+                .map(|(_, dim)| SparseRows::empty(dim))
+                .collect(),
+        }
+    }
+
+    /// Checks that the gradients fit `groups` (e.g. after they crossed the network).
+    pub fn validate(&self, groups: &[ParamGroup]) -> Result<()> {
+        let dense = dense_len(groups);
+        if self.dense.len() != dense {
+            return Err(ModelError::Gradients(format!(
+                "{} dense gradients for {dense} parameters",
+                self.dense.len()
+            )));
+        }
+        let shapes = sparse_shapes(groups);
+        if self.sparse.len() != shapes.len() {
+            return Err(ModelError::Gradients(format!(
+                "{} sparse gradients for {} tables",
+                self.sparse.len(),
+                shapes.len()
+            )));
+        }
+        for (rows, (n, dim)) in self.sparse.iter().zip(shapes) {
+            rows.validate(n)?;
+            if rows.dim != dim {
+                return Err(ModelError::Gradients(format!(
+                    "table rows of width {}, the table has {dim}",
+                    rows.dim
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Multiplies every gradient by `factor` (e.g. `1 / global_batch_size`).
     pub fn scale(&mut self, factor: f32) {
         self.dense.iter_mut().for_each(|x| *x *= factor);
-        self.embedding.rows.iter_mut().for_each(|x| *x *= factor);
+        for s in &mut self.sparse {
+            s.rows.iter_mut().for_each(|x| *x *= factor);
+        }
     }
 
     /// The L2 norm over all parameters.
     pub fn norm(&self) -> f32 {
         let sq = |v: &[f32]| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
-        (sq(&self.dense) + sq(&self.embedding.rows)).sqrt() as f32
+        let sparse: f64 = self.sparse.iter().map(|s| sq(&s.rows)).sum();
+        (sq(&self.dense) + sparse).sqrt() as f32
     }
 
     /// Scales the gradients down so that their L2 norm is at most `max` (as PyTorch's
@@ -118,18 +163,23 @@ impl Gradients {
 
     /// `self += other` (e.g. summing workers' gradients).
     pub fn add(&mut self, other: &Gradients) -> Result<()> {
-        if self.dense.len() != other.dense.len() {
+        if self.dense.len() != other.dense.len() || self.sparse.len() != other.sparse.len() {
             return Err(ModelError::Gradients(format!(
-                "adding {} dense values to {}",
+                "adding {} dense values and {} tables to {} and {}",
                 other.dense.len(),
-                self.dense.len()
+                other.sparse.len(),
+                self.dense.len(),
+                self.sparse.len()
             )));
         }
         self.dense
             .iter_mut()
             .zip(&other.dense)
             .for_each(|(x, y)| *x += y);
-        self.embedding.add(&other.embedding)
+        for (a, b) in self.sparse.iter_mut().zip(&other.sparse) {
+            a.add(b)?;
+        }
+        Ok(())
     }
 }
 
@@ -161,11 +211,11 @@ mod tests {
     fn clipping_bounds_the_norm() {
         let mut g = Gradients {
             dense: vec![3.0],
-            embedding: SparseRows {
+            sparse: vec![SparseRows {
                 ids: vec![1],
                 rows: vec![4.0],
                 dim: 1,
-            },
+            }],
         };
         assert_eq!(g.clip_norm(10.0), 5.0);
         assert_eq!(g.dense, vec![3.0]);

@@ -1,6 +1,6 @@
 //! A batch of token-id sequences, right-padded with PAD (0), with their lengths and labels.
 
-use crate::model::{ModelError, Result};
+use super::error::{ModelError, Result};
 
 /// Token id of padding.
 pub const PAD: u32 = 0;
@@ -15,6 +15,8 @@ pub struct Batch {
     augmented: Vec<bool>,
     /// One dropout key per row (empty: none), see [`Batch::with_keys`].
     keys: Vec<u64>,
+    /// The model's head that scores this batch (see [`Batch::with_head`]).
+    head: usize,
 }
 
 impl Batch {
@@ -52,6 +54,7 @@ impl Batch {
             steps,
             augmented: Vec::new(),
             keys: Vec::new(),
+            head: 0,
         })
     }
 
@@ -80,6 +83,21 @@ impl Batch {
         }
         self.keys = keys.to_vec();
         Ok(self)
+    }
+
+    /// Scores the batch with the model's head `head` (default 0, the first).
+    pub fn with_head(mut self, head: usize) -> Self {
+        self.head = head;
+        self
+    }
+
+    pub fn head(&self) -> usize {
+        self.head
+    }
+
+    /// The tokens of row `i`, without padding.
+    pub fn row(&self, i: usize) -> &[u32] {
+        &self.ids[i * self.steps..i * self.steps + self.lengths[i]]
     }
 
     /// The rows' dropout keys, if the batch has them.

@@ -4,7 +4,9 @@
 //! out again (`Parallelism::None`); and they read and write the op's own buffers in place,
 //! which candle's matmul (allocating its result) cannot.
 
-use super::activation::Real;
+/// The element types the products run on (f32, and f64 for gradient checks).
+pub trait Element: num_traits::Float + 'static {}
+impl<T: num_traits::Float + 'static> Element for T {}
 
 /// How an operand is stored: as the matrix itself, or as its transpose (both row-major).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +60,7 @@ impl<'a, T> Mat<'a, T> {
 /// `dst (m×n, rows dst_ld apart) = [dst +] lhs (m×k) · rhs (k×n)`.
 ///
 /// Panics if a slice is shorter than its matrix: that is a bug in the caller, never input.
-pub fn matmul_into<T: Real>(
+pub fn matmul_into<T: Element>(
     dst: &mut [T],
     dst_ld: usize,
     (m, n, k): (usize, usize, usize),

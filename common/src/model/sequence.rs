@@ -1,0 +1,73 @@
+//! The sequence encoder: a sentence's token vectors (B × T × E, right-padded) in, one vector
+//! per sentence (B × D) out. The seed's BiLSTM today; another encoder is another variant.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::bilstm::{bilstm, bilstm_params, BiLstm};
+use super::config::SequenceConfig;
+use super::error::Result;
+use super::mode::Mode;
+use super::params::Shapes;
+
+/// The name of its parameter group and the prefix of its parameters' names.
+pub(crate) const GROUP: &str = "lstm";
+
+pub(crate) enum SequenceEncoder {
+    BiLstm(BiLstm),
+}
+
+/// Names, shapes and initialisation fan of the encoder's parameters over `input`-wide
+/// vectors, in the fixed order of the flat gradient vector.
+pub(crate) fn params(config: &SequenceConfig, input: usize) -> (Shapes, usize) {
+    match *config {
+        SequenceConfig::Bilstm {
+            hidden_dim, layers, ..
+        } => (
+            bilstm_params(input, hidden_dim, layers)
+                .into_iter()
+                .map(|(n, s)| (format!("{GROUP}.{n}"), s))
+                .collect(),
+            hidden_dim,
+        ),
+    }
+}
+
+impl SequenceEncoder {
+    /// The encoder with its parameters read from `vb`; `seed` seeds its dropout.
+    pub(crate) fn build(
+        config: &SequenceConfig,
+        input: usize,
+        seed: u64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        match *config {
+            SequenceConfig::Bilstm {
+                hidden_dim,
+                layers,
+                dropout,
+            } => Ok(Self::BiLstm(bilstm(
+                input,
+                hidden_dim,
+                layers,
+                dropout,
+                seed,
+                vb.pp(GROUP),
+            )?)),
+        }
+    }
+
+    /// Encodes `x` (row b valid for `lengths[b]` steps); in [`Mode::Train`] it records what
+    /// backward needs and draws dropout from the rows' `keys`.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        lengths: &[usize],
+        mode: Mode,
+        keys: Option<&[u64]>,
+    ) -> Result<Tensor> {
+        match self {
+            Self::BiLstm(lstm) => lstm.forward_keyed(x, lengths, mode, keys),
+        }
+    }
+}

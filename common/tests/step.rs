@@ -1,0 +1,206 @@
+//! The step every worker runs (`train::train_step`): two replicas that each train half of every
+//! batch and sum their gradients over a real TCP ring on loopback reach the weights of one
+//! replica training whole batches; a worker without an example of a step still joins it; and
+//! a step whose all-reduce fails leaves the weights untouched.
+
+mod support;
+
+use std::error::Error;
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use candle_core::Device;
+use common::collective::{Collective, Local, RingAllReduce, RingAuth};
+use common::model::{Batch, FlatConfig, ModelConfig};
+use common::train::{train_step, Adam, AdamConfig, Replica, StepError};
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+fn config(vocab_size: usize, num_classes: usize) -> ModelConfig {
+    FlatConfig {
+        vocab_size,
+        num_classes,
+        embedding_dim: 16,
+        hidden_dim: 12,
+        ..FlatConfig::default()
+    }
+    .parts()
+}
+
+/// A batch's token ids and labels.
+type Examples = (Vec<Vec<u32>>, Vec<u32>);
+
+/// Eight batches of 16 TREC questions, and a model that fits them.
+fn batches() -> Result<(Vec<Examples>, ModelConfig), Box<dyn Error>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/trec/train.tsv");
+    let rows = support::read_tsv(&path, 128)?;
+    let (seqs, labels, vocab, classes) = support::encode(&rows, 64);
+    let batches = seqs
+        .chunks(16)
+        .zip(labels.chunks(16))
+        .map(|(s, l)| (s.to_vec(), l.to_vec()))
+        .collect();
+    Ok((batches, config(vocab, classes)))
+}
+
+fn batch(seqs: &[Vec<u32>], labels: &[u32]) -> Option<Batch> {
+    if seqs.is_empty() {
+        return None;
+    }
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    Some(Batch::new(&refs, labels).expect("a batch"))
+}
+
+fn weights(replica: &Replica) -> Vec<f32> {
+    let mut out = Vec::new();
+    for group in replica.host().groups() {
+        for (_, var) in &group.params {
+            out.extend(
+                support::flat(var.as_tensor())
+                    .unwrap()
+                    .iter()
+                    .map(|&x| x as f32),
+            );
+        }
+    }
+    out
+}
+
+fn ring(world: usize) -> Vec<RingAllReduce> {
+    let listeners: Vec<TcpListener> = (0..world)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let auth = RingAuth::new(b"step test token", 7);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = listeners
+            .iter()
+            .enumerate()
+            .map(|(r, l)| {
+                let (addrs, auth) = (&addrs, &auth);
+                s.spawn(move || RingAllReduce::connect(r, addrs, l, auth, Duration::from_secs(10)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("ring thread").expect("ring"))
+            .collect()
+    })
+}
+
+#[test]
+fn two_workers_on_a_ring_reach_the_weights_of_one() -> TestResult {
+    let (batches, cfg) = batches()?;
+    let one = Replica::new(&cfg, 3, &Device::Cpu)?;
+    let mut opt = Adam::new(one.host().groups(), AdamConfig::default());
+    for (seqs, labels) in &batches {
+        let b = batch(seqs, labels);
+        train_step(&one, &mut opt, &mut Local, b.as_ref(), seqs.len(), None)?;
+    }
+    let rings = ring(2);
+    let trained: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = rings
+            .into_iter()
+            .enumerate()
+            .map(|(rank, mut ring)| {
+                let (batches, cfg) = (&batches, &cfg);
+                s.spawn(move || {
+                    let replica = Replica::new(cfg, 3, &Device::Cpu).unwrap();
+                    let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+                    for (k, (seqs, labels)) in batches.iter().enumerate() {
+                        // The last step's examples all go to rank 0: rank 1 joins with none.
+                        let mid = if k + 1 == batches.len() {
+                            seqs.len()
+                        } else {
+                            7
+                        };
+                        let (s, l) = match rank {
+                            0 => (&seqs[..mid], &labels[..mid]),
+                            _ => (&seqs[mid..], &labels[mid..]),
+                        };
+                        let report = train_step(
+                            &replica,
+                            &mut opt,
+                            &mut ring,
+                            batch(s, l).as_ref(),
+                            seqs.len(),
+                            None,
+                        )
+                        .unwrap();
+                        assert_eq!(report.outcomes.len(), s.len());
+                    }
+                    weights(&replica)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        trained[0], trained[1],
+        "both replicas hold the same weights"
+    );
+    let single = weights(&one);
+    let diff = single
+        .iter()
+        .zip(&trained[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff <= 1e-5, "two workers differ from one by {diff}");
+    assert!(
+        single != weights(&Replica::new(&cfg, 3, &Device::Cpu)?),
+        "it trained"
+    );
+    Ok(())
+}
+
+/// A collective whose peer is gone.
+struct Broken;
+
+impl Collective for Broken {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        2
+    }
+    fn all_reduce_sum(&mut self, _: &mut [f32]) -> Result<(), common::collective::CollectiveError> {
+        Err(common::collective::CollectiveError::Broken(
+            "peer gone".into(),
+        ))
+    }
+    fn all_reduce_sparse_rows(
+        &mut self,
+        _: &mut Vec<u32>,
+        _: &mut Vec<f32>,
+        _: usize,
+    ) -> Result<(), common::collective::CollectiveError> {
+        Ok(())
+    }
+    fn take_bytes_sent(&mut self) -> u64 {
+        0
+    }
+}
+
+#[test]
+fn a_failed_all_reduce_leaves_the_weights_untouched() -> TestResult {
+    let (batches, cfg) = batches()?;
+    let replica = Replica::new(&cfg, 3, &Device::Cpu)?;
+    let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+    let before = weights(&replica);
+    let (seqs, labels) = &batches[0];
+    let b = batch(seqs, labels);
+    let err = train_step(
+        &replica,
+        &mut opt,
+        &mut Broken,
+        b.as_ref(),
+        seqs.len(),
+        None,
+    )
+    .expect_err("the all-reduce fails");
+    assert!(matches!(err, StepError::Collective { .. }), "{err}");
+    assert_eq!(weights(&replica), before);
+    assert_eq!(opt.state().step, 0);
+    Ok(())
+}
