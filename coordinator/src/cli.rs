@@ -123,9 +123,15 @@ pub struct TrainArgs {
 
     #[command(flatten)]
     pub tls: common::tls::TlsFiles,
-    /// Where checkpoints, metrics and the model go (default runs/<timestamp>).
+    /// Where checkpoints, metrics and the model go (default runs/<timestamp>). One run at a
+    /// time: a second run there is refused while the first runs. A directory that holds other
+    /// files and no run is refused too, unless --run-dir-force.
     #[arg(long, help_heading = "Output")]
     pub run_dir: Option<PathBuf>,
+    /// Start the run in a --run-dir that already holds files that are not a run's (they stay
+    /// beside the run's files).
+    #[arg(long, help_heading = "Output")]
+    pub run_dir_force: bool,
     /// The command line this run was started with (saved for --resume).
     #[arg(skip)]
     pub command: Vec<String>,

@@ -13,6 +13,7 @@ mod membership;
 mod metrics;
 mod model_dir;
 mod run;
+mod run_lock;
 mod rundir;
 mod service;
 mod sharding;

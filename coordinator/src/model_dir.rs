@@ -46,6 +46,15 @@ pub struct ModelMeta {
     /// evaluated as training read it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub label_map: BTreeMap<String, String>,
+    /// False while the run that writes the model goes on, and after it was stopped before its
+    /// end: the weights are then its best epoch so far, not its result. (Models from before
+    /// this field are finished ones.)
+    #[serde(default = "yes")]
+    pub finished: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ModelMeta {
@@ -91,6 +100,7 @@ impl ModelMeta {
             version: env!("CARGO_PKG_VERSION").into(),
             encoder: None,
             label_map: BTreeMap::new(),
+            finished: false,
         }
     }
 }
@@ -109,6 +119,18 @@ pub fn save(dir: &Path, meta: &ModelMeta, weights: &[u8], optimizer: &[u8]) -> R
     }
     write(META, &serde_json::to_vec_pretty(meta)?)?;
     Ok(())
+}
+
+/// Marks the model in `dir` as its run's result, once the run has finished.
+pub fn mark_finished(dir: &Path) -> Result<()> {
+    let path = dir.join(META);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut meta = ModelMeta::from_json(&text)
+        .with_context(|| format!("{} cannot be read", path.display()))?;
+    meta.finished = true;
+    common::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(&meta)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 pub struct LoadedModel {
@@ -158,6 +180,14 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
         .with_context(|| format!("reading {}", meta_path.display()))?;
     let meta = ModelMeta::from_json(&text)
         .with_context(|| format!("{} cannot be read", meta_path.display()))?;
+    if !meta.finished {
+        tracing::warn!(
+            "{}: the run that wrote this model has not finished (it still runs, or it was \
+             stopped): these are the weights of its best epoch so far (epoch {}), not its result",
+            dir.display(),
+            meta.epoch + 1
+        );
+    }
     let vocab_ok = meta.encoder.is_some() || meta.vocab.len() == meta.model.vocab_size();
     if meta.labels.len() != meta.model.num_classes() || !vocab_ok {
         bail!(

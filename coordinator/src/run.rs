@@ -94,6 +94,10 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     let tls = tls_files.load()?;
     let server_tls = tls.as_ref().map(|t| t.grpc_server()).transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    // Before anything in the directory is read: a second run there is refused while this one
+    // lives, and the kernel frees the lock when this process dies, however it dies.
+    let run_path = args.run_dir.clone().unwrap_or_else(default_run_dir);
+    let _lock = crate::run_lock::lock(&run_path, "the run directory", "--run-dir")?;
     // A coordinator started again with the same command (e.g. a pod Kubernetes restarts)
     // continues its unfinished run rather than starting over on top of its checkpoint.
     let resume = match (&args.run_dir, args.resume) {
@@ -133,7 +137,16 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             (run_dir, Some(checkpoint))
         }
         _ => {
-            let run_dir = RunDir::create(args.run_dir.clone())?;
+            if !args.run_dir_force
+                && !crate::rundir::holds_run(&run_path)
+                && !crate::run_lock::is_empty(&run_path)?
+            {
+                bail!(
+                    "the run directory {} holds files and no run: give a new --run-dir, or add                      --run-dir-force to put the run's files beside them",
+                    run_path.display()
+                );
+            }
+            let run_dir = RunDir::create(run_path.clone())?;
             if !args.command.is_empty() {
                 let inputs = input_paths(&args)
                     .into_iter()
@@ -960,6 +973,7 @@ async fn finish(
         "config": {"data": args.data, "train": args.train, "test": args.test, "workers": world, "threads": threads, "device": format!("{:?}", args.device).to_lowercase()},
         "data_files": files,
     });
+    model_dir::mark_finished(&run_dir.model())?;
     run_dir.write_summary(&summary)?;
     match headline {
         Some(c) => tracing::info!(
@@ -1111,7 +1125,7 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
-pub fn default_run_dir() -> PathBuf {
+fn default_run_dir() -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -110,6 +110,20 @@ pub fn read_command(dir: &Path) -> Result<Command> {
     serde_json::from_str(&text).with_context(|| format!("{} is corrupt", p.display()))
 }
 
+/// Whether `path` holds (part of) a run: the files a run writes first.
+pub fn holds_run(path: &Path) -> bool {
+    [
+        COMMAND,
+        "metrics.jsonl",
+        "summary.json",
+        MODEL,
+        "checkpoint",
+        "checkpoint.old",
+    ]
+    .iter()
+    .any(|f| path.join(f).exists())
+}
+
 /// The start command of the unfinished run in `path`, if it holds one that can be continued:
 /// a checkpoint, a `command.json` and no `summary.json`.
 pub fn unfinished(path: &Path) -> Result<Option<Command>> {
@@ -136,8 +150,7 @@ pub struct RunDir {
 
 impl RunDir {
     /// Creates the directory and checks it is writable before any training starts.
-    pub fn create(path: Option<PathBuf>) -> Result<Self> {
-        let path = path.unwrap_or_else(crate::run::default_run_dir);
+    pub fn create(path: PathBuf) -> Result<Self> {
         // A finished run is never overwritten (e.g. by a coordinator that Kubernetes restarts).
         if path.join("summary.json").exists() {
             anyhow::bail!(

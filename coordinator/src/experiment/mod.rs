@@ -169,6 +169,8 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             bail!("{flag} lists {twice} twice");
         }
     }
+    // One experiment at a time writes results.jsonl and the cells' runs.
+    let _lock = crate::run_lock::lock(&args.out, "the experiment directory", "--out")?;
     for dir in ["data", "runs"] {
         std::fs::create_dir_all(args.out.join(dir))
             .with_context(|| format!("creating {}", args.out.join(dir).display()))?;
