@@ -51,6 +51,13 @@ pub struct ModelMeta {
     /// this field are finished ones.)
     #[serde(default = "yes")]
     pub finished: bool,
+    /// SHA-256 of `weights.safetensors` (and of `optimizer.safetensors`, when saved), checked
+    /// when they are read back: a damaged or changed file is refused instead of predicting
+    /// something else. Models from before these fields load unchecked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer_sha256: Option<String>,
 }
 
 fn yes() -> bool {
@@ -101,24 +108,97 @@ impl ModelMeta {
             encoder: None,
             label_map: BTreeMap::new(),
             finished: false,
+            weights_sha256: None,
+            optimizer_sha256: None,
         }
     }
 }
 
 /// Writes a model directory: weights (and optimizer state) as uploaded by a worker, then the
-/// metadata, each file atomically.
+/// metadata with their hashes, each file atomically. Weights or state with a value that is not
+/// finite are refused, not saved: a diverged step must not become a model or a checkpoint.
 pub fn save(dir: &Path, meta: &ModelMeta, weights: &[u8], optimizer: &[u8]) -> Result<()> {
+    for (what, bytes) in [("weights", weights), ("optimizer state", optimizer)] {
+        if let Some(name) = non_finite_tensor(bytes)? {
+            bail!(
+                "the {what} to save in {} hold a value that is not finite (in {name}): \
+                 training diverged; they are not saved",
+                dir.display()
+            );
+        }
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let write = |name: &str, bytes: &[u8]| {
         let p = dir.join(name);
         common::fsutil::write_atomic(&p, bytes).with_context(|| format!("writing {}", p.display()))
     };
+    let mut meta = meta.clone();
     write(WEIGHTS, weights)?;
+    meta.weights_sha256 = Some(sha256(weights));
+    meta.optimizer_sha256 = None;
     if !optimizer.is_empty() {
         write(OPTIMIZER, optimizer)?;
+        meta.optimizer_sha256 = Some(sha256(optimizer));
     }
-    write(META, &serde_json::to_vec_pretty(meta)?)?;
+    write(META, &serde_json::to_vec_pretty(&meta)?)?;
     Ok(())
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Reads the weights (or optimizer state) file `name` of `dir` and checks it against the hash
+/// `model.json` recorded for it, if any.
+pub fn read_checked(dir: &Path, name: &str, recorded: Option<&str>) -> Result<Vec<u8>> {
+    let path = dir.join(name);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    if let Some(want) = recorded {
+        let got = sha256(&bytes);
+        if got != want {
+            bail!(
+                "{}: its SHA-256 is {}… but {} records {}…: the file was changed or damaged \
+                 since it was written",
+                path.display(),
+                &got[..12],
+                dir.join(META).display(),
+                want.get(..12).unwrap_or(want)
+            );
+        }
+    }
+    Ok(bytes)
+}
+
+/// The name of the first tensor (in name order) of safetensors `bytes` holding a float that is
+/// not finite (NaN or ±∞), read in place.
+fn non_finite_tensor(bytes: &[u8]) -> Result<Option<String>> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let tensors = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| anyhow::anyhow!("reading safetensors: {e}"))?;
+    let mut names = tensors.names();
+    names.sort();
+    for name in names {
+        let view = tensors
+            .tensor(name)
+            .map_err(|e| anyhow::anyhow!("reading tensor {name}: {e}"))?;
+        let finite = match view.dtype() {
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+            safetensors::Dtype::F64 => view.data().chunks_exact(8).all(|b| {
+                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]).is_finite()
+            }),
+            _ => true,
+        };
+        if !finite {
+            return Ok(Some(name.to_string()));
+        }
+    }
+    Ok(None)
 }
 
 /// Marks the model in `dir` as its run's result, once the run has finished.
@@ -196,7 +276,17 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
         );
     }
     let weights = dir.join(WEIGHTS);
-    let mut model = Classifier::load(&meta.model, &weights)
+    let bytes = read_checked(dir, WEIGHTS, meta.weights_sha256.as_deref())?;
+    if let Some(name) = non_finite_tensor(&bytes)? {
+        bail!(
+            "{}: {name} holds a value that is not finite (NaN or infinite): these weights cannot \
+             predict anything",
+            weights.display()
+        );
+    }
+    let mut model = Classifier::new(&meta.model, 0)?;
+    model
+        .load_weights_bytes(&bytes)
         .with_context(|| format!("loading the weights {}", weights.display()))?;
     let wordpiece = match &meta.encoder {
         None => None,

@@ -566,8 +566,21 @@ async fn drive(
             }
             worker_peak_rss[id] = worker_peak_rss[id].max(rss);
         }
-        if s.diverged || !s.loss.is_finite() {
-            bail!("training diverged in epoch {}: the loss is not finite; the last good checkpoint is in {}", epoch + 1, run_dir.checkpoint().display());
+        if let Some(why) = diverged(s.diverged, s.loss, labels.len()) {
+            let kept = match run_dir.checkpoint().exists() {
+                true => format!(
+                    "the last good checkpoint (after epoch {}) is kept in {}",
+                    progress.epochs_done,
+                    run_dir.checkpoint().display()
+                ),
+                false => "no epoch ended before it, so there is no checkpoint to keep".into(),
+            };
+            bail!(
+                "training diverged in epoch {}: {why}; {kept}; nothing of this epoch is saved. \
+                 Lower --lr (now {:e}), or bound the steps with --clip-norm",
+                epoch + 1,
+                t.lr
+            );
         }
         if s.applied != n as u64 {
             bail!(
@@ -900,6 +913,21 @@ async fn gather(
     })
 }
 
+/// Why an epoch counts as diverged, if it does: a step's loss that was not finite, or a mean
+/// loss above ten times chance's (10 · ln classes), which no learning run reaches.
+fn diverged(step_not_finite: bool, mean_loss: f64, classes: usize) -> Option<String> {
+    let bound = 10.0 * (classes.max(2) as f64).ln();
+    if step_not_finite || !mean_loss.is_finite() {
+        Some("the loss is not finite".into())
+    } else if mean_loss > bound {
+        Some(format!(
+            "its mean loss {mean_loss:.3e} is above ten times chance's ({bound:.2})"
+        ))
+    } else {
+        None
+    }
+}
+
 /// The `--test` set, encoded, and how many of its sentences the training data also holds.
 struct TestSet {
     examples: Vec<Example>,
@@ -1151,7 +1179,20 @@ fn oversubscribed(workers: usize, threads: usize, cores: usize) -> Option<String
 
 #[cfg(test)]
 mod tests {
-    use super::oversubscribed;
+    use super::{diverged, oversubscribed};
+
+    #[test]
+    fn divergence_is_a_loss_that_is_not_finite_or_ten_times_chance() {
+        // Six classes: chance is ln 6 = 1.79, the bound 17.9.
+        assert_eq!(diverged(false, 1.79, 6), None);
+        assert_eq!(diverged(false, 17.0, 6), None);
+        assert!(diverged(false, 18.0, 6)
+            .unwrap()
+            .contains("ten times chance"));
+        assert!(diverged(false, 4e31, 6).is_some());
+        assert!(diverged(false, f64::NAN, 6).unwrap().contains("not finite"));
+        assert!(diverged(true, 1.0, 6).unwrap().contains("not finite"));
+    }
 
     #[test]
     fn more_compute_threads_than_cores_is_named_with_what_would_fit() {

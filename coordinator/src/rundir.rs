@@ -190,9 +190,22 @@ impl RunDir {
         };
         let progress: Progress = serde_json::from_slice(&read(STATE)?)
             .with_context(|| format!("{} is corrupt", dir.join(STATE).display()))?;
+        let meta_path = dir.join(model_dir::META);
+        let text = std::fs::read_to_string(&meta_path)
+            .with_context(|| format!("reading {}", meta_path.display()))?;
+        let meta = ModelMeta::from_json(&text)
+            .with_context(|| format!("{} cannot be read", meta_path.display()))?;
         let checkpoint = Checkpoint {
-            weights: read(model_dir::WEIGHTS)?,
-            optimizer: read(model_dir::OPTIMIZER)?,
+            weights: model_dir::read_checked(
+                &dir,
+                model_dir::WEIGHTS,
+                meta.weights_sha256.as_deref(),
+            )?,
+            optimizer: model_dir::read_checked(
+                &dir,
+                model_dir::OPTIMIZER,
+                meta.optimizer_sha256.as_deref(),
+            )?,
             progress,
         };
         let mut text = String::new();
