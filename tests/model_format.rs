@@ -29,7 +29,10 @@ fn a_format_1_model_predicts_as_the_build_that_wrote_it() {
             serde_json::from_str(got).unwrap(),
             serde_json::from_str(want).unwrap(),
         );
-        assert_eq!(got, want);
+        // What that build printed; later builds may add fields.
+        for (key, value) in want.as_object().unwrap() {
+            assert_eq!(&got[key], value, "{key}");
+        }
     }
     assert_eq!(stdout(&o).lines().count(), 40);
 

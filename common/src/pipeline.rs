@@ -263,6 +263,15 @@ impl Pipeline {
                             cfg.data[0].path.display()
                         )));
                     }
+                    if train[0].len() < eval.len() {
+                        tracing::warn!(
+                            "--eval-split {f} of {}: training keeps {} rows and validation {}: \
+                             fewer to learn from than to check on; a fraction like 0.1 is usual",
+                            cfg.data[0].path.display(),
+                            train[0].len(),
+                            eval.len()
+                        );
+                    }
                     eval
                 }
                 None => Vec::new(),
@@ -709,6 +718,7 @@ fn read_label_map(path: &Path) -> Result<BTreeMap<String, String>, DataError> {
 }
 
 pub fn file_sha256(path: &Path) -> Result<String, DataError> {
+    crate::data::load::not_a_directory(path)?;
     let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path.display(), e))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(|e| DataError::io(path.display(), e))?;

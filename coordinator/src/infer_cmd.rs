@@ -59,7 +59,9 @@ pub struct PredictArgs {
     /// File with one sentence per line.
     #[arg(long)]
     pub input: Option<PathBuf>,
-    /// One JSON object per line.
+    /// One JSON object per line, with the fraction of the sentence's tokens the model does
+    /// not know (`unknown_fraction`; above one half the log warns). The plain output writes a
+    /// tab, line break or backslash inside a sentence as `\t`, `\n`, `\r` or `\\`.
     #[arg(long)]
     pub json: bool,
     /// The encoder directory, for a model trained with --encoder (default: where it was at
@@ -109,6 +111,28 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Above this fraction of unknown tokens a sentence's prediction is flagged in the log.
+const UNKNOWN_WARNING: f64 = 0.5;
+
+/// `text` as the last field of a tab-separated line: tabs and line breaks inside it written as
+/// `\t`, `\n`, `\r` (and a backslash as `\\`), so every line keeps three fields.
+fn one_field(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\t', '\n', '\r', '\\']) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 pub fn predict_cmd(args: PredictArgs) -> Result<()> {
     let m = model_dir::load_with(&args.model, args.encoder.as_deref())?;
     let texts: Vec<String> = if !args.texts.is_empty() {
@@ -143,8 +167,21 @@ pub fn predict_cmd(args: PredictArgs) -> Result<()> {
     for (&i, pred) in given.iter().zip(predict_all(&m.model, &refs)?) {
         preds[i] = Some(pred);
     }
+    let mut unknown = vec![None; texts.len()];
+    for (&i, ids) in given.iter().zip(&seqs) {
+        let fraction = m.unknown_fraction(ids);
+        if fraction > UNKNOWN_WARNING {
+            tracing::warn!(
+                "sentence {}: {:.0}% of its tokens are not in the model's vocabulary, so its \
+                 label says little",
+                i + 1,
+                100.0 * fraction
+            );
+        }
+        unknown[i] = Some(fraction);
+    }
     let mut out = std::io::stdout().lock();
-    for (text, pred) in texts.iter().zip(preds) {
+    for ((text, pred), unknown) in texts.iter().zip(preds).zip(unknown) {
         let (name, p) = match &pred {
             Some((label, probs)) => (Some(&m.meta.labels[*label]), Some(probs[*label])),
             None => (None, None),
@@ -153,12 +190,12 @@ pub fn predict_cmd(args: PredictArgs) -> Result<()> {
             writeln!(
                 out,
                 "{}",
-                json!({"text": text, "label": name, "probability": p})
+                json!({"text": text, "label": name, "probability": p, "unknown_fraction": unknown})
             )?;
         } else {
             let name = name.map_or("", String::as_str);
             let p = p.map_or(String::new(), |p| format!("{p:.4}"));
-            writeln!(out, "{name}\t{p}\t{text}")?;
+            writeln!(out, "{name}\t{p}\t{}", one_field(text))?;
         }
     }
     Ok(())

@@ -221,6 +221,21 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// The fraction of a sentence's tokens (`ids`, as [`LoadedModel::encode`] gives them) that
+    /// the model does not know: UNK of its vocabulary, or its encoder's `[UNK]` piece.
+    pub fn unknown_fraction(&self, ids: &[u32]) -> f64 {
+        let (unknown, tokens) = match &self.wordpiece {
+            // [CLS] … [SEP]: only the pieces between them are the sentence's.
+            Some(wp) => (
+                wp.unknown_id(),
+                ids.get(1..ids.len().saturating_sub(1)).unwrap_or(&[]),
+            ),
+            None => (Some(common::data::vocab::UNK), ids),
+        };
+        let n = tokens.iter().filter(|&&id| Some(id) == unknown).count();
+        n as f64 / tokens.len().max(1) as f64
+    }
+
     /// Token ids of a sentence, as at training.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let words = self.meta.tokenizer.tokenize(text);

@@ -94,6 +94,15 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     let tls = tls_files.load()?;
     let server_tls = tls.as_ref().map(|t| t.grpc_server()).transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let pretrained_table = args.train.init_embeddings.is_some()
+        || (args.train.encoder.is_some() && args.train.encoder_mode == EncoderMode::Embeddings);
+    if args.train.freeze_embeddings && !pretrained_table {
+        bail!(
+            "--freeze-embeddings keeps the embedding table as it starts, and nothing pretrained \
+             starts it: it would freeze random vectors. Give --init-embeddings FILE, or \
+             --encoder DIR --encoder-mode embeddings, or leave the table to train"
+        );
+    }
     // Before anything in the directory is read: a second run there is refused while this one
     // lives, and the kernel frees the lock when this process dies, however it dies.
     let run_path = args.run_dir.clone().unwrap_or_else(default_run_dir);
@@ -293,6 +302,13 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     };
     if world == 0 {
         bail!("a run needs at least one worker");
+    }
+    if args.min_workers as usize > world {
+        bail!(
+            "--min-workers {} is more than the run's {world} workers: the run would give up \
+             before it starts; give at most {world}",
+            args.min_workers
+        );
     }
     let token = match local {
         Some(_) => random_token(),

@@ -247,10 +247,16 @@ impl RunDir {
             self.path.join("checkpoint.old"),
         );
         let _ = std::fs::remove_dir_all(&tmp);
-        model_dir::save(&tmp, meta, weights, optimizer)?;
-        let p = tmp.join(STATE);
-        common::fsutil::write_atomic(&p, &serde_json::to_vec(progress)?)
-            .with_context(|| format!("writing {}", p.display()))?;
+        let written = model_dir::save(&tmp, meta, weights, optimizer).and_then(|()| {
+            let p = tmp.join(STATE);
+            common::fsutil::write_atomic(&p, &serde_json::to_vec(progress)?)
+                .with_context(|| format!("writing {}", p.display()))
+        });
+        if let Err(e) = written {
+            // A full disk, say: leave no half-written checkpoint beside the complete one.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
         let _ = std::fs::remove_dir_all(&old);
         if cur.exists() {
             std::fs::rename(&cur, &old)

@@ -110,8 +110,21 @@ pub struct Loaded {
     pub skipped: usize,
 }
 
+/// Refuses a directory where a data file is expected, saying so (opening one fails later
+/// with the system's terse "Is a directory").
+pub fn not_a_directory(path: &Path) -> Result<(), DataError> {
+    if path.is_dir() {
+        return Err(DataError::Config(format!(
+            "{} is a directory, not a data file: name a .tsv, .csv or .jsonl file in it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Reads every example of `path`.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> {
+    not_a_directory(path)?;
     let format = match opts.format {
         Some(f) => f,
         None => Format::from_path(path)?,

@@ -75,6 +75,11 @@ impl WordPiece {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The id of `[UNK]`, the piece of what the vocabulary cannot spell.
+    pub fn unknown_id(&self) -> Option<u32> {
+        self.inner.token_to_id("[UNK]")
+    }
+
     /// Ids run from 0 to `vocab_size() - 1`.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
