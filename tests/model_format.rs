@@ -46,7 +46,10 @@ fn a_format_1_model_predicts_as_the_build_that_wrote_it() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!(got, json(std::path::Path::new(&fixture("evaluation.json"))));
+    let want = json(std::path::Path::new(&fixture("evaluation.json")));
+    for (key, value) in want.as_object().unwrap() {
+        assert_eq!(&got[key], value, "{key}");
+    }
 }
 
 #[test]

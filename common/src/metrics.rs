@@ -90,6 +90,49 @@ impl Confusion {
         let labels: Vec<String> = Vec::new();
         self.per_class(&labels).iter().map(|m| m.f1).sum::<f64>() / self.classes as f64
     }
+
+    /// The classes that have no example in the truth (support 0), in order.
+    pub fn absent(&self) -> Vec<usize> {
+        (0..self.classes)
+            .filter(|&c| (0..self.classes).all(|p| self.cell(c, p) == 0))
+            .collect()
+    }
+
+    /// What to tell a user whose evaluation data lacks some of the model's classes, if it
+    /// does: macro-F1 counts each as 0.
+    pub fn absent_note(&self, labels: &[String]) -> Option<String> {
+        let absent = self.absent();
+        if absent.is_empty() {
+            return None;
+        }
+        let names: Vec<&str> = absent
+            .iter()
+            .map(|&c| labels.get(c).map_or("?", String::as_str))
+            .collect();
+        Some(format!(
+            "no example of {} {}: macro_f1 counts {} as 0 (macro_f1_present, over the classes \
+             present, leaves {} out)",
+            if names.len() == 1 { "class" } else { "classes" },
+            names.join(", "),
+            if names.len() == 1 { "it" } else { "each" },
+            if names.len() == 1 { "it" } else { "them" },
+        ))
+    }
+
+    /// Mean F1 over the classes present in the truth or the predictions, as scikit-learn's
+    /// `f1_score(average="macro")` computes it: [`Confusion::macro_f1`] counts a class absent
+    /// from both as 0.
+    pub fn macro_f1_present(&self) -> f64 {
+        let labels: Vec<String> = Vec::new();
+        let present: Vec<f64> = self
+            .per_class(&labels)
+            .iter()
+            .enumerate()
+            .filter(|(c, m)| m.support > 0 || (0..self.classes).any(|t| self.cell(t, *c) > 0))
+            .map(|(_, m)| m.f1)
+            .collect();
+        present.iter().sum::<f64>() / present.len().max(1) as f64
+    }
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -116,6 +159,24 @@ mod tests {
         assert!((m[0].precision - 1.0).abs() < 1e-12 && (m[0].recall - 2.0 / 3.0).abs() < 1e-12);
         assert!((m[1].f1 - 2.0 / 3.0).abs() < 1e-12);
         assert!((c.macro_f1() - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn macro_f1_over_the_classes_present_leaves_out_a_class_seen_nowhere() {
+        // Three classes; class 2 is neither in the truth nor predicted.
+        let mut c = Confusion::new(3);
+        for (t, p) in [(0, 0), (0, 0), (0, 1), (1, 1)] {
+            c.add(t, p);
+        }
+        let two = (0.8 + 2.0 / 3.0) / 2.0;
+        assert!((c.macro_f1() - two * 2.0 / 3.0).abs() < 1e-12);
+        assert!((c.macro_f1_present() - two).abs() < 1e-12);
+        assert_eq!(c.absent(), [2]);
+        // Predicted but absent from the truth: present, with F1 0.
+        c.add(1, 2);
+        assert_eq!(c.absent(), [2]);
+        let f1: Vec<f64> = c.per_class(&[]).iter().map(|m| m.f1).collect();
+        assert!((c.macro_f1_present() - f1.iter().sum::<f64>() / 3.0).abs() < 1e-12);
     }
 
     #[test]

@@ -81,10 +81,13 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     let data = model_dir::load_labelled(&m, &args.data, &opts, args.unknown_labels)?;
     let pairs: Vec<(&[u32], u32)> = data.iter().map(|(s, l)| (s.as_slice(), *l)).collect();
     let c = evaluate_model(&m.model, &pairs)?.confusion;
+    if let Some(note) = c.absent_note(&m.meta.labels) {
+        tracing::warn!("{}: {note}", args.data.display());
+    }
     let per_class = c.per_class(&m.meta.labels);
     let mut out = std::io::stdout().lock();
     if args.json {
-        let v = json!({"accuracy": c.accuracy(), "macro_f1": c.macro_f1(), "examples": c.total(), "per_class": per_class, "confusion": c.counts, "labels": m.meta.labels});
+        let v = json!({"accuracy": c.accuracy(), "macro_f1": c.macro_f1(), "macro_f1_present": c.macro_f1_present(), "examples": c.total(), "per_class": per_class, "confusion": c.counts, "labels": m.meta.labels});
         writeln!(out, "{v}")?;
     } else {
         writeln!(

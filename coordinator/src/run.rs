@@ -970,7 +970,11 @@ async fn finish(
                 .map(|e| (e.tokens.clone(), e.label))
                 .collect();
             let pairs: Vec<(&[u32], u32)> = data.iter().map(|(s, l)| (s.as_slice(), *l)).collect();
-            Some(common::train::evaluate(&loaded.model, &pairs)?.confusion)
+            let c = common::train::evaluate(&loaded.model, &pairs)?.confusion;
+            if let Some(note) = c.absent_note(labels) {
+                tracing::warn!("test set: {note}");
+            }
+            Some(c)
         }
         None => None,
     };
@@ -987,6 +991,7 @@ async fn finish(
     let summary = json!({
         "accuracy": headline.map(Confusion::accuracy),
         "macro_f1": headline.map(Confusion::macro_f1),
+        "macro_f1_present": headline.map(Confusion::macro_f1_present),
         "evaluated_on": if test_confusion.is_some() { "test" } else if record.eval.is_some() { "eval" } else { "none" },
         "test_examples": test.as_ref().map(|t| t.examples.len()),
         "test_examples_in_training": test.as_ref().map(|t| t.in_training),
