@@ -35,6 +35,8 @@ fn a_test_set_without_some_classes_is_named_and_scored_both_ways() {
         err.contains("test set: no example of classes") && err.contains("macro_f1_present"),
         "{err}"
     );
+    // The run's own test evaluation reads a finished model.
+    assert!(!err.contains("has not finished"), "{err}");
     let summary = json(&run.join("summary.json"));
     let (all, present) = (
         summary["macro_f1"].as_f64().unwrap(),

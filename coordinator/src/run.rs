@@ -961,6 +961,9 @@ async fn finish(
     world: usize,
     threads: usize,
 ) -> Result<()> {
+    // Training is over: the model is the run's result (before it is loaded for the test, so
+    // loading does not warn that it is unfinished).
+    model_dir::mark_finished(&run_dir.model())?;
     let model_path = run_dir.model();
     let loaded = tokio::task::spawn_blocking(move || model_dir::load(&model_path)).await??;
     let test_confusion = match &test {
@@ -1022,7 +1025,6 @@ async fn finish(
         "config": {"data": args.data, "train": args.train, "test": args.test, "workers": world, "threads": threads, "device": format!("{:?}", args.device).to_lowercase()},
         "data_files": files,
     });
-    model_dir::mark_finished(&run_dir.model())?;
     run_dir.write_summary(&summary)?;
     match headline {
         Some(c) => tracing::info!(
