@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use smalltext_tests::{bin, coordinator, stderr, trec_slice};
 
-/// Starts the coordinator on `args` and returns once `run` has its first epoch's metrics.
-fn start_and_wait_for_an_epoch(args: &[&str], run: &Path) -> Child {
+/// Starts the coordinator on `args` and returns once `ready` holds (within `limit` seconds),
+/// the process still running.
+fn start_and_wait(args: &[&str], limit: u64, ready: impl Fn() -> bool) -> Child {
     let mut child = Command::new(bin("coordinator"))
         .args(args)
         .stdout(Stdio::null())
@@ -18,12 +19,19 @@ fn start_and_wait_for_an_epoch(args: &[&str], run: &Path) -> Child {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(true, |t| t.is_empty()) {
-        assert!(start.elapsed() < Duration::from_secs(120), "no epoch");
+    while !ready() {
+        assert!(start.elapsed() < Duration::from_secs(limit), "not ready");
         assert!(child.try_wait().unwrap().is_none(), "finished too early");
         std::thread::sleep(Duration::from_millis(20));
     }
     child
+}
+
+/// As [`start_and_wait`], until `run` has its first epoch's metrics.
+fn start_and_wait_for_an_epoch(args: &[&str], run: &Path) -> Child {
+    start_and_wait(args, 120, || {
+        std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|t| !t.is_empty())
+    })
 }
 
 #[test]
@@ -150,18 +158,7 @@ fn a_second_experiment_on_a_busy_out_is_refused() {
         "--out",
         out.to_str().unwrap(),
     ];
-    let mut child = Command::new(bin("coordinator"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !out.join(".holder.json").exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "no lock taken");
-        assert!(child.try_wait().unwrap().is_none(), "finished too early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = start_and_wait(&args, 60, || out.join(".holder.json").exists());
     let o = coordinator(&args);
     let err = stderr(&o);
     assert!(!o.status.success(), "{err}");

@@ -36,6 +36,13 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// This machine's host name (Linux), or `unknown`: how workers and run locks name their host.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Compares secrets (join tokens) without an early exit, so timing does not reveal how much
 /// matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -82,7 +82,7 @@ pub fn lock(dir: &Path, what: &str, flag: &str) -> Result<DirLock> {
     }
     let holder = Holder {
         pid: std::process::id(),
-        host: hostname(),
+        host: common::hostname(),
         started: now(),
     };
     let holder_path = dir.join(HOLDER);
@@ -114,12 +114,6 @@ fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "an unknown host".into())
 }
 
 #[cfg(test)]

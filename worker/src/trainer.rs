@@ -36,7 +36,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         protocol_version: pb::PROTOCOL_VERSION,
         token: token.to_string(),
         ring_addr: ring_addr.clone(),
-        hostname: hostname(),
+        hostname: common::hostname(),
         pid: std::process::id(),
         threads: args.threads as u32,
         nccl_id: nccl_candidate(args.device)?,
@@ -792,10 +792,4 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
         .with_context(|| format!("resolving ring peer {addr}"))?
         .next()
         .ok_or_else(|| anyhow!("ring peer {addr} has no address"))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
