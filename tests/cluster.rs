@@ -11,9 +11,9 @@ fn workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let train = trec_slice(dir.path(), "train.tsv", 0, 300);
     let token = dir.path().join("join.token");
-    std::fs::write(&token, "s3cret-token\n").unwrap();
+    std::fs::write(&token, "s3cret-token-for-the-cluster\n").unwrap();
     let wrong = dir.path().join("wrong.token");
-    std::fs::write(&wrong, "guess\n").unwrap();
+    std::fs::write(&wrong, "a-wrong-guess-of-the-token\n").unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let run = dir.path().join("run");
@@ -104,7 +104,7 @@ fn a_join_timeout_names_who_came_and_releases_them() {
     let dir = tempfile::tempdir().unwrap();
     let train = trec_slice(dir.path(), "train.tsv", 0, 100);
     let token = dir.path().join("join.token");
-    std::fs::write(&token, "s3cret-token\n").unwrap();
+    std::fs::write(&token, "s3cret-token-for-the-cluster\n").unwrap();
     let port = free_port();
     let coord = Command::new(bin("coordinator"))
         .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -13,7 +13,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-const TOKEN: &str = "s3cret-token";
+const TOKEN: &str = "s3cret-token-of-the-daemons";
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -147,7 +147,7 @@ fn daemons_take_job_after_job_serve_health_and_refuse_a_wrong_token() {
     let dir = tempfile::tempdir().unwrap();
     let train = trec_slice(dir.path(), "train.tsv", 0, 300);
     let token = write(dir.path(), "join.token", &format!("{TOKEN}\n"));
-    let wrong = write(dir.path(), "wrong.token", "guess\n");
+    let wrong = write(dir.path(), "wrong.token", "a-wrong-guess-of-the-token\n");
     let daemons = [
         Daemon::start(dir.path(), &token, &[]),
         Daemon::start(dir.path(), &token, &[]),
@@ -170,6 +170,12 @@ fn daemons_take_job_after_job_serve_health_and_refuse_a_wrong_token() {
             stderr(&out),
             daemons[0].log(),
             daemons[1].log()
+        );
+        // Every daemon is on loopback: so is the coordinator's own port.
+        assert!(
+            stderr(&out).contains("coordinator listening on 127.0.0.1:"),
+            "{}",
+            stderr(&out)
         );
         assert_eq!(json(&run.join("summary.json"))["workers"], 2);
         assert_eq!(

@@ -77,6 +77,10 @@ fn export_is_byte_identical_with_one_and_two_threads() {
     assert_eq!(outputs[0], outputs[1]);
     let text = String::from_utf8(outputs[0].clone()).unwrap();
     assert!(
+        text.starts_with("label\ttext\tsource\n"),
+        "the header names the column"
+    );
+    assert!(
         text.lines().all(|l| l.split('\t').count() == 3),
         "source column on every line"
     );
@@ -218,7 +222,11 @@ fn export_writes_the_format_its_file_name_says_and_reads_back_the_same() {
             .collect()
     };
     let tsv = std::fs::read_to_string(export("out.tsv")).unwrap();
-    let columns: Vec<Vec<&str>> = tsv.lines().map(|l| l.split('\t').collect()).collect();
+    let columns: Vec<Vec<&str>> = tsv
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect())
+        .collect();
     assert_eq!(columns.len(), 600);
     assert!(columns.iter().all(|c| c.len() == 3));
     let want: Vec<(String, String)> = columns
@@ -291,4 +299,64 @@ fn export_refuses_to_overwrite_its_own_input() {
             "the input was overwritten"
         );
     }
+}
+
+/// An export with its sources, given back as `--data`, stands for the sources it was made of:
+/// `preview` counts them apart, under their own names.
+#[test]
+fn an_export_read_back_keeps_its_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = trec_slice(dir.path(), "train.tsv", 0, 200);
+    let b = trec_slice(dir.path(), "train.tsv", 200, 100);
+    let out = dir.path().join("mixed.tsv");
+    let o = coordinator(&[
+        "data",
+        "export",
+        "--data",
+        a.to_str().unwrap(),
+        "--data",
+        b.to_str().unwrap(),
+        "--with-source",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = coordinator(&[
+        "data",
+        "preview",
+        "--data",
+        out.to_str().unwrap(),
+        "--limit",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(
+        s.contains(&format!("source {}: 200 rows", a.display())),
+        "{s}"
+    );
+    assert!(
+        s.contains(&format!("source {}: 100 rows", b.display())),
+        "{s}"
+    );
+    assert!(
+        stderr(&o).contains("mixed.tsv:1: a header line"),
+        "{}",
+        stderr(&o)
+    );
+    // A weight would mix the two as one: refused, saying why.
+    let o = coordinator(&[
+        "data",
+        "preview",
+        "--data",
+        &format!("{}:0.5", out.display()),
+        "--data",
+        &format!("{}:0.5", a.display()),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("its rows name their sources"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -150,7 +150,7 @@ fn a_worker_without_the_encoder_receives_it_from_the_coordinator() {
     let dir = tempfile::tempdir().unwrap();
     let train = trec_slice(dir.path(), "train.tsv", 0, 120);
     let token = dir.path().join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
+    std::fs::write(&token, "s3cret-token-for-the-encoder\n").unwrap();
     let port = free_port();
     let run = dir.path().join("run");
     // A relative --encoder path: the coordinator (in the repository) has it, the worker (in

@@ -186,6 +186,21 @@ fn check_record(lost: &Path, whole: &Path, pid: u32, reason: &str) {
     assert!(diff <= 1e-4, "weights differ by {diff}");
     let lines = jsonl(&lost.join("metrics.jsonl"));
     assert_eq!(lines.len(), 3);
+    // The epoch that lost a worker reports all of its examples, the lost worker's share of
+    // the steps before the loss included, with a loss like the uninterrupted run's.
+    let whole_lines = jsonl(&whole.join("metrics.jsonl"));
+    for (e, (line, undisturbed)) in log.iter().zip(lines.iter().zip(&whole_lines)) {
+        assert_eq!(line["examples"], e["examples_trained"], "{line}");
+        assert_eq!(line["examples"], undisturbed["examples"], "{line}");
+        let (a, b) = (
+            line["train_loss"].as_f64().unwrap(),
+            undisturbed["train_loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-3 * b,
+            "train loss {a} after a loss, {b} without"
+        );
+    }
 }
 
 /// Runs the 3-worker job uninterrupted, then again sending worker `victim` `signal` 40% into
@@ -270,7 +285,7 @@ fn a_worker_joining_a_run_under_way_is_admitted_at_the_next_epoch_boundary() {
     assert!(o.status.success(), "{}", stderr(&o));
 
     let token = dir.path().join("join.token");
-    std::fs::write(&token, "a-token\n").unwrap();
+    std::fs::write(&token, "a-token-for-membership-tests\n").unwrap();
     let port = free_port();
     let mut a: Vec<String> = [
         "--listen",

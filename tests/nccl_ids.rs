@@ -11,7 +11,7 @@ use smalltext_tests::{bin, connect_coordinator, free_port, trec_slice};
 use tonic::transport::Channel;
 use tonic::Code;
 
-const TOKEN: &str = "nccl-test-token";
+const TOKEN: &str = "nccl-test-join-token";
 
 fn join(name: &str, id: Vec<u8>) -> pb::JoinRequest {
     pb::JoinRequest {

@@ -133,7 +133,7 @@ fn a_worker_cut_off_the_network_mid_epoch_is_lost_and_the_run_completes_with_the
     let dir = tempfile::tempdir().unwrap();
     let train = trec_slice(dir.path(), "train.tsv", 0, 1500);
     let token = dir.path().join("join.token");
-    std::fs::write(&token, "netns-token\n").unwrap();
+    std::fs::write(&token, "netns-token-for-the-namespaces\n").unwrap();
     let run = dir.path().join("run");
     let mut coord = net
         .exec(0, &bin("coordinator"))

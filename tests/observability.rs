@@ -65,7 +65,7 @@ fn metric(body: &str, name: &str) -> Option<f64> {
 fn health_services_answer_serving_and_metrics_are_served_during_a_run() {
     let dir = tempfile::tempdir().unwrap();
     let train = trec_slice(dir.path(), "train.tsv", 0, 600);
-    std::fs::write(dir.path().join("token"), "observability\n").unwrap();
+    std::fs::write(dir.path().join("token"), "observability-join-token\n").unwrap();
     let token = dir.path().join("token");
     let (port, metrics_port, health_port) = (free_port(), free_port(), free_port());
     let grpc = format!("127.0.0.1:{port}");

@@ -61,7 +61,7 @@ fn a_tls_coordinator_takes_only_workers_with_a_certificate_from_its_ca() {
     let (ca, cert, key) = tls_files(dir.path(), "node");
     let (_, stranger_cert, stranger_key) = tls_files(dir.path(), "stranger");
     let token = dir.path().join("join.token");
-    std::fs::write(&token, "tls-token\n").unwrap();
+    std::fs::write(&token, "tls-join-token-for-the-tests\n").unwrap();
     let port = free_port();
     let run = dir.path().join("run");
     let listen = format!("127.0.0.1:{port}");
@@ -145,7 +145,7 @@ fn a_tls_daemon_takes_a_job_from_a_tls_coordinator() {
     let train = trec_slice(dir.path(), "train.tsv", 0, 200);
     let (ca, cert, key) = tls_files(dir.path(), "node");
     let token = dir.path().join("join.token");
-    std::fs::write(&token, "daemon-token\n").unwrap();
+    std::fs::write(&token, "daemon-join-token-for-tls-tests\n").unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut daemon = Command::new(bin("worker"))

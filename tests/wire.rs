@@ -10,12 +10,14 @@ use smalltext_tests::{
 };
 use tonic::Code;
 
+const TOKEN: &str = "the-real-token-of-this-run";
+
 #[test]
 fn bad_messages_are_refused_and_the_run_is_unaffected() {
     let dir = tempfile::tempdir().unwrap();
     let train = trec_slice(dir.path(), "train.tsv", 0, 1500);
     let token = dir.path().join("join.token");
-    std::fs::write(&token, "the-real-token\n").unwrap();
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let common_args = |run: &std::path::Path| -> Vec<String> {
         [
             "--data",
@@ -77,7 +79,9 @@ fn bad_messages_are_refused_and_the_run_is_unaffected() {
         // Wait until the real worker trains.
         loop {
             let s = client
-                .run_status(pb::StatusRequest {})
+                .run_status(pb::StatusRequest {
+                    token: TOKEN.into(),
+                })
                 .await
                 .unwrap()
                 .into_inner();
@@ -100,10 +104,16 @@ fn bad_messages_are_refused_and_the_run_is_unaffected() {
             .unwrap_err();
         assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
         let refused = client
-            .join(join("the-real-token", pb::PROTOCOL_VERSION + 1))
+            .join(join(TOKEN, pb::PROTOCOL_VERSION + 1))
             .await
             .unwrap_err();
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
+        // The run's state is for those who hold the token.
+        let refused = client
+            .run_status(pb::StatusRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
         // Forged weights for rank 0: with the wrong token, and too large to be read at all.
         let forged = |token: &str, bytes: usize| pb::EpochReport {
             rank: 0,
@@ -129,7 +139,7 @@ fn bad_messages_are_refused_and_the_run_is_unaffected() {
         let refused = client
             .heartbeat(pb::HeartbeatRequest {
                 rank: 9,
-                token: "the-real-token".into(),
+                token: TOKEN.into(),
                 ..Default::default()
             })
             .await

@@ -172,9 +172,17 @@ fn main() -> Result<(), String> {
             let b = batch(&seqs, &labels, idx)?;
             padded += b.len() * b.steps();
             let start = Instant::now();
-            let l = train_step(&replica, &mut opt, &mut Local, Some(&b), b.len(), None)
-                .map_err(|e| e.to_string())?
-                .loss_sum();
+            let l = train_step(
+                &replica,
+                &mut opt,
+                &mut Local,
+                Some(&b),
+                b.len(),
+                None,
+                None,
+            )
+            .map_err(|e| e.to_string())?
+            .loss_sum();
             busy += start.elapsed().as_secs_f64();
             loss += l;
             n += b.len();

@@ -8,7 +8,9 @@ pub mod data;
 pub mod encoder;
 pub mod error;
 pub mod fsutil;
+pub mod idle;
 pub mod kernels;
+pub mod memory;
 pub mod metrics;
 pub mod mix;
 pub mod model;
@@ -78,6 +80,27 @@ pub enum TokenError {
     Missing,
     #[error("SMALLTEXT_TOKEN is empty: set it to the join token, or give --token-file FILE")]
     EmptyVariable,
+    #[error(
+        "the join token ({from}) is {len} bytes; it needs at least {MIN_TOKEN_BYTES}, or it can \
+         be guessed: make one with `head -c 32 /dev/urandom | base64 > FILE`"
+    )]
+    TooShort { from: String, len: usize },
+}
+
+/// The shortest join token accepted: 16 bytes, 128 bits when random.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// Why the permissions of a token file are too open, if they are: anyone but its owner and
+/// the reading process's own group may read it, or anyone but its owner may change it. The
+/// group exception is Kubernetes': a Secret volume under `fsGroup` is group-readable by the
+/// pod's own group whatever `defaultMode` says.
+pub fn token_file_too_open(meta: &std::fs::Metadata, own_group: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode() & 0o777;
+    let others = mode & 0o007 != 0;
+    let group_writes = mode & 0o020 != 0;
+    let foreign_group_reads = mode & 0o040 != 0 && meta.gid() != own_group;
+    (others || group_writes || foreign_group_reads).then(|| format!("{mode:04o}"))
 }
 
 /// The join token: from `file` (a trailing newline ignored), else from `SMALLTEXT_TOKEN`;
@@ -86,7 +109,7 @@ pub fn read_token(file: Option<&std::path::Path>) -> Result<String, TokenError> 
     let Some(path) = file else {
         return match std::env::var("SMALLTEXT_TOKEN") {
             Ok(token) if token.is_empty() => Err(TokenError::EmptyVariable),
-            Ok(token) => Ok(token),
+            Ok(token) => long_enough(token, "SMALLTEXT_TOKEN"),
             Err(_) => Err(TokenError::Missing),
         };
     };
@@ -98,6 +121,26 @@ pub fn read_token(file: Option<&std::path::Path>) -> Result<String, TokenError> 
     let token = text.trim_end_matches(['\n', '\r']).to_string();
     if token.is_empty() {
         return Err(TokenError::Empty(shown));
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        // SAFETY: getegid has no preconditions and cannot fail.
+        let own_group = unsafe { libc::getegid() };
+        if let Some(mode) = token_file_too_open(&meta, own_group) {
+            tracing::warn!(
+                "the token file {shown} has mode {mode}: others than its owner can read or \
+                 change the join token; `chmod 600 {shown}`"
+            );
+        }
+    }
+    long_enough(token, &shown)
+}
+
+fn long_enough(token: String, from: &str) -> Result<String, TokenError> {
+    if token.len() < MIN_TOKEN_BYTES {
+        return Err(TokenError::TooShort {
+            from: from.to_string(),
+            len: token.len(),
+        });
     }
     Ok(token)
 }

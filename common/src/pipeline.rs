@@ -70,6 +70,7 @@ pub struct Pipeline {
     train: Vec<Vec<Doc>>,
     eval: Vec<Doc>,
     probs: Option<Vec<f64>>,
+    rare: Vec<RareClass>,
     plan: AugmentPlan,
     /// Built on first use: exporting data needs no vocabulary.
     vocab: std::sync::OnceLock<Vocab>,
@@ -148,20 +149,32 @@ impl Pipeline {
         let mut sources = Vec::new();
         let mut per_source: Vec<Vec<Record>> = Vec::new();
         let mut seen: HashSet<(String, String)> = HashSet::new();
+        let mut groups = Vec::new();
         for spec in &cfg.data {
             let loaded = load::load(&spec.path, &opts)?;
-            let mut info = SourceInfo {
-                name: spec.path.display().to_string(),
-                path: spec.path.clone(),
-                weight: spec.weight,
-                rows: loaded.records.len(),
-                skipped: loaded.skipped,
-                duplicates: 0,
-                in_eval: 0,
-                sha256: file_sha256(&spec.path)?,
-            };
-            let mut kept = Vec::with_capacity(loaded.records.len());
-            for mut r in loaded.records {
+            let sha256 = file_sha256(&spec.path)?;
+            let mut skipped = loaded.skipped;
+            for (name, records) in by_recorded_source(&spec.path, loaded.records, probs.is_some())?
+            {
+                let info = SourceInfo {
+                    name,
+                    path: spec.path.clone(),
+                    weight: spec.weight,
+                    rows: records.len(),
+                    skipped: std::mem::take(&mut skipped),
+                    duplicates: 0,
+                    in_eval: 0,
+                    sha256: sha256.clone(),
+                };
+                groups.push((info, records));
+            }
+        }
+        if groups.len() > u16::MAX as usize {
+            return Err(DataError::Config("too many sources".into()));
+        }
+        for (mut info, records) in groups {
+            let mut kept = Vec::with_capacity(records.len());
+            for mut r in records {
                 if let Some(l) = label_map.get(&r.label) {
                     r.label = l.clone();
                 }
@@ -211,6 +224,17 @@ impl Pipeline {
                 labels.first().cloned().unwrap_or_default(),
             ));
         }
+        let rare = rare_classes(&labels, &per_source, &sources);
+        for r in &rare {
+            tracing::warn!(
+                "class \"{}\" has only {} training example(s), where the median class has {}: \
+                 a typo in a label? ({})",
+                r.label,
+                r.lines.len(),
+                r.median,
+                r.lines.join(", ")
+            );
+        }
         let label_ids: HashMap<&str, u32> = labels
             .iter()
             .enumerate()
@@ -244,6 +268,7 @@ impl Pipeline {
             eval: Vec::new(),
             probs,
             plan: AugmentPlan::NONE,
+            rare,
             vocab: std::sync::OnceLock::new(),
             wordpiece: None,
         };
@@ -279,7 +304,64 @@ impl Pipeline {
         };
         pipeline.train = train;
         pipeline.plan = pipeline.resolve_plan()?;
+        let budget = cfg.memory_budget.or_else(crate::memory::default_budget);
+        if let Some(budget) = budget {
+            let (estimate, how) = pipeline.epoch_estimate();
+            crate::memory::check(&estimate, budget, &how, cfg.memory_budget.is_some())?;
+            tracing::debug!(
+                "an epoch: about {} sentences ({how}), about {} of the budget of {}",
+                estimate.items,
+                crate::memory::human(estimate.bytes()),
+                crate::memory::human(budget)
+            );
+        }
         Ok(pipeline)
+    }
+
+    /// What an epoch will hold, from the counts alone, and how that number comes about.
+    pub fn epoch_estimate(&self) -> (crate::memory::EpochEstimate, String) {
+        let rows: Vec<u64> = self.train.iter().map(|s| s.len() as u64).collect();
+        let total: u64 = rows.iter().sum();
+        // A weighted mix draws until a source runs out: at most the longest such run.
+        let drawn = match &self.probs {
+            None => total as f64,
+            Some(p) => rows
+                .iter()
+                .zip(p)
+                .filter(|(_, &p)| p > 0.0)
+                .map(|(&r, &p)| r as f64 / p)
+                .fold(0.0, f64::max),
+        };
+        let copies = 1 + self.plan.num_aug as u64;
+        let mut per_class = vec![0u64; self.labels.len()];
+        for d in self.train.iter().flatten() {
+            per_class[d.label as usize] += 1;
+        }
+        let largest = per_class.iter().copied().max().unwrap_or(0) as f64 / total.max(1) as f64;
+        let balanced = match self.cfg.balance {
+            Balance::None | Balance::Undersample => 1.0,
+            // Every class up to the largest one.
+            Balance::Oversample | Balance::Augment => largest * self.labels.len() as f64,
+        };
+        let items = (drawn * copies as f64 * balanced)
+            .ceil()
+            .min(u64::MAX as f64) as u64;
+        let tokens: usize = self.train.iter().flatten().map(|d| d.tokens.len()).sum();
+        let how = format!(
+            "{} rows × (1 + {} augmentations){}",
+            drawn.round() as u64,
+            self.plan.num_aug,
+            if balanced > 1.0 {
+                format!(" × {balanced:.1} for --balance")
+            } else {
+                String::new()
+            }
+        );
+        let estimate = crate::memory::EpochEstimate {
+            items,
+            tokens_per_item: tokens as f64 / total.max(1) as f64,
+        };
+        (estimate, how)
     }
 
     fn resolve_plan(&self) -> Result<AugmentPlan, DataError> {
@@ -352,6 +434,10 @@ impl Pipeline {
     /// `--label-map`'s aliases and the labels they stand for.
     pub fn label_map(&self) -> &BTreeMap<String, String> {
         &self.label_map
+    }
+    /// Classes so small beside the others that they look like mistakes (warned about).
+    pub fn rare_classes(&self) -> &[RareClass] {
+        &self.rare
     }
     pub fn labels(&self) -> &[String] {
         &self.labels
@@ -696,25 +782,122 @@ fn split_off_eval(docs: &mut Vec<Doc>, fraction: f64, seed: u64, num_classes: us
     eval
 }
 
+/// A class with at most [`RARE_AT_MOST`] training examples while the median class has at
+/// least [`RARE_MEDIAN_AT_LEAST`]: a stray header, a typo or a shifted column, more often than
+/// a real class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RareClass {
+    pub label: String,
+    /// `file:line` of each of its examples.
+    pub lines: Vec<String>,
+    pub median: usize,
+}
+
+pub const RARE_AT_MOST: usize = 2;
+pub const RARE_MEDIAN_AT_LEAST: usize = 50;
+
+fn rare_classes(
+    labels: &[String],
+    per_source: &[Vec<Record>],
+    sources: &[SourceInfo],
+) -> Vec<RareClass> {
+    let mut lines: BTreeMap<&str, Vec<String>> =
+        labels.iter().map(|l| (l.as_str(), Vec::new())).collect();
+    for (records, info) in per_source.iter().zip(sources) {
+        for r in records {
+            if let Some(at) = lines.get_mut(r.label.as_str()) {
+                at.push(format!("{}:{}", info.path.display(), r.line));
+            }
+        }
+    }
+    let mut sizes: Vec<usize> = lines.values().map(Vec::len).collect();
+    sizes.sort_unstable();
+    // The upper median: with two classes, the larger.
+    let median = sizes[sizes.len() / 2];
+    if median < RARE_MEDIAN_AT_LEAST {
+        return Vec::new();
+    }
+    lines
+        .into_iter()
+        .filter(|(_, at)| at.len() <= RARE_AT_MOST)
+        .map(|(label, lines)| RareClass {
+            label: label.to_string(),
+            lines,
+            median,
+        })
+        .collect()
+}
+
+/// One file's records, as one source named for the file, or, when its rows name their
+/// sources (the `source` column of `data export --with-source`), as those sources in the
+/// order they first appear: reading an export back gives the sources it was made of.
+fn by_recorded_source(
+    path: &Path,
+    records: Vec<Record>,
+    weighted: bool,
+) -> Result<Vec<(String, Vec<Record>)>, DataError> {
+    let file = path.display().to_string();
+    if records.iter().all(|r| r.source.is_none()) {
+        return Ok(vec![(file, records)]);
+    }
+    if weighted {
+        return Err(DataError::Config(format!(
+            "{file}: its rows name their sources (a `source` column, as `data export \
+             --with-source` writes), which a weighted mix cannot keep apart; give the sources \
+             themselves with weights, or this file without any"
+        )));
+    }
+    let mut groups: Vec<(String, Vec<Record>)> = Vec::new();
+    for r in records {
+        let name = r.source.clone().unwrap_or_else(|| file.clone());
+        match groups.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, g)) => g.push(r),
+            None => groups.push((name, vec![r])),
+        }
+    }
+    Ok(groups)
+}
+
 fn read_label_map(path: &Path) -> Result<BTreeMap<String, String>, DataError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(&shown, e))?;
-    let mut map = BTreeMap::new();
+    // Each alias with its target and the line that said so.
+    let mut map: BTreeMap<String, (String, u64)> = BTreeMap::new();
     for (i, line) in crate::data::strip_byte_order_mark(&text)
         .lines()
         .enumerate()
     {
+        let line_no = i as u64 + 1;
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
         let (alias, label) = line.split_once('\t').ok_or_else(|| DataError::BadLine {
             path: shown.clone(),
-            line: i as u64 + 1,
+            line: line_no,
             msg: "expected alias<TAB>label".into(),
         })?;
-        map.insert(alias.trim().to_string(), label.trim().to_string());
+        let (alias, label) = (alias.trim(), label.trim());
+        match map.get(alias) {
+            Some((earlier, at)) if earlier != label => {
+                return Err(DataError::BadLine {
+                    path: shown,
+                    line: line_no,
+                    msg: format!(
+                        "\"{alias}\" maps to \"{label}\" here and to \"{earlier}\" on line {at}: \
+                         an alias has one label; remove one of the two lines"
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => {
+                map.insert(alias.to_string(), (label.to_string(), line_no));
+            }
+        }
     }
-    Ok(map)
+    Ok(map
+        .into_iter()
+        .map(|(alias, (label, _))| (alias, label))
+        .collect())
 }
 
 pub fn file_sha256(path: &Path) -> Result<String, DataError> {

@@ -71,6 +71,37 @@ pub fn at_least(
     }
 }
 
+/// A size in bytes: `8G`, `500M`, `1.5G`, `64K`, or a plain number of bytes (binary units;
+/// `GB`, `GiB` and lower case read the same).
+pub fn byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 8G, 500M)"))?;
+    let scale: u64 = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use K, M, G or T)")),
+    };
+    let bytes = n * scale as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{s:?} is not a usable size"));
+    }
+    Ok(bytes as u64)
+}
+
 /// A host other machines can dial: an IP address or a DNS name (letters, digits, `-`, `.`).
 pub fn host(s: &str) -> Result<String, String> {
     let name_like = !s.is_empty()
@@ -154,6 +185,11 @@ mod tests {
     #[test]
     fn each_parser_takes_its_range_and_refuses_the_rest() {
         assert_eq!(fraction("0"), Ok(0.0));
+        assert_eq!(byte_size("8G"), Ok(8 << 30));
+        assert_eq!(byte_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(byte_size("500mb"), Ok(500 << 20));
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert!(byte_size("0").is_err() && byte_size("8X").is_err() && byte_size("G").is_err());
         assert_eq!(fraction("1"), Ok(1.0));
         assert!(fraction("1.5").is_err() && fraction("x").is_err());
         assert!(open_fraction("0").is_err() && open_fraction("1").is_err());

@@ -113,6 +113,7 @@ fn adam_matches_pytorch() -> TestResult {
             Some(&batch),
             1,
             None,
+            None,
         )?;
         assert_close("fc.bias", &fc_bias(model)?, &want, 1e-6, 1e-3);
     }

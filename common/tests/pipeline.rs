@@ -394,3 +394,46 @@ fn vocabulary_covers_inserted_synonyms() {
         .count();
     assert_eq!(unk, 0, "epoch 0's synonyms are in the vocabulary");
 }
+
+#[test]
+fn conflicting_label_map_lines_are_an_error_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.tsv");
+    std::fs::write(&a, "1\tgood\n0\tbad\n").unwrap();
+    let map = dir.path().join("map.tsv");
+    std::fs::write(&map, "1\tpositive\n# a comment\n1\tpositive\n1\tnegative\n").unwrap();
+    let err = Pipeline::new(&DataConfig {
+        label_map: Some(map.clone()),
+        ..cfg(&[&a])
+    })
+    .err()
+    .expect("a conflict is refused")
+    .to_string();
+    assert!(
+        err.contains("map.tsv:4: \"1\" maps to \"negative\" here and to \"positive\" on line 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_class_of_one_or_two_beside_large_ones_is_named_with_its_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let slice = trec_slice(&dir, "t.tsv", 0, 600);
+    let mut text = std::fs::read_to_string(&slice).unwrap();
+    text.push_str("DSEC\tWhat is a typo ?\n");
+    let path = dir.path().join("typo.tsv");
+    std::fs::write(&path, &text).unwrap();
+    let p = Pipeline::new(&cfg(&[&path])).unwrap();
+    let rare = p.rare_classes();
+    assert_eq!(rare.len(), 1, "{rare:?}");
+    assert_eq!(rare[0].label, "DSEC");
+    assert_eq!(rare[0].lines, [format!("{}:601", path.display())]);
+    assert!(rare[0].median >= 50);
+    // TREC's smallest class, ABBR (86 rows), is small, not suspicious.
+    let p = Pipeline::new(&cfg(&[&trec()])).unwrap();
+    assert!(p.rare_classes().is_empty(), "{:?}", p.rare_classes());
+    // With small classes all round, two examples are no sign of a mistake.
+    let small = trec_slice(&dir, "small.tsv", 0, 40);
+    let p = Pipeline::new(&cfg(&[&small])).unwrap();
+    assert!(p.rare_classes().is_empty(), "{:?}", p.rare_classes());
+}

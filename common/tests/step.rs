@@ -13,7 +13,7 @@ use std::time::Duration;
 use candle_core::Device;
 use common::collective::{Collective, Local, RingAllReduce, RingAuth};
 use common::model::{Batch, FlatConfig, ModelConfig};
-use common::train::{train_step, Adam, AdamConfig, Replica, StepError};
+use common::train::{train_step, Adam, AdamConfig, GroupTotals, Replica, StepError, Tally};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -94,12 +94,32 @@ fn two_workers_on_a_ring_reach_the_weights_of_one() -> TestResult {
     let (batches, cfg) = batches()?;
     let one = Replica::new(&cfg, 3, &Device::Cpu)?;
     let mut opt = Adam::new(one.host().groups(), AdamConfig::default());
+    // Examples in two groups (think sources): even and odd positions of each global batch.
+    let groups =
+        |from: usize, n: usize| -> Vec<u32> { (from..from + n).map(|i| (i % 2) as u32).collect() };
+    let mut whole = vec![GroupTotals::default(); 2];
     for (seqs, labels) in &batches {
         let b = batch(seqs, labels);
-        train_step(&one, &mut opt, &mut Local, b.as_ref(), seqs.len(), None)?;
+        let g = groups(0, seqs.len());
+        let tally = Tally {
+            group_of: &g,
+            groups: 2,
+        };
+        let r = train_step(
+            &one,
+            &mut opt,
+            &mut Local,
+            b.as_ref(),
+            seqs.len(),
+            None,
+            Some(&tally),
+        )?;
+        for (w, t) in whole.iter_mut().zip(&r.totals) {
+            w.add(t);
+        }
     }
     let rings = ring(2);
-    let trained: Vec<Vec<f32>> = std::thread::scope(|s| {
+    let trained: Vec<(Vec<f32>, Vec<GroupTotals>)> = std::thread::scope(|s| {
         let handles: Vec<_> = rings
             .into_iter()
             .enumerate()
@@ -108,6 +128,7 @@ fn two_workers_on_a_ring_reach_the_weights_of_one() -> TestResult {
                 s.spawn(move || {
                     let replica = Replica::new(cfg, 3, &Device::Cpu).unwrap();
                     let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+                    let mut totals = vec![GroupTotals::default(); 2];
                     for (k, (seqs, labels)) in batches.iter().enumerate() {
                         // The last step's examples all go to rank 0: rank 1 joins with none.
                         let mid = if k + 1 == batches.len() {
@@ -119,6 +140,8 @@ fn two_workers_on_a_ring_reach_the_weights_of_one() -> TestResult {
                             0 => (&seqs[..mid], &labels[..mid]),
                             _ => (&seqs[mid..], &labels[mid..]),
                         };
+                        let from = if rank == 0 { 0 } else { mid };
+                        let g = groups(from, s.len());
                         let report = train_step(
                             &replica,
                             &mut opt,
@@ -126,24 +149,50 @@ fn two_workers_on_a_ring_reach_the_weights_of_one() -> TestResult {
                             batch(s, l).as_ref(),
                             seqs.len(),
                             None,
+                            Some(&Tally {
+                                group_of: &g,
+                                groups: 2,
+                            }),
                         )
                         .unwrap();
                         assert_eq!(report.outcomes.len(), s.len());
+                        for (t, r) in totals.iter_mut().zip(&report.totals) {
+                            t.add(r);
+                        }
                     }
-                    weights(&replica)
+                    (weights(&replica), totals)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(
-        trained[0], trained[1],
+        trained[0].0, trained[1].0,
         "both replicas hold the same weights"
+    );
+    // Each replica knows the figures of every whole global batch, its neighbour's share too.
+    for (rank, (_, totals)) in trained.iter().enumerate() {
+        for (g, (t, w)) in totals.iter().zip(&whole).enumerate() {
+            assert_eq!(
+                (t.examples, t.correct),
+                (w.examples, w.correct),
+                "rank {rank} group {g}"
+            );
+            assert!(
+                (t.loss_sum - w.loss_sum).abs() <= 1e-3 * w.loss_sum,
+                "rank {rank} group {g}"
+            );
+        }
+    }
+    let examples: u64 = whole.iter().map(|w| w.examples).sum();
+    assert_eq!(
+        examples as usize,
+        batches.iter().map(|(s, _)| s.len()).sum::<usize>()
     );
     let single = weights(&one);
     let diff = single
         .iter()
-        .zip(&trained[0])
+        .zip(&trained[0].0)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(diff <= 1e-5, "two workers differ from one by {diff}");
@@ -196,6 +245,7 @@ fn a_failed_all_reduce_leaves_the_weights_untouched() -> TestResult {
         &mut Broken,
         b.as_ref(),
         seqs.len(),
+        None,
         None,
     )
     .expect_err("the all-reduce fails");

@@ -43,7 +43,15 @@ fn batch_of(seqs: &[Vec<u32>], labels: &[u32], idx: &[usize]) -> Result<Batch, B
 
 /// One step of a single-process run (the whole batch is the global batch); its summed loss.
 fn step(replica: &Replica, opt: &mut Adam, batch: &Batch) -> Result<f64, Box<dyn Error>> {
-    let report = train_step(replica, opt, &mut Local, Some(batch), batch.len(), None)?;
+    let report = train_step(
+        replica,
+        opt,
+        &mut Local,
+        Some(batch),
+        batch.len(),
+        None,
+        None,
+    )?;
     Ok(report.loss_sum())
 }
 

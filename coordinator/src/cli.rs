@@ -74,8 +74,9 @@ pub struct TrainArgs {
     /// gpu/build.sh). Worker daemons and joining workers choose their own with `worker --device`.
     #[arg(long, value_enum, default_value = "cpu", help_heading = "Cluster")]
     pub device: LocalDevice,
-    /// Address the coordinator's gRPC service listens on (default: loopback, a free port, for
-    /// local workers; 0.0.0.0, a free port, for worker daemons).
+    /// Address the coordinator's gRPC service listens on (default: a free port on loopback,
+    /// for local workers and for worker daemons that are all on loopback; on 0.0.0.0 for
+    /// daemons elsewhere).
     #[arg(long, value_name = "ADDR", value_parser = common::values::listen_addr, help_heading = "Cluster")]
     pub listen: Option<String>,
     /// With --workers host:port,...: the host name or IP the worker daemons dial to reach this

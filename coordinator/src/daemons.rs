@@ -48,6 +48,16 @@ pub fn advertise_addr(given: Option<&str>, daemons: &[String]) -> Result<String>
     }
 }
 
+/// Where the coordinator listens unless told: loopback when every daemon is on loopback (no
+/// other machine has any business on the port), else every interface.
+pub fn default_listen(daemons: &[String]) -> &'static str {
+    if daemons.iter().all(|d| is_loopback(host_of(d))) {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:0"
+    }
+}
+
 /// `SCHEME://HOST:PORT`, with brackets around an IPv6 address.
 pub fn url(scheme: &str, host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
@@ -196,6 +206,8 @@ mod tests {
         let remote = vec!["127.0.0.1:1".to_string(), "node-2:50052".to_string()];
         let name = advertise_addr(None, &remote).unwrap();
         assert!(!name.is_empty() && name != "127.0.0.1");
+        assert_eq!(default_listen(&local), "127.0.0.1:0");
+        assert_eq!(default_listen(&remote), "0.0.0.0:0");
     }
 
     #[test]

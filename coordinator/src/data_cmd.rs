@@ -48,7 +48,9 @@ pub struct ExportArgs {
     /// `label`, `text`), anything else as `label<TAB>text`. `--data` reads each back.
     #[arg(long)]
     pub out: PathBuf,
-    /// Add the source of each example as a third column (`source`).
+    /// Add the source of each example as a third column (`source`; in a TSV file under a
+    /// `label<TAB>text<TAB>source` header line). `--data` reads the column back, and the file
+    /// then stands for the sources it was made of.
     #[arg(long)]
     pub with_source: bool,
 }
@@ -105,6 +107,10 @@ fn export(p: &Pipeline, args: &ExportArgs) -> Result<()> {
     });
     common::fsutil::write_atomic_with(&args.out, |w| match format {
         Format::Tsv => {
+            // The header is what tells a reader that the third column is the source.
+            if args.with_source {
+                writeln!(w, "label\ttext\tsource")?;
+            }
             for (label, text, source) in rows {
                 write!(w, "{label}\t{text}")?;
                 if let Some(source) = source {

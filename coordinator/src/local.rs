@@ -126,6 +126,7 @@ impl Fleet {
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .kill_on_drop(true)
+                .pre_exec_parent_death()
                 .spawn()
                 .with_context(|| format!("starting worker {i} ({})", bin.display()))?;
             children.push(Worker::watch(i, child));
@@ -214,6 +215,28 @@ impl Fleet {
             let _ = w.child.kill().await;
         }
         self.children.clear();
+    }
+}
+
+/// Local workers die with the coordinator, however it dies: a coordinator killed, or
+/// interrupted in the middle of blocking work, never leaves them running.
+trait ParentDeath {
+    fn pre_exec_parent_death(&mut self) -> &mut Self;
+}
+
+impl ParentDeath for tokio::process::Command {
+    fn pre_exec_parent_death(&mut self) -> &mut Self {
+        // SAFETY: the closure runs in the child between fork and exec and calls only prctl,
+        // which is async-signal-safe. The signal follows the forking thread: a runtime
+        // worker thread, which lives as long as the coordinator's runtime.
+        unsafe {
+            self.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod daemons;
 mod data_cmd;
 mod experiment;
 mod infer_cmd;
+mod interrupt;
 mod local;
 mod logging;
 mod membership;
@@ -166,12 +167,11 @@ fn train(args: cli::TrainArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        tokio::select! {
-            r = run::train(args) => r,
-            _ = common::shutdown::signal() => anyhow::bail!("interrupted; workers stopped, the last epoch's checkpoint is kept"),
-        }
-    })
+    let note = std::sync::Arc::new(interrupt::StopNote::default());
+    let result = interrupt::run_until_signal(&rt, note.clone(), run::train(args, note));
+    // Blocking work an interrupted run left behind (an epoch half prepared) is not waited for.
+    rt.shutdown_background();
+    result
 }
 
 #[cfg(test)]
@@ -289,6 +289,35 @@ mod tests {
 
     /// A renamed or removed flag must not silently break the Kubernetes deployment: the
     /// coordinator's arguments and the ConfigMap's run.toml go through the real parser.
+    /// The token Secret is mounted 0400, in pods whose group the kubelet gives it to: a
+    /// non-root process can read it and has nothing to warn about.
+    #[test]
+    fn token_secrets_are_mounted_for_the_owner_alone() {
+        let mut secrets = 0;
+        for (file, doc) in super::manifests::documents() {
+            let pod = &doc["spec"]["template"]["spec"];
+            let Some(volumes) = pod["volumes"].as_sequence() else {
+                continue;
+            };
+            for v in volumes.iter().filter(|v| !v["secret"].is_null()) {
+                secrets += 1;
+                assert_eq!(
+                    v["secret"]["defaultMode"].as_u64(),
+                    Some(0o400),
+                    "{}: {v:?}",
+                    file.display()
+                );
+                assert_eq!(
+                    pod["securityContext"]["fsGroup"].as_u64(),
+                    pod["securityContext"]["runAsUser"].as_u64(),
+                    "{}: fsGroup makes the secret readable to the pod's user",
+                    file.display()
+                );
+            }
+        }
+        assert!(secrets >= 2, "the coordinator's and the workers' token");
+    }
+
     #[test]
     fn the_coordinator_container_and_its_configmap_parse() {
         let dir = tempfile::tempdir().unwrap();

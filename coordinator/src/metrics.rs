@@ -127,7 +127,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _ = answer(&mut stream, &metrics).await;
+            // A scraper asks at once; a stranger who sends nothing is let go.
+            let _ = tokio::time::timeout(common::idle::IDLE_TIMEOUT, answer(&mut stream, &metrics))
+                .await;
         });
     }
 }

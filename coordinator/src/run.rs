@@ -20,6 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::{RingTransport, TrainArgs, Workers};
+use crate::interrupt::StopNote;
 use crate::local::Fleet;
 use crate::membership::{Lost, Regroup};
 use crate::model_dir::{self, ModelMeta};
@@ -88,7 +89,7 @@ fn input_paths(args: &TrainArgs) -> Vec<&std::path::Path> {
         .collect()
 }
 
-pub async fn train(args: TrainArgs) -> Result<()> {
+pub async fn train(args: TrainArgs, note: Arc<StopNote>) -> Result<()> {
     let started = Instant::now();
     let tls_files = args.tls.clone();
     let tls = tls_files.load()?;
@@ -137,6 +138,8 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             let (run_dir, checkpoint) = RunDir::reopen(dir)?;
             crate::rundir::check_inputs(&crate::rundir::read_command(dir)?.inputs)?;
             let p = &checkpoint.progress;
+            note.run_dir(dir.clone());
+            note.checkpoint(p.epochs_done, p.step);
             tracing::info!(
                 "resuming {} after epoch {} and {} steps of the next",
                 dir.display(),
@@ -171,7 +174,9 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         }
     };
     tracing::info!("run directory {}", run_dir.path().display());
+    note.run_dir(run_dir.path().to_path_buf());
 
+    note.phase("preparing the training data");
     let data_cfg = args.data.clone();
     let mut pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&data_cfg))
         .await?
@@ -293,6 +298,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         encoder: encoder.clone(),
         encoder_cache_bytes: t.encoder_cache_mb.saturating_mul(1 << 20),
         ring_shared_memory: args.ring_transport == RingTransport::Auto,
+        sources: pipeline.sources().len() as u32,
     };
     let (world, local, daemons) = match (&args.workers, args.expect_workers) {
         (Workers::Remote(_), Some(_)) => bail!("--workers host:port,... runs the job on those worker daemons and --expect-workers N waits for workers that join by themselves: give one of them"),
@@ -368,7 +374,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     };
     let listen = args.listen.clone().unwrap_or_else(|| {
         match daemons {
-            Some(_) => "0.0.0.0:0",
+            Some(d) => crate::daemons::default_listen(d),
             None => "127.0.0.1:0",
         }
         .into()
@@ -386,6 +392,10 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         if let Some(warning) = oversubscribed(n, threads, cores()) {
             tracing::warn!("{warning}");
         }
+    }
+    note.phase(format!("waiting for {world} workers to join"));
+    if local.is_some() {
+        note.workers_started();
     }
     let mut fleet = match local {
         Some(n) => Fleet::spawn(
@@ -419,6 +429,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
             &labels,
             &vocab,
             checkpoint.map(|c| c.progress),
+            &note,
         )
         .await
     }
@@ -458,6 +469,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     }
     let record = outcome?;
 
+    note.phase("testing and saving the final model");
     finish(
         &args, &run_dir, record, test, &labels, started, world, threads,
     )
@@ -494,6 +506,7 @@ async fn drive(
     labels: &[String],
     vocab: &common::data::vocab::Vocab,
     resumed: Option<Progress>,
+    note: &StopNote,
 ) -> Result<Record> {
     wait_for_members(shared, fleet, Duration::from_secs(args.join_timeout)).await?;
     let t = &args.train;
@@ -533,6 +546,7 @@ async fn drive(
         } else {
             Vec::new()
         };
+        note.phase(format!("preparing epoch {} of {}", epoch + 1, t.epochs));
         let p = pipeline.clone();
         let examples = tokio::task::spawn_blocking(move || p.epoch(epoch)).await?;
         let batches = global_batches(&examples, t.batch_size, args.data.seed, epoch);
@@ -554,12 +568,14 @@ async fn drive(
         bar.set_length(steps);
         bar.set_position(0);
         bar.set_message(format!("epoch {}/{}", epoch + 1, t.epochs));
+        note.phase(format!("training epoch {} of {}", epoch + 1, t.epochs));
         // Inside the epoch, a checkpoint after every --checkpoint-every steps.
         let mut save_inside = |c: pb::CheckpointUpload| -> Result<()> {
             let mut p = progress.clone();
             p.step = c.steps_done;
             p.applied = c.applied_examples;
             run_dir.save_checkpoint(&meta, &c.weights, &c.optimizer_state, &p)?;
+            note.checkpoint(p.epochs_done, p.step);
             tracing::debug!("checkpoint at step {} of epoch {}", c.steps_done, epoch + 1);
             Ok(())
         };
@@ -661,6 +677,7 @@ async fn drive(
         }));
         // The checkpoint follows the selected model, so a resumed run never lacks it.
         run_dir.save_checkpoint(&meta, &s.weights, &s.optimizer, &progress)?;
+        note.checkpoint(progress.epochs_done, 0);
         run_dir.append_metrics(&line)?;
         let eval_note = s.eval.as_ref().map_or(String::new(), |(l, c)| {
             format!(", eval loss {l:.4} accuracy {:.4}", c.accuracy())
@@ -776,7 +793,7 @@ async fn gather(
     classes: usize,
     bar: &ProgressBar,
     lost_before: Vec<Lost>,
-    save_checkpoint: &mut dyn FnMut(pb::CheckpointUpload) -> Result<()>,
+    save_checkpoint: &mut (dyn FnMut(pb::CheckpointUpload) -> Result<()> + Send),
 ) -> Result<EpochSummary> {
     let shared = regroup.shared;
     let epoch = regroup.epoch;
@@ -855,9 +872,21 @@ async fn gather(
         );
     }
     let workers = reports.len();
-    let examples: u64 = reports.iter().map(|r| r.examples).sum();
-    let loss: f64 = reports.iter().map(|r| r.loss_sum).sum();
-    let correct: u64 = reports.iter().map(|r| r.correct).sum();
+    // Every report holds the figures of the whole epoch (each step sums them across the
+    // workers, and a regroup hands them on with the weights), a lost worker's share included.
+    if let Some(r) = reports.iter().find(|r| r.examples != reports[0].examples) {
+        tracing::warn!(
+            "epoch {}: worker {} counts {} trained examples, worker {} {}",
+            epoch + 1,
+            r.rank,
+            r.examples,
+            reports[0].rank,
+            reports[0].examples
+        );
+    }
+    let examples = reports[0].examples;
+    let loss = reports[0].loss_sum;
+    let correct = reports[0].correct;
     let train_s = reports.iter().map(|r| r.train_seconds).fold(0.0, f64::max);
     let steps = reports.iter().map(|r| r.steps).max().unwrap_or(0).max(1) as f64;
     let allreduce = reports
@@ -888,17 +917,7 @@ async fn gather(
     let reports_encoded = reports.iter().map(|r| r.encoded).sum();
     let reports_cached = reports.iter().map(|r| r.encode_cached).sum();
     let reports_encode_s = reports.iter().map(|r| r.encode_seconds).fold(0.0, f64::max);
-    let mut sources: Vec<pb::SourceStats> = Vec::new();
-    for s in reports.iter().flat_map(|r| &r.sources) {
-        match sources.iter_mut().find(|t| t.source == s.source) {
-            Some(t) => {
-                t.examples += s.examples;
-                t.loss_sum += s.loss_sum;
-                t.correct += s.correct;
-            }
-            None => sources.push(*s),
-        }
-    }
+    let mut sources = reports[0].sources.clone();
     sources.sort_by_key(|s| s.source);
     let mut rank0 = reports.into_iter().next().context("no report")?;
     Ok(EpochSummary {
@@ -1057,8 +1076,8 @@ async fn serve(
     let service = pb::coordinator_server::CoordinatorServer::new(Service(shared))
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut builder = tonic::transport::Server::builder();
+    let incoming = common::idle::incoming(listener);
+    let mut builder = common::idle::grpc_server();
     if let Some(tls) = tls {
         builder = match builder.tls_config(tls) {
             Ok(b) => b,

@@ -794,8 +794,9 @@ impl pb::coordinator_server::Coordinator for Service {
 
     async fn run_status(
         &self,
-        _: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
+        self.0.check_token(&req.get_ref().token, "run status")?;
         let epoch = self.0.plan.borrow().as_ref().map_or(0, |p| p.epoch);
         let workers = self
             .0

@@ -74,8 +74,8 @@ pub async fn serve(args: &Args, listen: &str, token: String) -> Result<()> {
             p => p.to_string(),
         }
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut builder = tonic::transport::Server::builder();
+    let incoming = common::idle::incoming(listener);
+    let mut builder = common::idle::grpc_server();
     if let Some(tls) = args.tls.load()? {
         if args.tls.cert.is_some() {
             builder = builder

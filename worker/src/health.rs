@@ -25,9 +25,9 @@ pub async fn serve(addr: &str) -> Result<Health> {
         "health service on {}",
         listener.local_addr().context("the health address")?
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = common::idle::incoming(listener);
     Ok(Health(tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = common::idle::grpc_server()
             .add_service(health)
             .serve_with_incoming(incoming)
             .await;

@@ -194,6 +194,7 @@ fn training(device: &Device, spec: DeviceSpec) -> Result<bool> {
                 Some(batch),
                 batch.len(),
                 None,
+                None,
             )?;
             losses.push(step.loss_sum() / batch.len() as f64);
         }

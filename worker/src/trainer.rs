@@ -13,7 +13,7 @@ use common::encoder::Encoder;
 use common::metrics::Confusion;
 use common::model::{Batch, Classifier};
 use common::pb;
-use common::train::{evaluate, train_step, Adam, Replica, RunSpec, StepError};
+use common::train::{evaluate, train_step, Adam, Replica, RunSpec, StepError, Tally};
 
 use crate::client::{self, Membership, Progress};
 use crate::device::DeviceSpec;
@@ -54,6 +54,21 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
     let rank = reply.rank;
     let world = reply.world_size as usize;
     tracing::info!("joined as rank {rank} of {world}; ring address {ring_addr}");
+    // From the join on: forming the ring, fetching and loading the encoder all take time,
+    // and a coordinator that hears nothing meanwhile takes the worker for lost.
+    let progress = Arc::new(Progress::default());
+    let membership = Arc::new(Membership::default());
+    membership
+        .generation
+        .store(reply.generation, Ordering::SeqCst);
+    rt.spawn(client::heartbeats(
+        client.clone(),
+        token.to_string(),
+        rank,
+        progress.clone(),
+        membership.clone(),
+        Duration::from_secs(args.heartbeat_timeout),
+    ));
     let spec: RunSpec = serde_json::from_str(&reply.run_spec_json)
         .context("the coordinator sent an unreadable run spec")?;
     let classes = reply.labels.len();
@@ -114,20 +129,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         Adam::from_bytes(replica.host().groups(), spec.adam, &reply.initial_optimizer)
             .context("loading the coordinator's optimizer state")?
     };
-    let progress = Arc::new(Progress::default());
-    let membership = Arc::new(Membership::default());
-    membership
-        .generation
-        .store(reply.generation, Ordering::SeqCst);
     membership.set_abort(abort);
-    rt.spawn(client::heartbeats(
-        client.clone(),
-        token.to_string(),
-        rank,
-        progress.clone(),
-        membership.clone(),
-        Duration::from_secs(args.heartbeat_timeout),
-    ));
     let mut job = Job {
         id: rank,
         token: token.to_string(),
@@ -507,23 +509,31 @@ impl Job {
         self.membership.set_abort(abort);
         let source = reply.state_source as usize;
         let mut state = if rank == source {
-            pack_state(&self.replica.host().to_bytes()?, &self.opt.to_bytes()?)
+            pack_state(
+                &self.replica.host().to_bytes()?,
+                &self.opt.to_bytes()?,
+                &figures_of(&self.report),
+            )
         } else {
             Vec::new()
         };
         self.ring
             .broadcast_bytes(source, &mut state)
             .map_err(|e| anyhow::Error::new(RingFailed(format!("state broadcast: {e}"))))?;
+        if reply.epoch != self.at.epoch {
+            self.report = pb::EpochReport::default();
+        }
         if rank != source {
-            let (weights, optimizer) = unpack_state(&state)?;
+            let (weights, optimizer, figures) = unpack_state(&state)?;
             self.replica
                 .load_weights_bytes(weights)
                 .context("loading the broadcast weights")?;
             self.opt = Adam::from_bytes(self.replica.host().groups(), self.spec.adam, optimizer)
                 .context("loading the broadcast optimizer state")?;
-        }
-        if reply.epoch != self.at.epoch {
-            self.report = pb::EpochReport::default();
+            // The figures go with the weights: those of the steps this worker adopts.
+            if reply.epoch == self.at.epoch {
+                adopt_figures(&mut self.report, figures)?;
+            }
         }
         self.at = Position {
             epoch: reply.epoch,
@@ -594,24 +604,61 @@ fn form_ring(
     Ok((Box::new(ring), Some(abort)))
 }
 
-/// Weights and optimizer state in one buffer for the broadcast: the weights' length first.
-fn pack_state(weights: &[u8], optimizer: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + weights.len() + optimizer.len());
+/// Weights, optimizer state and the epoch's figures so far in one buffer for the broadcast,
+/// each but the last after its length.
+fn pack_state(weights: &[u8], optimizer: &[u8], figures: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + weights.len() + optimizer.len() + figures.len());
     out.extend_from_slice(&(weights.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(optimizer.len() as u64).to_le_bytes());
     out.extend_from_slice(weights);
     out.extend_from_slice(optimizer);
+    out.extend_from_slice(figures);
     out
 }
 
-fn unpack_state(state: &[u8]) -> Result<(&[u8], &[u8])> {
-    let (len, rest) = state
+fn unpack_state(state: &[u8]) -> Result<(&[u8], &[u8], &[u8])> {
+    let malformed = || anyhow!("the broadcast state is malformed");
+    let (weights_len, rest) = state
         .split_first_chunk::<8>()
         .context("the broadcast state is too short")?;
-    let len = usize::try_from(u64::from_le_bytes(*len))
-        .ok()
-        .filter(|&n| n <= rest.len())
-        .context("the broadcast state is malformed")?;
-    Ok(rest.split_at(len))
+    let (optimizer_len, rest) = rest
+        .split_first_chunk::<8>()
+        .context("the broadcast state is too short")?;
+    let len = |b: &[u8; 8]| usize::try_from(u64::from_le_bytes(*b)).map_err(|_| malformed());
+    let (weights_len, optimizer_len) = (len(weights_len)?, len(optimizer_len)?);
+    if weights_len
+        .checked_add(optimizer_len)
+        .is_none_or(|n| n > rest.len())
+    {
+        return Err(malformed());
+    }
+    let (weights, rest) = rest.split_at(weights_len);
+    let (optimizer, figures) = rest.split_at(optimizer_len);
+    Ok((weights, optimizer, figures))
+}
+
+/// The epoch's figures of `report` (examples, loss, correct, per source), encoded.
+fn figures_of(report: &pb::EpochReport) -> Vec<u8> {
+    use prost::Message;
+    pb::EpochReport {
+        examples: report.examples,
+        loss_sum: report.loss_sum,
+        correct: report.correct,
+        sources: report.sources.clone(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Takes the epoch's figures of the worker whose weights this one adopts.
+fn adopt_figures(report: &mut pb::EpochReport, figures: &[u8]) -> Result<()> {
+    use prost::Message;
+    let f = pb::EpochReport::decode(figures).context("the broadcast figures are malformed")?;
+    report.examples = f.examples;
+    report.loss_sum = f.loss_sum;
+    report.correct = f.correct;
+    report.sources = f.sources;
+    Ok(())
 }
 
 /// Trains one step with the library's step and keeps the books: the epoch's report gets the
@@ -634,6 +681,11 @@ fn train_one(
             spec.model.vocab_size(),
         )?),
     };
+    let sources: Vec<u32> = step.examples.iter().map(|e| e.source).collect();
+    let tally = Tally {
+        group_of: &sources,
+        groups: spec.sources.max(1) as usize,
+    };
     let done = train_step(
         replica,
         opt,
@@ -641,6 +693,7 @@ fn train_one(
         batch.as_ref(),
         step.global_batch as usize,
         spec.class_weights.as_deref(),
+        Some(&tally),
     )
     .map_err(|e| match e {
         StepError::Collective {
@@ -655,23 +708,26 @@ fn train_one(
     report.compute_seconds += done.timings.compute.as_secs_f64();
     report.allreduce_seconds += done.timings.all_reduce.as_secs_f64();
     report.update_seconds += done.timings.update.as_secs_f64();
-    // Counted only once applied: a step lost with its ring is trained again or adopted.
+    // Counted only once applied (a step lost with its ring is trained again or adopted), and
+    // for the whole global batch: every worker's report holds the figures of every applied
+    // step, those of a worker lost later included.
     let mut loss = 0.0;
-    let mut correct = 0;
-    for (example, outcome) in step.examples.iter().zip(&done.outcomes) {
-        let stats = by_source(&mut report.sources, example.source);
-        stats.examples += 1;
-        stats.loss_sum += f64::from(outcome.loss);
-        stats.correct += u64::from(outcome.correct);
-        loss += f64::from(outcome.loss);
-        correct += usize::from(outcome.correct);
+    for (source, t) in done.totals.iter().enumerate() {
+        if t.examples == 0 {
+            continue;
+        }
+        let stats = by_source(&mut report.sources, source as u32);
+        stats.examples += t.examples;
+        stats.loss_sum += t.loss_sum;
+        stats.correct += t.correct;
+        report.examples += t.examples;
+        report.correct += t.correct;
+        loss += t.loss_sum;
     }
-    report.train_seconds += start.elapsed().as_secs_f64();
-    report.examples += step.examples.len() as u64;
     report.loss_sum += loss;
-    report.correct += correct as u64;
+    report.train_seconds += start.elapsed().as_secs_f64();
     report.steps += 1;
-    if !loss.is_finite() {
+    if !loss.is_finite() || !done.loss_sum().is_finite() {
         report.diverged = true;
     }
     Ok(())

@@ -32,6 +32,9 @@ use super::{check_sparse_input, Collective, CollectiveError, Peer};
 const DIAL_RETRY: Duration = Duration::from_millis(50);
 /// How often the acceptor polls its (non-blocking) listener.
 const ACCEPT_POLL: Duration = Duration::from_millis(10);
+/// Handshakes the acceptor runs at once; connections beyond it are closed at once, so a flood
+/// of strangers costs threads only up to this.
+const MAX_HANDSHAKES: usize = 16;
 /// Cap on what is reserved up front for a peer's sparse contribution; beyond it the buffer
 /// grows only as bytes actually arrive, so a bogus count cannot allocate gigabytes.
 const MAX_SPARSE_PREALLOC: usize = 16 << 20;
@@ -45,6 +48,9 @@ pub struct RingOptions {
     /// for dead. It must exceed the longest time one rank can wait for the slowest to enter
     /// the same collective (the skew of their compute), or a slow step reads as a failure.
     pub io_timeout: Duration,
+    /// How long an accepted connection has to authenticate. Handshakes run side by side, so
+    /// a silent stranger holds only its own connection, and only for this long.
+    pub handshake_timeout: Duration,
     /// The segment size, in bytes, this rank cuts the chunks it originates into. Smaller
     /// segments overlap sending and receiving sooner; larger ones cost fewer frames. Clamped
     /// to 4 bytes..=[`MAX_PAYLOAD`] and rounded down to whole f32s.
@@ -64,6 +70,7 @@ impl Default for RingOptions {
         Self {
             connect_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
             segment_bytes: 128 << 10,
             tls: None,
             shared_memory: 0,
@@ -401,11 +408,12 @@ impl Formation<'_> {
         r
     }
 
-    /// The timeout for one handshake step: the I/O timeout, but never past the deadline.
+    /// The timeout for one handshake step: the handshake timeout, but never past the deadline.
     fn handshake_timeout(&self) -> Duration {
         let left = self.deadline.saturating_duration_since(Instant::now());
         self.options
-            .io_timeout
+            .handshake_timeout
+            .min(self.options.io_timeout)
             .min(left)
             .max(Duration::from_millis(1))
     }
@@ -489,7 +497,27 @@ impl Formation<'_> {
     ) -> Result<Option<Link<dyn Read + Send>>, CollectiveError> {
         let mut auth_failures = 0usize;
         let mut last_auth_failure = String::new();
+        // Each accepted connection authenticates on a thread of its own and reports here.
+        let (done, finished) =
+            mpsc::channel::<(SocketAddr, Result<Link<dyn Read + Send>, HandshakeError>)>();
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         loop {
+            while let Ok((from, outcome)) = finished.try_recv() {
+                match outcome {
+                    Ok(link) => return Ok(Some(link)),
+                    Err(HandshakeError::Auth(reason)) => {
+                        tracing::warn!(%from, expected = %left, %reason, "rejected a ring connection: authentication failed");
+                        auth_failures += 1;
+                        last_auth_failure = reason;
+                    }
+                    Err(HandshakeError::Protocol(e)) => {
+                        tracing::warn!(%from, expected = %left, error = %e, "dropped a ring connection that does not speak the protocol");
+                    }
+                    Err(HandshakeError::Io(e)) => {
+                        tracing::warn!(%from, expected = %left, error = %e, "dropped a ring connection during the handshake");
+                    }
+                }
+            }
             let given_up = self.give_up.load(Ordering::SeqCst);
             if (given_up || Instant::now() >= self.deadline) && auth_failures > 0 {
                 // The likely reason the ring did not form, whichever side noticed first.
@@ -524,33 +552,62 @@ impl Formation<'_> {
                     continue;
                 }
             };
-            let handshake = stream
-                .set_nonblocking(false)
-                .and_then(|()| configure(&stream, self.handshake_timeout()))
-                .map_err(HandshakeError::Io)
-                .and_then(|()| {
-                    auth::accept(&stream, self.auth, self.me, left.rank as u32, self.world)
-                });
-            let handshake = handshake.and_then(|()| {
-                Link::accepted(stream, left, self.options)
-                    .map_err(|e| HandshakeError::Auth(e.to_string()))
-            });
-            match handshake {
-                Ok(link) => return Ok(Some(link)),
-                Err(HandshakeError::Auth(reason)) => {
-                    tracing::warn!(%from, expected = %left, %reason, "rejected a ring connection: authentication failed");
-                    auth_failures += 1;
-                    last_auth_failure = reason;
-                }
-                Err(HandshakeError::Protocol(e)) => {
-                    tracing::warn!(%from, expected = %left, error = %e, "dropped a ring connection that does not speak the protocol");
-                }
-                Err(HandshakeError::Io(e)) => {
-                    tracing::warn!(%from, expected = %left, error = %e, "dropped a ring connection during the handshake");
-                }
+            if in_flight.load(Ordering::SeqCst) >= MAX_HANDSHAKES {
+                tracing::warn!(%from, "dropped a ring connection: {MAX_HANDSHAKES} handshakes already under way");
+                continue;
             }
-            // The rejected connection was dropped, so it is closed.
+            in_flight.fetch_add(1, Ordering::SeqCst);
+            let handshake = AcceptedHandshake {
+                auth: self.auth.clone(),
+                options: self.options.clone(),
+                me: self.me,
+                world: self.world,
+                left,
+                timeout: self.handshake_timeout(),
+            };
+            let (done, in_flight) = (done.clone(), in_flight.clone());
+            let spawned = thread::Builder::new()
+                .name("ring-handshake".into())
+                .spawn(move || {
+                    let outcome = handshake.run(stream);
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    // The acceptor may have its neighbour already and be gone: then this
+                    // connection is simply dropped.
+                    let _ = done.send((from, outcome));
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(%from, error = %e, "dropped a ring connection: no thread for its handshake");
+            }
         }
+    }
+}
+
+/// What one accepted connection needs to authenticate as the left neighbour, owned, so the
+/// handshake can run on a thread of its own.
+struct AcceptedHandshake {
+    auth: RingAuth,
+    options: RingOptions,
+    me: u32,
+    world: u32,
+    left: Peer,
+    timeout: Duration,
+}
+
+impl AcceptedHandshake {
+    fn run(self, stream: TcpStream) -> Result<Link<dyn Read + Send>, HandshakeError> {
+        stream
+            .set_nonblocking(false)
+            .and_then(|()| configure(&stream, self.timeout))
+            .map_err(HandshakeError::Io)?;
+        auth::accept(
+            &stream,
+            &self.auth,
+            self.me,
+            self.left.rank as u32,
+            self.world,
+        )?;
+        Link::accepted(stream, self.left, &self.options)
+            .map_err(|e| HandshakeError::Auth(e.to_string()))
     }
 }
 

@@ -2,7 +2,7 @@
 //! and broken peers are built from the crate-private handshake so they can get past
 //! authentication and then misbehave on the wire.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -457,6 +457,43 @@ fn a_stray_connection_speaking_garbage_is_dropped_and_the_ring_still_forms() {
         .map(|r| r.expect("the real ring forms"))
         .collect();
     check_dense(&mut rings, 100);
+}
+
+/// Idle strangers on both ring ports, more of them than the connect timeout has handshake
+/// timeouts for: handled one after another they would stop the ring from forming. Each is
+/// dropped after the handshake timeout, while the real neighbours' handshakes go on beside it.
+#[test]
+fn idle_strangers_on_the_ring_ports_neither_stall_the_ring_nor_stay_connected() {
+    let (ls, addrs) = listeners(2);
+    let strangers: Vec<TcpStream> = (0..8)
+        .map(|i| TcpStream::connect(addrs[i % 2]).expect("a stranger connects"))
+        .collect();
+    let opts = vec![
+        RingOptions {
+            handshake_timeout: Duration::from_secs(2),
+            ..options(Duration::from_secs(6), Duration::from_secs(30))
+        };
+        2
+    ];
+    let auths = vec![RingAuth::new(TOKEN, RUN); 2];
+    let mut rings: Vec<RingAllReduce> = form_on(ls, &addrs, &auths, &opts)
+        .into_iter()
+        .map(|r| r.expect("the real ring forms beside the strangers"))
+        .collect();
+    check_dense(&mut rings, 100);
+    for mut s in strangers {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 256];
+        // The challenge may come first; then the connection must end, not hang.
+        let ended = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        };
+        assert!(ended, "a stranger stays connected");
+    }
 }
 
 #[test]

@@ -213,6 +213,11 @@ pub struct DataConfig {
     #[arg(long, value_name = "R", default_value_t = 1.0, value_parser = fraction, help_heading = "Selection")]
     pub balance_ratio: f64,
 
+    /// Most memory an epoch may take, e.g. 8G or 500M (default: half the memory available
+    /// when the data is prepared). An epoch estimated larger is refused before it is made.
+    #[arg(long, value_name = "SIZE", value_parser = crate::values::byte_size, help_heading = "Selection")]
+    pub memory_budget: Option<u64>,
+
     /// Seed of every random choice (augmentation, balance, shuffling, splits).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -245,6 +250,7 @@ impl Default for DataConfig {
             crop: None,
             balance: Balance::None,
             balance_ratio: 1.0,
+            memory_budget: None,
             seed: 0,
         }
     }

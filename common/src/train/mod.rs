@@ -8,6 +8,7 @@ pub mod evaluate;
 pub mod replica;
 pub mod spec;
 pub mod step;
+pub mod tally;
 
 pub use adam::{Adam, AdamConfig, AdamState, Moments};
 pub use bucket::bucket_batches;
@@ -18,3 +19,4 @@ pub use step::{
     compute_gradients, compute_gradients_per_example, compute_gradients_weighted, train_step,
     Outcome, StepError, StepReport, StepTimings,
 };
+pub use tally::{GroupTotals, Tally};

@@ -27,6 +27,14 @@ pub struct RunSpec {
     /// coordinator decides.
     #[serde(default = "yes")]
     pub ring_shared_memory: bool,
+    /// The run's training sources (examples name theirs by index): each step sums its figures
+    /// per source across the workers.
+    #[serde(default = "one")]
+    pub sources: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn yes() -> bool {

@@ -9,6 +9,7 @@ use candle_core::Tensor;
 
 use super::adam::Adam;
 use super::replica::Replica;
+use super::tally::{self, GroupTotals, Tally, TallyError};
 use crate::collective::{Collective, CollectiveError};
 use crate::model::{Batch, Classifier, Gradients, ModelError, Result};
 
@@ -120,6 +121,8 @@ pub struct StepTimings {
 pub struct StepReport {
     /// Each local example's loss and correctness, in batch order.
     pub outcomes: Vec<Outcome>,
+    /// With a [`Tally`]: the whole global batch's figures per group, the same on every worker.
+    pub totals: Vec<GroupTotals>,
     pub timings: StepTimings,
 }
 
@@ -155,7 +158,8 @@ pub enum StepError {
 /// across the workers by `collective`, divided by `global_batch_size`, clipped if the optimizer
 /// says so, and applied to the replica's master weights, whose device copy is then refreshed.
 /// Every worker applies the same sums, so every replica holds the same weights after every
-/// step. If the all-reduce fails, the weights are untouched.
+/// step. With a `tally`, the step's figures are summed across the workers too (see
+/// [`Tally`]). If an all-reduce fails, the weights are untouched.
 pub fn train_step(
     replica: &Replica,
     opt: &mut Adam,
@@ -163,6 +167,7 @@ pub fn train_step(
     batch: Option<&Batch>,
     global_batch_size: usize,
     class_weights: Option<&[f32]>,
+    tally: Option<&Tally<'_>>,
 ) -> std::result::Result<StepReport, StepError> {
     if global_batch_size == 0 {
         return Err(ModelError::Batch("global batch size 0".into()).into());
@@ -175,11 +180,22 @@ pub fn train_step(
     };
     let reduce = Instant::now();
     all_reduce(collective, &mut grads)?;
+    let totals = match tally {
+        Some(t) => tally::sum(collective, t, &outcomes).map_err(|e| match e {
+            TallyError::Model(e) => StepError::Model(e),
+            TallyError::Collective(source) => StepError::Collective {
+                what: "the step's figures",
+                source,
+            },
+        })?,
+        None => Vec::new(),
+    };
     let update = Instant::now();
     apply_gradients(replica.host(), opt, &mut grads, global_batch_size)?;
     replica.sync()?;
     Ok(StepReport {
         outcomes,
+        totals,
         timings: StepTimings {
             compute: reduce - start,
             all_reduce: update - reduce,

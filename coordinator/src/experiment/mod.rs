@@ -250,8 +250,13 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                 args.encoder.as_deref(),
             )?);
             let one = OneRun::try_parse_from(&argv).context("building a cell's training run")?;
-            rt.block_on(crate::run::train(one.train))
-                .with_context(|| format!("cell {label} {condition} seed {seed}"))?;
+            let note = std::sync::Arc::new(crate::interrupt::StopNote::default());
+            crate::interrupt::run_until_signal(
+                &rt,
+                note.clone(),
+                crate::run::train(one.train, note),
+            )
+            .with_context(|| format!("cell {label} {condition} seed {seed}"))?;
         }
         let s: serde_json::Value = serde_json::from_slice(
             &std::fs::read(&summary).with_context(|| format!("reading {}", summary.display()))?,

@@ -82,6 +82,7 @@ mod tests {
                     line: out.len() as u32 + 1,
                     label: label.into(),
                     text: format!("{label} {i}"),
+                    source: None,
                 });
             }
         }

@@ -1,7 +1,11 @@
-//! Reading labelled examples from TSV (`label<TAB>text`), CSV with a header, and JSON lines.
+//! Reading labelled examples from TSV (`label<TAB>text`, optionally under a header line), CSV
+//! with a header, and JSON lines.
 //!
 //! Every bad line is an error naming `file:line`, unless the caller asks to skip bad lines,
 //! in which case they are counted and reported.
+
+mod csv;
+mod tsv;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -100,14 +104,28 @@ pub struct Record {
     pub line: u32,
     pub label: String,
     pub text: String,
+    /// The example's source as our own export (`data export --with-source`) recorded it: a
+    /// `source` column (TSV under a header naming it, CSV) or key (JSON lines).
+    pub source: Option<String>,
+}
+
+/// What a line holds, before it is numbered.
+#[derive(Debug)]
+struct Row {
+    label: String,
+    text: String,
+    source: Option<String>,
 }
 
 #[derive(Debug)]
 pub struct Loaded {
     pub path: PathBuf,
     pub records: Vec<Record>,
-    /// Bad lines skipped under [`BadLinePolicy::Skip`].
+    /// Bad lines skipped under [`BadLinePolicy::Skip`], counting every line an unclosed
+    /// quote took with it.
     pub skipped: usize,
+    /// The column names of a header line, when the first line of a TSV file was one.
+    pub header: Option<Vec<String>>,
 }
 
 /// Refuses a directory where a data file is expected, saying so (opening one fails later
@@ -150,16 +168,41 @@ pub fn load_from(
         policy: opts.on_bad_line,
         records: Vec::new(),
         skipped: 0,
+        unclosed_quote: None,
     };
+    let mut header = None;
     match format {
-        Format::Tsv => read_lines(file, &mut sink, parse_tsv)?,
-        Format::Jsonl => read_lines(file, &mut sink, |line| {
-            parse_json(line, &opts.text_column, &opts.label_column)
+        Format::Tsv => {
+            let mut columns = tsv::Columns::default();
+            read_lines(file, &mut sink, |line_no, line| {
+                if line_no == 1 {
+                    if let Some(found) = tsv::Columns::header(line) {
+                        tracing::info!(
+                            "{shown}:1: a header line ({}), not an example: skipped",
+                            found.names().join(", ")
+                        );
+                        header = Some(found.names().to_vec());
+                        columns = found;
+                        return None;
+                    }
+                }
+                Some(columns.parse(line))
+            })?
+        }
+        Format::Jsonl => read_lines(file, &mut sink, |_, line| {
+            Some(parse_json(line, &opts.text_column, &opts.label_column))
         })?,
-        Format::Csv => read_csv(file, &mut sink, opts)?,
+        Format::Csv => csv::read(file, &mut sink, opts)?,
     }
     if sink.skipped > 0 {
-        tracing::warn!("{shown}: skipped {} bad lines", sink.skipped);
+        match sink.unclosed_quote {
+            Some(open) => tracing::warn!(
+                "{shown}: skipped {} bad lines, most of them after the quote opened on line \
+                 {open} that never closes",
+                sink.skipped
+            ),
+            None => tracing::warn!("{shown}: skipped {} bad lines", sink.skipped),
+        }
     }
     if sink.records.is_empty() {
         return Err(DataError::Empty { path: shown });
@@ -168,6 +211,7 @@ pub fn load_from(
         path: PathBuf::from(name),
         records: sink.records,
         skipped: sink.skipped,
+        header,
     })
 }
 
@@ -177,22 +221,29 @@ struct Sink {
     policy: BadLinePolicy,
     records: Vec<Record>,
     skipped: usize,
+    /// Where the quote that swallowed the end of a CSV file opened, when one did.
+    unclosed_quote: Option<u64>,
 }
 
 impl Sink {
-    fn push(
-        &mut self,
-        line: u64,
-        parsed: Result<(String, String), String>,
-    ) -> Result<(), DataError> {
+    fn push(&mut self, line: u64, parsed: Result<Row, String>) -> Result<(), DataError> {
         match parsed {
-            Ok((label, text)) => {
+            Ok(Row {
+                label,
+                text,
+                source,
+            }) => {
                 let line = u32::try_from(line).map_err(|_| DataError::BadLine {
                     path: self.path.clone(),
                     line,
                     msg: "file has more than 4 billion lines".into(),
                 })?;
-                self.records.push(Record { line, label, text });
+                self.records.push(Record {
+                    line,
+                    label,
+                    text,
+                    source,
+                });
                 Ok(())
             }
             Err(msg) => self.bad(line, msg),
@@ -215,10 +266,12 @@ impl Sink {
 }
 
 /// Reads newline-separated lines without ever holding more than [`MAX_LINE_BYTES`] of one.
+/// `parse` gets the line number and the line, and answers `None` for a line that holds no
+/// example and is no error (a header).
 fn read_lines(
     file: impl Read,
     sink: &mut Sink,
-    parse: impl Fn(&str) -> Result<(String, String), String>,
+    mut parse: impl FnMut(u64, &str) -> Option<Result<Row, String>>,
 ) -> Result<(), DataError> {
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut buf = Vec::new();
@@ -246,14 +299,16 @@ fn read_lines(
             continue;
         }
         let parsed = match std::str::from_utf8(&buf) {
-            Ok(line) if line_no == 1 => parse(super::strip_byte_order_mark(line)),
-            Ok(line) => parse(line),
-            Err(e) => Err(format!(
+            Ok(line) if line_no == 1 => parse(line_no, super::strip_byte_order_mark(line)),
+            Ok(line) => parse(line_no, line),
+            Err(e) => Some(Err(format!(
                 "invalid UTF-8 at byte {} of the line",
                 e.valid_up_to() + 1
-            )),
+            ))),
         };
-        sink.push(line_no, parsed)?;
+        if let Some(parsed) = parsed {
+            sink.push(line_no, parsed)?;
+        }
     }
 }
 
@@ -272,17 +327,7 @@ fn skip_rest_of_line(reader: &mut impl BufRead) -> std::io::Result<()> {
     }
 }
 
-fn parse_tsv(line: &str) -> Result<(String, String), String> {
-    if line.trim().is_empty() {
-        return Err("empty line (expected label<TAB>text)".into());
-    }
-    let (label, text) = line
-        .split_once('\t')
-        .ok_or("no tab separator (expected label<TAB>text)")?;
-    labelled(label, text)
-}
-
-fn labelled(label: &str, text: &str) -> Result<(String, String), String> {
+fn labelled(label: &str, text: &str) -> Result<Row, String> {
     let (label, text) = (label.trim(), text.trim());
     if label.is_empty() {
         return Err("empty label".into());
@@ -290,10 +335,14 @@ fn labelled(label: &str, text: &str) -> Result<(String, String), String> {
     if text.is_empty() {
         return Err("empty text".into());
     }
-    Ok((label.to_string(), text.to_string()))
+    Ok(Row {
+        label: label.to_string(),
+        text: text.to_string(),
+        source: None,
+    })
 }
 
-fn parse_json(line: &str, text_key: &str, label_key: &str) -> Result<(String, String), String> {
+fn parse_json(line: &str, text_key: &str, label_key: &str) -> Result<Row, String> {
     if line.trim().is_empty() {
         return Err("empty line (expected a JSON object)".into());
     }
@@ -312,93 +361,12 @@ fn parse_json(line: &str, text_key: &str, label_key: &str) -> Result<(String, St
         Some(_) => return Err(format!("field \"{label_key}\" is not a string or number")),
         None => return Err(format!("missing field \"{label_key}\"")),
     };
-    labelled(&label, text)
-}
-
-fn read_csv(file: impl Read, sink: &mut Sink, opts: &LoadOptions) -> Result<(), DataError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(BufReader::with_capacity(1 << 16, file));
-    let headers = match reader.byte_headers() {
-        Ok(h) => h.clone(),
-        Err(e) => return Err(csv_error(&sink.path, 1, &e)),
+    let mut row = labelled(&label, text)?;
+    row.source = match obj.get(tsv::SOURCE_COLUMN) {
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        _ => None,
     };
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name.as_bytes())
-            .ok_or_else(|| DataError::BadLine {
-                path: sink.path.clone(),
-                line: 1,
-                msg: format!(
-                    "header has no column \"{name}\" (columns: {}); use --text-column/--label-column",
-                    headers.iter().map(String::from_utf8_lossy).collect::<Vec<_>>().join(", ")
-                ),
-            })
-    };
-    let (text_col, label_col) = (column(&opts.text_column)?, column(&opts.label_column)?);
-    let mut record = csv::ByteRecord::new();
-    loop {
-        let line = reader.position().line();
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => return Ok(()),
-            Ok(true) => {
-                let line = record.position().map_or(line, |p| p.line());
-                let parsed = if record.as_slice().len() > MAX_LINE_BYTES {
-                    Err(format!("record longer than {MAX_LINE_BYTES} bytes"))
-                } else {
-                    csv_fields(&record, label_col, text_col)
-                };
-                sink.push(line, parsed)?;
-            }
-            Err(e) => {
-                let line = e.position().map_or(line, |p| p.line());
-                if sink.policy == BadLinePolicy::Error {
-                    return Err(csv_error(&sink.path, line, &e));
-                }
-                sink.bad(line, String::new())?;
-                if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                    return Err(csv_error(&sink.path, line, &e));
-                }
-            }
-        }
-    }
-}
-
-fn csv_fields(
-    record: &csv::ByteRecord,
-    label_col: usize,
-    text_col: usize,
-) -> Result<(String, String), String> {
-    let field = |i: usize| -> Result<&str, String> {
-        let bytes = record.get(i).unwrap_or_default();
-        std::str::from_utf8(bytes).map_err(|e| {
-            format!(
-                "invalid UTF-8 at byte {} of field {}",
-                e.valid_up_to() + 1,
-                i + 1
-            )
-        })
-    };
-    labelled(field(label_col)?, field(text_col)?)
-}
-
-fn csv_error(path: &str, line: u64, e: &csv::Error) -> DataError {
-    let msg = match e.kind() {
-        csv::ErrorKind::UnequalLengths {
-            expected_len, len, ..
-        } => {
-            format!("malformed CSV: {len} fields where the header has {expected_len}")
-        }
-        csv::ErrorKind::Utf8 { err, .. } => format!("invalid UTF-8: {err}"),
-        _ => format!("malformed CSV: {e}"),
-    };
-    DataError::BadLine {
-        path: path.to_string(),
-        line,
-        msg,
-    }
+    Ok(row)
 }
 
 #[cfg(test)]
@@ -436,17 +404,18 @@ mod tests {
     #[test]
     fn reads_each_format() {
         let dir = tempfile::tempdir().unwrap();
-        let tsv = write(&dir, "a.tsv", b"pos\tgood film\r\nneg\tbad\tfilm\n");
+        let tsv = write(&dir, "a.tsv", b"pos\tgood film\r\nneg\tbad film\n");
         let got = load(&tsv, &LoadOptions::default()).unwrap();
         assert_eq!(
             got.records[0],
             Record {
                 line: 1,
                 label: "pos".into(),
-                text: "good film".into()
+                text: "good film".into(),
+                source: None,
             }
         );
-        assert_eq!(got.records[1].text, "bad\tfilm");
+        assert_eq!(got.records[1].text, "bad film");
         let csv = write(
             &dir,
             "a.csv",
@@ -573,6 +542,104 @@ mod tests {
         assert_eq!(got.skipped, 3);
         let lines: Vec<u32> = got.records.iter().map(|r| r.line).collect();
         assert_eq!(lines, vec![1, 5]);
+    }
+
+    fn skipping() -> LoadOptions {
+        LoadOptions {
+            on_bad_line: BadLinePolicy::Skip,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_tsv_header_line_is_skipped_not_trained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "h.tsv", b"label\ttext\npos\tgood film\nneg\tbad\n");
+        let got = load(&path, &LoadOptions::default()).unwrap();
+        assert_eq!(got.header, Some(vec!["label".into(), "text".into()]));
+        let labels: Vec<&str> = got.records.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["pos", "neg"]);
+        assert_eq!(got.records[0].line, 2);
+        // Swapped columns follow the header.
+        let path = write(
+            &dir,
+            "s.tsv",
+            b"\xef\xbb\xbfSentence\tClass\ngood film\tpos\n",
+        );
+        let got = load(&path, &LoadOptions::default()).unwrap();
+        assert_eq!(got.records[0].label, "pos");
+        // A first line of data stays data.
+        let path = write(
+            &dir,
+            "d.tsv",
+            b"DESC\tWhat is a text ?\nENTY\tWhat films ?\n",
+        );
+        let got = load(&path, &LoadOptions::default()).unwrap();
+        assert_eq!((got.header, got.records.len()), (None, 2));
+    }
+
+    #[test]
+    fn an_extra_tsv_column_is_an_error_except_our_exports_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "x.tsv", b"pos\tgood\nneg\tbad\tfilm\nneg\tworse\n");
+        let msg = err(&path);
+        assert!(msg.contains("x.tsv:2: 3 tab-separated fields"), "{msg}");
+        let got = load(&path, &skipping()).unwrap();
+        assert_eq!((got.skipped, got.records.len()), (1, 2));
+        let export = write(
+            &dir,
+            "e.tsv",
+            b"label\ttext\tsource\npos\tgood\ta.tsv\nneg\tbad\tb.tsv\n",
+        );
+        let got = load(&export, &LoadOptions::default()).unwrap();
+        let sources: Vec<_> = got.records.iter().map(|r| r.source.as_deref()).collect();
+        assert_eq!(sources, [Some("a.tsv"), Some("b.tsv")]);
+        assert_eq!(got.records[1].text, "bad");
+        let csv = write(&dir, "e.csv", b"label,text,source\npos,good,a.tsv\n");
+        let got = load(&csv, &LoadOptions::default()).unwrap();
+        assert_eq!(got.records[0].source.as_deref(), Some("a.tsv"));
+        let jsonl = write(
+            &dir,
+            "e.jsonl",
+            b"{\"label\":\"pos\",\"text\":\"good\",\"source\":\"a.tsv\"}\n",
+        );
+        let got = load(&jsonl, &LoadOptions::default()).unwrap();
+        assert_eq!(got.records[0].source.as_deref(), Some("a.tsv"));
+    }
+
+    #[test]
+    fn an_unclosed_csv_quote_is_named_where_it_opens_and_counts_every_row_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = b"label,text\n".to_vec();
+        for i in 0..20 {
+            bytes.extend(format!("a,row {i}\n").as_bytes());
+        }
+        bytes.extend(b"b,\"opens here\n");
+        for i in 0..29 {
+            bytes.extend(format!("a,later {i}\n").as_bytes());
+        }
+        let path = write(&dir, "q.csv", &bytes);
+        let msg = err(&path);
+        assert!(
+            msg.contains("q.csv:22: a quote opens here and never closes"),
+            "{msg}"
+        );
+        let got = load(&path, &skipping()).unwrap();
+        assert_eq!(got.records.len(), 20);
+        assert_eq!(got.skipped, 30, "the quoted row and the 29 after it");
+        // Quoted fields that close, over several lines or with doubled quotes, are fine.
+        let ok = write(
+            &dir,
+            "ok.csv",
+            b"label,text\na,\"two\nlines\"\nb,\"say \"\"hi\"\"\"\nc,a \"mid\" quote\n",
+        );
+        let got = load(&ok, &LoadOptions::default()).unwrap();
+        assert_eq!(got.records.len(), 3);
+        assert_eq!(got.records[1].text, "say \"hi\"");
+        // An unclosed quote whose record has too few fields still names the quote.
+        let short = write(&dir, "s.csv", b"label,text,id\na,b,1\n\"c,d,2\ne,f,3\n");
+        let msg = err(&short);
+        assert!(msg.contains("s.csv:3: a quote opens here"), "{msg}");
     }
 
     #[test]
