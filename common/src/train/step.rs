@@ -181,7 +181,15 @@ pub fn train_step(
     let reduce = Instant::now();
     all_reduce(collective, &mut grads)?;
     let totals = match tally {
-        Some(t) => tally::sum(collective, t, &outcomes).map_err(|e| match e {
+        Some(t) => tally::sum(
+            collective,
+            t,
+            &outcomes
+                .iter()
+                .map(|o| (o.loss, o.correct))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| match e {
             TallyError::Model(e) => StepError::Model(e),
             TallyError::Collective(source) => StepError::Collective {
                 what: "the step's figures",

@@ -3,7 +3,6 @@
 //! of every applied step, so an epoch that loses a worker still reports the whole epoch, and
 //! not only what the survivors trained themselves.
 
-use super::step::Outcome;
 use crate::collective::{Collective, CollectiveError};
 use crate::model::ModelError;
 
@@ -36,12 +35,12 @@ pub(super) enum TallyError {
     Collective(CollectiveError),
 }
 
-/// The local outcomes' figures per group, summed across the workers by `collective`: three
+/// The local examples' (loss, correct) figures per group, summed across the workers by `collective`: three
 /// floats per group in one small all-reduce, every worker taking part (with no example too).
 pub(super) fn sum(
     collective: &mut dyn Collective,
     tally: &Tally<'_>,
-    outcomes: &[Outcome],
+    outcomes: &[(f32, bool)],
 ) -> Result<Vec<GroupTotals>, TallyError> {
     if tally.group_of.len() != outcomes.len() {
         return Err(TallyError::Model(ModelError::Batch(format!(
@@ -51,7 +50,7 @@ pub(super) fn sum(
         ))));
     }
     let mut sums = vec![0f32; 3 * tally.groups];
-    for (&g, o) in tally.group_of.iter().zip(outcomes) {
+    for (&g, &(loss, correct)) in tally.group_of.iter().zip(outcomes) {
         let g = g as usize;
         if g >= tally.groups {
             return Err(TallyError::Model(ModelError::Batch(format!(
@@ -60,8 +59,8 @@ pub(super) fn sum(
             ))));
         }
         sums[3 * g] += 1.0;
-        sums[3 * g + 1] += o.loss;
-        sums[3 * g + 2] += f32::from(u8::from(o.correct));
+        sums[3 * g + 1] += loss;
+        sums[3 * g + 2] += f32::from(u8::from(correct));
     }
     collective
         .all_reduce_sum(&mut sums)
