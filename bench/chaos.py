@@ -81,7 +81,7 @@ class Run:
         return [int(p) for p in re.findall(r"joined: host \S+ pid (\d+),", self.log())]
 
     def ring_ports(self):
-        return [int(p) for p in re.findall(r"ring address 127\.0\.0\.1:(\d+)", self.log())]
+        return [int(p) for p in re.findall(r"joined: host .*, ring 127\.0\.0\.1:(\d+)", self.log())]
 
     def wait(self, timeout=900):
         code = self.proc.wait(timeout=timeout)

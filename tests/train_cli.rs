@@ -740,22 +740,22 @@ fn a_file_the_run_cannot_write_fails_it_cleanly() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
-                dirs.push(p);
-            } else {
-                files.push(p);
+                dirs.push(p.clone());
             }
+            files.push(p);
         }
     }
     assert!(
         files.iter().any(|f| f.ends_with("command.json")),
         "{files:?}"
     );
+    // Neither a temporary file nor a half-written `checkpoint.tmp/` directory.
     assert!(
         files
             .iter()
             .filter_map(|f| f.file_name())
             .all(|name| !name.to_string_lossy().contains(".tmp")),
-        "temporary files left: {files:?}"
+        "temporary files or directories left: {files:?}"
     );
     assert_workers_gone(&log, 2);
 }

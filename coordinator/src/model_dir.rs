@@ -23,6 +23,9 @@ use std::sync::Arc;
 pub const WEIGHTS: &str = "weights.safetensors";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 pub const META: &str = "model.json";
+/// The run directory's folder holding its best model (named here so that `load` can tell a
+/// run directory from a model directory).
+pub const MODEL: &str = "model";
 const FORMAT: u32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -263,7 +266,7 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
         );
     }
     let meta_path = dir.join(META);
-    let inner = dir.join(crate::rundir::MODEL);
+    let inner = dir.join(MODEL);
     if !meta_path.exists() && inner.join(META).exists() {
         bail!(
             "{} is a run directory; its model is {}",

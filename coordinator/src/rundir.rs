@@ -11,11 +11,9 @@ use anyhow::{bail, Context, Result};
 use common::metrics::Confusion;
 use serde::{Deserialize, Serialize};
 
-use crate::model_dir::{self, ModelMeta};
+use crate::model_dir::{self, ModelMeta, MODEL};
 
 const COMMAND: &str = "command.json";
-/// The run directory's folder holding its best model.
-pub const MODEL: &str = "model";
 const STATE: &str = "state.json";
 
 /// How a run was started: `coordinator --resume` starts it again the same way.

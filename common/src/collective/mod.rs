@@ -4,6 +4,7 @@
 //! prose in `README.md` beside this file.
 
 mod auth;
+mod chunk;
 #[cfg(any(test, feature = "nccl"))]
 mod deadline;
 mod frame;

@@ -20,6 +20,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::auth::{self, HandshakeError, RingAuth};
+use super::chunk::chunk_range;
 use super::frame::{
     begin_frame, finish_frame, read_frame, FrameHeader, FrameKind, ProtocolError, ReadError,
     HEADER_LEN, MAX_PAYLOAD,
@@ -717,13 +718,6 @@ fn peek(socket: &TcpStream) -> io::Result<bool> {
             }
         }
     }
-}
-
-/// The index range of chunk `c` when `len` elements are cut into `n` near-equal chunks.
-pub(super) fn chunk_range(len: usize, n: usize, c: usize) -> Range<usize> {
-    let (base, rem) = (len / n, len % n);
-    let start = c * base + c.min(rem);
-    start..start + base + usize::from(c < rem)
 }
 
 /// What to do with a received dense segment.

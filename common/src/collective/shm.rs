@@ -250,11 +250,11 @@ impl SharedRing {
         let (n, r, len) = (self.world, self.rank, buf.len());
         debug_assert!(len <= self.capacity);
         let bank = self.bank();
-        let own = super::ring::chunk_range(len, n, r);
+        let own = super::chunk::chunk_range(len, n, r);
         let slots: Vec<*mut f32> = (0..n).map(|j| self.slot(bank, j)).collect();
         // Only the chunks other ranks sum go out; ours stays in `buf`.
         for c in (0..n).filter(|&c| c != r) {
-            let range = super::ring::chunk_range(len, n, c);
+            let range = super::chunk::chunk_range(len, n, c);
             // SAFETY: our own slot is written only by us, and no rank reads it until we arrive.
             unsafe {
                 std::ptr::copy_nonoverlapping(
@@ -309,7 +309,7 @@ impl SharedRing {
         self.arrive();
         self.wait_all(alive, "waiting for the ranks' sums")?;
         for c in (0..n).filter(|&c| c != r) {
-            let range = super::ring::chunk_range(len, n, c);
+            let range = super::chunk::chunk_range(len, n, c);
             // SAFETY: rank c finished its chunk before arriving; nobody writes this bank again
             // until every rank (us included) has arrived at the next call.
             unsafe {
