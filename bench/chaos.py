@@ -130,8 +130,12 @@ def trial(kind, n, args, base_dir, base_seconds, rng, latencies):
         victim = rng.choice(run.worker_pids())
         os.kill(victim, signal.SIGSTOP)
         time.sleep(args.heartbeat + 1.5)
-        os.kill(victim, signal.SIGCONT)
         note += f", worker pid {victim} stopped {args.heartbeat + 1.5:.1f} s"
+        try:
+            os.kill(victim, signal.SIGCONT)
+        except ProcessLookupError:
+            # The coordinator declared it lost and ended it: what a hung worker should get.
+            note += " (ended by the coordinator as lost)"
     elif kind == "ring-idle":
         for port in run.ring_ports():
             s = socket.create_connection(("127.0.0.1", port))

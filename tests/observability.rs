@@ -1,9 +1,7 @@
 //! What a cluster's monitoring sees: the coordinator's and a joining worker's gRPC health
-//! services answer SERVING (Kubernetes' probes), and the coordinator's Prometheus endpoint
-//! serves the run's metrics while it trains.
+//! services answer SERVING (Kubernetes' probes), and the coordinator's metrics endpoint
+//! (OpenMetrics, scraped with an HTTP client) serves the run's metrics while it trains.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,15 +42,20 @@ fn wait_for_health(addr: &str) -> bool {
     false
 }
 
+/// An HTTP client that gives up after 5 s.
+fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into()
+}
+
 /// The body of `GET /metrics`, or None when nothing answers.
 fn scrape(addr: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let mut reply = client().get(format!("http://{addr}/metrics")).call().ok()?;
+    let kind = reply.headers().get("content-type")?.to_str().ok()?;
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    reply.body_mut().read_to_string().ok()
 }
 
 fn metric(body: &str, name: &str) -> Option<f64> {
@@ -85,6 +88,10 @@ fn health_services_answer_serving_and_metrics_are_served_during_a_run() {
     assert!(wait_for_health(&grpc), "the coordinator's health service");
     let before = scrape(&metrics).expect("metrics before any worker joined");
     assert_eq!(metric(&before, "workers_alive"), Some(0.0), "{before}");
+    match client().get(format!("http://{metrics}/other")).call() {
+        Err(ureq::Error::StatusCode(404)) => {}
+        other => panic!("GET /other: {other:?}"),
+    }
 
     let worker = |extra: &[&str]| {
         Command::new(bin("worker"))

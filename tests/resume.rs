@@ -264,3 +264,48 @@ fn the_same_command_again_continues_its_unfinished_run_and_another_is_refused() 
     assert!(err.contains("continuing it from its checkpoint"), "{err}");
     assert_eq!(metric_epochs(&run), [1, 2, 3, 4, 5, 6], "{err}");
 }
+
+/// A run killed before its first checkpoint has nothing to continue from: `--resume` starts it
+/// again from its beginning, with its saved command, and reaches the uninterrupted weights.
+#[test]
+fn a_run_killed_before_its_first_checkpoint_resumes_from_its_beginning() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = trec_slice(dir.path(), "train.tsv", 0, 400);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let args = |run: &Path| run_args(&train, run, &["--epochs", "2", "--seed", "6"]);
+    let args_a = args(&a);
+    let o = coordinator(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let mut child = Command::new(bin("coordinator"))
+        .args(args(&b))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !b.join("command.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no command.json");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !b.join("checkpoint").exists(),
+        "killed too late for this test"
+    );
+
+    let o = coordinator(&["--resume", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("starting the run from its beginning"),
+        "{}",
+        stderr(&o)
+    );
+    let diff = max_weight_diff(
+        &a.join("model/weights.safetensors"),
+        &b.join("model/weights.safetensors"),
+    );
+    assert_eq!(diff, 0.0, "the same run, from the same start");
+    assert_eq!(json(&b.join("summary.json"))["epochs"], 2);
+}

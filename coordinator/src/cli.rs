@@ -95,7 +95,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Cluster")]
     pub join_timeout: u64,
     /// Serve the run's metrics for Prometheus at http://ADDR/metrics (e.g. 0.0.0.0:9090):
-    /// steps/s, samples/s, loss, all-reduce seconds per step, workers alive, membership changes.
+    /// steps/s, samples/s, loss, all-reduce seconds per step, workers alive, membership changes,
+    /// in the OpenMetrics text format (which Prometheus reads), as `smalltext_*` samples.
     #[arg(long, value_parser = common::values::listen_addr, value_name = "ADDR", help_heading = "Cluster")]
     pub metrics_addr: Option<String>,
     /// Seconds without a heartbeat after which a worker counts as lost. The run goes on

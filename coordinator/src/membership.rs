@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use common::pb;
-use tonic::Status;
 
 use crate::local::Fleet;
 use crate::service::{Member, Membership, PendingRegroup, Shared};
@@ -173,10 +172,10 @@ impl Regroup<'_> {
                 current.position(id).is_some() && !lost.iter().any(|l| l.member.id == id)
             });
         for w in refused {
-            let _ = w.reply.send(Err(Status::failed_precondition(format!(
+            let _ = w.reply.send(Err(format!(
                 "worker {} was declared lost and is no longer in this run",
                 w.req.rank
-            ))));
+            )));
         }
         stay.sort_by_key(|w| current.position(w.req.rank as usize));
         let survivors: Vec<Member> = stay
@@ -186,9 +185,7 @@ impl Regroup<'_> {
             .collect();
         let refuse_all = |stay: Vec<PendingRegroup>, why: &str| {
             for w in stay {
-                let _ = w
-                    .reply
-                    .send(Err(Status::failed_precondition(why.to_string())));
+                let _ = w.reply.send(Err(why.to_string()));
             }
         };
         if survivors.len() < self.min_workers.max(1) {

@@ -1,13 +1,26 @@
-//! `--metrics-addr`: the run's figures in Prometheus' text format at `GET /metrics`, for a
-//! cluster's monitoring to scrape. Epoch figures are updated at every epoch end; the loss and
-//! examples of the epoch in progress with every heartbeat.
+//! `--metrics-addr`: the run's figures at `GET /metrics`, for a cluster's monitoring to scrape,
+//! encoded by `prometheus-client` (OpenMetrics text) and served by hyper. Epoch figures are
+//! updated at every epoch end; the loss and examples of the epoch in progress with every
+//! heartbeat.
 
-use std::fmt::Write as _;
+use std::convert::Infallible;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::idle::IDLE_TIMEOUT;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the endpoint shows; every field is a gauge or counter of the same name.
 #[derive(Debug, Default, Clone)]
@@ -33,6 +46,18 @@ pub struct Values {
 #[derive(Debug, Default)]
 pub struct Metrics(Mutex<Values>);
 
+fn counter(n: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(n);
+    c
+}
+
+fn gauge(x: f64) -> Gauge<f64, AtomicU64> {
+    let g = Gauge::default();
+    g.set(x);
+    g
+}
+
 impl Metrics {
     pub fn update(&self, f: impl FnOnce(&mut Values)) {
         // A poisoned lock only means a panic elsewhere mid-update; the numbers are still
@@ -44,120 +69,114 @@ impl Metrics {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The text exposition format (version 0.0.4).
-    pub fn render(&self) -> String {
+    /// The OpenMetrics text of the current values. Counters get their `_total` suffix from
+    /// the encoder, so the sample names are those of the Prometheus text format served before.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        // A registry per scrape: the values live in `Values`, which the run updates in one
+        // place, and a snapshot keeps one scrape's figures consistent with each other.
         let v = self.values();
-        let mut out = String::new();
-        let mut put = |name: &str, kind: &str, help: &str, value: f64| {
-            let _ = writeln!(out, "# HELP smalltext_{name} {help}");
-            let _ = writeln!(out, "# TYPE smalltext_{name} {kind}");
-            let _ = writeln!(out, "smalltext_{name} {value}");
-        };
-        put(
-            "epochs_total",
-            "counter",
-            "Epochs completed.",
-            v.epochs as f64,
+        let mut r = Registry::with_prefix("smalltext");
+        r.register("epochs", "Epochs completed", counter(v.epochs));
+        r.register("steps", "Optimizer steps completed", counter(v.steps));
+        r.register(
+            "examples",
+            "Training examples processed",
+            counter(v.examples),
         );
-        put(
-            "steps_total",
-            "counter",
-            "Optimizer steps completed.",
-            v.steps as f64,
-        );
-        put(
-            "examples_total",
-            "counter",
-            "Training examples processed.",
-            v.examples as f64,
-        );
-        put(
+        r.register(
             "steps_per_second",
-            "gauge",
-            "Optimizer steps per second of the last epoch.",
-            v.steps_per_second,
+            "Optimizer steps per second of the last epoch",
+            gauge(v.steps_per_second),
         );
-        put(
+        r.register(
             "samples_per_second",
-            "gauge",
-            "Training examples per second of the last epoch, all workers.",
-            v.samples_per_second,
+            "Training examples per second of the last epoch, all workers",
+            gauge(v.samples_per_second),
         );
-        put(
+        r.register(
             "train_loss",
-            "gauge",
-            "Mean training loss of the current epoch so far.",
-            v.loss,
+            "Mean training loss of the current epoch so far",
+            gauge(v.loss),
         );
         if let Some(l) = v.eval_loss {
-            put(
+            r.register(
                 "eval_loss",
-                "gauge",
-                "Validation loss after the last epoch.",
-                l,
+                "Validation loss after the last epoch",
+                gauge(l),
             );
         }
-        put(
+        r.register(
             "allreduce_seconds_per_step",
-            "gauge",
-            "Seconds per step spent in the gradient all-reduce, last epoch.",
-            v.allreduce_seconds_per_step,
+            "Seconds per step spent in the gradient all-reduce, last epoch",
+            gauge(v.allreduce_seconds_per_step),
         );
-        put(
-            "workers_alive",
-            "gauge",
-            "Workers in the run.",
-            v.workers_alive as f64,
+        let alive: Gauge = Gauge::default();
+        alive.set(i64::try_from(v.workers_alive).unwrap_or(i64::MAX));
+        r.register("workers_alive", "Workers in the run", alive);
+        r.register(
+            "membership_changes",
+            "Workers joined or lost since the start",
+            counter(v.membership_changes),
         );
-        put(
-            "membership_changes_total",
-            "counter",
-            "Workers joined or lost since the start.",
-            v.membership_changes as f64,
-        );
-        out
+        let mut out = String::new();
+        encode(&mut out, &r)?;
+        Ok(out)
     }
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors, say: the run matters more than a scrape.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            // A scraper asks at once; a stranger who sends nothing is let go.
-            let _ = tokio::time::timeout(common::idle::IDLE_TIMEOUT, answer(&mut stream, &metrics))
-                .await;
+            let service = hyper::service::service_fn(move |req| {
+                let response = answer(&req, &metrics);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(IDLE_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            // A scraper asks at once; a stranger who sends nothing, or a request slowly, is
+            // let go.
+            let _ = tokio::time::timeout(IDLE_TIMEOUT, connection).await;
         });
     }
 }
 
-async fn answer(stream: &mut tokio::net::TcpStream, metrics: &Metrics) -> Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 512];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-        let n = stream.read(&mut buf).await.context("reading a request")?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let target = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, body) = if line.starts_with("GET ") && (target == "/metrics" || target == "/") {
-        ("200 OK", metrics.render())
-    } else {
-        ("404 Not Found", "only GET /metrics is served\n".to_string())
+fn answer(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, kind: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(kind));
+        r
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await?;
-    Ok(())
+    let path = req.uri().path();
+    if req.method() != Method::GET || !(path == "/metrics" || path == "/") {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "only GET /metrics is served\n".into(),
+        );
+    }
+    match metrics.render() {
+        Ok(text) => reply(StatusCode::OK, OPENMETRICS, text),
+        Err(_) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "the metrics could not be encoded\n".into(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -172,16 +191,21 @@ mod tests {
             v.samples_per_second = 1500.5;
             v.workers_alive = 2;
         });
-        let text = m.render();
-        assert!(text.contains("smalltext_steps_total 12\n"));
-        assert!(text.contains("smalltext_samples_per_second 1500.5\n"));
-        assert!(text.contains("smalltext_workers_alive 2\n"));
+        let text = m.render().unwrap();
+        assert!(text.contains("smalltext_steps_total 12\n"), "{text}");
+        assert!(
+            text.contains("smalltext_samples_per_second 1500.5\n"),
+            "{text}"
+        );
+        assert!(text.contains("smalltext_workers_alive 2\n"), "{text}");
         assert!(!text.contains("eval_loss"), "no validation set, no gauge");
+        assert!(text.ends_with("# EOF\n"), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(' ').next().unwrap_or("");
+            let family = name.strip_suffix("_total").unwrap_or(name);
             assert!(
-                text.contains(&format!("# TYPE {name} ")),
-                "{name} lacks TYPE"
+                text.contains(&format!("# TYPE {family} ")),
+                "{name} lacks TYPE: {text}"
             );
         }
     }

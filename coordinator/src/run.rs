@@ -24,7 +24,7 @@ use crate::interrupt::StopNote;
 use crate::local::Fleet;
 use crate::membership::{Lost, Regroup};
 use crate::model_dir::{self, ModelMeta};
-use crate::rundir::{Progress, RunDir};
+use crate::rundir::{RunDir, RunState};
 use crate::service::{EpochPlan, Inbox, RunInfo, Service, Shared};
 use crate::sharding::global_batches;
 
@@ -61,7 +61,7 @@ struct EpochSummary {
 }
 
 /// Training metrics per `--data` source, for runs on mixed data (null for one source).
-fn by_source(
+fn per_source_figures(
     stats: &[pb::SourceStats],
     sources: &[common::data::config::SourceSpec],
 ) -> serde_json::Value {
@@ -131,6 +131,16 @@ pub async fn train(args: TrainArgs, note: Arc<StopNote>) -> Result<()> {
             ),
             None => false,
         },
+        // Nothing of it was kept: the same run, from its beginning (the data still checked).
+        (Some(dir), true) if !crate::rundir::has_checkpoint(dir) => {
+            crate::rundir::check_inputs(&crate::rundir::read_command(dir)?.inputs)?;
+            tracing::info!(
+                "{} has no checkpoint yet (its run stopped before the first epoch ended): \
+                 starting the run from its beginning",
+                dir.display()
+            );
+            false
+        }
         (_, resume) => resume,
     };
     let (run_dir, checkpoint) = match (&args.run_dir, resume) {
@@ -154,7 +164,8 @@ pub async fn train(args: TrainArgs, note: Arc<StopNote>) -> Result<()> {
                 && !crate::run_lock::is_empty(&run_path)?
             {
                 bail!(
-                    "the run directory {} holds files and no run: give a new --run-dir, or add                      --run-dir-force to put the run's files beside them",
+                    "the run directory {} holds files and no run: give a new --run-dir, or add \
+                     --run-dir-force to put the run's files beside them",
                     run_path.display()
                 );
             }
@@ -505,7 +516,7 @@ async fn drive(
     run_dir: &RunDir,
     labels: &[String],
     vocab: &common::data::vocab::Vocab,
-    resumed: Option<Progress>,
+    resumed: Option<RunState>,
     note: &StopNote,
 ) -> Result<Record> {
     wait_for_members(shared, fleet, Duration::from_secs(args.join_timeout)).await?;
@@ -644,7 +655,7 @@ async fn drive(
             line["encode_s"] = json!(s.encode_seconds);
             progress.encode_seconds += s.encode_seconds;
         }
-        train_by_source = by_source(&s.sources, &args.data.data);
+        train_by_source = per_source_figures(&s.sources, &args.data.data);
         if !train_by_source.is_null() {
             line["sources"] = train_by_source.clone();
         }
@@ -715,7 +726,7 @@ async fn drive(
         }
     }
     bar.finish_and_clear();
-    let Progress {
+    let RunState {
         best,
         samples_per_s,
         encode_seconds,

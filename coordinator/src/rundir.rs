@@ -68,7 +68,7 @@ pub fn check_inputs(inputs: &[InputFile]) -> Result<()> {
 
 /// Where a run stands after its last checkpointed epoch.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Progress {
+pub struct RunState {
     pub epochs_done: u64,
     /// Best validation loss so far, its epoch (0-based) and confusion matrix.
     pub best: Option<(f64, u64, Confusion)>,
@@ -93,7 +93,7 @@ pub struct Progress {
 pub struct Checkpoint {
     pub weights: Vec<u8>,
     pub optimizer: Vec<u8>,
-    pub progress: Progress,
+    pub progress: RunState,
 }
 
 /// The start command saved in `dir`.
@@ -130,6 +130,11 @@ pub fn unfinished(path: &Path) -> Result<Option<Command>> {
         return Ok(None);
     }
     read_command(path).map(Some)
+}
+
+/// Whether the run in `path` kept a checkpoint, finished or not.
+pub fn has_checkpoint(path: &Path) -> bool {
+    checkpoint_in(path).is_some()
 }
 
 /// The folder of the run's last complete checkpoint: `checkpoint/`, or `checkpoint.old/` when
@@ -177,16 +182,13 @@ impl RunDir {
             );
         }
         let Some(dir) = checkpoint_in(path) else {
-            bail!(
-                "{} has no checkpoint yet (the run stopped before its first epoch ended): start it afresh",
-                path.display()
-            );
+            bail!("{} has no checkpoint", path.display());
         };
         let read = |name: &str| {
             let p = dir.join(name);
             std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
         };
-        let progress: Progress = serde_json::from_slice(&read(STATE)?)
+        let progress: RunState = serde_json::from_slice(&read(STATE)?)
             .with_context(|| format!("{} is corrupt", dir.join(STATE).display()))?;
         let meta_path = dir.join(model_dir::META);
         let text = std::fs::read_to_string(&meta_path)
@@ -237,7 +239,7 @@ impl RunDir {
         meta: &ModelMeta,
         weights: &[u8],
         optimizer: &[u8],
-        progress: &Progress,
+        progress: &RunState,
     ) -> Result<()> {
         let (cur, tmp, old) = (
             self.checkpoint(),

@@ -86,9 +86,9 @@ pub struct Member {
     pub device: String,
 }
 
-/// Progress a worker reported in its last heartbeat.
+/// What a worker reported in its last heartbeat.
 #[derive(Default)]
-pub struct Progress {
+pub struct WorkerProgress {
     pub step: AtomicU64,
     pub epoch: AtomicU64,
     pub last_seen_ms: AtomicU64,
@@ -130,10 +130,11 @@ impl Membership {
     }
 }
 
-/// A worker waiting in Regroup for the new membership.
+/// A worker waiting in Regroup for the new membership: its new ring, or why it has none
+/// (answered as FAILED_PRECONDITION, here and only here).
 pub struct PendingRegroup {
     pub req: pb::RegroupRequest,
-    pub reply: oneshot::Sender<Result<pb::RegroupReply, Status>>,
+    pub reply: oneshot::Sender<Result<pb::RegroupReply, String>>,
 }
 
 /// What workers send the run driver.
@@ -164,7 +165,7 @@ pub struct Shared {
     pub plan: watch::Sender<Option<Arc<EpochPlan>>>,
     reports: mpsc::UnboundedSender<pb::EpochReport>,
     checkpoints: mpsc::UnboundedSender<pb::CheckpointUpload>,
-    pub progress: Vec<Progress>,
+    pub progress: Vec<WorkerProgress>,
     pub running: AtomicBool,
     /// Workers that have been sent the `finished` header (told the run is over).
     pub told_finished: AtomicUsize,
@@ -190,7 +191,7 @@ impl Shared {
             reports,
             checkpoints,
             progress: (0..expected + MAX_LATE_JOINS)
-                .map(|_| Progress::default())
+                .map(|_| WorkerProgress::default())
                 .collect(),
             running: AtomicBool::new(true),
             told_finished: AtomicUsize::new(0),
@@ -745,7 +746,9 @@ impl pb::coordinator_server::Coordinator for Service {
         }
         self.0.regroup_requested.notify_one();
         match rx.await {
-            Ok(reply) => reply.map(Response::new),
+            Ok(reply) => reply
+                .map(Response::new)
+                .map_err(Status::failed_precondition),
             Err(_) => Err(Status::failed_precondition(
                 "the run ended while this worker waited to regroup",
             )),

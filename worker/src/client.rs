@@ -102,9 +102,9 @@ fn chain(status: &tonic::Status) -> String {
     out
 }
 
-/// Progress shared between the training loop and the heartbeat task.
+/// Where training stands, shared between the training loop and the heartbeat task.
 #[derive(Default)]
-pub struct Progress {
+pub struct TrainingProgress {
     pub epoch: AtomicU64,
     pub step: AtomicU64,
     pub examples: AtomicU64,
@@ -115,12 +115,12 @@ pub struct Progress {
 /// with the heartbeat task, which aborts the ring when the coordinator announces a newer
 /// generation (a worker was lost), so a worker blocked in an all-reduce regroups at once.
 #[derive(Default)]
-pub struct Membership {
+pub struct RingGeneration {
     pub generation: AtomicU64,
     abort: Mutex<Option<Arc<dyn Abort>>>,
 }
 
-impl Membership {
+impl RingGeneration {
     pub fn set_abort(&self, abort: Option<Arc<dyn Abort>>) {
         match self.abort.lock() {
             Ok(mut a) => *a = abort,
@@ -151,8 +151,8 @@ pub async fn heartbeats(
     mut client: Client,
     token: String,
     rank: u32,
-    progress: Arc<Progress>,
-    membership: Arc<Membership>,
+    progress: Arc<TrainingProgress>,
+    membership: Arc<RingGeneration>,
     timeout: Duration,
 ) {
     let mut last_ok = Instant::now();

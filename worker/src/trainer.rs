@@ -15,7 +15,7 @@ use common::model::{Batch, Classifier};
 use common::pb;
 use common::train::{evaluate, train_step, Adam, Replica, RunSpec, StepError, Tally};
 
-use crate::client::{self, Membership, Progress};
+use crate::client::{self, RingGeneration, TrainingProgress};
 use crate::device::DeviceSpec;
 use crate::Args;
 
@@ -56,8 +56,8 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
     tracing::info!("joined as rank {rank} of {world}; ring address {ring_addr}");
     // From the join on: forming the ring, fetching and loading the encoder all take time,
     // and a coordinator that hears nothing meanwhile takes the worker for lost.
-    let progress = Arc::new(Progress::default());
-    let membership = Arc::new(Membership::default());
+    let progress = Arc::new(TrainingProgress::default());
+    let membership = Arc::new(RingGeneration::default());
     membership
         .generation
         .store(reply.generation, Ordering::SeqCst);
@@ -216,8 +216,8 @@ struct Job {
     device: DeviceSpec,
     /// …unless forming an NCCL communicator failed here before.
     nccl_failed: bool,
-    membership: Arc<Membership>,
-    progress: Arc<Progress>,
+    membership: Arc<RingGeneration>,
+    progress: Arc<TrainingProgress>,
     at: Position,
     /// Training results of `at.epoch` so far (kept across regroups within the epoch).
     report: pb::EpochReport,
@@ -716,7 +716,7 @@ fn train_one(
         if t.examples == 0 {
             continue;
         }
-        let stats = by_source(&mut report.sources, source as u32);
+        let stats = source_entry(&mut report.sources, source as u32);
         stats.examples += t.examples;
         stats.loss_sum += t.loss_sum;
         stats.correct += t.correct;
@@ -734,7 +734,7 @@ fn train_one(
 }
 
 /// The entry of `source` in `sources` (kept sorted by source), added if missing.
-fn by_source(sources: &mut Vec<pb::SourceStats>, source: u32) -> &mut pb::SourceStats {
+fn source_entry(sources: &mut Vec<pb::SourceStats>, source: u32) -> &mut pb::SourceStats {
     let at = match sources.binary_search_by_key(&source, |s| s.source) {
         Ok(at) => at,
         Err(at) => {
@@ -824,7 +824,7 @@ fn nccl(
     rank: usize,
     world: usize,
     id: &[u8],
-    membership: Option<&Membership>,
+    membership: Option<&RingGeneration>,
 ) -> Result<Formed> {
     #[cfg(feature = "nccl")]
     if let DeviceSpec::Cuda(ordinal) = device {
