@@ -56,6 +56,12 @@ fn kill_after_epochs(args: &[String], run: &Path, epochs: usize) {
     child.wait().unwrap();
 }
 
+/// Runs the coordinator on `args` to the end: the undisturbed run the others are held to.
+fn run_to_end(args: &[String]) {
+    let o = coordinator(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 /// The epoch of each line of the run's `metrics.jsonl`, in order.
 fn metric_epochs(run: &Path) -> Vec<u64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -75,9 +81,7 @@ fn a_killed_coordinator_resumes_and_reaches_the_uninterrupted_weights() {
     let train = trec_slice(dir.path(), "train.tsv", 0, 400);
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let args = |run: &Path| run_args(&train, run, &["--epochs", "5", "--seed", "3"]);
-    let args_a = args(&a);
-    let o = coordinator(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(o.status.success(), "{}", stderr(&o));
+    run_to_end(&args(&a));
 
     // The same run, killed once two epochs are checkpointed.
     kill_after_epochs(&args(&b), &b, 2);
@@ -139,8 +143,7 @@ fn a_run_killed_inside_an_epoch_resumes_at_its_last_step_checkpoint() {
             &["--epochs", "3", "--seed", "4", "--checkpoint-every", "3"],
         )
     };
-    let o = coordinator(&args(&a).iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(o.status.success(), "{}", stderr(&o));
+    run_to_end(&args(&a));
 
     let mut child = Command::new(bin("coordinator"))
         .args(args(&b))
@@ -273,9 +276,7 @@ fn a_run_killed_before_its_first_checkpoint_resumes_from_its_beginning() {
     let train = trec_slice(dir.path(), "train.tsv", 0, 400);
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let args = |run: &Path| run_args(&train, run, &["--epochs", "2", "--seed", "6"]);
-    let args_a = args(&a);
-    let o = coordinator(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(o.status.success(), "{}", stderr(&o));
+    run_to_end(&args(&a));
 
     let mut child = Command::new(bin("coordinator"))
         .args(args(&b))
