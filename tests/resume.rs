@@ -33,15 +33,20 @@ fn run_args(train: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// Starts the coordinator on `args` and kills it (SIGKILL: no clean-up) once `epochs` epochs
-/// are in the metrics of its run directory `run`.
-fn kill_after_epochs(args: &[String], run: &Path, epochs: usize) {
-    let mut child = Command::new(bin("coordinator"))
+/// The coordinator on `args`, quiet, left running.
+fn start(args: &[String]) -> std::process::Child {
+    Command::new(bin("coordinator"))
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Starts the coordinator on `args` and kills it (SIGKILL: no clean-up) once `epochs` epochs
+/// are in the metrics of its run directory `run`.
+fn kill_after_epochs(args: &[String], run: &Path, epochs: usize) {
+    let mut child = start(args);
     let metrics = run.join("metrics.jsonl");
     let start = Instant::now();
     while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < epochs {
@@ -145,12 +150,7 @@ fn a_run_killed_inside_an_epoch_resumes_at_its_last_step_checkpoint() {
     };
     run_to_end(&args(&a));
 
-    let mut child = Command::new(bin("coordinator"))
-        .args(args(&b))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = start(&args(&b));
     let pid = child.id().to_string();
     let signal = |s: &str| {
         assert!(Command::new("kill")
@@ -278,12 +278,7 @@ fn a_run_killed_before_its_first_checkpoint_resumes_from_its_beginning() {
     let args = |run: &Path| run_args(&train, run, &["--epochs", "2", "--seed", "6"]);
     run_to_end(&args(&a));
 
-    let mut child = Command::new(bin("coordinator"))
-        .args(args(&b))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = start(&args(&b));
     let start = Instant::now();
     while !b.join("command.json").exists() {
         assert!(start.elapsed() < Duration::from_secs(60), "no command.json");

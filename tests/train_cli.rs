@@ -734,7 +734,7 @@ fn a_file_the_run_cannot_write_fails_it_cleanly() {
     assert!(log.contains("weights.safetensors"), "{log}");
     assert!(log.contains("File too large"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
-    let mut files = Vec::new();
+    let mut entries = Vec::new();
     let mut dirs = vec![run.clone()];
     while let Some(d) = dirs.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
@@ -742,20 +742,20 @@ fn a_file_the_run_cannot_write_fails_it_cleanly() {
             if p.is_dir() {
                 dirs.push(p.clone());
             }
-            files.push(p);
+            entries.push(p);
         }
     }
     assert!(
-        files.iter().any(|f| f.ends_with("command.json")),
-        "{files:?}"
+        entries.iter().any(|f| f.ends_with("command.json")),
+        "{entries:?}"
     );
     // Neither a temporary file nor a half-written `checkpoint.tmp/` directory.
     assert!(
-        files
+        entries
             .iter()
             .filter_map(|f| f.file_name())
             .all(|name| !name.to_string_lossy().contains(".tmp")),
-        "temporary files or directories left: {files:?}"
+        "temporary files or directories left: {entries:?}"
     );
     assert_workers_gone(&log, 2);
 }
