@@ -13,3 +13,6 @@ fi
 mapfile -t files < <(find deploy/k8s -name '*.yaml' ! -name '*patch*' | sort)
 "$venv/bin/kubernetes-validate" --strict "${files[@]}"
 echo "validated ${#files[@]} manifests"
+# What can be checked of the images without building them: the Dockerfiles' paths against the
+# builds (gpu/bundle.sh's too), the manifests' programs and users against the images.
+"$venv/bin/python" deploy/check_images.py
