@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the CPU image (deploy/Dockerfile's runtime stage) on a machine that reaches Debian's
 # package archive but no container registry, as ours do:
-#   1. installs podman, runc and mmdebstrap from Debian's archive if they are missing (apt-get);
+#   1. installs podman, runc, mmdebstrap and podman's networking (netavark, aardvark-dns,
+#      iptables) from Debian's archive if they are missing (apt-get);
 #   2. makes a minimal Debian bookworm root filesystem with mmdebstrap and imports it as the
 #      base image (kept between runs; --fresh-base makes it again);
 #   3. builds the release binaries as CI does (`cargo build --release --locked -p coordinator
@@ -31,11 +32,12 @@ step() { printf '%s: %ss\n' "$1" "$(( $(date +%s) - $2 ))"; }
 
 t=$(date +%s)
 missing=()
-for tool in podman runc mmdebstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in podman runc mmdebstrap iptables; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+dpkg-query -W netavark aardvark-dns >/dev/null 2>&1 || missing+=(netavark)
 if (( ${#missing[@]} )); then
-  echo "installing ${missing[*]} (and podman's networking) from Debian's archive with apt-get"
+  echo "installing ${missing[*]} from Debian's archive with apt-get (and what podman's networking needs)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc netavark aardvark-dns mmdebstrap >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc netavark aardvark-dns iptables mmdebstrap >/dev/null
 fi
 step "tools" "$t"
 
