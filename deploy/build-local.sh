@@ -23,7 +23,7 @@ fresh_base=0
 for arg in "$@"; do
   case "$arg" in
     --fresh-base) fresh_base=1 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-local.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
