@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the CPU image (deploy/Dockerfile's runtime stage) on a machine that reaches Debian's
 # package archive but no container registry, as ours do:
-#   1. installs podman, runc, mmdebstrap and podman's networking (netavark, aardvark-dns,
-#      iptables) from Debian's archive if they are missing (apt-get);
+#   1. installs podman, runc, mmdebstrap and podman's networking (netavark, aardvark-dns, the
+#      CNI plugins its default configuration names, iptables) from Debian's archive if they
+#      are missing (apt-get);
 #   2. makes a minimal Debian bookworm root filesystem with mmdebstrap and imports it as the
 #      base image (kept between runs; --fresh-base makes it again);
 #   3. builds the release binaries as CI does (`cargo build --release --locked -p coordinator
@@ -23,7 +24,7 @@ fresh_base=0
 for arg in "$@"; do
   case "$arg" in
     --fresh-base) fresh_base=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-local.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -33,11 +34,13 @@ step() { printf '%s: %ss\n' "$1" "$(( $(date +%s) - $2 ))"; }
 t=$(date +%s)
 missing=()
 for tool in podman runc mmdebstrap iptables; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-dpkg-query -W netavark aardvark-dns >/dev/null 2>&1 || missing+=(netavark)
+networking=(netavark aardvark-dns containernetworking-plugins)
+installed=$(dpkg-query -W -f='${db:Status-Status}\n' "${networking[@]}" 2>/dev/null | grep -cx installed || true)
+(( installed == ${#networking[@]} )) || missing+=("${networking[@]}")
 if (( ${#missing[@]} )); then
-  echo "installing ${missing[*]} from Debian's archive with apt-get (and what podman's networking needs)"
+  echo "installing ${missing[*]} from Debian's archive with apt-get"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc netavark aardvark-dns iptables mmdebstrap >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc netavark aardvark-dns containernetworking-plugins iptables mmdebstrap >/dev/null
 fi
 step "tools" "$t"
 
