@@ -7,7 +7,8 @@
   very binaries gpu/bundle.sh packs for a GPU machine;
 - every container of the manifests runs a program its image puts on the PATH, as the user and
   group the image creates;
-- every data file the ConfigMap's run.toml names is in the image's data folder.
+- every data file the ConfigMap's run.toml names is in the image's data folder;
+- the build context leaves out the build outputs (gigabytes in target/).
 
 Prints each check and `N passed, M failed`; exits non-zero if any failed.
 """
@@ -82,6 +83,9 @@ def main():
         for sources, dest in copies(dockerfile):
             for s in sources:
                 check(f"{dockerfile.name}: {s} is made by its build stage", made_by_build(s), dest)
+
+    ignored = {l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()}
+    check(".dockerignore keeps the build outputs out of the build context", {"target", "fuzz/target", ".cuda"} <= ignored)
 
     bundle = (ROOT / "gpu/bundle.sh").read_text()
     packed = set(re.search(r"for bin in ([^;]+);", bundle)[1].split())
