@@ -295,6 +295,14 @@ class Cluster:
             f"--expect-workers {expect}, replicas {len(self.workers)}",
         )
         self.check("a Service selects the coordinator's pods", bool(self.aliases), ", ".join(self.aliases))
+        # The image's own user, as a container runs without a securityContext.
+        ids = podman("run", "--rm", "--entrypoint", "id", self.opts.image).stdout.strip()
+        user, group = self.security.get("runAsUser"), self.security.get("fsGroup")
+        self.check(
+            "the image's user and group are the manifests' runAsUser and fsGroup",
+            ids.startswith(f"uid={user}(smalltext) gid={group}(smalltext)"),
+            ids,
+        )
 
     def _volumes(self, token_value):
         """The ConfigMap's files and the Secret's, laid out as the kubelet mounts them."""

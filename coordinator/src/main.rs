@@ -1,6 +1,7 @@
 //! `coordinator`: trains the classifier across workers, and the tools around it
 //! (`data preview|export`, `evaluate`, `predict`).
 
+mod backend;
 mod cli;
 mod config_file;
 mod daemons;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use common::pb;
 
+use crate::backend::Offer;
 use crate::local::Fleet;
 use crate::service::{Member, Membership, PendingRegroup, Shared};
 
@@ -263,14 +264,18 @@ impl Regroup<'_> {
             );
         }
         let peers: Vec<String> = survivors.iter().map(|m| m.ring_addr.clone()).collect();
-        // A new communicator needs a new id: ring rank 0's, when every member can use NCCL.
-        let nccl_id = match stay.iter().all(|w| !w.req.nccl_id.is_empty()) {
-            true if survivors.len() > 1 => stay[0].req.nccl_id.clone(),
-            _ => Vec::new(),
-        };
-        if !nccl_id.is_empty() {
-            tracing::info!("all-reduce of generation {generation}: a new NCCL communicator");
-        }
+        // Chosen afresh, as at the rendezvous: the new ring's members may be on other hosts, and a
+        // new NCCL communicator needs a new id.
+        let offers: Vec<Offer<'_>> = stay
+            .iter()
+            .zip(&survivors)
+            .map(|(w, m)| Offer {
+                host: &m.host,
+                nccl_id: &w.req.nccl_id,
+            })
+            .collect();
+        let backend = shared.backend_for(&offers);
+        tracing::info!("all-reduce of generation {generation}: {backend}");
         for (ring_rank, w) in stay.into_iter().enumerate() {
             let _ = w.reply.send(Ok(pb::RegroupReply {
                 generation,
@@ -282,7 +287,7 @@ impl Regroup<'_> {
                 applied_examples: applied,
                 state_source: source as u32,
                 finished: false,
-                nccl_id: nccl_id.clone(),
+                backend: Some(backend.clone().into()),
             }));
         }
         shared.metrics.update(|v| {

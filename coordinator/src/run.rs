@@ -308,7 +308,6 @@ pub async fn train(args: TrainArgs, note: Arc<StopNote>) -> Result<()> {
         class_weights,
         encoder: encoder.clone(),
         encoder_cache_bytes: t.encoder_cache_mb.saturating_mul(1 << 20),
-        ring_shared_memory: args.ring_transport == RingTransport::Auto,
         sources: pipeline.sources().len() as u32,
     };
     let (world, local, daemons) = match (&args.workers, args.expect_workers) {
@@ -335,7 +334,7 @@ pub async fn train(args: TrainArgs, note: Arc<StopNote>) -> Result<()> {
     let info = RunInfo {
         run_id,
         spec_json: serde_json::to_string(&spec)?,
-        ring_shared_memory: spec.ring_shared_memory,
+        ring_shared_memory: args.ring_transport == RingTransport::Auto,
         vocab_json: serde_json::to_string(&vocab)?,
         labels: labels.clone(),
         initial_weights: match (&t.init_embeddings, &encoder) {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use common::collective::Backend;
 use common::constant_time_eq;
 use common::data::Example;
 use common::pb;
@@ -14,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::backend::Offer;
 use crate::metrics::Metrics;
 use crate::sharding::{deal, part};
 
@@ -21,7 +23,7 @@ use crate::sharding::{deal, part};
 pub struct RunInfo {
     pub run_id: u64,
     pub spec_json: String,
-    /// Workers whose ring peers all run on their host sum through shared memory
+    /// Whether a ring whose workers are all on one host may sum through shared memory
     /// (`--ring-transport auto`).
     pub ring_shared_memory: bool,
     pub vocab_json: String,
@@ -174,6 +176,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The collective backend of a ring of `offers` (ring-rank order) under this run's options.
+    pub fn backend_for(&self, offers: &[Offer<'_>]) -> Backend {
+        crate::backend::choose(offers, self.run.ring_shared_memory)
+    }
+
     pub fn new(token: String, expected: usize, run: RunInfo) -> (Arc<Self>, Inbox) {
         let (reports, rx) = mpsc::unbounded_channel();
         let (checkpoints, checkpoints_rx) = mpsc::unbounded_channel();
@@ -360,30 +367,15 @@ impl Shared {
     /// Assigns ranks in join order and answers every waiting worker.
     fn rendezvous(&self, pending: &mut Vec<Pending>) {
         let peers: Vec<String> = pending.iter().map(|p| p.req.ring_addr.clone()).collect();
-        // NCCL only when every worker can: one CPU worker keeps the whole run on the ring.
-        let nccl_id = if pending.iter().all(|p| !p.req.nccl_id.is_empty()) {
-            pending
-                .first()
-                .map(|p| p.req.nccl_id.clone())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        // Workers that find every peer on their host sum through shared memory; the same
-        // host name is what they will find.
-        let one_host = pending
-            .first()
-            .map(|p| &p.req.hostname)
-            .filter(|h| pending.iter().all(|p| &p.req.hostname == *h));
-        let collective = match (self.expected, nccl_id.is_empty(), one_host) {
-            (1, _, _) => "none (one worker)".to_string(),
-            (_, false, _) => "NCCL".to_string(),
-            (_, true, Some(host)) if self.run.ring_shared_memory => {
-                format!("ring through shared memory (every worker on host {host}; TCP if they cannot share a segment)")
-            }
-            (_, true, _) => "TCP ring".to_string(),
-        };
-        tracing::info!("all-reduce between workers: {collective}");
+        let offers: Vec<Offer<'_>> = pending
+            .iter()
+            .map(|p| Offer {
+                host: &p.req.hostname,
+                nccl_id: &p.req.nccl_id,
+            })
+            .collect();
+        let backend = self.backend_for(&offers);
+        tracing::info!("all-reduce between workers: {backend}");
         let members: Vec<Member> = pending
             .iter()
             .enumerate()
@@ -409,7 +401,7 @@ impl Shared {
                 start_epoch: self.run.start_epoch,
                 start_step: self.run.start_step,
                 start_applied: self.run.start_applied,
-                nccl_id: nccl_id.clone(),
+                backend: Some(backend.clone().into()),
                 generation: 0,
                 awaiting_admission: false,
             };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use common::collective::{Abort, Collective, CollectiveError, Local, RingAuth};
+use common::collective::{Abort, Backend, Collective, CollectiveError, Local, RingAuth};
 use common::collective::{RingAllReduce, RingOptions};
 use common::encoder::Encoder;
 use common::metrics::Confusion;
@@ -83,26 +83,29 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
     let mut replica = Replica::new(&spec.model, spec.seed, &device)
         .with_context(|| format!("building the model on {}", args.device))?;
     let auth_id = reply.run_id;
-    let (ring, abort): (Box<dyn Collective>, _) = if reply.awaiting_admission {
+    let backend = if reply.awaiting_admission {
         tracing::info!("the run is under way: this worker enters at the next epoch boundary");
-        (Box::new(Local), None)
-    } else if world > 1 && !reply.nccl_id.is_empty() {
-        nccl(args.device, rank as usize, world, &reply.nccl_id, None)?
+        Backend::Local
     } else {
-        form_ring(
-            rank as usize,
-            &reply.peers,
-            &listener,
-            &RingSession {
-                token,
-                run_id: auth_id,
-                generation: 0,
-                tls: ring_tls.clone(),
-                shared_memory: shared_memory_floats(&spec, replica.host()),
-            },
-            Duration::from_secs(60),
-        )?
+        Backend::try_from(reply.backend.clone()).context("joining the run")?
     };
+    let (ring, abort) = form(
+        &backend,
+        rank as usize,
+        world,
+        &reply.peers,
+        &listener,
+        &RingSession {
+            token,
+            run_id: auth_id,
+            generation: 0,
+            tls: ring_tls.clone(),
+            device: args.device,
+            dense_len: replica.host().dense_len(),
+            membership: None,
+            connect_timeout: Duration::from_secs(60),
+        },
+    )?;
 
     if !reply.initial_weights.is_empty() {
         replica
@@ -472,39 +475,33 @@ impl Job {
             reply.epoch + 1,
             reply.resume_step
         );
-        let (ring, abort) = if world > 1 && !reply.nccl_id.is_empty() {
-            let formed = nccl(
-                self.device,
-                rank,
-                world,
-                &reply.nccl_id,
-                Some(&self.membership),
-            );
-            // Not after an abort (the membership moved on, nothing wrong here): after any
-            // other failure, offering NCCL again could fail every regroup the same way.
-            if let Err(e) = &formed {
-                if !matches!(e.downcast_ref(), Some(CollectiveError::Aborted)) {
-                    tracing::warn!("NCCL failed here; this worker's later rings are TCP rings");
-                    self.nccl_failed = true;
-                }
+        let backend = Backend::try_from(reply.backend.clone()).context("regrouping")?;
+        let formed = form(
+            &backend,
+            rank,
+            world,
+            &reply.peers,
+            &self.listener,
+            &RingSession {
+                token: &self.token,
+                run_id: self.run_id,
+                generation: reply.generation,
+                tls: self.ring_tls.clone(),
+                device: self.device,
+                dense_len: self.replica.host().dense_len(),
+                membership: Some(&self.membership),
+                connect_timeout: REFORM_TIMEOUT,
+            },
+        );
+        // Not after an abort (the membership moved on, nothing wrong here): after any other
+        // failure, offering NCCL again could fail every regroup the same way.
+        if let (Backend::Nccl { .. }, Err(e)) = (&backend, &formed) {
+            if !matches!(e.downcast_ref(), Some(CollectiveError::Aborted)) {
+                tracing::warn!("NCCL failed here; this worker's later rings are TCP rings");
+                self.nccl_failed = true;
             }
-            formed
-        } else {
-            form_ring(
-                rank,
-                &reply.peers,
-                &self.listener,
-                &RingSession {
-                    token: &self.token,
-                    run_id: self.run_id,
-                    generation: reply.generation,
-                    tls: self.ring_tls.clone(),
-                    shared_memory: shared_memory_floats(&self.spec, self.replica.host()),
-                },
-                REFORM_TIMEOUT,
-            )
         }
-        .map_err(|e| anyhow::Error::new(RingFailed(format!("{e:#}"))))?;
+        let (ring, abort) = formed.map_err(|e| anyhow::Error::new(RingFailed(format!("{e:#}"))))?;
         self.ring = ring;
         self.membership.set_abort(abort);
         let source = reply.state_source as usize;
@@ -544,38 +541,63 @@ impl Job {
     }
 }
 
-/// What a ring of one generation authenticates with.
+/// What forming the collective of one ring generation needs besides its backend and peers.
 struct RingSession<'a> {
+    /// Ring links authenticate with the token, bound to the run and the generation.
     token: &'a str,
     run_id: u64,
     generation: u64,
     tls: Option<Arc<common::tls::Tls>>,
-    /// Floats per rank of a shared-memory segment, if all ranks turn out to share a host.
-    shared_memory: usize,
+    device: DeviceSpec,
+    /// Floats of the model's dense gradients, which one shared-memory slot must hold.
+    dense_len: usize,
+    /// During a regroup (the heartbeats run): where an NCCL communicator's abort handle goes
+    /// before it forms, so that a newer generation also ends the wait for the other ranks.
+    membership: Option<&'a RingGeneration>,
+    connect_timeout: Duration,
 }
 
 /// A collective of one generation and the handle that aborts it (`None` for a world of one).
 type Formed = (Box<dyn Collective>, Option<Arc<dyn Abort>>);
 
-/// Room for the dense gradients of the model in one shared-memory slot (sparse embedding
-/// rows of a batch fit easily; anything larger, like a state broadcast, goes over TCP); 0 when
-/// the run keeps its rings on TCP.
-fn shared_memory_floats(spec: &RunSpec, model: &common::model::Classifier) -> usize {
-    if !spec.ring_shared_memory {
-        return 0;
+/// The collective of one ring generation, as the coordinator chose it: the one place a worker
+/// forms one, at its join and at every regroup alike.
+fn form(
+    backend: &Backend,
+    rank: usize,
+    world: usize,
+    peers: &[String],
+    listener: &TcpListener,
+    session: &RingSession<'_>,
+) -> Result<Formed> {
+    match backend {
+        Backend::Local => Ok((Box::new(Local), None)),
+        Backend::TcpRing => form_ring(rank, peers, listener, session, 0),
+        // Room for the dense gradients in one slot (a batch's sparse embedding rows fit
+        // easily; anything larger, like a state broadcast, goes over TCP).
+        Backend::SharedMemoryRing => form_ring(
+            rank,
+            peers,
+            listener,
+            session,
+            session.dense_len.max(1 << 18),
+        ),
+        Backend::Nccl { unique_id } => {
+            nccl(session.device, rank, world, unique_id, session.membership)
+        }
     }
-    model.dense_len().max(1 << 18)
 }
 
-/// The ring of one generation: `Local` for a world of one, else the TCP ring, with its
-/// abort handle. Authentication binds to the run and the generation, so a link of an old
-/// ring cannot join a new one.
+/// The TCP ring (summing through a shared-memory segment of `shared_memory` floats per rank
+/// when that is more than 0 and every rank can map it), with its abort handle.
+/// Authentication binds to the run and the generation, so a link of an old ring cannot join
+/// a new one.
 fn form_ring(
     rank: usize,
     peers: &[String],
     listener: &TcpListener,
     session: &RingSession<'_>,
-    connect_timeout: Duration,
+    shared_memory: usize,
 ) -> Result<Formed> {
     if peers.len() <= 1 {
         return Ok((Box::new(Local), None));
@@ -585,10 +607,10 @@ fn form_ring(
         .map(|p| resolve(p))
         .collect::<Result<Vec<_>>>()?;
     let options = RingOptions {
-        connect_timeout,
+        connect_timeout: session.connect_timeout,
         io_timeout: Duration::from_secs(30),
         tls: session.tls.clone(),
-        shared_memory: session.shared_memory,
+        shared_memory,
         ..RingOptions::default()
     };
     let id = session.run_id ^ session.generation.wrapping_mul(0x9e37_79b9_7f4a_7c15);

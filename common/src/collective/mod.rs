@@ -4,6 +4,7 @@
 //! prose in `README.md` beside this file.
 
 mod auth;
+mod backend;
 mod chunk;
 #[cfg(any(test, feature = "nccl"))]
 mod deadline;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use auth::RingAuth;
+pub use backend::{Backend, UnknownBackend};
 pub use frame::{FrameKind, ProtocolError, MAX_PAYLOAD};
 pub use ring::{RingAbort, RingAllReduce, RingOptions};
 

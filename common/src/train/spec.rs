@@ -22,11 +22,6 @@ pub struct RunSpec {
     /// Bytes for the vectors of augmented sentences on each worker.
     #[serde(default)]
     pub encoder_cache_bytes: usize,
-    /// Workers that find all their ring peers on their own host sum through shared memory
-    /// (`--ring-transport auto`); false keeps every ring on TCP. Every rank must agree, so the
-    /// coordinator decides.
-    #[serde(default = "yes")]
-    pub ring_shared_memory: bool,
     /// The run's training sources (examples name theirs by index): each step sums its figures
     /// per source across the workers.
     #[serde(default = "one")]
@@ -35,8 +30,4 @@ pub struct RunSpec {
 
 fn one() -> u32 {
     1
-}
-
-fn yes() -> bool {
-    true
 }

@@ -1,10 +1,12 @@
-//! NCCL unique ids over real gRPC, with two stand-in workers that offer ids as GPU workers
-//! do: every rank gets ring rank 0's id at the rendezvous, a fresh one for the communicator
-//! of each regrouped ring, none as soon as one member cannot use NCCL (the ring then stays
-//! on TCP), and an id of the wrong size is refused.
+//! The coordinator's one choice of collective backend, over real gRPC, with two stand-in
+//! workers that offer NCCL ids as GPU workers do: at the rendezvous and at every regroup alike,
+//! NCCL with ring rank 0's id when every member offers one (a fresh id for each regrouped
+//! ring), the TCP ring as soon as one member cannot use NCCL, the shared-memory ring for
+//! members on one host unless `--ring-transport tcp`; and an id of the wrong size is refused.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
+use common::collective::Backend;
 use common::pb;
 use common::pb::coordinator_client::CoordinatorClient;
 use smalltext_tests::{bin, connect_coordinator, free_port, trec_slice};
@@ -48,29 +50,41 @@ async fn regroup_both(
     (x.unwrap().into_inner(), y.unwrap().into_inner())
 }
 
-#[test]
-fn the_coordinator_hands_out_ring_rank_zeros_nccl_id_at_rendezvous_and_at_every_regroup() {
-    let dir = tempfile::tempdir().unwrap();
-    let train = trec_slice(dir.path(), "train.tsv", 0, 300);
-    let token = dir.path().join("join.token");
+/// A coordinator waiting for two workers, with `extra` flags; its URL.
+fn coordinator(dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
+    let train = trec_slice(dir, "train.tsv", 0, 300);
+    let token = dir.join("join.token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut coord = Command::new(bin("coordinator"))
+    let coord = Command::new(bin("coordinator"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--expect-workers", "2", "--heartbeat-timeout", "120"])
         .args(["--token-file", token.to_str().unwrap()])
         .args(["--data", train.to_str().unwrap(), "--epochs", "1"])
-        .args(["--run-dir", dir.path().join("run").to_str().unwrap()])
+        .args(["--run-dir", dir.join("run").to_str().unwrap()])
+        .args(extra)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    (coord, format!("http://127.0.0.1:{port}"))
+}
 
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
+        .unwrap()
+}
+
+fn backend(b: Option<pb::Backend>) -> Backend {
+    Backend::try_from(b).expect("every reply names a backend")
+}
+
+#[test]
+fn nccl_with_ring_rank_zeros_id_at_rendezvous_and_at_every_regroup_else_the_tcp_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coord, url) = coordinator(dir.path(), &[]);
+    runtime().block_on(async {
         let mut a = connect_coordinator(&url).await;
         let mut b = a.clone();
 
@@ -82,8 +96,11 @@ fn the_coordinator_hands_out_ring_rank_zeros_nccl_id_at_rendezvous_and_at_every_
         let (ja, jb) = (ja.unwrap().into_inner(), jb.unwrap().into_inner());
         assert_eq!((ja.world_size, jb.world_size), (2, 2));
         let rank0_id = if ja.rank == 0 { &id_a } else { &id_b };
-        assert_eq!(&ja.nccl_id, rank0_id);
-        assert_eq!(&jb.nccl_id, rank0_id);
+        let nccl = |id: &Vec<u8>| Backend::Nccl {
+            unique_id: id.clone(),
+        };
+        assert_eq!(backend(ja.backend), nccl(rank0_id));
+        assert_eq!(backend(jb.backend), nccl(rank0_id));
         let (rank_a, rank_b) = (ja.rank, jb.rank);
 
         let refused = a.regroup(regroup(rank_a, 0, vec![1; 5])).await.unwrap_err();
@@ -102,10 +119,10 @@ fn the_coordinator_hands_out_ring_rank_zeros_nccl_id_at_rendezvous_and_at_every_
         assert_eq!((ra.generation, rb.generation), (1, 1));
         assert_eq!((ra.world_size, rb.world_size), (2, 2));
         let new_rank0_id = if ra.ring_rank == 0 { &id_c } else { &id_d };
-        assert_eq!(&ra.nccl_id, new_rank0_id);
-        assert_eq!(&rb.nccl_id, new_rank0_id);
+        assert_eq!(backend(ra.backend), nccl(new_rank0_id));
+        assert_eq!(backend(rb.backend), nccl(new_rank0_id));
 
-        // One member without NCCL: the new ring is the TCP ring for everyone.
+        // One member without NCCL, on other hosts: the new ring is the TCP ring for everyone.
         let (ra, rb) = regroup_both(
             &mut a,
             &mut b,
@@ -114,8 +131,42 @@ fn the_coordinator_hands_out_ring_rank_zeros_nccl_id_at_rendezvous_and_at_every_
         )
         .await;
         assert_eq!((ra.generation, rb.generation), (2, 2));
-        assert!(ra.nccl_id.is_empty() && rb.nccl_id.is_empty());
+        assert_eq!(backend(ra.backend), Backend::TcpRing);
+        assert_eq!(backend(rb.backend), Backend::TcpRing);
     });
     coord.kill().unwrap();
     coord.wait().unwrap();
+}
+
+#[test]
+fn workers_on_one_host_share_memory_at_rendezvous_and_regroup_unless_the_run_keeps_tcp() {
+    for (extra, expected) in [
+        (&[][..], Backend::SharedMemoryRing),
+        (&["--ring-transport", "tcp"][..], Backend::TcpRing),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut coord, url) = coordinator(dir.path(), extra);
+        runtime().block_on(async {
+            let mut a = connect_coordinator(&url).await;
+            let mut b = a.clone();
+            let (ja, jb) = tokio::join!(
+                a.join(join("same-host", Vec::new())),
+                b.join(join("same-host", Vec::new()))
+            );
+            let (ja, jb) = (ja.unwrap().into_inner(), jb.unwrap().into_inner());
+            assert_eq!(backend(ja.backend), expected, "{extra:?}");
+            assert_eq!(backend(jb.backend), expected, "{extra:?}");
+            let (ra, rb) = regroup_both(
+                &mut a,
+                &mut b,
+                regroup(ja.rank, 0, Vec::new()),
+                regroup(jb.rank, 0, Vec::new()),
+            )
+            .await;
+            assert_eq!(backend(ra.backend), expected, "{extra:?}");
+            assert_eq!(backend(rb.backend), expected, "{extra:?}");
+        });
+        coord.kill().unwrap();
+        coord.wait().unwrap();
+    }
 }
