@@ -6,6 +6,7 @@ mod client;
 mod daemon;
 mod device;
 mod encoder_files;
+mod epoch_figures;
 mod health;
 mod selfcheck;
 mod trainer;

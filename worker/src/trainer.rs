@@ -17,6 +17,7 @@ use common::train::{evaluate, train_step, Adam, Replica, RunSpec, StepError, Tal
 
 use crate::client::{self, RingGeneration, TrainingProgress};
 use crate::device::DeviceSpec;
+use crate::epoch_figures::EpochFigures;
 use crate::Args;
 
 /// Joins the coordinator at `url`, trains its run and returns when the run is over. Both
@@ -154,7 +155,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
             steps: reply.start_step,
             applied: reply.start_applied,
         },
-        report: pb::EpochReport::default(),
+        figures: EpochFigures::default(),
     };
     job.run(rt, reply.awaiting_admission)
 }
@@ -222,8 +223,9 @@ struct Job {
     membership: Arc<RingGeneration>,
     progress: Arc<TrainingProgress>,
     at: Position,
-    /// Training results of `at.epoch` so far (kept across regroups within the epoch).
-    report: pb::EpochReport,
+    /// What this replica has trained of `at.epoch` so far (kept across regroups within the
+    /// epoch).
+    figures: EpochFigures,
 }
 
 impl Job {
@@ -297,7 +299,7 @@ impl Job {
                 steps: 0,
                 applied: 0,
             };
-            self.report = pb::EpochReport::default();
+            self.figures = EpochFigures::default();
         }
         if header.first_step != self.at.steps {
             return Err(anyhow!(
@@ -337,7 +339,7 @@ impl Job {
                         self.ring.as_mut(),
                         &step,
                         &self.spec,
-                        &mut self.report,
+                        &mut self.figures,
                     ) {
                         return Err(match e.downcast_ref::<RingFailed>() {
                             Some(r) => Interrupt::Regroup(r.0.clone()),
@@ -352,9 +354,9 @@ impl Job {
                     self.progress.step.store(self.at.steps, Ordering::Relaxed);
                     self.progress
                         .examples
-                        .store(self.report.examples, Ordering::Relaxed);
+                        .store(self.figures.trained.examples, Ordering::Relaxed);
                     self.progress.loss_milli.store(
-                        (self.report.loss_sum * 1000.0).max(0.0) as u64,
+                        (self.figures.trained.loss_sum * 1000.0).max(0.0) as u64,
                         Ordering::Relaxed,
                     );
                 }
@@ -373,22 +375,19 @@ impl Job {
                 }
             }
         }
-        let mut report = self.report.clone();
+        if let Some(encoder) = self.replica.compute().encoder() {
+            let stats = encoder.take_stats();
+            self.figures.encoded += stats.encoded;
+            self.figures.encode_cached += stats.cached;
+            self.figures.encode_seconds += stats.seconds;
+        }
+        let mut report = self.figures.to_report();
         report.rank = self.id;
         report.token = self.token.clone();
         report.epoch = epoch;
         report.generation = self.membership.generation.load(Ordering::SeqCst);
         report.applied_examples = self.at.applied;
         report.eval_loss_sum = eval_loss;
-        if let Some(encoder) = self.replica.compute().encoder() {
-            let stats = encoder.take_stats();
-            self.report.encoded += stats.encoded;
-            self.report.encode_cached += stats.cached;
-            self.report.encode_seconds += stats.seconds;
-            report.encoded = self.report.encoded;
-            report.encode_cached = self.report.encode_cached;
-            report.encode_seconds = self.report.encode_seconds;
-        }
         report.confusion = confusion.counts;
         report.bytes_sent = self.ring.take_bytes_sent();
         report.peak_rss_bytes = common::peak_rss_bytes();
@@ -509,7 +508,7 @@ impl Job {
             pack_state(
                 &self.replica.host().to_bytes()?,
                 &self.opt.to_bytes()?,
-                &figures_of(&self.report),
+                &self.figures.trained_bytes(),
             )
         } else {
             Vec::new()
@@ -518,7 +517,7 @@ impl Job {
             .broadcast_bytes(source, &mut state)
             .map_err(|e| anyhow::Error::new(RingFailed(format!("state broadcast: {e}"))))?;
         if reply.epoch != self.at.epoch {
-            self.report = pb::EpochReport::default();
+            self.figures = EpochFigures::default();
         }
         if rank != source {
             let (weights, optimizer, figures) = unpack_state(&state)?;
@@ -529,7 +528,7 @@ impl Job {
                 .context("loading the broadcast optimizer state")?;
             // The figures go with the weights: those of the steps this worker adopts.
             if reply.epoch == self.at.epoch {
-                adopt_figures(&mut self.report, figures)?;
+                self.figures.adopt_trained(figures)?;
             }
         }
         self.at = Position {
@@ -659,40 +658,16 @@ fn unpack_state(state: &[u8]) -> Result<(&[u8], &[u8], &[u8])> {
     Ok((weights, optimizer, figures))
 }
 
-/// The epoch's figures of `report` (examples, loss, correct, per source), encoded.
-fn figures_of(report: &pb::EpochReport) -> Vec<u8> {
-    use prost::Message;
-    pb::EpochReport {
-        examples: report.examples,
-        loss_sum: report.loss_sum,
-        correct: report.correct,
-        sources: report.sources.clone(),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
-
-/// Takes the epoch's figures of the worker whose weights this one adopts.
-fn adopt_figures(report: &mut pb::EpochReport, figures: &[u8]) -> Result<()> {
-    use prost::Message;
-    let f = pb::EpochReport::decode(figures).context("the broadcast figures are malformed")?;
-    report.examples = f.examples;
-    report.loss_sum = f.loss_sum;
-    report.correct = f.correct;
-    report.sources = f.sources;
-    Ok(())
-}
-
-/// Trains one step with the library's step and keeps the books: the epoch's report gets the
-/// step's timings and, per source, its examples' losses. A failed all-reduce (other than bad
-/// input) is a [`RingFailed`]: the step was not applied, and the worker regroups.
+/// Trains one step with the library's step and books it in the epoch's figures. A failed
+/// all-reduce (other than bad input) is a [`RingFailed`]: the step was not applied, and the
+/// worker regroups.
 fn train_one(
     replica: &Replica,
     opt: &mut Adam,
     ring: &mut dyn Collective,
     step: &pb::Step,
     spec: &RunSpec,
-    report: &mut pb::EpochReport,
+    figures: &mut EpochFigures,
 ) -> Result<()> {
     let start = Instant::now();
     let batch = match step.examples.is_empty() {
@@ -727,50 +702,13 @@ fn train_one(
         }
         StepError::Model(e) => anyhow!(e),
     })?;
-    report.compute_seconds += done.timings.compute.as_secs_f64();
-    report.allreduce_seconds += done.timings.all_reduce.as_secs_f64();
-    report.update_seconds += done.timings.update.as_secs_f64();
-    // Counted only once applied (a step lost with its ring is trained again or adopted), and
-    // for the whole global batch: every worker's report holds the figures of every applied
-    // step, those of a worker lost later included.
-    let mut loss = 0.0;
-    for (source, t) in done.totals.iter().enumerate() {
-        if t.examples == 0 {
-            continue;
-        }
-        let stats = source_entry(&mut report.sources, source as u32);
-        stats.examples += t.examples;
-        stats.loss_sum += t.loss_sum;
-        stats.correct += t.correct;
-        report.examples += t.examples;
-        report.correct += t.correct;
-        loss += t.loss_sum;
-    }
-    report.loss_sum += loss;
-    report.train_seconds += start.elapsed().as_secs_f64();
-    report.steps += 1;
-    if !loss.is_finite() || !done.loss_sum().is_finite() {
-        report.diverged = true;
-    }
+    figures.add_step(
+        &done.totals,
+        &done.timings,
+        start.elapsed(),
+        done.loss_sum().is_finite(),
+    );
     Ok(())
-}
-
-/// The entry of `source` in `sources` (kept sorted by source), added if missing.
-fn source_entry(sources: &mut Vec<pb::SourceStats>, source: u32) -> &mut pb::SourceStats {
-    let at = match sources.binary_search_by_key(&source, |s| s.source) {
-        Ok(at) => at,
-        Err(at) => {
-            sources.insert(
-                at,
-                pb::SourceStats {
-                    source,
-                    ..Default::default()
-                },
-            );
-            at
-        }
-    };
-    &mut sources[at]
 }
 
 /// Checks what came over the wire before it reaches the model.
