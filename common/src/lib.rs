@@ -3,6 +3,7 @@
 //! operations between workers.
 
 pub mod augment;
+pub mod balance_augment;
 pub mod collective;
 pub mod data;
 pub mod encoder;

@@ -1,17 +1,20 @@
 //! The data pipeline as one object: load → mix → eval split → (per epoch) augment → balance →
 //! shuffle. The coordinator calls [`Pipeline::epoch`] once per epoch and shards the result.
+//! This file composes the epoch; the steps live elsewhere: reading and de-duplicating the
+//! sources in `data/sources.rs`, the augmentation plan in `augment/plan.rs`, class balance in
+//! `resample.rs` (copies) and `balance_augment.rs` (new augmentations).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
-use crate::augment::eda::EdaRates;
-use crate::augment::AugmentPlan;
-use crate::data::config::{AugmentKind, DataConfig, NumAug, UnknownLabels};
+use crate::augment::{AugmentConfig, AugmentPlan};
+use crate::balance_augment;
+use crate::data::config::{DataConfig, UnknownLabels};
 use crate::data::load::{self, Record};
+use crate::data::sources::{self, read_label_map};
 use crate::data::vocab::Vocab;
 use crate::data::{Doc, Example, ExampleId};
 use crate::encoder::WordPiece;
@@ -20,38 +23,8 @@ use crate::mix;
 use crate::resample::{self, Balance};
 use crate::rng::{stream, tag};
 
-/// What was read from one `--data` source.
-#[derive(Clone, Debug)]
-pub struct SourceInfo {
-    pub name: String,
-    pub path: PathBuf,
-    pub weight: Option<f64>,
-    /// Lines read as examples.
-    pub rows: usize,
-    /// Bad lines skipped (`--on-bad-line skip`).
-    pub skipped: usize,
-    /// Exact (text, label) duplicates dropped, within and across sources.
-    pub duplicates: usize,
-    /// Training rows dropped because the validation set holds the same text.
-    pub in_eval: usize,
-    /// SHA-256 of the file, for provenance.
-    pub sha256: String,
-}
-
-/// One sentence of an epoch, as tokens borrowed from the pipeline (and the synonym table).
-#[derive(Clone, Debug)]
-pub struct Item<'a> {
-    pub doc: &'a Doc,
-    /// 0 for the original; k > 0 for an augmentation.
-    pub aug: u32,
-    pub tokens: Vec<&'a str>,
-}
-
-impl Item<'_> {
-    pub fn label(&self) -> u32 {
-        self.doc.label
-    }
-}
+pub use crate::data::sources::{file_sha256, SourceInfo};
+pub use crate::data::Item;
 
 /// An epoch's sentences, with class counts per source before and after balancing.
 pub struct Epoch<'a> {
@@ -94,28 +67,7 @@ fn refuse_unused_options(cfg: &DataConfig, weighted: bool) -> Result<(), DataErr
             cfg.balance_ratio
         ));
     }
-    if cfg.augment == AugmentKind::None {
-        let rates = [
-            ("--alpha", cfg.alpha),
-            ("--alpha-sr", cfg.alpha_sr),
-            ("--alpha-ri", cfg.alpha_ri),
-            ("--alpha-rs", cfg.alpha_rs),
-            ("--alpha-rd", cfg.alpha_rd),
-        ];
-        if let Some((flag, _)) = rates.iter().find(|(_, r)| r.is_some()) {
-            return refuse(format!(
-                "{flag} sets a rate of --augment eda, which is off (--balance augment alone \
-                 fills classes at EDA's default rate, 0.1)"
-            ));
-        }
-        if let (NumAug::Count(k), None) = (cfg.num_aug, cfg.crop) {
-            return refuse(format!(
-                "--num-aug {k} asks for augmentations, but none are made: add --augment eda or \
-                 --crop FRACTION"
-            ));
-        }
-    }
-    Ok(())
+    AugmentConfig::of(cfg).refuse_unused()
 }
 
 impl Pipeline {
@@ -146,71 +98,8 @@ impl Pipeline {
             .flat_map(|(_, l)| l.records.iter().map(|r| r.text.clone()))
             .collect();
 
-        let mut sources = Vec::new();
-        let mut per_source: Vec<Vec<Record>> = Vec::new();
-        let mut seen: HashSet<(String, String)> = HashSet::new();
-        let mut groups = Vec::new();
-        for spec in &cfg.data {
-            let loaded = load::load(&spec.path, &opts)?;
-            let sha256 = file_sha256(&spec.path)?;
-            let mut skipped = loaded.skipped;
-            for (name, records) in by_recorded_source(&spec.path, loaded.records, probs.is_some())?
-            {
-                let info = SourceInfo {
-                    name,
-                    path: spec.path.clone(),
-                    weight: spec.weight,
-                    rows: records.len(),
-                    skipped: std::mem::take(&mut skipped),
-                    duplicates: 0,
-                    in_eval: 0,
-                    sha256: sha256.clone(),
-                };
-                groups.push((info, records));
-            }
-        }
-        if groups.len() > u16::MAX as usize {
-            return Err(DataError::Config("too many sources".into()));
-        }
-        for (mut info, records) in groups {
-            let mut kept = Vec::with_capacity(records.len());
-            for mut r in records {
-                if let Some(l) = label_map.get(&r.label) {
-                    r.label = l.clone();
-                }
-                if eval_texts.contains(&r.text) {
-                    info.in_eval += 1;
-                } else if seen.insert((r.text.clone(), r.label.clone())) {
-                    kept.push(r);
-                } else {
-                    info.duplicates += 1;
-                }
-            }
-            if info.duplicates > 0 {
-                tracing::info!(
-                    "{}: dropped {} duplicate (text, label) rows",
-                    info.name,
-                    info.duplicates
-                );
-            }
-            if info.in_eval > 0 {
-                tracing::warn!(
-                    "{}: dropped {} rows whose text is in the validation set",
-                    info.name,
-                    info.in_eval
-                );
-            }
-            if kept.is_empty() {
-                return Err(DataError::NothingLeft {
-                    path: info.name,
-                    rows: info.rows,
-                    in_eval: info.in_eval,
-                    duplicates: info.duplicates,
-                });
-            }
-            sources.push(info);
-            per_source.push(kept);
-        }
+        let (sources, per_source) =
+            sources::load_sources(cfg, &opts, probs.is_some(), &label_map, &eval_texts)?;
 
         let mut labels: Vec<String> = per_source
             .iter()
@@ -303,7 +192,7 @@ impl Pipeline {
             },
         };
         pipeline.train = train;
-        pipeline.plan = pipeline.resolve_plan()?;
+        pipeline.plan = AugmentPlan::resolve(&AugmentConfig::of(cfg), pipeline.train_rows())?;
         let budget = cfg.memory_budget.or_else(crate::memory::default_budget);
         if let Some(budget) = budget {
             let (estimate, how) = pipeline.epoch_estimate();
@@ -362,43 +251,6 @@ impl Pipeline {
             tokens_per_item: tokens as f64 / total.max(1) as f64,
         };
         (estimate, how)
-    }
-
-    fn resolve_plan(&self) -> Result<AugmentPlan, DataError> {
-        let cfg = &self.cfg;
-        let rows = self.train_rows();
-        let (auto_k, auto_alpha) = AugmentPlan::recommended(rows);
-        let num_aug = match cfg.num_aug {
-            NumAug::Count(k) => k,
-            NumAug::Auto => auto_k,
-        };
-        let alpha = cfg.alpha.unwrap_or(match cfg.num_aug {
-            NumAug::Auto => auto_alpha,
-            NumAug::Count(_) => 0.1,
-        });
-        let eda = match cfg.augment {
-            AugmentKind::None => None,
-            AugmentKind::Eda => {
-                let rates = EdaRates {
-                    sr: cfg.alpha_sr.unwrap_or(alpha),
-                    ri: cfg.alpha_ri.unwrap_or(alpha),
-                    rs: cfg.alpha_rs.unwrap_or(alpha),
-                    rd: cfg.alpha_rd.unwrap_or(alpha),
-                };
-                if rates.ops().is_empty() {
-                    return Err(DataError::Config(
-                        "--augment eda with every rate at 0 does nothing".into(),
-                    ));
-                }
-                Some(rates)
-            }
-        };
-        let active = eda.is_some() || cfg.crop.is_some();
-        Ok(AugmentPlan {
-            eda,
-            crop: cfg.crop,
-            num_aug: if active { num_aug } else { 0 },
-        })
     }
 
     /// Training words plus those epoch 0's augmentations produce, so that inserted synonyms
@@ -533,7 +385,9 @@ impl Pipeline {
                 );
                 items = idx.into_iter().map(|i| items[i].clone()).collect();
             }
-            Balance::Augment => self.fill_with_augmentations(&mut items, &targets, epoch),
+            Balance::Augment => {
+                balance_augment::fill(&mut items, &targets, &self.plan, seed, epoch, &self.labels)
+            }
         }
         let after = self.counts(&items);
         items.shuffle(&mut stream(&[seed, tag::SHUFFLE, epoch]));
@@ -566,88 +420,6 @@ impl Pipeline {
             tokens,
         }))
         .collect()
-    }
-
-    /// Brings each class to its target with new augmentations of its own examples, avoiding
-    /// exact duplicates as long as the synonyms allow, then with copies.
-    fn fill_with_augmentations<'a>(
-        &'a self,
-        items: &mut Vec<Item<'a>>,
-        targets: &[Option<usize>],
-        epoch: u64,
-    ) {
-        let seed = self.cfg.seed;
-        let first_extra = self.plan.num_aug as u64 + 1;
-        for (class, target) in targets.iter().enumerate() {
-            let Some(target) = *target else { continue };
-            let class = class as u32;
-            let mut members: Vec<&Doc> = items
-                .iter()
-                .filter(|it| it.aug == 0 && it.label() == class)
-                .map(|it| it.doc)
-                .collect();
-            if members.is_empty() {
-                continue;
-            }
-            members.sort_by_key(|d| d.id);
-            members.dedup_by_key(|d| d.id);
-            members.shuffle(&mut stream(&[
-                seed,
-                tag::BALANCE_AUGMENT,
-                epoch,
-                class as u64,
-            ]));
-            let mut existing: HashSet<Vec<&str>> = items
-                .iter()
-                .filter(|it| it.label() == class)
-                .map(|it| it.tokens.clone())
-                .collect();
-            let mut have = items.iter().filter(|it| it.label() == class).count();
-            let budget = (target.saturating_sub(have)) * 20;
-            let mut attempt = 0usize;
-            while have < target && attempt < budget {
-                let doc = members[attempt % members.len()];
-                let round = (attempt / members.len()) as u64;
-                let words: Vec<&str> = doc.tokens.iter().map(String::as_str).collect();
-                let mut rng = stream(&[
-                    seed,
-                    tag::BALANCE_AUGMENT,
-                    doc.id.source as u64,
-                    doc.id.line as u64,
-                    epoch,
-                    round,
-                ]);
-                let tokens = self.plan.one(&words, &mut rng);
-                if existing.insert(tokens.clone()) {
-                    items.push(Item {
-                        doc,
-                        aug: (first_extra + round) as u32,
-                        tokens,
-                    });
-                    have += 1;
-                }
-                attempt += 1;
-            }
-            if have < target {
-                tracing::debug!(
-                    "class {}: {} exact copies where augmentation ran out of new sentences",
-                    self.labels[class as usize],
-                    target - have
-                );
-                let mut rng = stream(&[seed, tag::BALANCE, epoch, class as u64]);
-                let pool: Vec<Item<'a>> = items
-                    .iter()
-                    .filter(|it| it.label() == class)
-                    .cloned()
-                    .collect();
-                while have < target {
-                    if let Some(it) = pool.choose(&mut rng) {
-                        items.push(it.clone());
-                    }
-                    have += 1;
-                }
-            }
-        }
     }
 
     fn counts(&self, items: &[Item<'_>]) -> Vec<Vec<usize>> {
@@ -826,84 +598,4 @@ fn rare_classes(
             median,
         })
         .collect()
-}
-
-/// One file's records, as one source named for the file, or, when its rows name their
-/// sources (the `source` column of `data export --with-source`), as those sources in the
-/// order they first appear: reading an export back gives the sources it was made of.
-fn by_recorded_source(
-    path: &Path,
-    records: Vec<Record>,
-    weighted: bool,
-) -> Result<Vec<(String, Vec<Record>)>, DataError> {
-    let file = path.display().to_string();
-    if records.iter().all(|r| r.source.is_none()) {
-        return Ok(vec![(file, records)]);
-    }
-    if weighted {
-        return Err(DataError::Config(format!(
-            "{file}: its rows name their sources (a `source` column, as `data export \
-             --with-source` writes), which a weighted mix cannot keep apart; give the sources \
-             themselves with weights, or this file without any"
-        )));
-    }
-    let mut groups: Vec<(String, Vec<Record>)> = Vec::new();
-    for r in records {
-        let name = r.source.clone().unwrap_or_else(|| file.clone());
-        match groups.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, g)) => g.push(r),
-            None => groups.push((name, vec![r])),
-        }
-    }
-    Ok(groups)
-}
-
-fn read_label_map(path: &Path) -> Result<BTreeMap<String, String>, DataError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(&shown, e))?;
-    // Each alias with its target and the line that said so.
-    let mut map: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    for (i, line) in crate::data::strip_byte_order_mark(&text)
-        .lines()
-        .enumerate()
-    {
-        let line_no = i as u64 + 1;
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (alias, label) = line.split_once('\t').ok_or_else(|| DataError::BadLine {
-            path: shown.clone(),
-            line: line_no,
-            msg: "expected alias<TAB>label".into(),
-        })?;
-        let (alias, label) = (alias.trim(), label.trim());
-        match map.get(alias) {
-            Some((earlier, at)) if earlier != label => {
-                return Err(DataError::BadLine {
-                    path: shown,
-                    line: line_no,
-                    msg: format!(
-                        "\"{alias}\" maps to \"{label}\" here and to \"{earlier}\" on line {at}: \
-                         an alias has one label; remove one of the two lines"
-                    ),
-                });
-            }
-            Some(_) => {}
-            None => {
-                map.insert(alias.to_string(), (label.to_string(), line_no));
-            }
-        }
-    }
-    Ok(map
-        .into_iter()
-        .map(|(alias, (label, _))| (alias, label))
-        .collect())
-}
-
-pub fn file_sha256(path: &Path) -> Result<String, DataError> {
-    crate::data::load::not_a_directory(path)?;
-    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path.display(), e))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| DataError::io(path.display(), e))?;
-    Ok(hex::encode(h.finalize()))
 }

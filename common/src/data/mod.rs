@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod load;
+pub mod sources;
 pub mod tokenize;
 pub mod vectors;
 pub mod vocab;
@@ -46,5 +47,20 @@ pub struct Example {
 impl Example {
     pub fn source(&self) -> u16 {
         self.id.source
+    }
+}
+
+/// One sentence of an epoch, as tokens borrowed from its [`Doc`] (and the synonym table).
+#[derive(Clone, Debug)]
+pub struct Item<'a> {
+    pub doc: &'a Doc,
+    /// 0 for the original; k > 0 for an augmentation.
+    pub aug: u32,
+    pub tokens: Vec<&'a str>,
+}
+
+impl Item<'_> {
+    pub fn label(&self) -> u32 {
+        self.doc.label
     }
 }
