@@ -1,6 +1,7 @@
 //! A training run from the coordinator's side: prepare the data, serve the workers, plan and
 //! hand out every epoch, gather reports, select and checkpoint the model, write the record.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -15,7 +16,7 @@ use common::metrics::Confusion;
 use common::model::{HeadConfig, InputConfig, ModelConfig, SequenceConfig};
 use common::pb;
 use common::pipeline::Pipeline;
-use common::train::{AdamConfig, RunSpec};
+use common::train::{AdamConfig, GroupTotals, RunSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -46,8 +47,9 @@ struct EpochSummary {
     diverged: bool,
     /// Peak resident memory of each reporting worker: its id, bytes.
     peak_rss: Vec<(u32, u64)>,
-    /// Training examples, loss and correct predictions per source, summed over workers.
-    sources: Vec<pb::SourceStats>,
+    /// Training examples, loss and correct predictions per source (every worker's report holds
+    /// the whole epoch's).
+    sources: BTreeMap<u32, GroupTotals>,
     /// With --encoder: sentences encoded and answered from the cache (summed), and the
     /// slowest worker's seconds spent encoding.
     encoded: u64,
@@ -62,7 +64,7 @@ struct EpochSummary {
 
 /// Training metrics per `--data` source, for runs on mixed data (null for one source).
 fn per_source_figures(
-    stats: &[pb::SourceStats],
+    stats: &BTreeMap<u32, GroupTotals>,
     sources: &[common::data::config::SourceSpec],
 ) -> serde_json::Value {
     if sources.len() < 2 {
@@ -71,8 +73,8 @@ fn per_source_figures(
     let n = |x: u64| x.max(1) as f64;
     json!(stats
         .iter()
-        .map(|s| json!({
-            "source": sources.get(s.source as usize).map_or_else(|| format!("source {}", s.source), |p| p.path.display().to_string()),
+        .map(|(&source, s)| json!({
+            "source": sources.get(source as usize).map_or_else(|| format!("source {source}"), |p| p.path.display().to_string()),
             "examples": s.examples,
             "train_loss": s.loss_sum / n(s.examples),
             "train_accuracy": s.correct as f64 / n(s.examples),
@@ -927,8 +929,18 @@ async fn gather(
     let reports_encoded = reports.iter().map(|r| r.encoded).sum();
     let reports_cached = reports.iter().map(|r| r.encode_cached).sum();
     let reports_encode_s = reports.iter().map(|r| r.encode_seconds).fold(0.0, f64::max);
-    let mut sources = reports[0].sources.clone();
-    sources.sort_by_key(|s| s.source);
+    let sources = reports[0]
+        .sources
+        .iter()
+        .map(|s| {
+            let t = GroupTotals {
+                examples: s.examples,
+                loss_sum: s.loss_sum,
+                correct: s.correct,
+            };
+            (s.source, t)
+        })
+        .collect();
     let mut rank0 = reports.into_iter().next().context("no report")?;
     Ok(EpochSummary {
         examples,
