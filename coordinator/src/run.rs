@@ -932,14 +932,7 @@ async fn gather(
     let sources = reports[0]
         .sources
         .iter()
-        .map(|s| {
-            let t = GroupTotals {
-                examples: s.examples,
-                loss_sum: s.loss_sum,
-                correct: s.correct,
-            };
-            (s.source, t)
-        })
+        .map(GroupTotals::from_pb)
         .collect();
     let mut rank0 = reports.into_iter().next().context("no report")?;
     Ok(EpochSummary {

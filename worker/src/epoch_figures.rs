@@ -84,18 +84,7 @@ impl EpochFigures {
             loss_sum: f.loss_sum,
             correct: f.correct,
         };
-        self.sources = f
-            .sources
-            .into_iter()
-            .map(|s| {
-                let t = GroupTotals {
-                    examples: s.examples,
-                    loss_sum: s.loss_sum,
-                    correct: s.correct,
-                };
-                (s.source, t)
-            })
-            .collect();
+        self.sources = f.sources.iter().map(GroupTotals::from_pb).collect();
         Ok(())
     }
 
@@ -124,12 +113,7 @@ impl EpochFigures {
     fn source_stats(&self) -> Vec<pb::SourceStats> {
         self.sources
             .iter()
-            .map(|(&source, t)| pb::SourceStats {
-                source,
-                examples: t.examples,
-                loss_sum: t.loss_sum,
-                correct: t.correct,
-            })
+            .map(|(&source, t)| t.to_pb(source))
             .collect()
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::collective::{Collective, CollectiveError};
 use crate::model::ModelError;
+use crate::pb;
 
 /// How to count a step's local examples: `group_of[i]` is example i's group, of `groups`.
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +27,26 @@ impl GroupTotals {
         self.examples += other.examples;
         self.loss_sum += other.loss_sum;
         self.correct += other.correct;
+    }
+
+    /// A source's figures as the epoch report carries them (the wire's edge).
+    pub fn to_pb(&self, source: u32) -> pb::SourceStats {
+        pb::SourceStats {
+            source,
+            examples: self.examples,
+            loss_sum: self.loss_sum,
+            correct: self.correct,
+        }
+    }
+
+    /// The source and its figures of a report's entry.
+    pub fn from_pb(s: &pb::SourceStats) -> (u32, GroupTotals) {
+        let t = GroupTotals {
+            examples: s.examples,
+            loss_sum: s.loss_sum,
+            correct: s.correct,
+        };
+        (s.source, t)
     }
 }
 
