@@ -57,8 +57,8 @@ class Checks:
         return ok
 
 
-def podman(*args, check=True, capture=True):
-    r = subprocess.run(["podman", *args], capture_output=capture, text=True)
+def podman(*args, check=True):
+    r = subprocess.run(["podman", *args], capture_output=True, text=True)
     if check and r.returncode != 0:
         raise RuntimeError(f"podman {' '.join(args)}: {r.stderr.strip()}")
     return r
@@ -83,15 +83,13 @@ def one(docs, kind):
 class Pod:
     """One pod template of the manifests, as `podman run` options."""
 
-    def __init__(self, docs, workload, host_dirs, image):
-        self.workload = workload
+    def __init__(self, workload, host_dirs, image):
         self.spec = workload["spec"]["template"]["spec"]
         (self.container,) = self.spec["containers"]
         self.image = image
         self.security = self.spec.get("securityContext", {})
         self.volumes = {v["name"]: v for v in self.spec.get("volumes", [])}
         self.host_dirs = host_dirs
-        self.docs = docs
 
     def probe_port(self, probe):
         grpc = self.container.get(probe, {}).get("grpc")
@@ -148,7 +146,6 @@ class Pod:
     def start(self, name, ip, aliases=(), extra_args=()):
         podman("rm", "--force", "--ignore", name)
         podman("run", "--detach", *self.run_options(name, ip, aliases, extra_args))
-        return Logs(name)
 
 
 def volume_kind(volume):
@@ -252,7 +249,7 @@ class Supervisor:
     """Starts exited worker containers again, as a StatefulSet restarts its pods' containers."""
 
     def __init__(self, names):
-        self.names, self.restarts, self.stopped = names, 0, threading.Event()
+        self.names, self.stopped = names, threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self):
@@ -260,7 +257,6 @@ class Supervisor:
             for n in self.names:
                 if state(n)[0] == "exited":
                     podman("start", n, check=False)
-                    self.restarts += 1
 
     def stop(self):
         self.stopped.set()
@@ -331,9 +327,16 @@ class Cluster:
     def pods(self, runs):
         dirs = {**self.host_dirs, "persistentVolumeClaim": runs}
         return (
-            Pod(self.docs, self.deployment, dirs, self.opts.image),
-            Pod(self.docs, self.statefulset, dirs, self.opts.image),
+            Pod(self.deployment, dirs, self.opts.image),
+            Pod(self.statefulset, dirs, self.opts.image),
         )
+
+    def start_coordinator(self, pod, extra_args=()):
+        """A new coordinator pod (a fresh address, as a Deployment's new pod gets), its log
+        followed: its address and log."""
+        ip = next(COORDINATOR_IPS)
+        pod.start(self.COORDINATOR, ip, self.aliases, extra_args)
+        return ip, Logs(self.COORDINATOR)
 
     def start_workers(self, pod):
         for i, w in enumerate(self.workers):
@@ -351,7 +354,7 @@ class Cluster:
         check = self.check
         runs = self.run_volume("runs-one-epoch")
         coordinator, worker = self.pods(runs)
-        logs = coordinator.start(self.COORDINATOR, next(COORDINATOR_IPS), self.aliases, ["--epochs", "1"])
+        _, logs = self.start_coordinator(coordinator, ["--epochs", "1"])
         self.start_workers(worker)
         code = wait_exit(self.COORDINATOR, 300)
         check("one epoch: the coordinator exits 0", code == 0, f"exit code {code}" + ("" if code == 0 else "\n" + logs.text()[-3000:]))
@@ -377,8 +380,7 @@ class Cluster:
         check = self.check
         runs = self.run_volume("runs")
         coordinator, worker = self.pods(runs)
-        ip = next(COORDINATOR_IPS)
-        logs = coordinator.start(self.COORDINATOR, ip, self.aliases)
+        ip, logs = self.start_coordinator(coordinator)
         port = coordinator.probe_port("readinessProbe")
         status = health(ip, port)
         check(f"coordinator: gRPC health probe on :{port}", status == "SERVING", str(status))
@@ -408,7 +410,7 @@ class Cluster:
             # A new pod of the Deployment: same command, same volume, a new address.
             podman("kill", "--signal", "KILL", self.COORDINATOR)
             podman("rm", "--force", self.COORDINATOR)
-            logs = coordinator.start(self.COORDINATOR, next(COORDINATOR_IPS), self.aliases)
+            _, logs = self.start_coordinator(coordinator)
             continued = logs.wait_for(r"holds an unfinished run of this same command", 60)
             check("coordinator restarted: it continues its run", continued is not None, logs.text()[-2000:] if continued is None else "")
             resumed = logs.wait_for(r"resuming \S+ after epoch (\d+)", 60)
@@ -431,7 +433,7 @@ class Cluster:
         )
         # The Deployment restarts a coordinator whose run ended: the finished run stays as it is.
         before = (runs / "trec" / "summary.json").read_bytes() if summary else b""
-        logs = coordinator.start(self.COORDINATOR, next(COORDINATOR_IPS), self.aliases)
+        _, logs = self.start_coordinator(coordinator)
         code = wait_exit(self.COORDINATOR, 60)
         refused = logs.wait_for(r"already holds a finished run", 5)
         check(
