@@ -231,68 +231,12 @@ impl Default for TrainConfig {
     }
 }
 
-/// Per-class loss weights from `--class-weights` and the training class counts.
-pub fn class_weights(spec: &str, labels: &[String], counts: &[usize]) -> Result<Vec<f32>, String> {
-    if spec == "balanced" {
-        let n: usize = counts.iter().sum();
-        return Ok(counts
-            .iter()
-            .map(|&c| {
-                if c == 0 {
-                    1.0
-                } else {
-                    n as f32 / (labels.len() * c) as f32
-                }
-            })
-            .collect());
-    }
-    let mut w = vec![1.0f32; labels.len()];
-    for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
-        let (label, value) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("--class-weights: {pair:?} is not LABEL=WEIGHT"))?;
-        let i = labels
-            .iter()
-            .position(|l| l == label.trim())
-            .ok_or_else(|| {
-                format!(
-                    "--class-weights: unknown label {:?} (labels: {})",
-                    label.trim(),
-                    labels.join(", ")
-                )
-            })?;
-        let v: f32 = value
-            .trim()
-            .parse()
-            .map_err(|_| format!("--class-weights: {value:?} is not a number"))?;
-        if !(v.is_finite() && v >= 0.0) {
-            return Err(format!(
-                "--class-weights: weight {v} must be a non-negative number"
-            ));
-        }
-        w[i] = v;
-    }
-    Ok(w)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn class_weights_balanced_and_explicit() {
-        let labels = vec!["a".to_string(), "b".to_string()];
-        assert_eq!(
-            class_weights("balanced", &labels, &[30, 10]).unwrap(),
-            vec![40.0 / 60.0, 2.0]
-        );
-        assert_eq!(
-            class_weights("b=3", &labels, &[1, 1]).unwrap(),
-            vec![1.0, 3.0]
-        );
-        assert!(class_weights("c=3", &labels, &[1, 1])
-            .unwrap_err()
-            .contains("unknown label"));
+    fn workers_are_a_count_or_addresses() {
         assert!("x,y".parse::<Workers>().is_err());
         assert_eq!("2".parse::<Workers>().unwrap(), Workers::Local(2));
     }

@@ -5,6 +5,7 @@
 //! the one busy preparing data; on a signal the run is dropped where it stands (its workers
 //! are killed with it), and whatever blocking work it left behind is abandoned.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,33 +80,33 @@ impl StopNote {
     }
 }
 
-/// Runs `run` to its end, or until SIGINT or SIGTERM, whichever comes first: then the error
-/// is the note's message.
-pub fn run_until_signal<F>(rt: &tokio::runtime::Runtime, note: Arc<StopNote>, run: F) -> Result<()>
+/// Runs `run` to its end, or until `shutdown` resolves, whichever comes first: then the
+/// error is the note's message. The run goes on a task of its own, so `shutdown` is watched
+/// even while the run is busy.
+pub async fn until<T, F>(
+    note: Arc<StopNote>,
+    run: F,
+    shutdown: impl Future<Output = ()>,
+) -> Result<T>
 where
-    F: std::future::Future<Output = Result<()>> + Send + 'static,
+    T: Send + 'static,
+    F: Future<Output = Result<T>> + Send + 'static,
 {
-    let task = rt.spawn(run);
+    let task = tokio::spawn(run);
     let abort = task.abort_handle();
-    let outcome = rt.block_on(async {
-        tokio::select! {
-            r = task => Some(r),
-            _ = common::shutdown::signal() => None,
-        }
-    });
-    match outcome {
-        Some(Ok(r)) => r,
-        Some(Err(join)) => Err(anyhow::anyhow!("the run failed: {join}")),
-        None => {
+    tokio::select! {
+        r = task => match r {
+            Ok(r) => r,
+            Err(join) => Err(anyhow::anyhow!("the run failed: {join}")),
+        },
+        _ = shutdown => {
             // Dropping the run stops its workers and releases the run directory; a moment
             // is enough, unless it is inside blocking work, which cannot be cut short.
             abort.abort();
-            rt.block_on(async {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-                while !abort.is_finished() && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while !abort.is_finished() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             Err(anyhow::anyhow!(note.message()))
         }
     }

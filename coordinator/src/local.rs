@@ -2,7 +2,7 @@
 //! logs with a rank prefix, and never leaves one behind (killed on error, on Ctrl-C and when
 //! the handle is dropped).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,8 +93,10 @@ impl Fleet {
     }
 
     /// Starts `n` workers joining `url` with `token`, `threads` compute threads each, worker i
-    /// on GPU i when `device` is CUDA.
+    /// on GPU i when `device` is CUDA; `program` is the worker binary (default: the one beside
+    /// this executable).
     pub fn spawn(
+        program: Option<&Path>,
         n: usize,
         url: &str,
         token: &str,
@@ -102,7 +104,10 @@ impl Fleet {
         device: LocalDevice,
         tls: &common::tls::TlsFiles,
     ) -> Result<Self> {
-        let bin = worker_binary()?;
+        let bin = match program {
+            Some(p) => p.to_path_buf(),
+            None => worker_binary()?,
+        };
         let mut children = Vec::with_capacity(n);
         for i in 0..n {
             let device = match device {

@@ -1,129 +1,29 @@
 //! `coordinator`: trains the classifier across workers, and the tools around it
-//! (`data preview|export`, `evaluate`, `predict`).
+//! (`data preview|export`, `evaluate`, `predict`, `experiment`). The command line is parsed
+//! here; everything else is the library's.
 
-mod backend;
-mod cli;
-mod config_file;
-mod daemons;
-mod data_cmd;
-mod experiment;
-mod infer_cmd;
-mod interrupt;
-mod local;
-mod logging;
-mod membership;
-mod metrics;
-mod model_dir;
-mod run;
-mod run_lock;
-mod rundir;
-mod service;
-mod sharding;
-
-use clap::{CommandFactory, Parser, Subcommand};
-
-/// Train a text classifier on small data: mix sources, augment (EDA), balance classes, and
-/// train a BiLSTM across workers.
-///
-/// Without a subcommand it trains, e.g.
-///   coordinator --workers 2 --data data/trec/train.tsv --test data/trec/test.tsv
-#[derive(Parser, Debug)]
-#[command(
-    name = "coordinator",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// Training options from this TOML file (keys are the long flag names; `coordinator
-    /// config example` prints one); flags given on the command line override it.
-    #[arg(long, value_name = "FILE", help_heading = "Output")]
-    config: Option<std::path::PathBuf>,
-    /// Continue the unfinished run in RUN_DIR from its last checkpoint (the end of its last
-    /// completed epoch, or a later step with --checkpoint-every), with the options it was
-    /// started with, from the directory it was started in, on unchanged data files; it reaches
-    /// the weights an uninterrupted run reaches.
-    #[arg(long, value_name = "RUN_DIR", help_heading = "Output")]
-    resume: Option<std::path::PathBuf>,
-    #[command(flatten)]
-    train: cli::TrainArgs,
-    #[command(flatten)]
-    log: logging::LogArgs,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Inspect or export what the data pipeline makes of your data.
-    #[command(subcommand)]
-    Data(Box<data_cmd::DataCommand>),
-    /// Accuracy, macro-F1 and per-class scores of a trained model on labelled data.
-    Evaluate(infer_cmd::EvaluateArgs),
-    /// Classify sentences with a trained model.
-    Predict(infer_cmd::PredictArgs),
-    /// Measure the small-sample gain on your data: every size × condition × seed trained with
-    /// one early-stopping protocol and tested; results.jsonl, report.md, learning-curve.png.
-    ///
-    /// e.g. coordinator experiment --data train.tsv --test test.tsv --sizes 100,500,2000,full
-    ///        --conditions baseline,eda,balance,eda+balance --seeds 3 --workers 2 --out runs/exp
-    Experiment(Box<experiment::ExperimentArgs>),
-    /// Configuration files for --config.
-    #[command(subcommand)]
-    Config(ConfigCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum ConfigCommand {
-    /// Print a complete, commented configuration file with every training option at its
-    /// default: `coordinator config example > run.toml`.
-    Example,
-}
+use clap::{CommandFactory, Parser};
+use coordinator::cmd::command_line::Cli;
 
 fn main() -> std::process::ExitCode {
-    let argv = match config_file::expand(std::env::args_os().collect(), &Cli::command()) {
-        Ok(argv) => argv,
-        Err(e) => {
-            eprintln!(
-                "error: {}",
-                common::error::chain_without_repeats(&format!("{e:#}"))
-            );
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let argv =
+        match coordinator::config_file::expand(std::env::args_os().collect(), &Cli::command()) {
+            Ok(argv) => argv,
+            Err(e) => {
+                eprintln!(
+                    "error: {}",
+                    common::error::chain_without_repeats(&format!("{e:#}"))
+                );
+                return std::process::ExitCode::from(2);
+            }
+        };
     let cli = Cli::parse_from(argv.clone());
-    logging::init(&cli.log);
-    if let Some(dir) = &cli.resume {
-        if argv.len() > 3 {
-            eprintln!("error: --resume RUN_DIR continues a run with the options it was started with; give no others");
-            return std::process::ExitCode::from(2);
-        }
-        return finish(resume(dir));
+    coordinator::logging::init(&cli.log);
+    if cli.resume.is_some() && argv.len() > 3 {
+        eprintln!("error: --resume RUN_DIR continues a run with the options it was started with; give no others");
+        return std::process::ExitCode::from(2);
     }
-    let result = match cli.command {
-        Some(Command::Data(cmd)) => data_cmd::run(*cmd),
-        Some(Command::Evaluate(a)) => infer_cmd::evaluate(a),
-        Some(Command::Predict(a)) => infer_cmd::predict_cmd(a),
-        Some(Command::Experiment(a)) => experiment::run(*a),
-        Some(Command::Config(ConfigCommand::Example)) => {
-            print!("{}", config_file::example(&Cli::command()));
-            Ok(())
-        }
-        None => {
-            let mut args = cli.train;
-            args.command = argv
-                .iter()
-                .skip(1)
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            train(args)
-        }
-    };
-    finish(result)
-}
-
-fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
-    match result {
+    match coordinator::cmd::run(cli, &argv) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!(
@@ -133,46 +33,6 @@ fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// `--resume RUN_DIR`: the run's saved command line, in its working directory, continued.
-fn resume(dir: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let dir = dir
-        .canonicalize()
-        .with_context(|| format!("--resume {}", dir.display()))?;
-    let command = rundir::read_command(&dir)?;
-    std::env::set_current_dir(&command.cwd).with_context(|| {
-        format!(
-            "the run was started in {}, which is gone",
-            command.cwd.display()
-        )
-    })?;
-    let saved =
-        Cli::try_parse_from(std::iter::once("coordinator".to_string()).chain(command.argv.clone()))
-            .with_context(|| format!("the command saved in {} no longer parses", dir.display()))?;
-    let mut args = saved.train;
-    args.command = command.argv;
-    args.run_dir = Some(dir);
-    args.resume = true;
-    train(args)
-}
-
-fn train(args: cli::TrainArgs) -> anyhow::Result<()> {
-    if args.data.data.is_empty() {
-        anyhow::bail!(
-            "no training data: give --data PATH (e.g. --data data/trec/train.tsv); see --help"
-        );
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let note = std::sync::Arc::new(interrupt::StopNote::default());
-    let result = interrupt::run_until_signal(&rt, note.clone(), run::train(args, note));
-    // Blocking work an interrupted run left behind (an epoch half prepared) is not waited for.
-    rt.shutdown_background();
-    result
 }
 
 #[cfg(test)]
@@ -185,7 +45,8 @@ mod tests {
 
     use clap::{CommandFactory, Parser};
 
-    use super::{config_file, Cli};
+    use coordinator::cmd::command_line::Cli;
+    use coordinator::config_file;
 
     fn parse(args: &[&str]) -> anyhow::Result<Cli> {
         let argv: Vec<OsString> = std::iter::once("coordinator")

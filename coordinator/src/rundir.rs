@@ -12,6 +12,7 @@ use common::metrics::Confusion;
 use serde::{Deserialize, Serialize};
 
 use crate::model_dir::{self, ModelMeta, MODEL};
+use crate::record::{sorted_json, EpochLogEntry, MetricsLine};
 
 const COMMAND: &str = "command.json";
 const STATE: &str = "state.json";
@@ -76,8 +77,8 @@ pub struct RunState {
     pub samples_per_s: Vec<f64>,
     pub encode_seconds: f64,
     /// The lines of `metrics.jsonl` so far.
-    pub metrics: Vec<serde_json::Value>,
-    pub epoch_log: Vec<serde_json::Value>,
+    pub metrics: Vec<MetricsLine>,
+    pub epoch_log: Vec<EpochLogEntry>,
     /// Workers lost so far (a checkpoint from before this field reads as 0).
     #[serde(default)]
     pub workers_lost: u64,
@@ -210,7 +211,7 @@ impl RunDir {
         };
         let mut text = String::new();
         for line in &checkpoint.progress.metrics {
-            text.push_str(&line.to_string());
+            text.push_str(&sorted_json(line)?.to_string());
             text.push('\n');
         }
         let p = path.join("metrics.jsonl");
@@ -281,21 +282,22 @@ impl RunDir {
     }
 
     /// Adds one line to `metrics.jsonl` (the whole file is rewritten atomically).
-    pub fn append_metrics(&self, line: &serde_json::Value) -> Result<()> {
+    pub fn append_metrics(&self, line: &MetricsLine) -> Result<()> {
+        let line = sorted_json(line)?.to_string();
         let mut text = self
             .metrics
             .lock()
             .map_err(|_| anyhow::anyhow!("metrics lock poisoned"))?;
-        text.push_str(&line.to_string());
+        text.push_str(&line);
         text.push('\n');
         let p = self.path.join("metrics.jsonl");
         common::fsutil::write_atomic(&p, text.as_bytes())
             .with_context(|| format!("writing {}", p.display()))
     }
 
-    pub fn write_summary(&self, summary: &serde_json::Value) -> Result<()> {
+    pub fn write_summary(&self, summary: &impl Serialize) -> Result<()> {
         let p = self.path.join("summary.json");
-        common::fsutil::write_atomic(&p, &serde_json::to_vec_pretty(summary)?)
+        common::fsutil::write_atomic(&p, &serde_json::to_vec_pretty(&sorted_json(summary)?)?)
             .with_context(|| format!("writing {}", p.display()))
     }
 }

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::backend::Offer;
 use crate::metrics::Metrics;
+use crate::report::{StepCheckpoint, WorkerReport};
 use crate::sharding::{deal, part};
 
 /// What every worker receives at join.
@@ -141,8 +142,8 @@ pub struct PendingRegroup {
 
 /// What workers send the run driver.
 pub struct Inbox {
-    pub reports: mpsc::UnboundedReceiver<pb::EpochReport>,
-    pub checkpoints: mpsc::UnboundedReceiver<pb::CheckpointUpload>,
+    pub reports: mpsc::UnboundedReceiver<WorkerReport>,
+    pub checkpoints: mpsc::UnboundedReceiver<StepCheckpoint>,
 }
 
 /// Workers that may join a run after its start, over the whole run.
@@ -165,8 +166,8 @@ pub struct Shared {
     pub regroup_requested: tokio::sync::Notify,
     /// The current epoch plan; handlers wait on it.
     pub plan: watch::Sender<Option<Arc<EpochPlan>>>,
-    reports: mpsc::UnboundedSender<pb::EpochReport>,
-    checkpoints: mpsc::UnboundedSender<pb::CheckpointUpload>,
+    reports: mpsc::UnboundedSender<WorkerReport>,
+    checkpoints: mpsc::UnboundedSender<StepCheckpoint>,
     pub progress: Vec<WorkerProgress>,
     pub running: AtomicBool,
     /// Workers that have been sent the `finished` header (told the run is over).
@@ -706,7 +707,7 @@ impl pb::coordinator_server::Coordinator for Service {
         self.0.check_rank(report.rank)?;
         self.0
             .reports
-            .send(report)
+            .send(report.into())
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         Ok(Response::new(pb::EpochAck {}))
     }
@@ -756,7 +757,7 @@ impl pb::coordinator_server::Coordinator for Service {
         self.0.check_rank(upload.rank)?;
         self.0
             .checkpoints
-            .send(upload)
+            .send(upload.into())
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         Ok(Response::new(pb::EpochAck {}))
     }

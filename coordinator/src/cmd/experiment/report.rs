@@ -116,7 +116,7 @@ pub fn markdown(cells: &[Cell], conditions: &[String], title: &str) -> String {
     out
 }
 
-static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+static FONT: &[u8] = include_bytes!("../../../assets/DejaVuSans.ttf");
 
 /// Draws `learning-curve.png` at `path`.
 pub fn plot(cells: &[Cell], conditions: &[String], title: &str, path: &Path) -> Result<()> {

@@ -9,14 +9,17 @@ mod report;
 mod subsample;
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
 use common::values::{at_least, open_fraction};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::TrainArgs;
+use crate::cli::{TrainArgs, Workers};
+use crate::summary::Summary;
+use crate::TrainPlan;
+use common::data::config::{AugmentKind, SourceSpec};
+use common::resample::Balance;
 pub use report::Cell;
 
 #[derive(Args, Debug, Clone)]
@@ -69,39 +72,73 @@ pub struct ExperimentArgs {
     pub out: PathBuf,
 }
 
-/// The training flags a condition adds to the fixed protocol.
-fn condition_flags(
-    condition: &str,
-    mix: Option<&str>,
-    encoder: Option<&Path>,
-) -> Result<Vec<String>> {
-    let flags: &[&str] = match condition {
-        "baseline" => &[],
-        "eda" => &["--augment", "eda"],
-        "balance" => &["--balance", "oversample"],
-        "eda+balance" => &["--augment", "eda", "--balance", "oversample"],
-        "augment-balance" => &["--balance", "augment"],
-        "mix" => {
-            let Some(mix) = mix else {
-                bail!("the mix condition needs --mix PATH:WEIGHT");
-            };
-            return Ok(vec!["--data".into(), mix.into()]);
-        }
-        "encoder" | "encoder+eda" => {
-            let Some(dir) = encoder else {
-                bail!("the {condition} condition needs --encoder DIR");
-            };
-            let mut flags = vec!["--encoder".into(), dir.display().to_string()];
-            if condition == "encoder+eda" {
-                flags.extend(["--augment".into(), "eda".into()]);
+/// What a condition changes in the fixed protocol.
+#[derive(Clone, Debug, PartialEq)]
+enum Condition {
+    Baseline,
+    Eda,
+    Balance,
+    EdaBalance,
+    AugmentBalance,
+    /// Another source mixed in by weight.
+    Mix(SourceSpec),
+    /// The frozen encoder's token vectors under the BiLSTM, with EDA or without.
+    Encoder {
+        dir: PathBuf,
+        eda: bool,
+    },
+}
+
+impl Condition {
+    fn parse(name: &str, mix: Option<&str>, encoder: Option<&Path>) -> Result<Self> {
+        Ok(match name {
+            "baseline" => Condition::Baseline,
+            "eda" => Condition::Eda,
+            "balance" => Condition::Balance,
+            "eda+balance" => Condition::EdaBalance,
+            "augment-balance" => Condition::AugmentBalance,
+            "mix" => {
+                let Some(mix) = mix else {
+                    bail!("the mix condition needs --mix PATH:WEIGHT");
+                };
+                Condition::Mix(mix.parse().map_err(|e| anyhow::anyhow!("--mix {mix}: {e}"))?)
             }
-            return Ok(flags);
+            "encoder" | "encoder+eda" => {
+                let Some(dir) = encoder else {
+                    bail!("the {name} condition needs --encoder DIR");
+                };
+                Condition::Encoder {
+                    dir: dir.to_path_buf(),
+                    eda: name == "encoder+eda",
+                }
+            }
+            other => bail!(
+                "unknown condition {other:?}: baseline, eda, balance, eda+balance, augment-balance, mix, encoder, encoder+eda"
+            ),
+        })
+    }
+
+    /// Sets this condition's options in a cell's `args`.
+    fn apply(&self, args: &mut TrainArgs) {
+        let d = &mut args.data;
+        match self {
+            Condition::Baseline => {}
+            Condition::Eda => d.augment = AugmentKind::Eda,
+            Condition::Balance => d.balance = Balance::Oversample,
+            Condition::EdaBalance => {
+                d.augment = AugmentKind::Eda;
+                d.balance = Balance::Oversample;
+            }
+            Condition::AugmentBalance => d.balance = Balance::Augment,
+            Condition::Mix(source) => d.data.push(source.clone()),
+            Condition::Encoder { dir, eda } => {
+                args.train.encoder = Some(dir.clone());
+                if *eda {
+                    d.augment = AugmentKind::Eda;
+                }
+            }
         }
-        other => bail!(
-            "unknown condition {other:?}: baseline, eda, balance, eda+balance, augment-balance, mix, encoder, encoder+eda"
-        ),
-    };
-    Ok(flags.iter().map(|s| s.to_string()).collect())
+    }
 }
 
 /// The first item of `list` that appears again later in it.
@@ -138,6 +175,11 @@ fn read_results(path: &Path) -> Result<Vec<Cell>> {
         .collect()
 }
 
+fn read_summary(path: &Path) -> Result<Summary> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
 fn write_results(path: &Path, cells: &[Cell]) -> Result<()> {
     let mut text = String::new();
     for c in cells {
@@ -154,15 +196,45 @@ struct OneRun {
     train: TrainArgs,
 }
 
+/// A cell's training options: the fixed protocol, then its condition.
+fn cell_args(
+    args: &ExperimentArgs,
+    sample: &Path,
+    seed: u64,
+    condition: &Condition,
+    run_dir: &Path,
+) -> Result<TrainArgs> {
+    // Every option at its default, as a plain `coordinator` run has them.
+    let mut cell = OneRun::try_parse_from(["coordinator"])
+        .context("the training options' defaults")?
+        .train;
+    cell.data.data = vec![SourceSpec {
+        path: sample.to_path_buf(),
+        weight: None,
+    }];
+    cell.test = Some(args.test.clone());
+    cell.data.eval_split = Some(args.eval_split);
+    cell.train.patience = Some(args.patience);
+    cell.train.epochs = args.max_epochs;
+    cell.data.seed = seed;
+    cell.workers = Workers::Local(args.workers);
+    cell.threads = args.threads;
+    cell.run_dir = Some(run_dir.to_path_buf());
+    condition.apply(&mut cell);
+    Ok(cell)
+}
+
 pub fn run(args: ExperimentArgs) -> Result<()> {
     let sizes = args
         .sizes
         .iter()
         .map(|s| parse_size(s).map(|n| (s.clone(), n)))
         .collect::<Result<Vec<_>>>()?;
-    for c in &args.conditions {
-        condition_flags(c, args.mix.as_deref(), args.encoder.as_deref())?;
-    }
+    let conditions = args
+        .conditions
+        .iter()
+        .map(|c| Condition::parse(c, args.mix.as_deref(), args.encoder.as_deref()))
+        .collect::<Result<Vec<_>>>()?;
     // A cell listed twice would be trained twice and counted twice in the report.
     for (flag, list) in [("--sizes", &args.sizes), ("--conditions", &args.conditions)] {
         if let Some(twice) = repeated(list) {
@@ -177,15 +249,15 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     }
     let results_path = args.out.join("results.jsonl");
     let mut cells = read_results(&results_path)?;
-    let mut todo: Vec<(String, Option<usize>, String, u64)> = Vec::new();
+    let mut todo: Vec<(String, Option<usize>, String, &Condition, u64)> = Vec::new();
     for (label, n) in &sizes {
         for seed in 0..args.seeds {
-            for c in &args.conditions {
+            for (c, condition) in args.conditions.iter().zip(&conditions) {
                 let done = cells
                     .iter()
                     .any(|x| x.size == *label && x.condition == *c && x.seed == seed);
                 if !done {
-                    todo.push((label.clone(), *n, c.clone(), seed));
+                    todo.push((label.clone(), *n, c.clone(), condition, seed));
                 }
             }
         }
@@ -202,11 +274,8 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    for (label, n, condition, seed) in todo {
+    let rt = crate::run::runtime()?;
+    for (label, n, condition, how, seed) in todo {
         bar.set_message(format!("{label} {condition} seed {seed}"));
         let sample = args.out.join(format!("data/{label}-seed{seed}.tsv"));
         let rows = subsample::write(&args.data, n, seed, &sample)?;
@@ -214,69 +283,37 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             "runs/{label}-{}-seed{seed}",
             condition.replace('+', "_")
         ));
-        let started = Instant::now();
-        let summary = run_dir.join("summary.json");
-        if !summary.exists() {
-            // A run cut short leaves a directory without a summary: start it again.
-            if run_dir.exists() {
-                std::fs::remove_dir_all(&run_dir)
-                    .with_context(|| format!("removing the unfinished {}", run_dir.display()))?;
+        let summary_path = run_dir.join("summary.json");
+        // A cell an interrupted experiment finished has its summary in its run directory.
+        let summary = match summary_path.exists() {
+            true => read_summary(&summary_path)?,
+            false => {
+                // A run cut short leaves a directory without a summary: start it again.
+                if run_dir.exists() {
+                    std::fs::remove_dir_all(&run_dir).with_context(|| {
+                        format!("removing the unfinished {}", run_dir.display())
+                    })?;
+                }
+                let plan = TrainPlan::from_args(cell_args(&args, &sample, seed, how, &run_dir)?)?;
+                rt.block_on(async {
+                    let listener = plan.bind().await?;
+                    crate::run(plan, listener, common::shutdown::signal()).await
+                })
+                .with_context(|| format!("cell {label} {condition} seed {seed}"))?
             }
-            let mut argv: Vec<String> = vec![
-                "coordinator".into(),
-                "--data".into(),
-                sample.display().to_string(),
-                "--test".into(),
-                args.test.display().to_string(),
-                "--eval-split".into(),
-                args.eval_split.to_string(),
-                "--patience".into(),
-                args.patience.to_string(),
-                "--epochs".into(),
-                args.max_epochs.to_string(),
-                "--seed".into(),
-                seed.to_string(),
-                "--workers".into(),
-                args.workers.to_string(),
-                "--run-dir".into(),
-                run_dir.display().to_string(),
-            ];
-            if let Some(t) = args.threads {
-                argv.extend(["--threads".into(), t.to_string()]);
-            }
-            argv.extend(condition_flags(
-                &condition,
-                args.mix.as_deref(),
-                args.encoder.as_deref(),
-            )?);
-            let one = OneRun::try_parse_from(&argv).context("building a cell's training run")?;
-            let note = std::sync::Arc::new(crate::interrupt::StopNote::default());
-            crate::interrupt::run_until_signal(
-                &rt,
-                note.clone(),
-                crate::run::train(one.train, note),
-            )
-            .with_context(|| format!("cell {label} {condition} seed {seed}"))?;
-        }
-        let s: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&summary).with_context(|| format!("reading {}", summary.display()))?,
-        )
-        .with_context(|| format!("parsing {}", summary.display()))?;
-        let number = |k: &str| {
-            s[k].as_f64()
-                .with_context(|| format!("{} lacks {k}", summary.display()))
+        };
+        let figure = |k: &str, v: Option<f64>| {
+            v.with_context(|| format!("{} has no {k}", summary_path.display()))
         };
         cells.push(Cell {
             size: label.clone(),
             rows,
             condition: condition.clone(),
             seed,
-            accuracy: number("accuracy")?,
-            macro_f1: number("macro_f1")?,
-            epochs: s["epochs"].as_u64().unwrap_or(0),
-            seconds: s["seconds"]
-                .as_f64()
-                .unwrap_or(started.elapsed().as_secs_f64()),
+            accuracy: figure("accuracy", summary.accuracy)?,
+            macro_f1: figure("macro_f1", summary.macro_f1)?,
+            epochs: summary.epochs,
+            seconds: summary.seconds,
         });
         write_results(&results_path, &cells)?;
         bar.inc(1);

@@ -1,0 +1,247 @@
+//! Everything a run needs before its workers join: the data pipeline, the encoder, the
+//! validation and test sets, the class weights, the model's spec and its starting weights.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use common::data::vocab::Vocab;
+use common::data::Example;
+use common::encoder::{EncoderMode, EncoderRef, WordPiece};
+use common::model::{HeadConfig, InputConfig, ModelConfig, SequenceConfig};
+use common::pipeline::Pipeline;
+use common::train::{AdamConfig, RunSpec};
+
+use crate::plan::TrainPlan;
+use crate::rundir::Checkpoint;
+
+/// The `--test` set, encoded, and how many of its sentences the training data also holds.
+pub(super) struct TestSet {
+    pub(super) examples: Vec<Example>,
+    pub(super) in_training: usize,
+}
+
+/// A run's data and model, ready for its workers.
+pub(super) struct Prepared {
+    pub(super) pipeline: Arc<Pipeline>,
+    pub(super) eval: Arc<Vec<Example>>,
+    pub(super) test: Option<TestSet>,
+    pub(super) labels: Vec<String>,
+    pub(super) vocab: Vocab,
+    pub(super) spec: RunSpec,
+    /// Weights every worker starts from (safetensors), empty to initialise from the seed.
+    pub(super) initial_weights: Vec<u8>,
+}
+
+pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -> Result<Prepared> {
+    let args = &plan.args;
+    let data_cfg = args.data.clone();
+    let mut pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&data_cfg))
+        .await?
+        .context("preparing the training data")?;
+    let encoder = match &args.train.encoder {
+        Some(dir) => Some(prepare_encoder(dir, plan, &mut pipeline)?),
+        None => None,
+    };
+    let pipeline = Arc::new(pipeline);
+    let test = match &args.test {
+        Some(path) => {
+            let docs = pipeline.load_labelled(path, "test set")?;
+            let in_training = pipeline.texts_in_training(&docs);
+            if in_training > 0 {
+                tracing::warn!(
+                    "test set {}: {in_training} of its {} sentences also {} in the training data \
+                     (same tokens), so its accuracy overstates how the model does on new text",
+                    path.display(),
+                    docs.len(),
+                    if in_training == 1 { "occurs" } else { "occur" }
+                );
+            }
+            Some(TestSet {
+                examples: pipeline.encode_docs(&docs),
+                in_training,
+            })
+        }
+        None => None,
+    };
+    let eval = Arc::new(pipeline.eval_examples());
+    if args.train.patience.is_some() && eval.is_empty() {
+        bail!(
+            "--patience needs a validation set, and the one given holds no example: give --eval \
+             FILE with labelled rows, or --eval-split FRACTION"
+        );
+    }
+    let labels = pipeline.labels().to_vec();
+    // With an encoder, its tokenizer makes the ids and no vocabulary is built from the data.
+    let vocab = match &encoder {
+        Some(_) => Vocab::build(std::iter::empty::<&str>(), 2, 1),
+        None => pipeline.vocab().clone(),
+    };
+    if encoder.is_none() && vocab.words() == 0 {
+        bail!(
+            "the vocabulary holds no word (only PAD and UNK): no token occurs --min-freq {} \
+             times in the training data; lower --min-freq",
+            args.data.min_freq
+        );
+    }
+    tracing::info!(
+        "training data: {} examples, {} classes, vocabulary {}, validation {}, augmentations per example {}",
+        pipeline.train_rows(),
+        labels.len(),
+        pipeline.vocab_size(),
+        eval.len(),
+        pipeline.plan().num_aug
+    );
+    if let Some(mix) = pipeline.mix_description() {
+        tracing::info!("{mix}");
+    }
+
+    let t = &args.train;
+    let class_weights = match &plan.class_weights {
+        Some(w) => {
+            let mut counts = vec![0usize; labels.len()];
+            for s in 0..pipeline.sources().len() {
+                for d in pipeline.train_docs(s) {
+                    counts[d.label as usize] += 1;
+                }
+            }
+            let w = w.resolve(&labels, &counts).map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                "class weights: {}",
+                labels
+                    .iter()
+                    .zip(&w)
+                    .map(|(l, w)| format!("{l}={w:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Some(w)
+        }
+        None => None,
+    };
+    let features = encoder
+        .as_ref()
+        .is_some_and(|e| e.mode == EncoderMode::Features);
+    let spec = RunSpec {
+        model: ModelConfig {
+            input: match &encoder {
+                Some(e) if features => InputConfig::EncoderFeatures {
+                    vocab_size: pipeline.vocab_size(),
+                    dim: common::encoder::hidden_size(&e.path)?,
+                },
+                _ => InputConfig::Embedding {
+                    vocab_size: pipeline.vocab_size(),
+                    dim: match &encoder {
+                        Some(e) => common::encoder::hidden_size(&e.path)?,
+                        None => t.embedding_dim,
+                    },
+                    frozen: t.freeze_embeddings,
+                },
+            },
+            sequence: SequenceConfig::Bilstm {
+                hidden_dim: t.hidden_dim,
+                layers: t.layers,
+                dropout: t.dropout,
+            },
+            heads: vec![HeadConfig {
+                num_classes: labels.len(),
+                dropout: t.dropout,
+            }],
+        },
+        adam: AdamConfig {
+            lr: t.lr,
+            clip_norm: t.clip_norm,
+            ..AdamConfig::default()
+        },
+        seed: args.data.seed,
+        class_weights,
+        encoder: encoder.clone(),
+        encoder_cache_bytes: t.encoder_cache_mb.saturating_mul(1 << 20),
+        sources: pipeline.sources().len() as u32,
+    };
+    let initial_weights = match (&t.init_embeddings, &encoder) {
+        _ if checkpoint.is_some() => checkpoint.map(|c| c.weights.clone()).unwrap_or_default(),
+        (Some(path), _) => pretrained_weights(path, &spec, &vocab)?,
+        (None, Some(e)) if e.mode == EncoderMode::Embeddings => encoder_table_weights(e, &spec)?,
+        _ => Vec::new(),
+    };
+    Ok(Prepared {
+        pipeline,
+        eval,
+        test,
+        labels,
+        vocab,
+        spec,
+        initial_weights,
+    })
+}
+
+/// The seed's initial weights with the embedding rows of `path`'s word vectors, as
+/// safetensors bytes for the workers.
+fn pretrained_weights(path: &Path, spec: &RunSpec, vocab: &Vocab) -> Result<Vec<u8>> {
+    let vectors = common::data::vectors::read(path, vocab)
+        .with_context(|| format!("--init-embeddings {}", path.display()))?;
+    if vectors.dim != spec.model.input.dim() {
+        bail!(
+            "--init-embeddings {}: the vectors have {} dimensions but the embedding has {}; add --embedding-dim {}",
+            path.display(),
+            vectors.dim,
+            spec.model.input.dim(),
+            vectors.dim
+        );
+    }
+    tracing::info!(
+        "{}: vectors for {} of {} vocabulary words; {} start random",
+        path.display(),
+        vectors.rows.len(),
+        vocab.len().saturating_sub(2),
+        vectors.missing
+    );
+    let model = common::model::Classifier::new(&spec.model, spec.seed)?;
+    model.set_embedding_rows(&vectors.rows)?;
+    Ok(model.to_bytes()?)
+}
+
+/// Names and hashes `--encoder DIR`, and makes the pipeline cut sentences with its tokenizer.
+fn prepare_encoder(dir: &Path, plan: &TrainPlan, pipeline: &mut Pipeline) -> Result<EncoderRef> {
+    let mode = plan.args.train.encoder_mode;
+    let reference =
+        EncoderRef::of(dir, mode).with_context(|| format!("--encoder {}", dir.display()))?;
+    let wordpiece = WordPiece::load(&dir.join(common::encoder::files::TOKENIZER))
+        .with_context(|| format!("--encoder {}", dir.display()))?;
+    tracing::info!(
+        "encoder {} ({}, sha256 {}…), mode {:?}: sentences become its WordPiece tokens (at most {})",
+        reference.name,
+        dir.display(),
+        &reference.sha256[..12],
+        mode,
+        common::encoder::MAX_PIECES
+    );
+    pipeline.use_wordpiece(Arc::new(wordpiece));
+    Ok(reference)
+}
+
+/// The seed's initial weights with the encoder's token-embedding table as the embedding
+/// layer (`--encoder-mode embeddings`), as safetensors bytes for the workers.
+fn encoder_table_weights(encoder: &EncoderRef, spec: &RunSpec) -> Result<Vec<u8>> {
+    let table = common::encoder::word_embeddings(&encoder.path)
+        .with_context(|| format!("--encoder {}", encoder.path.display()))?;
+    let (rows, dim) = table.dims2()?;
+    if rows != spec.model.vocab_size() || dim != spec.model.input.dim() {
+        bail!(
+            "--encoder {}: its embedding table is {rows} × {dim} but its tokenizer and configuration say {} × {}",
+            encoder.path.display(),
+            spec.model.vocab_size(),
+            spec.model.input.dim()
+        );
+    }
+    let values = table.to_vec2::<f32>()?;
+    let rows: Vec<(u32, Vec<f32>)> = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (i as u32, r))
+        .collect();
+    let model = common::model::Classifier::new(&spec.model, spec.seed)?;
+    model.set_embedding_rows(&rows)?;
+    Ok(model.to_bytes()?)
+}
