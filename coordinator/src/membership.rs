@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::pb;
 
 use crate::backend::Offer;
 use crate::local::Fleet;
+use crate::regroup_call::{NewRing, RegroupAnswer, RegroupAsk};
 use crate::service::{Member, Membership, PendingRegroup, Shared};
 
 /// A worker taken out of the run, and why.
@@ -27,7 +27,7 @@ pub struct Lost {
 }
 
 /// Where a survivor's weights stand in the epoch being gathered.
-fn position_in(req: &pb::RegroupRequest, epoch: u64, total_steps: usize) -> Option<(u64, u64)> {
+fn position_in(req: &RegroupAsk, epoch: u64, total_steps: usize) -> Option<(u64, u64)> {
     if req.epoch == epoch && req.steps_done <= total_steps as u64 {
         Some((req.steps_done, req.applied_examples))
     } else if req.epoch + 1 == epoch {
@@ -113,7 +113,7 @@ impl Regroup<'_> {
         let mut waiting: Vec<PendingRegroup> = Vec::new();
         loop {
             for p in shared.take_regroups(|id| current.position(id).is_some()) {
-                waiting.retain(|w| w.req.rank != p.req.rank);
+                waiting.retain(|w| w.ask.rank != p.ask.rank);
                 waiting.push(p);
             }
             // A call whose worker hung up does not count as coming back.
@@ -130,7 +130,7 @@ impl Regroup<'_> {
                 .iter()
                 .filter(|m| {
                     !lost.iter().any(|l| l.member.id == m.id)
-                        && !waiting.iter().any(|w| w.req.rank as usize == m.id)
+                        && !waiting.iter().any(|w| w.ask.rank as usize == m.id)
                 })
                 .collect();
             if missing.is_empty() {
@@ -169,19 +169,19 @@ impl Regroup<'_> {
 
         let (mut stay, refused): (Vec<PendingRegroup>, Vec<PendingRegroup>) =
             waiting.into_iter().partition(|w| {
-                let id = w.req.rank as usize;
+                let id = w.ask.rank as usize;
                 current.position(id).is_some() && !lost.iter().any(|l| l.member.id == id)
             });
         for w in refused {
             let _ = w.reply.send(Err(format!(
                 "worker {} was declared lost and is no longer in this run",
-                w.req.rank
+                w.ask.rank
             )));
         }
-        stay.sort_by_key(|w| current.position(w.req.rank as usize));
+        stay.sort_by_key(|w| current.position(w.ask.rank as usize));
         let survivors: Vec<Member> = stay
             .iter()
-            .filter_map(|w| current.position(w.req.rank as usize))
+            .filter_map(|w| current.position(w.ask.rank as usize))
             .map(|at| current.members[at].clone())
             .collect();
         let refuse_all = |stay: Vec<PendingRegroup>, why: &str| {
@@ -205,18 +205,18 @@ impl Regroup<'_> {
         }
         let mut positions = Vec::with_capacity(stay.len());
         for w in &stay {
-            if joiner(w.req.rank as usize) {
+            if joiner(w.ask.rank as usize) {
                 positions.push((0, 0));
                 continue;
             }
-            match position_in(&w.req, self.epoch, self.total_steps) {
+            match position_in(&w.ask, self.epoch, self.total_steps) {
                 Some(p) => positions.push(p),
                 None => {
                     let why = format!(
                         "worker {} is at epoch {} step {}, but the run is in epoch {}",
-                        w.req.rank,
-                        w.req.epoch + 1,
-                        w.req.steps_done,
+                        w.ask.rank,
+                        w.ask.epoch + 1,
+                        w.ask.steps_done,
                         self.epoch + 1
                     );
                     refuse_all(stay, &why);
@@ -239,8 +239,8 @@ impl Regroup<'_> {
         });
         shared.members.send_replace(Some(membership.clone()));
         for w in &stay {
-            if !w.req.reason.is_empty() {
-                tracing::info!("worker {} left its ring: {}", w.req.rank, w.req.reason);
+            if !w.ask.reason.is_empty() {
+                tracing::info!("worker {} left its ring: {}", w.ask.rank, w.ask.reason);
             }
         }
         let ids = survivors
@@ -271,13 +271,13 @@ impl Regroup<'_> {
             .zip(&survivors)
             .map(|(w, m)| Offer {
                 host: &m.host,
-                nccl_id: &w.req.nccl_id,
+                nccl_id: &w.ask.nccl_id,
             })
             .collect();
         let backend = shared.backend_for(&offers);
         tracing::info!("all-reduce of generation {generation}: {backend}");
         for (ring_rank, w) in stay.into_iter().enumerate() {
-            let _ = w.reply.send(Ok(pb::RegroupReply {
+            let _ = w.reply.send(Ok(RegroupAnswer::Ring(NewRing {
                 generation,
                 ring_rank: ring_rank as u32,
                 world_size: survivors.len() as u32,
@@ -286,9 +286,8 @@ impl Regroup<'_> {
                 resume_step,
                 applied_examples: applied,
                 state_source: source as u32,
-                finished: false,
-                backend: Some(backend.clone().into()),
-            }));
+                backend: backend.clone(),
+            })));
         }
         shared.metrics.update(|v| {
             v.workers_alive = survivors.len() as u64;

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::backend::Offer;
 use crate::metrics::Metrics;
+use crate::regroup_call::{RegroupAnswer, RegroupAsk};
 use crate::report::{StepCheckpoint, WorkerReport};
 use crate::sharding::{deal, part};
 
@@ -136,8 +137,8 @@ impl Membership {
 /// A worker waiting in Regroup for the new membership: its new ring, or why it has none
 /// (answered as FAILED_PRECONDITION, here and only here).
 pub struct PendingRegroup {
-    pub req: pb::RegroupRequest,
-    pub reply: oneshot::Sender<Result<pb::RegroupReply, String>>,
+    pub ask: RegroupAsk,
+    pub reply: oneshot::Sender<Result<RegroupAnswer, String>>,
 }
 
 /// What workers send the run driver.
@@ -241,10 +242,7 @@ impl Shared {
             Err(poisoned) => poisoned.into_inner().clear(),
         }
         for p in self.take_regroups(|_| true) {
-            let _ = p.reply.send(Ok(pb::RegroupReply {
-                finished: true,
-                ..Default::default()
-            }));
+            let _ = p.reply.send(Ok(RegroupAnswer::Finished));
         }
     }
 
@@ -275,14 +273,14 @@ impl Shared {
         let mut pending = self.regroups();
         let (taken, left) = std::mem::take(&mut *pending)
             .into_iter()
-            .partition(|p| wanted(p.req.rank as usize));
+            .partition(|p| wanted(p.ask.rank as usize));
         *pending = left;
         taken
     }
 
     /// Whether any worker `wanted` picks waits in Regroup.
     pub fn regroup_waiting(&self, wanted: impl Fn(usize) -> bool) -> bool {
-        self.regroups().iter().any(|p| wanted(p.req.rank as usize))
+        self.regroups().iter().any(|p| wanted(p.ask.rank as usize))
     }
 
     /// Whether a late joiner waits in Regroup to be admitted.
@@ -303,7 +301,7 @@ impl Shared {
             .regroups()
             .iter()
             .filter(|p| !p.reply.is_closed())
-            .map(|p| p.req.rank as usize)
+            .map(|p| p.ask.rank as usize)
             .collect();
         let mut candidates = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
         let (taken, left) = std::mem::take(&mut *candidates)
@@ -734,13 +732,16 @@ impl pb::coordinator_server::Coordinator for Service {
                 return Err(Status::failed_precondition("this run is over"));
             }
             // A second call from the same worker replaces its first.
-            pending.retain(|p| p.req.rank != req.rank);
-            pending.push(PendingRegroup { req, reply: tx });
+            pending.retain(|p| p.ask.rank != req.rank);
+            pending.push(PendingRegroup {
+                ask: req.into(),
+                reply: tx,
+            });
         }
         self.0.regroup_requested.notify_one();
         match rx.await {
             Ok(reply) => reply
-                .map(Response::new)
+                .map(|answer| Response::new(answer.into()))
                 .map_err(Status::failed_precondition),
             Err(_) => Err(Status::failed_precondition(
                 "the run ended while this worker waited to regroup",
