@@ -1,11 +1,15 @@
-//! EDA (Wei & Zou, 2019): synonym replacement, random insertion, random swap and random
-//! deletion, following the paper's reference code operation by operation.
+//! EDA (Wei & Zou, 2019): its four operations (a file each: synonym replacement, random
+//! insertion, random swap, random deletion) with their rates, and how an example's
+//! augmentations draw them, following the paper's reference code.
 
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::stopwords::is_stop_word;
+use super::random_deletion::random_deletion;
+use super::random_insertion::random_insertion;
+use super::random_swap::random_swap;
+use super::synonym_replacement::synonym_replacement;
 use super::synonyms::Synonyms;
 
 /// The four per-operation rates (the paper's alpha_sr, alpha_ri, alpha_rs, p_rd).
@@ -93,121 +97,11 @@ impl EdaRates {
     }
 }
 
-/// Synonyms that are at least one token (WordNet's cleaning can leave a bare space, e.g. of "9-11").
-fn synonyms_of(syn: &Synonyms, word: &str) -> Vec<&'static str> {
-    let mut all = syn.get(word);
-    all.retain(|s| !s.trim().is_empty());
-    all
-}
-
-/// Multi-word synonyms ("ice cream") become several tokens.
-fn push_synonym(out: &mut Vec<&str>, synonym: &'static str) {
-    out.extend(synonym.split(' ').filter(|s| !s.is_empty()));
-}
-
-/// Replaces up to `n` distinct non-stop words (every occurrence of each) with a random synonym.
-pub fn synonym_replacement<'a, R: Rng>(
-    words: &[&'a str],
-    n: usize,
-    syn: &Synonyms,
-    rng: &mut R,
-) -> Vec<&'a str> {
-    let mut candidates: Vec<&str> = Vec::new();
-    for &w in words {
-        if !is_stop_word(w) && !candidates.contains(&w) {
-            candidates.push(w);
-        }
-    }
-    candidates.shuffle(rng);
-    let mut replacements: Vec<(&str, &'static str)> = Vec::new();
-    for w in candidates {
-        if replacements.len() >= n {
-            break;
-        }
-        let options = synonyms_of(syn, w);
-        if let Some(&s) = options.choose(rng) {
-            replacements.push((w, s));
-        }
-    }
-    let mut out = Vec::with_capacity(words.len() + 2);
-    for &w in words {
-        match replacements.iter().find(|(from, _)| *from == w) {
-            Some(&(_, to)) => push_synonym(&mut out, to),
-            None => out.push(w),
-        }
-    }
-    out
-}
-
-/// Inserts, `n` times, a synonym of a random non-stop word at a random position.
-pub fn random_insertion<'a, R: Rng>(
-    words: &[&'a str],
-    n: usize,
-    syn: &Synonyms,
-    rng: &mut R,
-) -> Vec<&'a str> {
-    let mut out = words.to_vec();
-    for _ in 0..n {
-        // The reference gives up after 10 draws without a word that has synonyms.
-        for _ in 0..10 {
-            let w = out[rng.gen_range(0..out.len())];
-            if is_stop_word(w) {
-                continue;
-            }
-            let options = synonyms_of(syn, w);
-            if let Some(&s) = options.choose(rng) {
-                let at = rng.gen_range(0..out.len());
-                let mut piece = Vec::new();
-                push_synonym(&mut piece, s);
-                out.splice(at..at, piece);
-                break;
-            }
-        }
-    }
-    out
-}
-
-/// Swaps two random positions, `n` times.
-pub fn random_swap<'a, R: Rng>(words: &[&'a str], n: usize, rng: &mut R) -> Vec<&'a str> {
-    let mut out = words.to_vec();
-    if out.len() < 2 {
-        return out;
-    }
-    for _ in 0..n {
-        let i = rng.gen_range(0..out.len());
-        let mut j = rng.gen_range(0..out.len());
-        // The reference retries three times to find a second, different position.
-        for _ in 0..3 {
-            if j != i {
-                break;
-            }
-            j = rng.gen_range(0..out.len());
-        }
-        out.swap(i, j);
-    }
-    out
-}
-
-/// Deletes each word with probability `p`, never leaving the sentence empty.
-pub fn random_deletion<'a, R: Rng>(words: &[&'a str], p: f64, rng: &mut R) -> Vec<&'a str> {
-    if words.len() <= 1 {
-        return words.to_vec();
-    }
-    let kept: Vec<&str> = words
-        .iter()
-        .copied()
-        .filter(|_| rng.gen::<f64>() > p)
-        .collect();
-    if kept.is_empty() {
-        vec![words[rng.gen_range(0..words.len())]]
-    } else {
-        kept
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::augment::stopwords::is_stop_word;
+    use crate::augment::synonyms::usable;
     use crate::rng::stream;
     use proptest::prelude::*;
 
@@ -270,7 +164,7 @@ mod tests {
         let candidates: Vec<String> = match mapping.get(w) {
             Some(to) => vec![to.clone()],
             None => std::iter::once(w.to_string())
-                .chain(synonyms_of(syn, w).into_iter().map(str::to_string))
+                .chain(usable(syn, w).into_iter().map(str::to_string))
                 .collect(),
         };
         let fixed = mapping.contains_key(w);

@@ -312,6 +312,18 @@ fn cmp_concat(s: &[u8], a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     })
 }
 
+/// Synonyms that are at least one token (WordNet's cleaning can leave a bare space, e.g. of "9-11").
+pub(super) fn usable(syn: &Synonyms, word: &str) -> Vec<&'static str> {
+    let mut all = syn.get(word);
+    all.retain(|s| !s.trim().is_empty());
+    all
+}
+
+/// Multi-word synonyms ("ice cream") become several tokens.
+pub(super) fn push_synonym(out: &mut Vec<&str>, synonym: &'static str) {
+    out.extend(synonym.split(' ').filter(|s| !s.is_empty()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
