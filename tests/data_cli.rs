@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use common::data::load::{load, LoadOptions};
+use common::data::tokenize::Tokenizer;
 use smalltext_tests::{coordinator, stderr, stdout, trec, trec_slice};
 
 fn counts(tsv: &str) -> HashMap<String, usize> {
@@ -358,5 +359,70 @@ fn an_export_read_back_keeps_its_sources() {
         stderr(&o).contains("its rows name their sources"),
         "{}",
         stderr(&o)
+    );
+}
+
+/// `--augment chars`: each example and two noised copies of it, word for word, the same on
+/// every run.
+#[test]
+fn export_with_character_noise_keeps_every_copys_words_and_repeats_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let slice = trec_slice(dir.path(), "train.tsv", 0, 300);
+    let export = |name: &str| {
+        let out = dir.path().join(name);
+        let o = coordinator(&[
+            "data",
+            "export",
+            "--data",
+            slice.to_str().unwrap(),
+            "--augment",
+            "chars",
+            "--num-aug",
+            "2",
+            "--char-rate",
+            "0.3",
+            "--threads",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(&out).unwrap()
+    };
+    let first = export("a.tsv");
+    assert_eq!(first, export("b.tsv"), "the same bytes on a second run");
+
+    // The pipeline keeps one of rows that repeat (text, label).
+    let mut originals: Vec<(String, Vec<String>)> = load(&slice, &LoadOptions::default())
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| (r.label, Tokenizer::Whitespace.tokenize(&r.text)))
+        .collect();
+    originals.sort();
+    originals.dedup();
+    let text = String::from_utf8(first).unwrap();
+    let rows: Vec<(&str, &str)> = text.lines().map(|l| l.split_once('\t').unwrap()).collect();
+    assert_eq!(rows.len(), 3 * originals.len());
+    // Words per sentence and label: each original once, each of its copies twice more.
+    let shape = |label: &str, text: &str| {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        (label.to_string(), words.len())
+    };
+    let mut want: HashMap<(String, usize), usize> = HashMap::new();
+    for (label, tokens) in &originals {
+        *want.entry((label.clone(), tokens.len())).or_default() += 3;
+    }
+    let mut got: HashMap<(String, usize), usize> = HashMap::new();
+    for (label, text) in &rows {
+        *got.entry(shape(label, text)).or_default() += 1;
+    }
+    assert_eq!(got, want);
+    let exported: std::collections::HashSet<&str> = rows.iter().map(|(_, t)| *t).collect();
+    assert!(
+        exported.len() > originals.len() * 3 / 2,
+        "copies differ from their originals: {} distinct of {}",
+        exported.len(),
+        rows.len()
     );
 }

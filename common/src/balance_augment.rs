@@ -2,11 +2,12 @@
 //! each class is brought to its target with augmentations of its own examples, made
 //! deterministically per (seed, example, epoch, round).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use rand::seq::SliceRandom;
 
-use crate::augment::AugmentPlan;
+use crate::augment::{chars, AugmentPlan};
 use crate::data::{Doc, Item};
 use crate::rng::{stream, tag};
 
@@ -41,7 +42,7 @@ pub fn fill<'a>(
             epoch,
             class as u64,
         ]));
-        let mut existing: HashSet<Vec<&str>> = items
+        let mut existing: HashSet<Vec<Cow<'a, str>>> = items
             .iter()
             .filter(|it| it.label() == class)
             .map(|it| it.tokens.clone())
@@ -61,7 +62,16 @@ pub fn fill<'a>(
                 epoch,
                 round,
             ]);
-            let tokens = plan.one(&words, &mut rng);
+            let mut noise = chars::noise_stream(
+                seed,
+                &[
+                    doc.id.source as u64,
+                    doc.id.line as u64,
+                    epoch,
+                    first_extra + round,
+                ],
+            );
+            let tokens = plan.one(&words, &mut rng, &mut noise);
             if existing.insert(tokens.clone()) {
                 items.push(Item {
                     doc,

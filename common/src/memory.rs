@@ -7,9 +7,9 @@ use crate::error::DataError;
 /// encoded example and their vectors' headers. With [`BYTES_PER_TOKEN`], calibrated on the
 /// peak memory of `data export` of TREC with EDA (bench/epoch_memory.sh).
 pub const BYTES_PER_ITEM: u64 = 200;
-/// Bytes per token of a sentence of an epoch: the borrowed token, its id, and its share of
-/// the shards sent to workers.
-pub const BYTES_PER_TOKEN: u64 = 32;
+/// Bytes per token of a sentence of an epoch: the token (borrowed from its document, or owned
+/// when character noise changed it), its id, and its share of the shards sent to workers.
+pub const BYTES_PER_TOKEN: u64 = 36;
 
 /// What an epoch would hold.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -4,13 +4,14 @@
 //! sources in `data/sources.rs`, the augmentation plan in `augment/plan.rs`, class balance in
 //! `resample.rs` (copies) and `balance_augment.rs` (new augmentations).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use crate::augment::{AugmentConfig, AugmentPlan};
+use crate::augment::{chars, AugmentConfig, AugmentPlan};
 use crate::balance_augment;
 use crate::data::config::{DataConfig, UnknownLabels};
 use crate::data::load::{self, Record};
@@ -265,7 +266,10 @@ impl Pipeline {
             return Vocab::build(originals, self.cfg.max_vocab, self.cfg.min_freq);
         }
         let epoch0 = self.epoch_items(0);
-        let tokens = epoch0.items.iter().flat_map(|it| it.tokens.iter().copied());
+        let tokens = epoch0
+            .items
+            .iter()
+            .flat_map(|it| it.tokens.iter().map(|t| t.as_ref()));
         Vocab::build(tokens, self.cfg.max_vocab, self.cfg.min_freq)
     }
 
@@ -408,11 +412,15 @@ impl Pipeline {
             doc.id.line as u64,
             epoch,
         ]);
-        let augs = self.plan.augmentations(&words, &mut rng);
+        let mut noise = chars::noise_stream(
+            self.cfg.seed,
+            &[doc.id.source as u64, doc.id.line as u64, epoch],
+        );
+        let augs = self.plan.augmentations(&words, &mut rng, &mut noise);
         std::iter::once(Item {
             doc,
             aug: 0,
-            tokens: words,
+            tokens: words.into_iter().map(Cow::Borrowed).collect(),
         })
         .chain(augs.into_iter().enumerate().map(|(k, tokens)| Item {
             doc,

@@ -34,4 +34,5 @@ pub mod tag {
     pub const INIT: u64 = 7;
     pub const SUBSAMPLE: u64 = 8;
     pub const DROPOUT: u64 = 9;
+    pub const CHAR_NOISE: u64 = 10;
 }

@@ -44,7 +44,7 @@ fn class_counts(p: &Pipeline, epoch: u64) -> Vec<usize> {
 #[test]
 fn trec_eda_oversample_gives_five_times_the_majority_in_every_class() {
     let c = DataConfig {
-        augment: AugmentKind::Eda,
+        augment: vec![AugmentKind::Eda],
         num_aug: NumAug::Count(4),
         balance: Balance::Oversample,
         ..cfg(&[&trec()])
@@ -83,7 +83,7 @@ fn augment_balance_fills_classes_without_exact_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let slice = trec_slice(&dir, "slice.tsv", 0, 400);
     let c = DataConfig {
-        augment: AugmentKind::Eda,
+        augment: vec![AugmentKind::Eda],
         num_aug: NumAug::Count(2),
         balance: Balance::Augment,
         ..cfg(&[&slice])
@@ -111,7 +111,7 @@ fn eval_split_is_stratified_and_never_reaches_training() {
     let dir = tempfile::tempdir().unwrap();
     let slice = trec_slice(&dir, "slice.tsv", 0, 600);
     let c = DataConfig {
-        augment: AugmentKind::Eda,
+        augment: vec![AugmentKind::Eda],
         num_aug: NumAug::Count(4),
         balance: Balance::Augment,
         eval_split: Some(0.1),
@@ -220,7 +220,7 @@ fn same_seed_same_epoch_is_identical_and_epochs_differ() {
     let dir = tempfile::tempdir().unwrap();
     let slice = trec_slice(&dir, "s.tsv", 0, 300);
     let c = DataConfig {
-        augment: AugmentKind::Eda,
+        augment: vec![AugmentKind::Eda],
         num_aug: NumAug::Count(3),
         balance: Balance::Oversample,
         ..cfg(&[&slice])
@@ -366,7 +366,7 @@ fn vocabulary_covers_inserted_synonyms() {
     let dir = tempfile::tempdir().unwrap();
     let slice = trec_slice(&dir, "s.tsv", 0, 300);
     let c = DataConfig {
-        augment: AugmentKind::Eda,
+        augment: vec![AugmentKind::Eda],
         num_aug: NumAug::Count(4),
         ..cfg(&[&slice])
     };
@@ -383,7 +383,7 @@ fn vocabulary_covers_inserted_synonyms() {
         .flat_map(|it| {
             it.tokens
                 .iter()
-                .filter(|t| !originals.contains(**t))
+                .filter(|t| !originals.contains(t.as_ref()))
                 .map(|t| t.to_string())
         })
         .collect();
@@ -436,4 +436,58 @@ fn a_class_of_one_or_two_beside_large_ones_is_named_with_its_lines() {
     let small = trec_slice(&dir, "small.tsv", 0, 40);
     let p = Pipeline::new(&cfg(&[&small])).unwrap();
     assert!(p.rare_classes().is_empty(), "{:?}", p.rare_classes());
+}
+
+#[test]
+fn character_noise_is_redrawn_per_epoch_and_fills_classes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let slice = trec_slice(&dir, "slice.tsv", 0, 300);
+    let c = DataConfig {
+        augment: vec![AugmentKind::Chars],
+        char_rate: Some(0.3),
+        num_aug: NumAug::Count(2),
+        ..cfg(&[&slice])
+    };
+    let p = Pipeline::new(&c).unwrap();
+    let text = |epoch| -> Vec<(u32, String)> {
+        let mut items: Vec<(u32, String)> = p
+            .epoch_items(epoch)
+            .items
+            .iter()
+            .map(|it| (it.aug, it.tokens.join(" ")))
+            .collect();
+        items.sort();
+        items
+    };
+    let epoch0 = text(0);
+    assert_eq!(epoch0.len(), 3 * p.train_rows());
+    assert_eq!(epoch0, text(0));
+    assert_ne!(epoch0, text(1));
+    // Epoch 0's misspellings are in the vocabulary, as EDA's synonyms are.
+    let originals: HashSet<&str> = p
+        .train_docs(0)
+        .iter()
+        .flat_map(|d| d.tokens.iter().map(String::as_str))
+        .collect();
+    let items = p.epoch_items(0).items;
+    let misspelt: Vec<&str> = items
+        .iter()
+        .flat_map(|it| it.tokens.iter().map(|t| t.as_ref()))
+        .filter(|t| !originals.contains(t))
+        .collect();
+    assert!(misspelt.len() > 100, "{}", misspelt.len());
+    assert!(misspelt
+        .iter()
+        .all(|w| p.vocab().id(w) != common::data::vocab::UNK));
+
+    let balanced = Pipeline::new(&DataConfig {
+        balance: Balance::Augment,
+        ..c
+    })
+    .unwrap();
+    let epoch = balanced.epoch_items(0);
+    let counts = &epoch.after[0];
+    let max = *counts.iter().max().unwrap();
+    assert!(counts.iter().all(|&n| n == max), "{counts:?}");
+    assert!(epoch.items.iter().any(|it| it.aug > 2));
 }

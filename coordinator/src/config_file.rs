@@ -125,8 +125,11 @@ pub fn to_flags(
 /// Runs the flag's own value parser on `value`, here too, so that a value out of range is
 /// reported at its line of the file rather than as a flag the user never typed.
 fn check_value(arg: &Arg, value: &str) -> Result<(), String> {
+    // With the flag's delimiter, a list in one value (`augment = "eda,chars"`) is checked
+    // item by item, as the command line splits it.
     let probe = Arg::new("value")
         .value_parser(arg.get_value_parser().clone())
+        .value_delimiter(arg.get_value_delimiter())
         .allow_hyphen_values(true);
     match Command::new("config")
         .no_binary_name(true)
@@ -234,4 +237,49 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
         lines.push(line);
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+    use common::data::config::AugmentKind;
+
+    use crate::cmd::command_line::Cli;
+
+    /// `--augment`'s kinds after `--config` with `text`, and `extra` flags.
+    fn augment(text: &str, extra: &[&str]) -> anyhow::Result<Vec<AugmentKind>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, format!("data = [\"x.tsv\"]\n{text}"))?;
+        let argv = ["coordinator", "--config", path.to_str().unwrap()]
+            .iter()
+            .chain(extra)
+            .map(Into::into)
+            .collect();
+        let argv = super::expand(argv, &Cli::command())?;
+        Ok(Cli::try_parse_from(argv)?.train.data.augment)
+    }
+
+    #[test]
+    fn augment_is_one_kind_or_a_list_in_a_file() {
+        use AugmentKind::{Chars, Eda};
+        assert_eq!(augment("augment = \"eda\"\n", &[]).unwrap(), [Eda]);
+        assert_eq!(
+            augment("augment = \"eda,chars\"\n", &[]).unwrap(),
+            [Eda, Chars]
+        );
+        assert_eq!(
+            augment("augment = [\"eda\", \"chars\"]\n", &[]).unwrap(),
+            [Eda, Chars]
+        );
+        assert_eq!(
+            augment("augment = [\"eda\", \"chars\"]\n", &["--augment", "chars"]).unwrap(),
+            [Chars],
+            "the command line's list replaces the file's"
+        );
+        let err = augment("\naugment = \"eda,typos\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("run.toml:3") && err.contains("typos"), "{err}");
+    }
 }

@@ -47,6 +47,7 @@ mod tests {
 
     use coordinator::cmd::command_line::Cli;
     use coordinator::config_file;
+    use coordinator::TrainPlan;
 
     fn parse(args: &[&str]) -> anyhow::Result<Cli> {
         let argv: Vec<OsString> = std::iter::once("coordinator")
@@ -147,6 +148,27 @@ mod tests {
                 "{text:?}: {err}"
             );
         }
+    }
+
+    /// A configuration file's options are checked against each other as the command line's
+    /// are, and against the flags given beside it.
+    #[test]
+    fn a_config_file_goes_through_the_plans_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "data = [\"x.tsv\"]\npatience = 2\n");
+        let cli = parse(&["--config", &path]).unwrap();
+        let err = format!("{:#}", TrainPlan::from_args(cli.train).unwrap_err());
+        assert!(err.contains("--patience needs a validation set"), "{err}");
+        let cli = parse(&["--config", &path, "--eval-split", "0.1"]).unwrap();
+        let plan = TrainPlan::from_args(cli.train).unwrap();
+        assert_eq!(plan.args.train.patience, Some(2));
+        let path = write(
+            dir.path(),
+            "data = [\"x.tsv\"]\nworkers = 2\nmin-workers = 3\n",
+        );
+        let cli = parse(&["--config", &path]).unwrap();
+        let err = format!("{:#}", TrainPlan::from_args(cli.train).unwrap_err());
+        assert!(err.contains("--min-workers 3"), "{err}");
     }
 
     /// A renamed or removed flag must not silently break the Kubernetes deployment: the

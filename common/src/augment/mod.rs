@@ -1,8 +1,9 @@
-//! Augmentation: EDA's four operations and random cropping, a file each, planned per
+//! Augmentation: EDA's four operations, character noise and random cropping, a file each, planned per
 //! training-set size from the run's augmentation options (`plan.rs`) and applied
 //! deterministically per example. A new operation is a file here, a field of
 //! [`AugmentConfig`] and [`AugmentPlan`], and its flag in `data/config.rs`.
 
+pub mod chars;
 pub mod crop;
 pub mod eda;
 mod plan;

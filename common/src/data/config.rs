@@ -103,12 +103,86 @@ impl From<NumAug> for String {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// One item of `--augment`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AugmentKind {
+    /// No augmentation (only alone).
     #[default]
     None,
+    /// EDA: synonym replacement and insertion from WordNet, random swap, random deletion.
     Eda,
+    /// Character noise: typo-like edits inside words (--char-rate).
+    Chars,
+}
+
+impl AugmentKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AugmentKind::None => "none",
+            AugmentKind::Eda => "eda",
+            AugmentKind::Chars => "chars",
+        }
+    }
+
+    /// A comma-separated list, as `--augment` takes it.
+    pub fn parse_list(s: &str) -> Result<Vec<AugmentKind>, String> {
+        s.split(',')
+            .map(|name| {
+                let name = name.trim();
+                <AugmentKind as clap::ValueEnum>::from_str(name, false).map_err(|_| {
+                    format!("unknown augmentation {name:?}: expected none, eda or chars")
+                })
+            })
+            .collect()
+    }
+
+    /// The list as `--augment` writes it: `eda,chars`.
+    pub fn join(kinds: &[AugmentKind]) -> String {
+        kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// The serde form of `--augment`'s list: one kind is a string, as the field was before it took
+/// a list, so that saved configurations (a model's `model.json`, `summary.json`, `--config`
+/// files) read both ways; several are a list. A string may also be a comma-separated list.
+mod augment_list {
+    use std::fmt;
+
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serialize, Serializer};
+
+    use super::AugmentKind;
+
+    pub fn serialize<S: Serializer>(kinds: &[AugmentKind], s: S) -> Result<S::Ok, S::Error> {
+        match kinds {
+            [one] => one.serialize(s),
+            _ => kinds.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<AugmentKind>, D::Error> {
+        struct Kinds;
+        impl<'de> Visitor<'de> for Kinds {
+            type Value = Vec<AugmentKind>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"none\", \"eda\", \"chars\", or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                AugmentKind::parse_list(s).map_err(E::custom)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut kinds = Vec::new();
+                while let Some(k) = seq.next_element()? {
+                    kinds.push(k);
+                }
+                Ok(kinds)
+            }
+        }
+        d.deserialize_any(Kinds)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -178,9 +252,19 @@ pub struct DataConfig {
     #[arg(long, default_value_t = 64, value_parser = at_least(1), help_heading = "Vocabulary")]
     pub max_len: usize,
 
-    /// Augmentation: none, or EDA (synonym replacement from WordNet, random insertion, swap, deletion).
-    #[arg(long, value_enum, default_value_t, help_heading = "Augmentation")]
-    pub augment: AugmentKind,
+    /// Augmentations, a list (comma-separated or repeated): none; eda (synonym replacement
+    /// from WordNet, random insertion, swap, deletion); chars (character noise, see
+    /// --char-rate). `eda,chars` makes each augmented copy by EDA, then character noise.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "KIND[,KIND]",
+        default_value = "none",
+        help_heading = "Augmentation"
+    )]
+    #[serde(with = "augment_list")]
+    pub augment: Vec<AugmentKind>,
     /// New sentences per example, or `auto`: EDA's recommendation by training-set size
     /// (≤500 rows: 16 with alpha 0.05; ≤2000: 8, 0.05; more: 4, 0.1).
     #[arg(long, default_value = "auto", help_heading = "Augmentation")]
@@ -200,6 +284,14 @@ pub struct DataConfig {
     /// Random-deletion probability (overrides --alpha).
     #[arg(long, value_parser = fraction, help_heading = "Augmentation")]
     pub alpha_rd: Option<f64>,
+    /// Character noise (--augment chars): the probability that a word gets one typo-like
+    /// edit: a letter inserted, deleted, replaced by a QWERTY neighbour, or swapped with the
+    /// next one (default 0.05). Stop words, numbers and words under 3 characters are left alone.
+    #[arg(long, value_name = "P", value_parser = fraction, help_heading = "Augmentation")]
+    // Left out while unset, so that configurations without character noise are written as
+    // before it existed (and older builds still read them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub char_rate: Option<f64>,
     /// Random crop: each augmentation keeps a contiguous window of at least this fraction of
     /// its tokens (alone, with --augment none, the augmentations are crops).
     #[arg(long, value_name = "FRACTION", value_parser = open_fraction, help_heading = "Augmentation")]
@@ -240,13 +332,14 @@ impl Default for DataConfig {
             max_vocab: 10_000,
             min_freq: 1,
             max_len: 64,
-            augment: AugmentKind::None,
+            augment: vec![AugmentKind::None],
             num_aug: NumAug::Auto,
             alpha: None,
             alpha_sr: None,
             alpha_ri: None,
             alpha_rs: None,
             alpha_rd: None,
+            char_rate: None,
             crop: None,
             balance: Balance::None,
             balance_ratio: 1.0,
@@ -289,5 +382,85 @@ mod tests {
         };
         let back: DataConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
         assert_eq!(back, cfg);
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        data: DataConfig,
+    }
+
+    fn parse(args: &[&str]) -> Result<DataConfig, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).map(|c| c.data)
+    }
+
+    #[test]
+    fn augment_takes_a_list_comma_separated_or_repeated() {
+        use AugmentKind::{Chars, Eda, None};
+        let both = vec![Eda, Chars];
+        assert_eq!(parse(&["--augment", "eda,chars"]).unwrap().augment, both);
+        assert_eq!(parse(&["--augment=eda,chars"]).unwrap().augment, both);
+        assert_eq!(
+            parse(&["--augment", "eda", "--augment", "chars"])
+                .unwrap()
+                .augment,
+            both
+        );
+        assert_eq!(parse(&["--augment", "chars"]).unwrap().augment, [Chars]);
+        assert_eq!(parse(&["--augment", "eda"]).unwrap().augment, [Eda]);
+        assert_eq!(parse(&[]).unwrap(), DataConfig::default());
+        assert_eq!(DataConfig::default().augment, [None]);
+        let err = parse(&["--augment", "eda,typos"]).unwrap_err().to_string();
+        assert!(err.contains("typos") && err.contains("--augment"), "{err}");
+        let cfg = parse(&["--augment", "chars", "--char-rate", "0.3"]).unwrap();
+        assert_eq!(cfg.char_rate, Some(0.3));
+        assert!(parse(&["--char-rate", "1.5"]).is_err());
+    }
+
+    #[test]
+    fn augment_reads_the_old_single_value_and_writes_one_kind_as_it_did() {
+        let read = |json: &str| serde_json::from_str::<DataConfig>(json).map(|c| c.augment);
+        assert_eq!(read(r#"{"augment": "eda"}"#).unwrap(), [AugmentKind::Eda]);
+        assert_eq!(read(r#"{"augment": "none"}"#).unwrap(), [AugmentKind::None]);
+        assert_eq!(
+            read(r#"{"augment": ["eda", "chars"]}"#).unwrap(),
+            [AugmentKind::Eda, AugmentKind::Chars]
+        );
+        assert_eq!(
+            read(r#"{"augment": "eda,chars"}"#).unwrap(),
+            [AugmentKind::Eda, AugmentKind::Chars]
+        );
+        assert!(read(r#"{"augment": "typos"}"#).is_err());
+        assert!(read(r#"{"augment": ["eda", "typos"]}"#).is_err());
+        assert!(read(r#"{"augment": 3}"#).is_err());
+
+        // A model directory of format 1 records its training's data options.
+        let model: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/model-format1/model.json"
+        ))
+        .unwrap();
+        let data: DataConfig = serde_json::from_value(model["training"]["data"].clone()).unwrap();
+        assert_eq!(data.augment, [AugmentKind::None]);
+
+        let write = |cfg: DataConfig| serde_json::to_value(cfg).unwrap();
+        let eda = write(DataConfig {
+            augment: vec![AugmentKind::Eda],
+            ..Default::default()
+        });
+        assert_eq!(eda["augment"], "eda");
+        assert!(
+            eda.get("char_rate").is_none(),
+            "unset, it is left out as before"
+        );
+        let both = write(DataConfig {
+            augment: vec![AugmentKind::Eda, AugmentKind::Chars],
+            char_rate: Some(0.2),
+            ..Default::default()
+        });
+        assert_eq!(both["augment"], serde_json::json!(["eda", "chars"]));
+        assert_eq!(both["char_rate"], 0.2);
+        let back: DataConfig = serde_json::from_value(both).unwrap();
+        assert_eq!(back.augment, [AugmentKind::Eda, AugmentKind::Chars]);
     }
 }

@@ -7,6 +7,8 @@ pub mod tokenize;
 pub mod vectors;
 pub mod vocab;
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// The byte order mark Excel and Notepad write at the start of UTF-8 files. It belongs to no
@@ -50,13 +52,14 @@ impl Example {
     }
 }
 
-/// One sentence of an epoch, as tokens borrowed from its [`Doc`] (and the synonym table).
+/// One sentence of an epoch, as tokens borrowed from its [`Doc`] (and the synonym table),
+/// or owned where character noise made a new word.
 #[derive(Clone, Debug)]
 pub struct Item<'a> {
     pub doc: &'a Doc,
     /// 0 for the original; k > 0 for an augmentation.
     pub aug: u32,
-    pub tokens: Vec<&'a str>,
+    pub tokens: Vec<Cow<'a, str>>,
 }
 
 impl Item<'_> {

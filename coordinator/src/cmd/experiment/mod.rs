@@ -33,8 +33,8 @@ pub struct ExperimentArgs {
     /// Training-set sizes: numbers of examples, or `full`.
     #[arg(long, value_delimiter = ',', default_value = "100,500,2000,full")]
     pub sizes: Vec<String>,
-    /// Conditions: baseline, eda, balance, eda+balance, augment-balance, mix (needs --mix),
-    /// encoder and encoder+eda (need --encoder).
+    /// Conditions: baseline, eda, chars (character noise), balance, eda+balance,
+    /// augment-balance, mix (needs --mix), encoder and encoder+eda (need --encoder).
     #[arg(
         long,
         value_delimiter = ',',
@@ -77,6 +77,8 @@ pub struct ExperimentArgs {
 enum Condition {
     Baseline,
     Eda,
+    /// Character noise (`--augment chars`).
+    Chars,
     Balance,
     EdaBalance,
     AugmentBalance,
@@ -94,6 +96,7 @@ impl Condition {
         Ok(match name {
             "baseline" => Condition::Baseline,
             "eda" => Condition::Eda,
+            "chars" => Condition::Chars,
             "balance" => Condition::Balance,
             "eda+balance" => Condition::EdaBalance,
             "augment-balance" => Condition::AugmentBalance,
@@ -113,7 +116,7 @@ impl Condition {
                 }
             }
             other => bail!(
-                "unknown condition {other:?}: baseline, eda, balance, eda+balance, augment-balance, mix, encoder, encoder+eda"
+                "unknown condition {other:?}: baseline, eda, chars, balance, eda+balance, augment-balance, mix, encoder, encoder+eda"
             ),
         })
     }
@@ -123,10 +126,11 @@ impl Condition {
         let d = &mut args.data;
         match self {
             Condition::Baseline => {}
-            Condition::Eda => d.augment = AugmentKind::Eda,
+            Condition::Eda => d.augment = vec![AugmentKind::Eda],
+            Condition::Chars => d.augment = vec![AugmentKind::Chars],
             Condition::Balance => d.balance = Balance::Oversample,
             Condition::EdaBalance => {
-                d.augment = AugmentKind::Eda;
+                d.augment = vec![AugmentKind::Eda];
                 d.balance = Balance::Oversample;
             }
             Condition::AugmentBalance => d.balance = Balance::Augment,
@@ -134,7 +138,7 @@ impl Condition {
             Condition::Encoder { dir, eda } => {
                 args.train.encoder = Some(dir.clone());
                 if *eda {
-                    d.augment = AugmentKind::Eda;
+                    d.augment = vec![AugmentKind::Eda];
                 }
             }
         }
@@ -341,4 +345,40 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         results_path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(condition: &str) -> Result<TrainArgs> {
+        let args = ExperimentArgs {
+            data: "train.tsv".into(),
+            test: "test.tsv".into(),
+            sizes: vec!["full".into()],
+            conditions: vec![condition.into()],
+            seeds: 1,
+            mix: None,
+            encoder: Some("models/enc".into()),
+            workers: 1,
+            threads: None,
+            patience: 3,
+            max_epochs: 5,
+            eval_split: 0.1,
+            out: "out".into(),
+        };
+        let c = Condition::parse(condition, None, args.encoder.as_deref())?;
+        cell_args(&args, Path::new("sample.tsv"), 0, &c, Path::new("run"))
+    }
+
+    #[test]
+    fn the_chars_condition_adds_character_noise_alone() {
+        assert_eq!(cell("chars").unwrap().data.augment, [AugmentKind::Chars]);
+        for eda in ["eda", "eda+balance", "encoder+eda"] {
+            assert_eq!(cell(eda).unwrap().data.augment, [AugmentKind::Eda], "{eda}");
+        }
+        assert_eq!(cell("baseline").unwrap().data.augment, [AugmentKind::None]);
+        let err = cell("typos").unwrap_err().to_string();
+        assert!(err.contains("eda, chars, balance"), "{err}");
+    }
 }
