@@ -4,6 +4,7 @@
 # Then `gpu/bundle.sh` packs what gpu/check.sh needs on the GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ -x .cuda/root/bin/nvcc ]] || gpu/toolchain.sh
+# Only a toolchain that gpu/toolchain.sh finished carries its stamp.
+[[ -f .cuda/root/complete ]] || gpu/toolchain.sh
 source gpu/env.sh
 cargo build --release --locked -p worker --features cuda,nccl "$@"

@@ -6,9 +6,16 @@
 # Pinned to the 13.0 line: the GPU machines run driver 580 (CUDA 13.0) with PyTorch cu130, and
 # nvcc, cicc (nvvm) and the crt headers must come from the same release or ptxas rejects the
 # PTX that cicc writes.
+#
+# The toolchain counts as installed only once this script has run to its end (the folder is
+# made beside its place and moved there last, with a `complete` stamp): a run cut short, or
+# one that failed, leaves nothing that gpu/build.sh would take for a finished toolchain.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.cuda/venv"
+# cudarc's sources name the driver API functions the libcuda stub below must define. A CPU
+# build never downloads that optional dependency, so fetch every locked package first.
+(cd "$root" && cargo fetch --locked --quiet)
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
 fi
@@ -22,7 +29,8 @@ nccl="$site/nvidia/nccl"
 
 # A CUDA_ROOT in the layout cudarc's and candle-kernels' build scripts search: bin/, include/,
 # lib64/ with the unversioned names the linker wants. NCCL's header and library join it.
-top="$root/.cuda/root"
+done_dir="$root/.cuda/root"
+top="$root/.cuda/root.partial"
 rm -rf "$top"
 mkdir -p "$top/lib64/stubs" "$top/include"
 ln -s "$cu/bin" "$top/bin"
@@ -37,8 +45,16 @@ done
 # libcuda.so is the driver's and no package ships it; the binaries link against a stub with
 # the same soname and find the real driver on the GPU machine. The stub's symbols are the
 # driver API functions cudarc binds.
-cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* | sort -V | tail -1)"
+cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -1)"
+if [[ -z $cudarc ]]; then
+  echo "gpu/toolchain.sh: cudarc 0.19's sources are not in cargo's registry after cargo fetch" >&2
+  exit 1
+fi
 grep -rhoE 'pub unsafe fn cu[A-Za-z0-9_]+' "$cudarc/src/driver/sys/" | sed 's/pub unsafe fn //' | sort -u \
   | awk '{print "void " $1 "(void) {}"}' > "$top/lib64/stubs/libcuda.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$top/lib64/stubs/libcuda.so" "$top/lib64/stubs/libcuda.c"
-echo "CUDA 13.0 toolchain in $top ($("$top/bin/nvcc" --version | tail -1))"
+version="$("$top/bin/nvcc" --version | tail -1)"
+rm -rf "$done_dir"
+mv "$top" "$done_dir"
+touch "$done_dir/complete"
+echo "CUDA 13.0 toolchain in $done_dir ($version)"
