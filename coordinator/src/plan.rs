@@ -27,7 +27,6 @@ pub enum WorkerSource {
 }
 
 /// A training run, ready to start: every combination of flags has been checked.
-#[derive(Debug)]
 pub struct TrainPlan {
     pub args: TrainArgs,
     pub workers: WorkerSource,
@@ -44,6 +43,23 @@ pub struct TrainPlan {
     /// The worker program local workers run (default: `worker` beside this executable).
     pub worker_program: Option<PathBuf>,
     pub class_weights: Option<ClassWeights>,
+}
+
+/// Everything but the token, which must never reach a log.
+impl std::fmt::Debug for TrainPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainPlan")
+            .field("args", &self.args)
+            .field("workers", &self.workers)
+            .field("world", &self.world)
+            .field("threads", &self.threads)
+            .field("run_dir", &self.run_dir)
+            .field("listen", &self.listen)
+            .field("token", &"(hidden)")
+            .field("worker_program", &self.worker_program)
+            .field("class_weights", &self.class_weights)
+            .finish()
+    }
 }
 
 impl TrainPlan {
@@ -264,6 +280,10 @@ mod tests {
         assert_eq!((p.world, p.threads), (2, 1));
         assert_eq!(p.listen, "127.0.0.1:0");
         assert_eq!(p.token.len(), 64, "a fresh token for local workers");
+        assert!(
+            !format!("{p:?}").contains(&p.token),
+            "the token stays out of Debug"
+        );
         let p = plan(&[
             "--data",
             "x.tsv",
