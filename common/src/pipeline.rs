@@ -405,6 +405,15 @@ impl Pipeline {
     /// An example and its augmentations in epoch `epoch`, which depend only on (seed, its id, epoch).
     pub fn augmented<'a>(&'a self, doc: &'a Doc, epoch: u64) -> Vec<Item<'a>> {
         let words: Vec<&str> = doc.tokens.iter().map(String::as_str).collect();
+        let original = |words: Vec<&'a str>| Item {
+            doc,
+            aug: 0,
+            tokens: words.into_iter().map(Cow::Borrowed).collect(),
+        };
+        // Without augmentation no stream is drawn from: none is made.
+        if !self.plan.is_active() {
+            return vec![original(words)];
+        }
         let mut rng = stream(&[
             self.cfg.seed,
             tag::AUGMENT,
@@ -417,17 +426,13 @@ impl Pipeline {
             &[doc.id.source as u64, doc.id.line as u64, epoch],
         );
         let augs = self.plan.augmentations(&words, &mut rng, &mut noise);
-        std::iter::once(Item {
-            doc,
-            aug: 0,
-            tokens: words.into_iter().map(Cow::Borrowed).collect(),
-        })
-        .chain(augs.into_iter().enumerate().map(|(k, tokens)| Item {
-            doc,
-            aug: k as u32 + 1,
-            tokens,
-        }))
-        .collect()
+        std::iter::once(original(words))
+            .chain(augs.into_iter().enumerate().map(|(k, tokens)| Item {
+                doc,
+                aug: k as u32 + 1,
+                tokens,
+            }))
+            .collect()
     }
 
     fn counts(&self, items: &[Item<'_>]) -> Vec<Vec<usize>> {

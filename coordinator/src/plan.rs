@@ -152,7 +152,7 @@ impl TrainPlan {
 
     /// The files a run reads its examples and labels from: training sources, validation and
     /// test sets, the label map.
-    pub fn input_paths(&self) -> Vec<&std::path::Path> {
+    fn input_paths(&self) -> Vec<&std::path::Path> {
         let args = &self.args;
         let data = args.data.data.iter().map(|s| s.path.as_path());
         let others = [&args.data.eval, &args.test, &args.data.label_map];

@@ -25,12 +25,13 @@ pub const MIN_CHARS: usize = 3;
 /// The noise's own random stream for the augmentations keyed by `key` (the example, the epoch,
 /// ...) under `seed`. EDA and crop draw from another: so runs without character noise draw
 /// exactly the numbers they drew before it existed.
+/// It is made for every example of every epoch: on the stack, `key` at most 6 long.
 pub fn noise_stream(seed: u64, key: &[u64]) -> ChaCha8Rng {
-    let parts: Vec<u64> = [seed, tag::CHAR_NOISE]
-        .into_iter()
-        .chain(key.iter().copied())
-        .collect();
-    stream(&parts)
+    let mut parts = [0u64; 8];
+    parts[0] = seed;
+    parts[1] = tag::CHAR_NOISE;
+    parts[2..2 + key.len()].copy_from_slice(key);
+    stream(&parts[..2 + key.len()])
 }
 
 /// `words`, each edited with probability `rate` (in [0, 1]) if it is [`noisy`].

@@ -64,13 +64,8 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
         }
         None => None,
     };
+    // Never empty when asked for: an empty --eval file or split is refused as the data loads.
     let eval = Arc::new(pipeline.eval_examples());
-    if args.train.patience.is_some() && eval.is_empty() {
-        bail!(
-            "--patience needs a validation set, and the one given holds no example: give --eval \
-             FILE with labelled rows, or --eval-split FRACTION"
-        );
-    }
     let labels = pipeline.labels().to_vec();
     // With an encoder, its tokenizer makes the ids and no vocabulary is built from the data.
     let vocab = match &encoder {
