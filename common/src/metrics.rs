@@ -55,6 +55,18 @@ impl Confusion {
         self.counts.iter().sum()
     }
 
+    /// The square block of classes `start..start + len`: one task's own confusion when a
+    /// multi-task model's labels are one list (its examples are only ever predicted within it).
+    pub fn block(&self, start: usize, len: usize) -> Confusion {
+        let mut c = Confusion::new(len);
+        for t in 0..len.min(self.classes.saturating_sub(start)) {
+            for p in 0..len.min(self.classes - start) {
+                c.counts[t * len + p] = self.cell(start + t, start + p);
+            }
+        }
+        c
+    }
+
     fn cell(&self, t: usize, p: usize) -> u64 {
         self.counts[t * self.classes + p]
     }

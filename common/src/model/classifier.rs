@@ -44,13 +44,21 @@ pub struct Classifier {
     groups: Vec<ParamGroup>,
 }
 
-/// A training forward pass: the logits, and what backward needs to hand back the input's
-/// gradient.
+/// A training forward pass: the scores of each head the batch's rows use, and what backward
+/// needs to hand back the input's gradient.
 pub struct Forward {
-    pub logits: Tensor,
+    pub scored: Vec<Scored>,
     /// The embedded batch as a leaf of its own when the input trains, so that backward stops
     /// there and hands us dX; otherwise it is a constant and backward computes no dX at all.
     leaf: Option<Var>,
+}
+
+/// The logits (R × C) one head gives the batch's rows that are its own.
+pub struct Scored {
+    pub head: usize,
+    /// The rows, in batch order; `None`: every row, as with a single head.
+    pub rows: Option<Vec<usize>>,
+    pub logits: Tensor,
 }
 
 /// One part's dense parameters: its group's name, the parameters' names and shapes, and the
@@ -301,24 +309,55 @@ impl Classifier {
             false => None,
         };
         let x = leaf.as_ref().map_or(&embedded, Var::as_tensor);
-        let logits =
-            self.forward_embedded(x, batch.lengths(), Mode::Train, batch.keys(), batch.head())?;
-        Ok(Forward { logits, leaf })
+        let (lengths, keys) = (batch.lengths(), batch.keys());
+        if self.heads.len() == 1 || batch.labels().is_empty() {
+            let logits = self.forward_embedded(x, lengths, Mode::Train, keys, batch.head())?;
+            let scored = vec![Scored {
+                head: batch.head(),
+                rows: None,
+                logits,
+            }];
+            return Ok(Forward { scored, leaf });
+        }
+        // Several tasks: the sentence vectors are computed once, and each head scores the rows
+        // whose labels are its own, so an example's loss reaches only its task's head.
+        let encoded = self.sequence.forward(x, lengths, Mode::Train, keys)?;
+        let mut scored = Vec::new();
+        for (head, rows) in self.rows_by_head(batch.labels())? {
+            let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            let idx = Tensor::from_vec(idx, rows.len(), &self.device)?;
+            let own_keys: Option<Vec<u64>> = keys.map(|k| rows.iter().map(|&r| k[r]).collect());
+            let logits = self.heads[head].forward(
+                &encoded.index_select(&idx, 0)?,
+                Mode::Train,
+                own_keys.as_deref(),
+            )?;
+            scored.push(Scored {
+                head,
+                rows: Some(rows),
+                logits,
+            });
+        }
+        Ok(Forward { scored, leaf })
     }
 
-    /// Classes of the head a batch uses.
-    pub fn classes_of(&self, batch: &Batch) -> Result<usize> {
-        self.config
-            .heads
-            .get(batch.head())
-            .map(|h| h.num_classes)
-            .ok_or_else(|| {
+    /// The rows of each head that owns some of `labels`, heads in order, rows in batch order.
+    pub fn rows_by_head(&self, labels: &[u32]) -> Result<Vec<(usize, Vec<usize>)>> {
+        let mut rows = vec![Vec::new(); self.heads.len()];
+        for (r, &label) in labels.iter().enumerate() {
+            let (head, _) = self.config.head_of(label).ok_or_else(|| {
                 ModelError::Batch(format!(
-                    "head {} of a model with {}",
-                    batch.head(),
-                    self.heads.len()
+                    "label {label} ≥ number of classes {}",
+                    self.config.num_classes()
                 ))
-            })
+            })?;
+            rows[head].push(r);
+        }
+        Ok(rows
+            .into_iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .collect())
     }
 
     /// The gradients of a backward pass from `forward`, in the groups' form: the dense groups

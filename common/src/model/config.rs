@@ -88,9 +88,28 @@ impl ModelConfig {
         self.input.vocab_size()
     }
 
-    /// Classes of head 0.
+    /// Classes over all heads. A model's labels are one list in which each head owns the next
+    /// `num_classes` (head 0 the first): with several heads (tasks), a label names its head.
     pub fn num_classes(&self) -> usize {
-        self.heads.first().map_or(0, |h| h.num_classes)
+        self.heads.iter().map(|h| h.num_classes).sum()
+    }
+
+    /// Where head `head`'s labels start in the model's label list.
+    pub fn head_offset(&self, head: usize) -> usize {
+        self.heads.iter().take(head).map(|h| h.num_classes).sum()
+    }
+
+    /// The head that owns label `label`, and the label's index within that head.
+    pub fn head_of(&self, label: u32) -> Option<(usize, u32)> {
+        let mut start = 0u32;
+        for (k, h) in self.heads.iter().enumerate() {
+            let end = start + h.num_classes as u32;
+            if label < end {
+                return Some((k, label - start));
+            }
+            start = end;
+        }
+        None
     }
 
     /// Whether the input is a frozen encoder's vectors, which the worker must load.

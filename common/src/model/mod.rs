@@ -26,7 +26,7 @@ mod sequence;
 
 pub use batch::{Batch, PAD};
 pub use bilstm::BiLstm;
-pub use classifier::{Classifier, Forward, EMBEDDING, EVAL_ROWS};
+pub use classifier::{Classifier, Forward, Scored, EMBEDDING, EVAL_ROWS};
 pub use config::{FlatConfig, HeadConfig, InputConfig, ModelConfig, SequenceConfig};
 pub use error::{ModelError, Result};
 pub use gradients::{Gradients, SparseRows};

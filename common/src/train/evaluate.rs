@@ -18,11 +18,21 @@ pub fn predict(model: &Classifier, batch: &Batch) -> Result<Vec<(usize, Vec<f32>
 }
 
 /// The most probable class and the class probabilities of each sentence, in batches of
-/// [`EVAL_BATCH`].
+/// [`EVAL_BATCH`], by head 0.
 pub fn predict_all(model: &Classifier, seqs: &[&[u32]]) -> Result<Vec<(usize, Vec<f32>)>> {
+    predict_all_by(model, seqs, 0)
+}
+
+/// As [`predict_all`], by head `head` (a task of a multi-task model); the classes are the
+/// head's own, counted from 0.
+pub fn predict_all_by(
+    model: &Classifier,
+    seqs: &[&[u32]],
+    head: usize,
+) -> Result<Vec<(usize, Vec<f32>)>> {
     let mut out = Vec::with_capacity(seqs.len());
     for chunk in seqs.chunks(EVAL_BATCH) {
-        out.extend(predict(model, &Batch::unlabeled(chunk)?)?);
+        out.extend(predict(model, &Batch::unlabeled(chunk)?.with_head(head))?);
     }
     Ok(out)
 }
@@ -33,6 +43,8 @@ pub struct Evaluation {
     pub confusion: Confusion,
     /// Summed cross-entropy of the true labels.
     pub loss_sum: f64,
+    /// The same per head (task).
+    pub loss_by_head: Vec<f64>,
 }
 
 /// Evaluates `model` on `(tokens, label)` pairs.
@@ -43,15 +55,25 @@ pub fn evaluate(model: &Classifier, examples: &[(&[u32], u32)]) -> Result<Evalua
             "label {bad} ≥ number of classes {classes}"
         )));
     }
-    let seqs: Vec<&[u32]> = examples.iter().map(|(s, _)| *s).collect();
     let mut confusion = Confusion::new(classes);
-    let mut loss_sum = 0.0;
-    for ((pred, probs), (_, label)) in predict_all(model, &seqs)?.into_iter().zip(examples) {
-        confusion.add(*label as usize, pred);
-        loss_sum -= f64::from(probs[*label as usize].max(1e-30)).ln();
+    let heads = model.config().heads.len();
+    let mut loss_by_head = vec![0.0; heads];
+    let labels: Vec<u32> = examples.iter().map(|(_, l)| *l).collect();
+    // Each example is scored by its label's head (the only one with one head), and the
+    // prediction is a label of that head's block: the confusion of several tasks is block
+    // diagonal.
+    for (head, rows) in model.rows_by_head(&labels)? {
+        let offset = model.config().head_offset(head);
+        let seqs: Vec<&[u32]> = rows.iter().map(|&r| examples[r].0).collect();
+        for ((pred, probs), &r) in predict_all_by(model, &seqs, head)?.into_iter().zip(&rows) {
+            let label = examples[r].1 as usize;
+            confusion.add(label, offset + pred);
+            loss_by_head[head] -= f64::from(probs[label - offset].max(1e-30)).ln();
+        }
     }
     Ok(Evaluation {
         confusion,
-        loss_sum,
+        loss_sum: loss_by_head.iter().sum(),
+        loss_by_head,
     })
 }

@@ -12,7 +12,7 @@ pub mod tally;
 
 pub use adam::{Adam, AdamConfig, AdamState, Moments};
 pub use bucket::bucket_batches;
-pub use evaluate::{evaluate, predict, predict_all, Evaluation, EVAL_BATCH};
+pub use evaluate::{evaluate, predict, predict_all, predict_all_by, Evaluation, EVAL_BATCH};
 pub use replica::Replica;
 pub use spec::RunSpec;
 pub use step::{

@@ -60,7 +60,7 @@ pub fn compute_gradients_per_example(
     batch: &Batch,
     class_weights: Option<&[f32]>,
 ) -> Result<(Gradients, Vec<Outcome>)> {
-    let classes = model.classes_of(batch)?;
+    let classes = model.config().num_classes();
     if class_weights.is_some_and(|w| w.len() != classes) {
         return Err(ModelError::Batch(format!(
             "{} class weights for {classes} classes",
@@ -77,31 +77,55 @@ pub fn compute_gradients_per_example(
         )));
     }
     let forward = model.forward_train(batch)?;
-    let logits = &forward.logits;
-    let targets = Tensor::from_slice(labels, (batch.len(), 1), model.device())?;
-    let log_probs = candle_nn::ops::log_softmax(logits, 1)?;
-    let picked = log_probs.gather(&targets, 1)?;
-    let loss = picked.sum_all()?.neg()?;
-    let store = match class_weights {
-        None => loss.backward()?,
-        Some(w) => {
-            let per_example: Vec<f32> = labels.iter().map(|&l| w[l as usize]).collect();
-            let w = Tensor::from_slice(&per_example, (batch.len(), 1), model.device())?;
-            picked.mul(&w)?.sum_all()?.neg()?.backward()?
+    let mut outcomes = vec![
+        Outcome {
+            loss: 0.0,
+            correct: false,
+        };
+        batch.len()
+    ];
+    let mut total: Option<Tensor> = None;
+    for scored in &forward.scored {
+        let rows: Vec<usize> = match &scored.rows {
+            Some(rows) => rows.clone(),
+            None => (0..batch.len()).collect(),
+        };
+        // A head's labels are its own block of the model's label list.
+        let offset = model.config().head_offset(scored.head) as u32;
+        let own: Vec<u32> = rows.iter().map(|&r| labels[r] - offset).collect();
+        let targets = Tensor::from_slice(&own, (rows.len(), 1), model.device())?;
+        let log_probs = candle_nn::ops::log_softmax(&scored.logits, 1)?;
+        let picked = log_probs.gather(&targets, 1)?;
+        let loss = match class_weights {
+            None => picked.sum_all()?.neg()?,
+            Some(w) => {
+                let per_example: Vec<f32> = rows.iter().map(|&r| w[labels[r] as usize]).collect();
+                let w = Tensor::from_slice(&per_example, (rows.len(), 1), model.device())?;
+                picked.mul(&w)?.sum_all()?.neg()?
+            }
+        };
+        total = Some(match total {
+            None => loss,
+            Some(t) => t.add(&loss)?,
+        });
+        let losses = picked.neg()?.flatten_all()?.to_vec1::<f32>()?;
+        for (((row, &r), &label), loss) in scored
+            .logits
+            .to_vec2::<f32>()?
+            .iter()
+            .zip(&rows)
+            .zip(&own)
+            .zip(losses)
+        {
+            outcomes[r] = Outcome {
+                loss,
+                correct: argmax(row) == label as usize,
+            };
         }
-    };
+    }
+    let total = total.ok_or_else(|| ModelError::Batch("no head scored the batch".into()))?;
+    let store = total.backward()?;
     let grads = model.gradients(&forward, &store, batch)?;
-    let losses = picked.neg()?.flatten_all()?.to_vec1::<f32>()?;
-    let outcomes = logits
-        .to_vec2::<f32>()?
-        .iter()
-        .zip(labels)
-        .zip(losses)
-        .map(|((row, &label), loss)| Outcome {
-            loss,
-            correct: argmax(row) == label as usize,
-        })
-        .collect();
     Ok((grads, outcomes))
 }
 
