@@ -15,7 +15,8 @@ use crate::augment::{chars, AugmentConfig, AugmentPlan};
 use crate::balance_augment;
 use crate::data::config::{DataConfig, UnknownLabels};
 use crate::data::load::{self, Record};
-use crate::data::sources::{self, read_label_map};
+use crate::data::sources::{self, read_label_map, Sources};
+use crate::data::tasks::{self, Task};
 use crate::data::vocab::Vocab;
 use crate::data::{Doc, Example, ExampleId};
 use crate::encoder::WordPiece;
@@ -40,6 +41,9 @@ pub struct Pipeline {
     cfg: DataConfig,
     sources: Vec<SourceInfo>,
     labels: Vec<String>,
+    /// With `--task`: each task and its block of `labels`, the target first (source k is task
+    /// k). Empty for one task.
+    tasks: Vec<Task>,
     label_map: BTreeMap<String, String>,
     train: Vec<Vec<Doc>>,
     eval: Vec<Doc>,
@@ -73,9 +77,24 @@ fn refuse_unused_options(cfg: &DataConfig, weighted: bool) -> Result<(), DataErr
 
 impl Pipeline {
     pub fn new(cfg: &DataConfig) -> Result<Self, DataError> {
+        let ordered = tasks::ordered(cfg)?;
+        // With tasks, the pipeline reads their files as its sources, the target's first.
+        let with_tasks;
+        let cfg = match &ordered {
+            Some(t) => {
+                with_tasks = DataConfig {
+                    data: t.iter().map(|t| t.source.clone()).collect(),
+                    ..cfg.clone()
+                };
+                &with_tasks
+            }
+            None => cfg,
+        };
+        let task_names: Option<Vec<String>> =
+            ordered.map(|t| t.into_iter().map(|t| t.name).collect());
         if cfg.data.is_empty() {
             return Err(DataError::Config(
-                "no training data: give at least one --data PATH".into(),
+                "no training data: give at least one --data PATH (or --task NAME=PATH)".into(),
             ));
         }
         if cfg.data.len() > u16::MAX as usize {
@@ -90,31 +109,46 @@ impl Pipeline {
         };
         let opts = cfg.load_options();
 
-        let eval_records = match &cfg.eval {
-            Some(path) => Some((path, load::load(path, &opts)?)),
-            None => None,
-        };
+        // Validation files by task (task 0, the target, is the only one without tasks).
+        let mut eval_files: Vec<(usize, &Path)> = Vec::new();
+        if let Some(path) = &cfg.eval {
+            eval_files.push((0, path));
+        }
+        for f in &cfg.task_eval {
+            let names = task_names.as_deref().unwrap_or_default();
+            let task = names.iter().position(|n| *n == f.name).unwrap_or_default();
+            eval_files.push((task, &f.path));
+        }
+        let mut eval_records = Vec::new();
+        for &(task, path) in &eval_files {
+            eval_records.push((task, path, load::load(path, &opts)?));
+        }
         let eval_texts: HashSet<String> = eval_records
             .iter()
-            .flat_map(|(_, l)| l.records.iter().map(|r| r.text.clone()))
+            .flat_map(|(_, _, l)| l.records.iter().map(|r| r.text.clone()))
             .collect();
 
+        let how = match (&task_names, &probs) {
+            (Some(names), _) => Sources::Tasks(names),
+            (None, Some(_)) => Sources::Weighted,
+            (None, None) => Sources::Concatenated,
+        };
         let (sources, per_source) =
-            sources::load_sources(cfg, &opts, probs.is_some(), &label_map, &eval_texts)?;
+            sources::load_sources(cfg, &opts, how, &label_map, &eval_texts)?;
 
-        let mut labels: Vec<String> = per_source
-            .iter()
-            .flatten()
-            .map(|r| r.label.clone())
-            .collect();
-        labels.sort_unstable();
-        labels.dedup();
-        if labels.len() < 2 {
-            return Err(DataError::SingleClass(
-                labels.first().cloned().unwrap_or_default(),
-            ));
-        }
-        let rare = rare_classes(&labels, &per_source, &sources);
+        let (labels, tasks, rare) = match &task_names {
+            None => {
+                let labels = sorted_labels(per_source.iter().flatten());
+                if labels.len() < 2 {
+                    return Err(DataError::SingleClass(
+                        labels.first().cloned().unwrap_or_default(),
+                    ));
+                }
+                let rare = rare_classes(&labels, &per_source, &sources);
+                (labels, Vec::new(), rare)
+            }
+            Some(names) => task_labels(names, &per_source, &sources)?,
+        };
         for r in &rare {
             tracing::warn!(
                 "class \"{}\" has only {} training example(s), where the median class has {}: \
@@ -125,10 +159,13 @@ impl Pipeline {
                 r.lines.join(", ")
             );
         }
-        let label_ids: HashMap<&str, u32> = labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.as_str(), i as u32))
+        // A label's id, in its source's task's block (every source shares one block without
+        // tasks).
+        let label_ids: Vec<HashMap<&str, u32>> = (0..per_source.len())
+            .map(|s| {
+                let block = tasks.get(s).map_or(0..labels.len(), |t| t.labels.clone());
+                block.map(|i| (labels[i].as_str(), i as u32)).collect()
+            })
             .collect();
 
         let mut train: Vec<Vec<Doc>> = per_source
@@ -143,7 +180,7 @@ impl Pipeline {
                             line: r.line,
                         },
                         tokens: cfg.tokenizer.tokenize(&r.text),
-                        label: label_ids[r.label.as_str()],
+                        label: label_ids[s][r.label.as_str()],
                     })
                     .collect()
             })
@@ -153,6 +190,7 @@ impl Pipeline {
             cfg: cfg.clone(),
             sources,
             labels,
+            tasks,
             label_map,
             train: Vec::new(),
             eval: Vec::new(),
@@ -162,36 +200,46 @@ impl Pipeline {
             vocab: std::sync::OnceLock::new(),
             wordpiece: None,
         };
-        pipeline.eval = match eval_records {
-            Some((path, loaded)) => pipeline.docs_of(
+        // Each task's validation set: its file, or a split of its own rows (without tasks,
+        // of the first source).
+        let mut eval_by_task: Vec<Vec<Doc>> = vec![Vec::new(); pipeline.tasks.len().max(1)];
+        for (task, path, loaded) in eval_records {
+            eval_by_task[task] = pipeline.docs_of(
+                task,
                 &path.display().to_string(),
                 loaded.records,
                 "validation set",
-            )?,
-            None => match cfg.eval_split {
-                Some(f) => {
-                    let eval = split_off_eval(&mut train[0], f, cfg.seed, pipeline.labels.len());
-                    if eval.is_empty() {
-                        return Err(DataError::Config(format!(
-                            "--eval-split {f} of {} leaves no validation example: give a \
-                             larger fraction, or a validation file with --eval FILE",
-                            cfg.data[0].path.display()
-                        )));
-                    }
-                    if train[0].len() < eval.len() {
-                        tracing::warn!(
-                            "--eval-split {f} of {}: training keeps {} rows and validation {}: \
-                             fewer to learn from than to check on; a fraction like 0.1 is usual",
-                            cfg.data[0].path.display(),
-                            train[0].len(),
-                            eval.len()
-                        );
-                    }
-                    eval
+            )?;
+        }
+        if let Some(f) = cfg.eval_split {
+            for (task, eval) in eval_by_task.iter_mut().enumerate() {
+                if !eval.is_empty() {
+                    continue;
                 }
-                None => Vec::new(),
-            },
-        };
+                *eval = split_off_eval(&mut train[task], f, cfg.seed, pipeline.labels.len());
+                let path = cfg.data[task].path.display();
+                if eval.is_empty() {
+                    return Err(DataError::Config(format!(
+                        "--eval-split {f} of {path} leaves no validation example: give a \
+                         larger fraction, or a validation file with --eval FILE{}",
+                        if pipeline.tasks.is_empty() {
+                            ""
+                        } else {
+                            " (--task-eval NAME=FILE)"
+                        }
+                    )));
+                }
+                if train[task].len() < eval.len() {
+                    tracing::warn!(
+                        "--eval-split {f} of {path}: training keeps {} rows and validation {}: \
+                         fewer to learn from than to check on; a fraction like 0.1 is usual",
+                        train[task].len(),
+                        eval.len()
+                    );
+                }
+            }
+        }
+        pipeline.eval = eval_by_task.into_iter().flatten().collect();
         pipeline.train = train;
         pipeline.plan = AugmentPlan::resolve(&AugmentConfig::of(cfg), pipeline.train_rows())?;
         let budget = cfg.memory_budget.or_else(crate::memory::default_budget);
@@ -262,15 +310,48 @@ impl Pipeline {
             .iter()
             .flatten()
             .flat_map(|d| d.tokens.iter().map(String::as_str));
+        let (max, min) = (self.cfg.max_vocab, self.cfg.min_freq);
         if !self.plan.is_active() {
-            return Vocab::build(originals, self.cfg.max_vocab, self.cfg.min_freq);
+            if self.tasks.is_empty() {
+                return Vocab::build(originals, max, min);
+            }
+            let target = self.train[0]
+                .iter()
+                .flat_map(|d| d.tokens.iter().map(String::as_str));
+            let others = self.train[1..]
+                .iter()
+                .flatten()
+                .flat_map(|d| d.tokens.iter().map(String::as_str));
+            return Vocab::build_first(target, others, max, min);
         }
         let epoch0 = self.epoch_items(0);
-        let tokens = epoch0
-            .items
+        let tokens = |of_target: bool| {
+            epoch0
+                .items
+                .iter()
+                .filter(move |it| (it.doc.id.source == 0) == of_target)
+                .flat_map(|it| it.tokens.iter().map(|t| t.as_ref()))
+        };
+        if self.tasks.is_empty() {
+            let all = epoch0
+                .items
+                .iter()
+                .flat_map(|it| it.tokens.iter().map(|t| t.as_ref()));
+            return Vocab::build(all, max, min);
+        }
+        Vocab::build_first(tokens(true), tokens(false), max, min)
+    }
+
+    /// Per class, its count after balancing: within each task, toward that task's classes.
+    fn balance_targets(&self, counts: &[usize]) -> Vec<Option<usize>> {
+        let (kind, ratio) = (self.cfg.balance, self.cfg.balance_ratio);
+        if self.tasks.is_empty() {
+            return resample::targets(counts, kind, ratio);
+        }
+        self.tasks
             .iter()
-            .flat_map(|it| it.tokens.iter().map(|t| t.as_ref()));
-        Vocab::build(tokens, self.cfg.max_vocab, self.cfg.min_freq)
+            .flat_map(|t| resample::targets(&counts[t.labels.clone()], kind, ratio))
+            .collect()
     }
 
     pub fn config(&self) -> &DataConfig {
@@ -295,8 +376,20 @@ impl Pipeline {
     pub fn rare_classes(&self) -> &[RareClass] {
         &self.rare
     }
+    /// Every class, one list; with tasks, each task's block in turn (see [`Pipeline::tasks`]).
     pub fn labels(&self) -> &[String] {
         &self.labels
+    }
+    /// With `--task`: the tasks, the target first, each with its block of [`Pipeline::labels`]
+    /// (training source k is task k). Empty without tasks.
+    pub fn tasks(&self) -> &[Task] {
+        &self.tasks
+    }
+    /// The labels of task `task` (0: the target; without tasks, every label).
+    pub fn task_labels(&self, task: usize) -> std::ops::Range<usize> {
+        self.tasks
+            .get(task)
+            .map_or(0..self.labels.len(), |t| t.labels.clone())
     }
     pub fn vocab(&self) -> &Vocab {
         self.vocab.get_or_init(|| self.build_vocab())
@@ -378,7 +471,7 @@ impl Pipeline {
 
         let labels: Vec<u32> = items.iter().map(Item::label).collect();
         let class_counts = class_counts(&labels, self.labels.len());
-        let targets = resample::targets(&class_counts, self.cfg.balance, self.cfg.balance_ratio);
+        let targets = self.balance_targets(&class_counts);
         match self.cfg.balance {
             Balance::None => {}
             Balance::Oversample | Balance::Undersample => {
@@ -477,26 +570,44 @@ impl Pipeline {
     }
 
     /// Reads a labelled file (a test set) with the pipeline's format options, label map,
-    /// tokenizer and labels.
+    /// tokenizer and labels (the target task's).
     pub fn load_labelled(&self, path: &Path, what: &str) -> Result<Vec<Doc>, DataError> {
-        let loaded = load::load(path, &self.cfg.load_options())?;
-        self.docs_of(&path.display().to_string(), loaded.records, what)
+        self.load_labelled_for(0, path, what)
     }
 
-    fn docs_of(&self, name: &str, records: Vec<Record>, what: &str) -> Result<Vec<Doc>, DataError> {
+    /// As [`Pipeline::load_labelled`], for task `task`: its labels are read as that task's.
+    pub fn load_labelled_for(
+        &self,
+        task: usize,
+        path: &Path,
+        what: &str,
+    ) -> Result<Vec<Doc>, DataError> {
+        let loaded = load::load(path, &self.cfg.load_options())?;
+        self.docs_of(task, &path.display().to_string(), loaded.records, what)
+    }
+
+    fn docs_of(
+        &self,
+        task: usize,
+        name: &str,
+        records: Vec<Record>,
+        what: &str,
+    ) -> Result<Vec<Doc>, DataError> {
+        let block = self.task_labels(task);
+        let labels = &self.labels[block.clone()];
         let mut docs = Vec::with_capacity(records.len());
         let mut unknown: Vec<String> = Vec::new();
         let mut unknown_count = 0;
         for r in records {
             let label = self.label_map.get(&r.label).unwrap_or(&r.label);
-            match self.labels.binary_search(label) {
+            match labels.binary_search(label) {
                 Ok(id) => docs.push(Doc {
                     id: ExampleId {
-                        source: 0,
+                        source: task as u16,
                         line: r.line,
                     },
                     tokens: self.cfg.tokenizer.tokenize(&r.text),
-                    label: id as u32,
+                    label: (block.start + id) as u32,
                 }),
                 Err(_) => {
                     unknown_count += 1;
@@ -528,6 +639,43 @@ impl Pipeline {
         }
         Ok(docs)
     }
+}
+
+/// The distinct labels of `records`, sorted.
+fn sorted_labels<'a>(records: impl Iterator<Item = &'a Record>) -> Vec<String> {
+    let mut labels: Vec<String> = records.map(|r| r.label.clone()).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    labels
+}
+
+/// The label list of tasks (each task's sorted labels, a block after the other), the tasks
+/// with their blocks, and each task's rare classes. A task needs two classes.
+fn task_labels(
+    names: &[String],
+    per_source: &[Vec<Record>],
+    sources: &[SourceInfo],
+) -> Result<(Vec<String>, Vec<Task>, Vec<RareClass>), DataError> {
+    let mut labels = Vec::new();
+    let mut tasks = Vec::new();
+    let mut rare = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        let own = sorted_labels(per_source[k].iter());
+        if own.len() < 2 {
+            return Err(DataError::Config(format!(
+                "task {name} ({}) has one class, \"{}\": a task needs at least two",
+                sources[k].path.display(),
+                own.first().cloned().unwrap_or_default()
+            )));
+        }
+        rare.extend(rare_classes(&own, &per_source[k..=k], &sources[k..=k]));
+        tasks.push(Task {
+            name: name.clone(),
+            labels: labels.len()..labels.len() + own.len(),
+        });
+        labels.extend(own);
+    }
+    Ok((labels, tasks, rare))
 }
 
 fn class_counts(labels: &[u32], k: usize) -> Vec<usize> {

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::load::{BadLinePolicy, Format, LoadOptions};
+use super::tasks::{TaskFile, TaskSpec};
 use super::tokenize::Tokenizer;
 use crate::mix::MixStop;
 use crate::resample::Balance;
@@ -204,6 +205,29 @@ pub struct DataConfig {
     /// without a weight share what is left of 1). The first source is the target domain.
     #[arg(long = "data", value_name = "PATH[:WEIGHT]", help_heading = "Data")]
     pub data: Vec<SourceSpec>,
+    /// A task of multi-task training, repeatable, instead of --data: NAME=PATH or
+    /// NAME=PATH:WEIGHT. Each task keeps its own labels and gets its own head over the shared
+    /// embedding (or encoder) and BiLSTM; each epoch draws the tasks' examples by weight, as
+    /// --data PATH:WEIGHT does. Balance, class weights and --eval-split work within each task.
+    /// The vocabulary holds every word of the target task first, then the others' by
+    /// frequency up to --max-vocab, so that a large auxiliary task cannot crowd the target out.
+    #[arg(
+        long = "task",
+        value_name = "NAME=PATH[:WEIGHT]",
+        help_heading = "Tasks"
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub task: Vec<TaskSpec>,
+    /// The task that validation, early stopping, --test and the reported accuracy refer to
+    /// (default: the first --task).
+    #[arg(long, value_name = "NAME", help_heading = "Tasks")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// A validation set of another task than the target (whose set is --eval), repeatable:
+    /// NAME=PATH. Its figures are logged per task; selection follows the target's.
+    #[arg(long = "task-eval", value_name = "NAME=PATH", help_heading = "Tasks")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub task_eval: Vec<TaskFile>,
     /// File format; by default from the extension (.tsv/.txt, .csv, .jsonl).
     #[arg(long, value_enum, help_heading = "Data")]
     pub format: Option<Format>,
@@ -231,7 +255,8 @@ pub struct DataConfig {
     )]
     pub eval: Option<PathBuf>,
     /// Carve this fraction of the first source as the validation set (stratified, seeded),
-    /// before any augmentation or balancing.
+    /// before any augmentation or balancing; with --task, of every task that has no
+    /// validation file, each from its own rows.
     #[arg(long, value_name = "FRACTION", value_parser = open_fraction, help_heading = "Data")]
     pub eval_split: Option<f64>,
     /// Validation/test examples whose label training never saw: an error, or skipped.
@@ -319,6 +344,9 @@ impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
             data: Vec::new(),
+            task: Vec::new(),
+            target: None,
+            task_eval: Vec::new(),
             format: None,
             text_column: "text".into(),
             label_column: "label".into(),

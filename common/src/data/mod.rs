@@ -3,6 +3,7 @@
 pub mod config;
 pub mod load;
 pub mod sources;
+pub mod tasks;
 pub mod tokenize;
 pub mod vectors;
 pub mod vocab;

@@ -30,17 +30,29 @@ pub struct SourceInfo {
     pub sha256: String,
 }
 
+/// How a run keeps its sources apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sources<'a> {
+    /// Concatenated: a file whose rows name their sources gives those sources.
+    Concatenated,
+    /// Mixed by weight: each file is one source.
+    Weighted,
+    /// Tasks, each file one, named so; duplicates are dropped within a task only (the same
+    /// sentence may well be an example of two tasks).
+    Tasks(&'a [String]),
+}
+
 /// Every `--data` source's records after the label map and de-duplication (within and across
-/// sources, first come first kept), in `cfg.data`'s order. `weighted`: the sources are mixed by
-/// weight, so a file whose rows name their sources cannot be one of them. Rows whose text is in
-/// `eval_texts` are dropped from training. A source left empty is an error.
+/// sources, first come first kept; within each task), in `cfg.data`'s order. Rows whose text is
+/// in `eval_texts` are dropped from training. A source left empty is an error.
 pub fn load_sources(
     cfg: &DataConfig,
     opts: &LoadOptions,
-    weighted: bool,
+    how: Sources<'_>,
     label_map: &BTreeMap<String, String>,
     eval_texts: &HashSet<String>,
 ) -> Result<(Vec<SourceInfo>, Vec<Vec<Record>>), DataError> {
+    let weighted = how != Sources::Concatenated;
     let mut sources = Vec::new();
     let mut per_source: Vec<Vec<Record>> = Vec::new();
     let mut seen: HashSet<(String, String)> = HashSet::new();
@@ -50,6 +62,10 @@ pub fn load_sources(
         let sha256 = file_sha256(&spec.path)?;
         let mut skipped = loaded.skipped;
         for (name, records) in by_recorded_source(&spec.path, loaded.records, weighted)? {
+            let name = match how {
+                Sources::Tasks(names) => names[groups.len()].clone(),
+                _ => name,
+            };
             let info = SourceInfo {
                 name,
                 path: spec.path.clone(),
@@ -67,6 +83,9 @@ pub fn load_sources(
         return Err(DataError::Config("too many sources".into()));
     }
     for (mut info, records) in groups {
+        if matches!(how, Sources::Tasks(_)) {
+            seen.clear();
+        }
         let mut kept = Vec::with_capacity(records.len());
         for mut r in records {
             if let Some(l) = label_map.get(&r.label) {
@@ -123,8 +142,8 @@ fn by_recorded_source(
     if weighted {
         return Err(DataError::Config(format!(
             "{file}: its rows name their sources (a `source` column, as `data export \
-             --with-source` writes), which a weighted mix cannot keep apart; give the sources \
-             themselves with weights, or this file without any"
+             --with-source` writes), which a weighted mix or a task cannot keep apart; give \
+             the sources themselves"
         )));
     }
     let mut groups: Vec<(String, Vec<Record>)> = Vec::new();

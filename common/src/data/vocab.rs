@@ -72,6 +72,40 @@ impl Vocab {
         Vocab::from_tokens(tokens)
     }
 
+    /// As [`Vocab::build`], with every token of `first` (a multi-task run's target task)
+    /// ranked before those only `rest` has: a large auxiliary task cannot crowd the target's
+    /// words out. Within each part the order is by frequency over both.
+    pub fn build_first<'a>(
+        first: impl IntoIterator<Item = &'a str>,
+        rest: impl IntoIterator<Item = &'a str>,
+        max_size: usize,
+        min_freq: usize,
+    ) -> Self {
+        let mut counts: HashMap<&str, (usize, usize, bool)> = HashMap::new();
+        let tagged = first
+            .into_iter()
+            .map(|t| (t, true))
+            .chain(rest.into_iter().map(|t| (t, false)));
+        for (order, (tok, of_first)) in tagged.enumerate() {
+            counts.entry(tok).or_insert((0, order, of_first)).0 += 1;
+        }
+        let mut ranked: Vec<(&str, usize, usize, bool)> = counts
+            .into_iter()
+            .filter(|&(_, (n, _, _))| n >= min_freq.max(1))
+            .map(|(t, (n, order, of_first))| (t, n, order, of_first))
+            .collect();
+        ranked.sort_by(|a, b| b.3.cmp(&a.3).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        let mut tokens = vec![PAD_TOKEN.to_string(), UNK_TOKEN.to_string()];
+        tokens.extend(
+            ranked
+                .into_iter()
+                .filter(|(t, ..)| *t != PAD_TOKEN && *t != UNK_TOKEN)
+                .take(max_size.saturating_sub(2))
+                .map(|(t, ..)| t.to_string()),
+        );
+        Vocab::from_tokens(tokens)
+    }
+
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
@@ -123,6 +157,20 @@ mod tests {
         assert_eq!(small.len(), 3);
         let frequent = Vocab::build("b a b c a b".split(' '), 10, 2);
         assert_eq!(frequent.id("c"), UNK);
+    }
+
+    #[test]
+    fn the_first_part_keeps_every_word_before_the_rest() {
+        // "x" is the rest's most frequent word, yet every target word comes first.
+        let v = Vocab::build_first("t u t".split(' '), "x x x x u y".split(' '), 10, 1);
+        assert_eq!((v.id("t"), v.id("u"), v.id("x"), v.id("y")), (2, 3, 4, 5));
+        let small = Vocab::build_first("t u t".split(' '), "x x x x u".split(' '), 4, 1);
+        assert_eq!(
+            small.id("x"),
+            UNK,
+            "the auxiliary word is crowded out, not the target's"
+        );
+        assert_ne!(small.id("t"), UNK);
     }
 
     #[test]
