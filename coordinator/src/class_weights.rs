@@ -40,6 +40,20 @@ impl FromStr for ClassWeights {
 
 impl ClassWeights {
     /// One weight per label, `counts` being the training originals per label.
+    /// Only what concerns `labels` (one task's): explicit weights of other labels left out.
+    pub fn within(&self, labels: &[String]) -> ClassWeights {
+        match self {
+            ClassWeights::Balanced => ClassWeights::Balanced,
+            ClassWeights::Explicit(pairs) => ClassWeights::Explicit(
+                pairs
+                    .iter()
+                    .filter(|(l, _)| labels.contains(l))
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+
     pub fn resolve(&self, labels: &[String], counts: &[usize]) -> Result<Vec<f32>, String> {
         match self {
             ClassWeights::Balanced => {

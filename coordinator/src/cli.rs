@@ -122,6 +122,11 @@ pub struct TrainArgs {
     /// or model selection.
     #[arg(long, value_name = "FILE", help_heading = "Data")]
     pub test: Option<PathBuf>,
+    /// With --task: a test set of a task, repeatable, NAME=PATH (the target's may be given
+    /// so, or as --test). Each is evaluated once at the end; summary.json holds every tested
+    /// task's figures under "tasks", and the target's as its headline.
+    #[arg(long = "task-test", value_name = "NAME=PATH", help_heading = "Tasks")]
+    pub task_test: Vec<common::data::tasks::TaskFile>,
 
     #[command(flatten)]
     pub tls: common::tls::TlsFiles,

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use common::data::config::UnknownLabels;
 use common::data::load::{self, LoadOptions};
+use common::data::tasks::Task;
 use common::data::tokenize::Tokenizer;
 use common::data::vocab::Vocab;
 use common::encoder::{files, Encoder, EncoderRef, WordPiece};
@@ -49,6 +50,10 @@ pub struct ModelMeta {
     /// evaluated as training read it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub label_map: BTreeMap<String, String>,
+    /// A multi-task model's tasks, the target first: each with its block of `labels`, scored
+    /// by the head of the same index. Empty for one task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<Task>,
     /// False while the run that writes the model goes on, and after it was stopped before its
     /// end: the weights are then its best epoch so far, not its result. (Models from before
     /// this field are finished ones.)
@@ -68,6 +73,35 @@ fn yes() -> bool {
 }
 
 impl ModelMeta {
+    /// The task `--task NAME` names (`None`: the target, task 0), refused with the list of
+    /// tasks when there is no such task.
+    pub fn task(&self, name: Option<&str>) -> Result<usize> {
+        let Some(name) = name else { return Ok(0) };
+        if self.tasks.is_empty() {
+            bail!("--task {name}: this model was trained on one task, without --task");
+        }
+        self.tasks
+            .iter()
+            .position(|t| t.name == name)
+            .with_context(|| {
+                format!(
+                    "--task {name}: the model has no such task; its tasks are {}",
+                    self.task_names().join(", ")
+                )
+            })
+    }
+
+    pub fn task_names(&self) -> Vec<&str> {
+        self.tasks.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// Task `k`'s block of the labels (every label without tasks).
+    pub fn task_labels(&self, k: usize) -> std::ops::Range<usize> {
+        self.tasks
+            .get(k)
+            .map_or(0..self.labels.len(), |t| t.labels.clone())
+    }
+
     /// Reads `model.json` of format 1 or 2 (a format-1 model's flat record becomes its parts).
     pub fn from_json(text: &str) -> Result<Self> {
         let mut value: serde_json::Value = serde_json::from_str(text)?;
@@ -110,6 +144,7 @@ impl ModelMeta {
             version: env!("CARGO_PKG_VERSION").into(),
             encoder: None,
             label_map: BTreeMap::new(),
+            tasks: Vec::new(),
             finished: false,
             weights_sha256: None,
             optimizer_sha256: None,
@@ -287,9 +322,15 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
         );
     }
     let vocab_ok = meta.encoder.is_some() || meta.vocab.len() == meta.model.vocab_size();
-    if meta.labels.len() != meta.model.num_classes() || !vocab_ok {
+    let tasks_ok = meta.tasks.is_empty()
+        || (meta.tasks.len() == meta.model.heads.len()
+            && meta.tasks.iter().enumerate().all(|(k, t)| {
+                t.labels.start == meta.model.head_offset(k)
+                    && t.labels.len() == meta.model.heads[k].num_classes
+            }));
+    if meta.labels.len() != meta.model.num_classes() || !vocab_ok || !tasks_ok {
         bail!(
-            "{} is inconsistent: labels or vocabulary do not match the model's shape",
+            "{} is inconsistent: labels, tasks or vocabulary do not match the model's shape",
             meta_path.display()
         );
     }
@@ -359,8 +400,11 @@ pub fn load_labelled(
     path: &Path,
     opts: &LoadOptions,
     unknown_labels: UnknownLabels,
+    task: usize,
 ) -> Result<Vec<(Vec<u32>, u32)>> {
     let meta = &m.meta;
+    // A task's labels are read as that task's (its block of the model's labels).
+    let block = meta.task_labels(task);
     let loaded = load::load(path, opts)?;
     let mut out = Vec::with_capacity(loaded.records.len());
     let mut unknown: Vec<String> = Vec::new();
@@ -369,8 +413,11 @@ pub fn load_labelled(
         if let Some(l) = meta.label_map.get(&r.label) {
             r.label = l.clone();
         }
-        match meta.labels.iter().position(|l| *l == r.label) {
-            Some(id) => out.push((m.encode(&r.text), id as u32)),
+        match meta.labels[block.clone()]
+            .iter()
+            .position(|l| *l == r.label)
+        {
+            Some(id) => out.push((m.encode(&r.text), (block.start + id) as u32)),
             None => {
                 skipped += 1;
                 if !unknown.contains(&r.label) {

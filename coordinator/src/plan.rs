@@ -73,11 +73,14 @@ impl TrainPlan {
             .map(str::parse::<ClassWeights>)
             .transpose()
             .map_err(anyhow::Error::msg)?;
-        if args.data.data.is_empty() {
+        if args.data.data.is_empty() && args.data.task.is_empty() {
             bail!(
-                "no training data: give --data PATH (e.g. --data data/trec/train.tsv); see --help"
+                "no training data: give --data PATH (e.g. --data data/trec/train.tsv), or tasks \
+                 with --task NAME=PATH; see --help"
             );
         }
+        let tasks = common::data::tasks::ordered(&args.data)?;
+        check_task_tests(&args, tasks.as_deref())?;
         if args.train.patience.is_some()
             && args.data.eval.is_none()
             && args.data.eval_split.is_none()
@@ -155,8 +158,13 @@ impl TrainPlan {
     fn input_paths(&self) -> Vec<&std::path::Path> {
         let args = &self.args;
         let data = args.data.data.iter().map(|s| s.path.as_path());
+        let tasks = args.data.task.iter().map(|t| t.source.path.as_path());
+        let task_files =
+            (args.data.task_eval.iter().chain(&args.task_test)).map(|f| f.path.as_path());
         let others = [&args.data.eval, &args.test, &args.data.label_map];
-        data.chain(others.into_iter().flatten().map(|p| p.as_path()))
+        data.chain(tasks)
+            .chain(task_files)
+            .chain(others.into_iter().flatten().map(|p| p.as_path()))
             .collect()
     }
 
@@ -167,6 +175,35 @@ impl TrainPlan {
             .map(crate::rundir::InputFile::hash)
             .collect()
     }
+}
+
+/// `--task-test` names tasks, each once, and the target's test set is `--test` or one of them.
+fn check_task_tests(
+    args: &TrainArgs,
+    tasks: Option<&[common::data::tasks::TaskSpec]>,
+) -> Result<()> {
+    let Some(tasks) = tasks else {
+        if let Some(f) = args.task_test.first() {
+            bail!("--task-test {f} needs tasks: give them with --task NAME=PATH");
+        }
+        return Ok(());
+    };
+    let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    for (i, f) in args.task_test.iter().enumerate() {
+        if !names.contains(&f.name.as_str()) {
+            bail!(
+                "--task-test {f}: {} is not a task; the tasks are {}",
+                f.name,
+                names.join(", ")
+            );
+        }
+        let twice = args.task_test[..i].iter().any(|g| g.name == f.name)
+            || (f.name == names[0] && args.test.is_some());
+        if twice {
+            bail!("two test sets for task {}", f.name);
+        }
+    }
+    Ok(())
 }
 
 /// The model's input: at most one pretrained start, and nothing frozen that starts random.

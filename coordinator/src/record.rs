@@ -27,7 +27,10 @@ pub struct MetricsLine {
     /// Training figures per `--data` source, on mixed data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sources: Option<Vec<SourceFigures>>,
-    /// With a validation set.
+    /// With --task: each task's figures, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<std::collections::BTreeMap<String, TaskFigures>>,
+    /// With a validation set (with tasks, the target's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,6 +47,22 @@ pub struct SourceFigures {
     pub examples: u64,
     pub train_loss: f64,
     pub train_accuracy: f64,
+}
+
+/// One task's figures in an epoch: training, and validation when it has a validation set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskFigures {
+    pub examples: u64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_examples: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_macro_f1: Option<f64>,
 }
 
 /// One epoch in the summary's `epoch_log`: every planned example trained, by how many workers.

@@ -32,6 +32,8 @@ pub struct WorkerReport {
     /// Validation: row-major confusion counts (true × predicted) and summed loss.
     pub confusion: Vec<u64>,
     pub eval_loss_sum: f64,
+    /// With several tasks: the validation loss summed per task.
+    pub eval_loss_by_task: Vec<f64>,
     /// With --encoder: sentences encoded, answered from the cache, and seconds spent encoding.
     pub encoded: u64,
     pub encode_cached: u64,
@@ -64,6 +66,7 @@ impl From<pb::EpochReport> for WorkerReport {
             bytes_sent: r.bytes_sent,
             confusion: r.confusion,
             eval_loss_sum: r.eval_loss_sum,
+            eval_loss_by_task: r.eval_loss_by_task,
             encoded: r.encoded,
             encode_cached: r.encode_cached,
             encode_seconds: r.encode_seconds,

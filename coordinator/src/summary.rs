@@ -1,5 +1,6 @@
 //! `summary.json`: what a finished run reports, and what `run` returns.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use common::data::config::DataConfig;
@@ -30,7 +31,11 @@ pub struct Summary {
     pub per_class: Option<Vec<ClassMetrics>>,
     /// Row-major, true × predicted.
     pub confusion: Option<Vec<u64>>,
+    /// The classes of `per_class` and `confusion`: with tasks, the target's.
     pub labels: Vec<String>,
+    /// With --task: each task's labels, and the test figures of each tested one, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<BTreeMap<String, TaskSummary>>,
     /// 1-based: the epoch whose model was kept.
     pub best_epoch: u64,
     pub selected_on: SelectedOn,
@@ -55,6 +60,23 @@ pub struct Summary {
     pub config: RunConfig,
     /// The files the run read, hashed.
     pub data_files: Vec<InputFile>,
+}
+
+/// A task of a multi-task run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    /// Whether it is the target, which the headline figures are of.
+    pub target: bool,
+    pub labels: Vec<String>,
+    /// With a test set for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_examples: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macro_f1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macro_f1_present: Option<f64>,
 }
 
 /// Where the headline figures come from.
@@ -98,6 +120,8 @@ pub struct RunConfig {
     pub data: DataConfig,
     pub train: TrainConfig,
     pub test: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_test: Vec<common::data::tasks::TaskFile>,
     pub workers: usize,
     pub threads: usize,
     /// `cpu` or `cuda`.

@@ -311,7 +311,8 @@ impl Job {
         }
         self.progress.epoch.store(epoch, Ordering::Relaxed);
         let mut confusion = Confusion::new(self.classes);
-        let mut eval_loss = 0.0;
+        // Summed per head: with tasks, each task's validation loss is its own.
+        let mut eval_loss = vec![0.0; self.spec.model.heads.len()];
         loop {
             let msg = match rt.block_on(stream.message()) {
                 Ok(Some(msg)) => msg,
@@ -361,12 +362,13 @@ impl Job {
                     );
                 }
                 Some(pb::epoch_message::Kind::Eval(eval)) => {
-                    eval_loss += evaluate_part(
+                    let part = evaluate_part(
                         self.replica.compute(),
                         &eval.examples,
                         self.classes,
                         &mut confusion,
                     )?;
+                    eval_loss.iter_mut().zip(part).for_each(|(a, b)| *a += b);
                 }
                 _ => {
                     return Err(
@@ -387,7 +389,10 @@ impl Job {
         report.epoch = epoch;
         report.generation = self.membership.generation.load(Ordering::SeqCst);
         report.applied_examples = self.at.applied;
-        report.eval_loss_sum = eval_loss;
+        report.eval_loss_sum = eval_loss.iter().sum();
+        if eval_loss.len() > 1 {
+            report.eval_loss_by_task = eval_loss;
+        }
         report.confusion = confusion.counts;
         report.bytes_sent = self.ring.take_bytes_sent();
         report.peak_rss_bytes = common::peak_rss_bytes();
@@ -740,15 +745,16 @@ fn to_batch(examples: &[pb::Example], classes: usize, vocab: usize) -> Result<Ba
         .with_keys(&keys)?)
 }
 
-/// Adds the examples' predictions to `confusion`; returns their summed cross-entropy.
+/// Adds the examples' predictions to `confusion`; returns their summed cross-entropy per
+/// head.
 fn evaluate_part(
     model: &Classifier,
     examples: &[pb::Example],
     classes: usize,
     confusion: &mut Confusion,
-) -> Result<f64> {
+) -> Result<Vec<f64>> {
     if examples.is_empty() {
-        return Ok(0.0);
+        return Ok(vec![0.0; model.config().heads.len()]);
     }
     check_examples(examples, classes, model.config().vocab_size())?;
     let pairs: Vec<(&[u32], u32)> = examples
@@ -762,7 +768,7 @@ fn evaluate_part(
             part.confusion.classes
         );
     }
-    Ok(part.loss_sum)
+    Ok(part.loss_by_head)
 }
 
 /// A fresh NCCL unique id when this worker can all-reduce with NCCL (rank 0's is used).

@@ -175,6 +175,13 @@ pub fn ordered(cfg: &DataConfig) -> Result<Option<Vec<TaskSpec>>, DataError> {
             return refuse(format!("two validation sets for task {}", f.name));
         }
     }
+    if !cfg.task_eval.is_empty() && cfg.eval.is_none() && cfg.eval_split.is_none() {
+        return refuse(format!(
+            "--task-eval validates other tasks beside the target, and the target {} has no \
+             validation set: give --eval FILE or --eval-split FRACTION too",
+            names[target]
+        ));
+    }
     let mut tasks = cfg.task.clone();
     let t = tasks.remove(target);
     tasks.insert(0, t);

@@ -39,6 +39,10 @@ pub struct EvaluateArgs {
     /// labels, or leave them out (counted in the log).
     #[arg(long, value_enum, default_value = "error")]
     pub unknown_labels: UnknownLabels,
+    /// A multi-task model's task to evaluate (default: the target): the data's labels are
+    /// that task's, and its head answers.
+    #[arg(long, value_name = "NAME")]
+    pub task: Option<String>,
     /// Print one JSON object on stdout instead of a report.
     #[arg(long)]
     pub json: bool,
@@ -56,16 +60,26 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         label_column: args.label_column,
         on_bad_line: args.on_bad_line,
     };
-    let data = model_dir::load_labelled(&m, &args.data, &opts, args.unknown_labels)?;
+    let task = m.meta.task(args.task.as_deref())?;
+    let block = m.meta.task_labels(task);
+    let labels = &m.meta.labels[block.clone()];
+    let data = model_dir::load_labelled(&m, &args.data, &opts, args.unknown_labels, task)?;
     let pairs: Vec<(&[u32], u32)> = data.iter().map(|(s, l)| (s.as_slice(), *l)).collect();
-    let c = evaluate_model(&m.model, &pairs)?.confusion;
-    if let Some(note) = c.absent_note(&m.meta.labels) {
+    let all = evaluate_model(&m.model, &pairs)?.confusion;
+    let c = match block.len() == all.classes {
+        true => all,
+        false => all.block(block.start, block.len()),
+    };
+    if let Some(note) = c.absent_note(labels) {
         tracing::warn!("{}: {note}", args.data.display());
     }
-    let per_class = c.per_class(&m.meta.labels);
+    let per_class = c.per_class(labels);
     let mut out = std::io::stdout().lock();
     if args.json {
-        let v = json!({"accuracy": c.accuracy(), "macro_f1": c.macro_f1(), "macro_f1_present": c.macro_f1_present(), "examples": c.total(), "per_class": per_class, "confusion": c.counts, "labels": m.meta.labels});
+        let mut v = json!({"accuracy": c.accuracy(), "macro_f1": c.macro_f1(), "macro_f1_present": c.macro_f1_present(), "examples": c.total(), "per_class": per_class, "confusion": c.counts, "labels": labels});
+        if let Some(t) = m.meta.tasks.get(task) {
+            v["task"] = json!(t.name);
+        }
         writeln!(out, "{v}")?;
     } else {
         writeln!(

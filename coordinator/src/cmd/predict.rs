@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use common::train::predict_all;
+use common::train::predict_all_by;
 use serde_json::json;
 
 use crate::model_dir;
@@ -27,6 +27,11 @@ pub struct PredictArgs {
     /// tab, line break or backslash inside a sentence as `\t`, `\n`, `\r` or `\\`.
     #[arg(long)]
     pub json: bool,
+    /// A multi-task model's task to answer for (default: the target), or `all`: every task's
+    /// label, one `TASK=LABEL<TAB>PROBABILITY` pair per task before the sentence (in JSON,
+    /// a "tasks" object by name).
+    #[arg(long, value_name = "NAME|all")]
+    pub task: Option<String>,
     /// The encoder directory, for a model trained with --encoder (default: where it was at
     /// training). It must be the same encoder, byte for byte.
     #[arg(long, value_name = "DIR")]
@@ -85,9 +90,19 @@ pub fn run(args: PredictArgs) -> Result<()> {
         .collect();
     let seqs: Vec<Vec<u32>> = given.iter().map(|&i| m.encode(&texts[i])).collect();
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-    let mut preds = vec![None; texts.len()];
-    for (&i, pred) in given.iter().zip(predict_all(&m.model, &refs)?) {
-        preds[i] = Some(pred);
+    let tasks: Vec<usize> = match args.task.as_deref() {
+        Some("all") if !m.meta.tasks.is_empty() => (0..m.meta.tasks.len()).collect(),
+        name => vec![m.meta.task(name)?],
+    };
+    // Per task asked: each sentence's label (an index into the model's labels) and probability.
+    let mut answers: Vec<Vec<Option<(usize, f32)>>> = Vec::new();
+    for &task in &tasks {
+        let offset = m.meta.task_labels(task).start;
+        let mut preds = vec![None; texts.len()];
+        for (&i, (label, probs)) in given.iter().zip(predict_all_by(&m.model, &refs, task)?) {
+            preds[i] = Some((offset + label, probs[label]));
+        }
+        answers.push(preds);
     }
     let mut unknown = vec![None; texts.len()];
     for (&i, ids) in given.iter().zip(&seqs) {
@@ -103,21 +118,45 @@ pub fn run(args: PredictArgs) -> Result<()> {
         unknown[i] = Some(fraction);
     }
     let mut out = std::io::stdout().lock();
-    for ((text, pred), unknown) in texts.iter().zip(preds).zip(unknown) {
-        let (name, p) = match &pred {
-            Some((label, probs)) => (Some(&m.meta.labels[*label]), Some(probs[*label])),
+    let every = args.task.as_deref() == Some("all") && !m.meta.tasks.is_empty();
+    for (i, (text, unknown)) in texts.iter().zip(unknown).enumerate() {
+        let answer = |k: usize| match answers[k][i] {
+            Some((label, p)) => (Some(&m.meta.labels[label]), Some(p)),
             None => (None, None),
         };
-        if args.json {
-            writeln!(
-                out,
-                "{}",
-                json!({"text": text, "label": name, "probability": p, "unknown_fraction": unknown})
-            )?;
-        } else {
-            let name = name.map_or("", String::as_str);
-            let p = p.map_or(String::new(), |p| format!("{p:.4}"));
-            writeln!(out, "{name}\t{p}\t{}", one_field(text))?;
+        let plain = |(name, p): (Option<&String>, Option<f32>)| {
+            let name = name.map_or("", String::as_str).to_string();
+            (name, p.map_or(String::new(), |p| format!("{p:.4}")))
+        };
+        match (args.json, every) {
+            (true, false) => {
+                let (name, p) = answer(0);
+                let v = json!({"text": text, "label": name, "probability": p, "unknown_fraction": unknown});
+                writeln!(out, "{v}")?;
+            }
+            (true, true) => {
+                let by_task: serde_json::Map<String, serde_json::Value> = tasks
+                    .iter()
+                    .map(|&k| {
+                        let (name, p) = answer(k);
+                        let v = json!({"label": name, "probability": p});
+                        (m.meta.tasks[k].name.clone(), v)
+                    })
+                    .collect();
+                let v = json!({"text": text, "tasks": by_task, "unknown_fraction": unknown});
+                writeln!(out, "{v}")?;
+            }
+            (false, false) => {
+                let (name, p) = plain(answer(0));
+                writeln!(out, "{name}\t{p}\t{}", one_field(text))?;
+            }
+            (false, true) => {
+                for &k in &tasks {
+                    let (name, p) = plain(answer(k));
+                    write!(out, "{}={name}\t{p}\t", m.meta.tasks[k].name)?;
+                }
+                writeln!(out, "{}", one_field(text))?;
+            }
         }
     }
     Ok(())

@@ -7,19 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use common::data::tasks::Task;
 use common::metrics::Confusion;
 use common::train::GroupTotals;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::gather::gather;
+use super::gather::{gather, TaskEval};
 use super::prepare::Prepared;
 use crate::interrupt::StopNote;
 use crate::local::Fleet;
 use crate::membership::Regroup;
 use crate::model_dir::{self, ModelMeta};
 use crate::plan::TrainPlan;
-use crate::record::{EpochLogEntry, LostWorker, MetricsLine, SourceFigures};
+use crate::record::{EpochLogEntry, LostWorker, MetricsLine, SourceFigures, TaskFigures};
 use crate::report::StepCheckpoint;
 use crate::rundir::{RunDir, RunState};
 use crate::service::{EpochPlan, Inbox, Shared};
@@ -49,6 +50,34 @@ fn per_source_figures(
             })
             .collect(),
     )
+}
+
+/// Each task's training figures (source k is task k) and validation figures; `None` without
+/// tasks.
+fn per_task_figures(
+    stats: &BTreeMap<u32, GroupTotals>,
+    tasks: &[Task],
+    eval: &[TaskEval],
+) -> Option<BTreeMap<String, TaskFigures>> {
+    if tasks.is_empty() {
+        return None;
+    }
+    let n = |x: u64| x.max(1) as f64;
+    let figures = tasks.iter().enumerate().map(|(k, task)| {
+        let s = stats.get(&(k as u32)).copied().unwrap_or_default();
+        let e = eval.iter().find(|e| e.task == task.name);
+        let f = TaskFigures {
+            examples: s.examples,
+            train_loss: s.loss_sum / n(s.examples),
+            train_accuracy: s.correct as f64 / n(s.examples),
+            eval_examples: e.map(|e| e.confusion.total()),
+            eval_loss: e.map(|e| e.loss),
+            eval_accuracy: e.map(|e| e.confusion.accuracy()),
+            eval_macro_f1: e.map(|e| e.confusion.macro_f1()),
+        };
+        (task.name.clone(), f)
+    });
+    Some(figures.collect())
 }
 
 /// What the epochs produced, for the summary.
@@ -112,6 +141,7 @@ pub(super) async fn drive(
     );
     meta.encoder = spec.encoder.clone();
     meta.label_map = pipeline.label_map().clone();
+    meta.tasks = pipeline.tasks().to_vec();
     let has_eval = !eval.is_empty();
     let mut progress = resumed.unwrap_or_default();
     let mut epochs = progress.epochs_done;
@@ -174,6 +204,7 @@ pub(super) async fn drive(
             &regroup,
             inbox,
             fleet,
+            pipeline.tasks(),
             labels.len(),
             &bar,
             lost_entering,
@@ -243,6 +274,7 @@ pub(super) async fn drive(
             encode_cached: encoding.then_some(s.encode_cached),
             encode_s: encoding.then_some(s.encode_seconds),
             sources: train_by_source.clone(),
+            tasks: per_task_figures(&s.sources, pipeline.tasks(), &s.eval_by_task),
             eval_loss: s.eval.as_ref().map(|(l, _)| *l),
             eval_accuracy: s.eval.as_ref().map(|(_, c)| c.accuracy()),
             eval_macro_f1: s.eval.as_ref().map(|(_, c)| c.macro_f1()),

@@ -2,24 +2,36 @@
 
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+use std::ops::Range;
+
 use anyhow::Result;
+use common::data::tasks::Task;
 use common::metrics::Confusion;
+use common::model::Classifier;
 
 use super::epochs::Record;
-use super::prepare::TestSet;
+use super::prepare::{TaskTest, TestSet};
 use crate::model_dir;
 use crate::plan::TrainPlan;
 use crate::rundir::RunDir;
-use crate::summary::{EncoderSummary, EvaluatedOn, PeakRss, RunConfig, Summary};
+use crate::summary::{EncoderSummary, EvaluatedOn, PeakRss, RunConfig, Summary, TaskSummary};
 
 pub(super) async fn finish(
     plan: &TrainPlan,
     run_dir: &RunDir,
     record: Record,
     test: Option<TestSet>,
-    labels: &[String],
+    task_tests: Vec<TaskTest>,
+    tasks: &[Task],
+    all_labels: &[String],
     started: Instant,
 ) -> Result<Summary> {
+    // With tasks, the headline figures are the target's: its block of the labels.
+    let target = tasks
+        .first()
+        .map_or(0..all_labels.len(), |t| t.labels.clone());
+    let labels = &all_labels[target.clone()];
     let args = &plan.args;
     // Training is over: the model is the run's result (before it is loaded for the test, so
     // loading does not warn that it is unfinished).
@@ -27,19 +39,39 @@ pub(super) async fn finish(
     let model_path = run_dir.model();
     let loaded = tokio::task::spawn_blocking(move || model_dir::load(&model_path)).await??;
     let test_confusion = match &test {
-        Some(TestSet { examples, .. }) => {
-            let data: Vec<(Vec<u32>, u32)> = examples
-                .iter()
-                .map(|e| (e.tokens.clone(), e.label))
-                .collect();
-            let pairs: Vec<(&[u32], u32)> = data.iter().map(|(s, l)| (s.as_slice(), *l)).collect();
-            let c = common::train::evaluate(&loaded.model, &pairs)?.confusion;
-            if let Some(note) = c.absent_note(labels) {
-                tracing::warn!("test set: {note}");
-            }
-            Some(c)
-        }
+        Some(set) => Some(test_confusion_of(&loaded.model, set, &target, labels)?),
         None => None,
+    };
+    let tasks_summary = match tasks.is_empty() {
+        true => None,
+        false => {
+            let mut out = BTreeMap::new();
+            for (k, task) in tasks.iter().enumerate() {
+                let own = &all_labels[task.labels.clone()];
+                let tested = match k {
+                    0 => test.as_ref().zip(test_confusion.clone()),
+                    _ => match task_tests.iter().find(|t| t.task == k) {
+                        Some(t) => Some((
+                            &t.set,
+                            test_confusion_of(&loaded.model, &t.set, &task.labels, own)?,
+                        )),
+                        None => None,
+                    },
+                };
+                out.insert(
+                    task.name.clone(),
+                    TaskSummary {
+                        target: k == 0,
+                        labels: own.to_vec(),
+                        test_examples: tested.as_ref().map(|(s, _)| s.examples.len()),
+                        accuracy: tested.as_ref().map(|(_, c)| c.accuracy()),
+                        macro_f1: tested.as_ref().map(|(_, c)| c.macro_f1()),
+                        macro_f1_present: tested.as_ref().map(|(_, c)| c.macro_f1_present()),
+                    },
+                );
+            }
+            Some(out)
+        }
     };
     let headline = test_confusion
         .as_ref()
@@ -65,6 +97,7 @@ pub(super) async fn finish(
         per_class: headline.map(|c| c.per_class(labels)),
         confusion: headline.map(|c| c.counts.clone()),
         labels: labels.to_vec(),
+        tasks: tasks_summary,
         best_epoch: record.best_epoch,
         selected_on: record.selected_on,
         epochs: record.epochs,
@@ -93,6 +126,7 @@ pub(super) async fn finish(
             data: args.data.clone(),
             train: args.train.clone(),
             test: args.test.clone(),
+            task_test: args.task_test.clone(),
             workers: plan.world,
             threads: plan.threads,
             device: format!("{:?}", args.device).to_lowercase(),
@@ -120,4 +154,27 @@ pub(super) async fn finish(
         ),
     }
     Ok(summary)
+}
+
+/// The confusion of a test set (of the task whose labels are `block`), over that block only.
+fn test_confusion_of(
+    model: &Classifier,
+    set: &TestSet,
+    block: &Range<usize>,
+    labels: &[String],
+) -> Result<Confusion> {
+    let pairs: Vec<(&[u32], u32)> = set
+        .examples
+        .iter()
+        .map(|e| (e.tokens.as_slice(), e.label))
+        .collect();
+    let all = common::train::evaluate(model, &pairs)?.confusion;
+    let c = match block.len() == all.classes {
+        true => all,
+        false => all.block(block.start, block.len()),
+    };
+    if let Some(note) = c.absent_note(labels) {
+        tracing::warn!("test set: {note}");
+    }
+    Ok(c)
 }

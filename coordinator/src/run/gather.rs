@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use common::data::tasks::Task;
 use common::metrics::Confusion;
 use common::train::GroupTotals;
 use indicatif::ProgressBar;
@@ -28,7 +29,10 @@ pub(super) struct EpochSummary {
     pub(super) compute_s_per_step: f64,
     pub(super) update_s_per_step: f64,
     pub(super) bytes_per_step: f64,
+    /// Validation loss and confusion: with tasks, the target's.
     pub(super) eval: Option<(f64, Confusion)>,
+    /// With tasks: each validated task's name, loss and confusion.
+    pub(super) eval_by_task: Vec<TaskEval>,
     pub(super) weights: Vec<u8>,
     pub(super) optimizer: Vec<u8>,
     pub(super) diverged: bool,
@@ -49,6 +53,14 @@ pub(super) struct EpochSummary {
     pub(super) lost: Vec<Lost>,
 }
 
+/// One task's validation figures in an epoch.
+#[derive(Debug, Clone)]
+pub(super) struct TaskEval {
+    pub(super) task: String,
+    pub(super) loss: f64,
+    pub(super) confusion: Confusion,
+}
+
 /// Waits for every worker's report of the epoch, watching for lost workers meanwhile: a
 /// worker whose process exits, whose heartbeats stop, or a survivor asking to regroup starts a
 /// membership change, after which the reports of the new membership are awaited.
@@ -56,6 +68,7 @@ pub(super) async fn gather(
     regroup: &Regroup<'_>,
     inbox: &mut Inbox,
     fleet: &mut Fleet,
+    tasks: &[Task],
     classes: usize,
     bar: &ProgressBar,
     lost_before: Vec<Lost>,
@@ -167,6 +180,7 @@ pub(super) async fn gather(
         .iter()
         .map(|r| r.confusion.iter().sum::<u64>())
         .sum();
+    let mut eval_by_task = Vec::new();
     let eval = if eval_n > 0 {
         let mut c = Confusion::new(classes);
         for r in &reports {
@@ -175,7 +189,16 @@ pub(super) async fn gather(
             c.merge(&part);
         }
         let l: f64 = reports.iter().map(|r| r.eval_loss_sum).sum();
-        Some((l / eval_n as f64, c))
+        if tasks.is_empty() {
+            Some((l / eval_n as f64, c))
+        } else {
+            eval_by_task = per_task(&reports, tasks, &c)?;
+            // The target (task 0) is what selection and the headline figures follow.
+            eval_by_task
+                .first()
+                .filter(|t| t.task == tasks[0].name)
+                .map(|t| (t.loss, t.confusion.clone()))
+        }
     } else {
         None
     };
@@ -199,6 +222,7 @@ pub(super) async fn gather(
         update_s_per_step: update / steps,
         bytes_per_step: bytes / steps,
         eval,
+        eval_by_task,
         weights: std::mem::take(&mut rank0.weights),
         optimizer: std::mem::take(&mut rank0.optimizer_state),
         diverged: rank0.diverged,
@@ -211,4 +235,30 @@ pub(super) async fn gather(
         workers,
         lost: lost_here,
     })
+}
+
+/// Each task's validation figures, from its block of the confusion and the workers' losses per
+/// task; tasks without a validation example are left out.
+fn per_task(reports: &[WorkerReport], tasks: &[Task], c: &Confusion) -> Result<Vec<TaskEval>> {
+    let mut out = Vec::new();
+    for (k, task) in tasks.iter().enumerate() {
+        let confusion = c.block(task.labels.start, task.labels.len());
+        let n = confusion.total();
+        if n == 0 {
+            continue;
+        }
+        let mut loss = 0.0;
+        for r in reports {
+            loss += r
+                .eval_loss_by_task
+                .get(k)
+                .context("a worker sent no validation loss per task")?;
+        }
+        out.push(TaskEval {
+            task: task.name.clone(),
+            loss: loss / n as f64,
+            confusion,
+        });
+    }
+    Ok(out)
 }

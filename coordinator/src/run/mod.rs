@@ -185,6 +185,8 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
         run_dir,
         record,
         prepared.test,
+        prepared.task_tests,
+        prepared.pipeline.tasks(),
         &prepared.labels,
         started,
     )

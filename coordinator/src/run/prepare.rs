@@ -15,17 +15,25 @@ use common::train::{AdamConfig, RunSpec};
 use crate::plan::TrainPlan;
 use crate::rundir::Checkpoint;
 
-/// The `--test` set, encoded, and how many of its sentences the training data also holds.
+/// A test set, encoded, and how many of its sentences the training data also holds.
 pub(super) struct TestSet {
     pub(super) examples: Vec<Example>,
     pub(super) in_training: usize,
+}
+
+/// With tasks: the test set of a task other than the target (`--task-test`).
+pub(super) struct TaskTest {
+    pub(super) task: usize,
+    pub(super) set: TestSet,
 }
 
 /// A run's data and model, ready for its workers.
 pub(super) struct Prepared {
     pub(super) pipeline: Arc<Pipeline>,
     pub(super) eval: Arc<Vec<Example>>,
+    /// The target's test set (`--test`, or its `--task-test`).
     pub(super) test: Option<TestSet>,
+    pub(super) task_tests: Vec<TaskTest>,
     pub(super) labels: Vec<String>,
     pub(super) vocab: Vocab,
     pub(super) spec: RunSpec,
@@ -44,26 +52,23 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
         None => None,
     };
     let pipeline = Arc::new(pipeline);
-    let test = match &args.test {
-        Some(path) => {
-            let docs = pipeline.load_labelled(path, "test set")?;
-            let in_training = pipeline.texts_in_training(&docs);
-            if in_training > 0 {
-                tracing::warn!(
-                    "test set {}: {in_training} of its {} sentences also {} in the training data \
-                     (same tokens), so its accuracy overstates how the model does on new text",
-                    path.display(),
-                    docs.len(),
-                    if in_training == 1 { "occurs" } else { "occur" }
-                );
-            }
-            Some(TestSet {
-                examples: pipeline.encode_docs(&docs),
-                in_training,
-            })
-        }
+    let mut test = match &args.test {
+        Some(path) => Some(test_set(&pipeline, 0, path)?),
         None => None,
     };
+    let mut task_tests = Vec::new();
+    for f in &args.task_test {
+        let task = pipeline
+            .tasks()
+            .iter()
+            .position(|t| t.name == f.name)
+            .context("--task-test names no task")?;
+        let set = test_set(&pipeline, task, &f.path)?;
+        match task {
+            0 => test = Some(set),
+            _ => task_tests.push(TaskTest { task, set }),
+        }
+    }
     // Never empty when asked for: an empty --eval file or split is refused as the data loads.
     let eval = Arc::new(pipeline.eval_examples());
     let labels = pipeline.labels().to_vec();
@@ -100,7 +105,20 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
                     counts[d.label as usize] += 1;
                 }
             }
-            let w = w.resolve(&labels, &counts).map_err(anyhow::Error::msg)?;
+            // With tasks, each task's weights are resolved among its own classes.
+            // A label named in --class-weights must be some task's; it weighs it in each
+            // task that has it.
+            let mut resolved = Vec::with_capacity(labels.len());
+            w.resolve(&labels, &counts).map_err(anyhow::Error::msg)?;
+            for k in 0..pipeline.tasks().len().max(1) {
+                let block = pipeline.task_labels(k);
+                let own = w
+                    .within(&labels[block.clone()])
+                    .resolve(&labels[block.clone()], &counts[block])
+                    .map_err(anyhow::Error::msg)?;
+                resolved.extend(own);
+            }
+            let w = resolved;
             tracing::info!(
                 "class weights: {}",
                 labels
@@ -138,10 +156,13 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
                 layers: t.layers,
                 dropout: t.dropout,
             },
-            heads: vec![HeadConfig {
-                num_classes: labels.len(),
-                dropout: t.dropout,
-            }],
+            // One head per task, each over its block of the labels; one for all without tasks.
+            heads: (0..pipeline.tasks().len().max(1))
+                .map(|k| HeadConfig {
+                    num_classes: pipeline.task_labels(k).len(),
+                    dropout: t.dropout,
+                })
+                .collect(),
         },
         adam: AdamConfig {
             lr: t.lr,
@@ -164,10 +185,31 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
         pipeline,
         eval,
         test,
+        task_tests,
         labels,
         vocab,
         spec,
         initial_weights,
+    })
+}
+
+/// Task `task`'s test set at `path`, read with its labels and encoded; warns when the training
+/// data holds some of its sentences.
+fn test_set(pipeline: &Pipeline, task: usize, path: &Path) -> Result<TestSet> {
+    let docs = pipeline.load_labelled_for(task, path, "test set")?;
+    let in_training = pipeline.texts_in_training(&docs);
+    if in_training > 0 {
+        tracing::warn!(
+            "test set {}: {in_training} of its {} sentences also {} in the training data \
+             (same tokens), so its accuracy overstates how the model does on new text",
+            path.display(),
+            docs.len(),
+            if in_training == 1 { "occurs" } else { "occur" }
+        );
+    }
+    Ok(TestSet {
+        examples: pipeline.encode_docs(&docs),
+        in_training,
     })
 }
 
