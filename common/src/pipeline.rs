@@ -649,13 +649,16 @@ fn sorted_labels<'a>(records: impl Iterator<Item = &'a Record>) -> Vec<String> {
     labels
 }
 
+/// A run's label list, its tasks (each with its block of the list) and its rare classes.
+type Labelling = (Vec<String>, Vec<Task>, Vec<RareClass>);
+
 /// The label list of tasks (each task's sorted labels, a block after the other), the tasks
 /// with their blocks, and each task's rare classes. A task needs two classes.
 fn task_labels(
     names: &[String],
     per_source: &[Vec<Record>],
     sources: &[SourceInfo],
-) -> Result<(Vec<String>, Vec<Task>, Vec<RareClass>), DataError> {
+) -> Result<Labelling, DataError> {
     let mut labels = Vec::new();
     let mut tasks = Vec::new();
     let mut rare = Vec::new();
