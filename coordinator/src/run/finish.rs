@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use anyhow::Result;
-use common::data::tasks::Task;
 use common::metrics::Confusion;
 use common::model::Classifier;
+use common::pipeline::Pipeline;
 
 use super::epochs::Record;
-use super::prepare::{TaskTest, TestSet};
+use super::prepare::{TestSet, Tests};
 use crate::model_dir;
 use crate::plan::TrainPlan;
 use crate::rundir::RunDir;
@@ -21,12 +21,15 @@ pub(super) async fn finish(
     plan: &TrainPlan,
     run_dir: &RunDir,
     record: Record,
-    test: Option<TestSet>,
-    task_tests: Vec<TaskTest>,
-    tasks: &[Task],
-    all_labels: &[String],
+    tests: Tests,
+    pipeline: &Pipeline,
     started: Instant,
 ) -> Result<Summary> {
+    let (tasks, all_labels) = (pipeline.tasks(), pipeline.labels());
+    let Tests {
+        target: test,
+        others: task_tests,
+    } = tests;
     // With tasks, the headline figures are the target's: its block of the labels.
     let target = tasks
         .first()

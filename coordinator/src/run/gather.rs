@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use common::data::tasks::Task;
 use common::metrics::Confusion;
+use common::pipeline::Pipeline;
 use common::train::GroupTotals;
 use indicatif::ProgressBar;
 
@@ -68,12 +69,12 @@ pub(super) async fn gather(
     regroup: &Regroup<'_>,
     inbox: &mut Inbox,
     fleet: &mut Fleet,
-    tasks: &[Task],
-    classes: usize,
+    pipeline: &Pipeline,
     bar: &ProgressBar,
     lost_before: Vec<Lost>,
     save_checkpoint: &mut (dyn FnMut(StepCheckpoint) -> Result<()> + Send),
 ) -> Result<EpochSummary> {
+    let (tasks, classes) = (pipeline.tasks(), pipeline.labels().len());
     let shared = regroup.shared;
     let epoch = regroup.epoch;
     let timeout_ms = regroup.timeout.as_millis() as u64;

@@ -184,10 +184,8 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
         &plan,
         run_dir,
         record,
-        prepared.test,
-        prepared.task_tests,
-        prepared.pipeline.tasks(),
-        &prepared.labels,
+        prepared.tests,
+        &prepared.pipeline,
         started,
     )
     .await

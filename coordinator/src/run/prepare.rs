@@ -27,13 +27,17 @@ pub(super) struct TaskTest {
     pub(super) set: TestSet,
 }
 
+/// The run's test sets: the target's (`--test`, or its `--task-test`) and the other tasks'.
+pub(super) struct Tests {
+    pub(super) target: Option<TestSet>,
+    pub(super) others: Vec<TaskTest>,
+}
+
 /// A run's data and model, ready for its workers.
 pub(super) struct Prepared {
     pub(super) pipeline: Arc<Pipeline>,
     pub(super) eval: Arc<Vec<Example>>,
-    /// The target's test set (`--test`, or its `--task-test`).
-    pub(super) test: Option<TestSet>,
-    pub(super) task_tests: Vec<TaskTest>,
+    pub(super) tests: Tests,
     pub(super) labels: Vec<String>,
     pub(super) vocab: Vocab,
     pub(super) spec: RunSpec,
@@ -184,8 +188,10 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
     Ok(Prepared {
         pipeline,
         eval,
-        test,
-        task_tests,
+        tests: Tests {
+            target: test,
+            others: task_tests,
+        },
         labels,
         vocab,
         spec,
