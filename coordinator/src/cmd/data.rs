@@ -78,6 +78,12 @@ pub fn run(cmd: DataCommand) -> Result<()> {
 }
 
 fn export(p: &Pipeline, args: &ExportArgs) -> Result<()> {
+    if !p.tasks().is_empty() {
+        anyhow::bail!(
+            "data export writes one label space, and --task keeps several apart: export each \
+             task by itself with --data PATH"
+        );
+    }
     // The same file under any name (symlinks, `..`): writing it would lose what was read.
     if let Ok(out) = args.out.canonicalize() {
         let inputs = p.sources().iter().map(|s| s.path.as_path());
@@ -178,10 +184,14 @@ fn preview(p: &Pipeline, args: &PreviewArgs) -> Result<()> {
 }
 
 fn describe_sources(p: &Pipeline, out: &mut impl Write) -> Result<()> {
+    let what = match p.tasks().is_empty() {
+        true => "source",
+        false => "task",
+    };
     for s in p.sources() {
         write!(
             out,
-            "source {}: {} rows, {} duplicates dropped",
+            "{what} {}: {} rows, {} duplicates dropped",
             s.name, s.rows, s.duplicates
         )?;
         if s.skipped > 0 {
@@ -211,9 +221,22 @@ fn counts_table(p: &Pipeline, epoch: &Epoch<'_>, out: &mut impl Write) -> Result
     let labels = p.labels();
     let width = labels.iter().map(|l| l.len()).max().unwrap_or(0).max(7);
     writeln!(out, "class counts, before → after balancing")?;
+    let total: usize = epoch.after.iter().flatten().sum();
     for (s, src) in p.sources().iter().enumerate() {
-        writeln!(out, "{}", src.name)?;
-        for (c, label) in labels.iter().enumerate() {
+        // With tasks, a task's own classes, and its share of the epoch.
+        let block = match p.tasks().is_empty() {
+            true => 0..labels.len(),
+            false => {
+                let after: usize = epoch.after[s].iter().sum();
+                let share = 100.0 * after as f64 / total.max(1) as f64;
+                writeln!(out, "task {}: {share:.1}% of the epoch", src.name)?;
+                p.task_labels(s)
+            }
+        };
+        if p.tasks().is_empty() {
+            writeln!(out, "{}", src.name)?;
+        }
+        for (c, label) in labels.iter().enumerate().filter(|(c, _)| block.contains(c)) {
             writeln!(
                 out,
                 "  {label:<width$}  {:>7} → {:>7}",
@@ -221,7 +244,7 @@ fn counts_table(p: &Pipeline, epoch: &Epoch<'_>, out: &mut impl Write) -> Result
             )?;
         }
     }
-    if p.sources().len() > 1 {
+    if p.sources().len() > 1 && p.tasks().is_empty() {
         writeln!(out, "all sources")?;
         for (c, label) in labels.iter().enumerate() {
             let before: usize = epoch.before.iter().map(|v| v[c]).sum();

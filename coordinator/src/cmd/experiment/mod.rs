@@ -18,7 +18,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::cli::{TrainArgs, Workers};
 use crate::summary::Summary;
 use crate::TrainPlan;
-use common::data::config::{AugmentKind, SourceSpec};
+use common::data::config::{AugmentKind, DataConfig, SourceSpec};
+use common::data::tasks::TaskSpec;
 use common::resample::Balance;
 pub use report::Cell;
 
@@ -34,7 +35,13 @@ pub struct ExperimentArgs {
     #[arg(long, value_delimiter = ',', default_value = "100,500,2000,full")]
     pub sizes: Vec<String>,
     /// Conditions: baseline, eda, chars (character noise), balance, eda+balance,
-    /// augment-balance, mix (needs --mix), encoder and encoder+eda (need --encoder).
+    /// augment-balance; mix and multitask (need --mix); encoder and encoder+eda (need
+    /// --encoder); encoder+mix and encoder+multitask (need both).
+    ///
+    /// mix merges the --mix sources into the subsample's label space; multitask trains the
+    /// subsample as the target task and each --mix source as an auxiliary task with a head of
+    /// its own. A source whose labels differ from the subsample's cannot be mixed: its mix
+    /// cells are left out, and the report says why.
     #[arg(
         long,
         value_delimiter = ',',
@@ -44,10 +51,10 @@ pub struct ExperimentArgs {
     /// Seeds 0 … K−1: each draws its own subsample, validation split and initialisation.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub seeds: u64,
-    /// Another labelled source for the `mix` condition, PATH:WEIGHT (e.g. movie reviews mixed
-    /// into a small product-review set).
+    /// Another labelled source for the mix and multitask conditions, PATH:WEIGHT (e.g. movie
+    /// reviews beside a small product-review set); repeatable.
     #[arg(long, value_name = "PATH:WEIGHT")]
-    pub mix: Option<String>,
+    pub mix: Vec<String>,
     /// The pretrained encoder of the `encoder` and `encoder+eda` conditions (a BERT model
     /// directory, e.g. models/all-MiniLM-L6-v2): its frozen token vectors under the BiLSTM.
     #[arg(long, value_name = "DIR")]
@@ -82,8 +89,13 @@ enum Condition {
     Balance,
     EdaBalance,
     AugmentBalance,
-    /// Another source mixed in by weight.
-    Mix(SourceSpec),
+    /// Other sources mixed in by weight, into one label space (`merge`), or as auxiliary
+    /// tasks with heads of their own; under the frozen encoder or not.
+    Mix {
+        sources: Vec<SourceSpec>,
+        tasks: bool,
+        encoder: Option<PathBuf>,
+    },
     /// The frozen encoder's token vectors under the BiLSTM, with EDA or without.
     Encoder {
         dir: PathBuf,
@@ -92,7 +104,7 @@ enum Condition {
 }
 
 impl Condition {
-    fn parse(name: &str, mix: Option<&str>, encoder: Option<&Path>) -> Result<Self> {
+    fn parse(name: &str, mix: &[String], encoder: Option<&Path>) -> Result<Self> {
         Ok(match name {
             "baseline" => Condition::Baseline,
             "eda" => Condition::Eda,
@@ -100,11 +112,27 @@ impl Condition {
             "balance" => Condition::Balance,
             "eda+balance" => Condition::EdaBalance,
             "augment-balance" => Condition::AugmentBalance,
-            "mix" => {
-                let Some(mix) = mix else {
-                    bail!("the mix condition needs --mix PATH:WEIGHT");
+            "mix" | "multitask" | "encoder+mix" | "encoder+multitask" => {
+                if mix.is_empty() {
+                    bail!("the {name} condition needs --mix PATH:WEIGHT");
+                }
+                let sources = mix
+                    .iter()
+                    .map(|m| m.parse().map_err(|e| anyhow::anyhow!("--mix {m}: {e}")))
+                    .collect::<Result<Vec<SourceSpec>>>()?;
+                let encoder = match name.starts_with("encoder+") {
+                    false => None,
+                    true => Some(
+                        encoder
+                            .with_context(|| format!("the {name} condition needs --encoder DIR"))?
+                            .to_path_buf(),
+                    ),
                 };
-                Condition::Mix(mix.parse().map_err(|e| anyhow::anyhow!("--mix {mix}: {e}"))?)
+                Condition::Mix {
+                    sources,
+                    tasks: name.ends_with("multitask"),
+                    encoder,
+                }
             }
             "encoder" | "encoder+eda" => {
                 let Some(dir) = encoder else {
@@ -116,7 +144,9 @@ impl Condition {
                 }
             }
             other => bail!(
-                "unknown condition {other:?}: baseline, eda, chars, balance, eda+balance, augment-balance, mix, encoder, encoder+eda"
+                "unknown condition {other:?}: baseline, eda, chars, balance, eda+balance, \
+                 augment-balance, mix, multitask, encoder, encoder+eda, encoder+mix, \
+                 encoder+multitask"
             ),
         })
     }
@@ -134,7 +164,29 @@ impl Condition {
                 d.balance = Balance::Oversample;
             }
             Condition::AugmentBalance => d.balance = Balance::Augment,
-            Condition::Mix(source) => d.data.push(source.clone()),
+            Condition::Mix {
+                sources,
+                tasks,
+                encoder,
+            } => {
+                if *tasks {
+                    // The subsample is the target task; each source an auxiliary one.
+                    let target = std::mem::take(&mut d.data).remove(0);
+                    d.task.push(TaskSpec {
+                        name: "target".into(),
+                        source: target,
+                    });
+                    for (k, source) in sources.iter().enumerate() {
+                        d.task.push(TaskSpec {
+                            name: format!("aux{}", k + 1),
+                            source: source.clone(),
+                        });
+                    }
+                } else {
+                    d.data.extend(sources.iter().cloned());
+                }
+                args.train.encoder.clone_from(encoder);
+            }
             Condition::Encoder { dir, eda } => {
                 args.train.encoder = Some(dir.clone());
                 if *eda {
@@ -143,6 +195,36 @@ impl Condition {
             }
         }
     }
+}
+
+/// Why the --mix sources cannot be merged into `data`'s label space, if they cannot: a source
+/// whose labels are not `data`'s.
+fn labels_differ(data: &Path, mix: &[String]) -> Result<Option<String>> {
+    let labels = |path: &Path| -> Result<Vec<String>> {
+        let loaded = common::data::load::load(path, &DataConfig::default().load_options())
+            .with_context(|| format!("reading the labels of {}", path.display()))?;
+        let mut l: Vec<String> = loaded.records.into_iter().map(|r| r.label).collect();
+        l.sort_unstable();
+        l.dedup();
+        Ok(l)
+    };
+    let own = labels(data)?;
+    for m in mix {
+        let source: SourceSpec = m.parse().map_err(|e| anyhow::anyhow!("--mix {m}: {e}"))?;
+        let theirs = labels(&source.path)?;
+        if theirs != own {
+            return Ok(Some(format!(
+                "mix is left out: {} has the labels {} and {} has {}; merged into one label \
+                 space they would be other classes, not more examples of these (multitask \
+                 keeps each source's labels with a head of its own)",
+                source.path.display(),
+                theirs.join(", "),
+                data.display(),
+                own.join(", ")
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// The first item of `list` that appears again later in it.
@@ -237,7 +319,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     let conditions = args
         .conditions
         .iter()
-        .map(|c| Condition::parse(c, args.mix.as_deref(), args.encoder.as_deref()))
+        .map(|c| Condition::parse(c, &args.mix, args.encoder.as_deref()))
         .collect::<Result<Vec<_>>>()?;
     // A cell listed twice would be trained twice and counted twice in the report.
     for (flag, list) in [("--sizes", &args.sizes), ("--conditions", &args.conditions)] {
@@ -253,10 +335,26 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     }
     let results_path = args.out.join("results.jsonl");
     let mut cells = read_results(&results_path)?;
+    let mut notes = Vec::new();
+    let merges = conditions
+        .iter()
+        .any(|c| matches!(c, Condition::Mix { tasks: false, .. }));
+    let unmergeable = match merges {
+        true => labels_differ(&args.data, &args.mix)?,
+        false => None,
+    };
+    if let Some(why) = &unmergeable {
+        tracing::warn!("{why}");
+        notes.push(why.clone());
+    }
     let mut todo: Vec<(String, Option<usize>, String, &Condition, u64)> = Vec::new();
     for (label, n) in &sizes {
         for seed in 0..args.seeds {
             for (c, condition) in args.conditions.iter().zip(&conditions) {
+                let merge = matches!(condition, Condition::Mix { tasks: false, .. });
+                if merge && unmergeable.is_some() {
+                    continue;
+                }
                 let done = cells
                     .iter()
                     .any(|x| x.size == *label && x.condition == *c && x.seed == seed);
@@ -330,7 +428,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             .file_name()
             .map_or(String::new(), |f| f.to_string_lossy().into_owned())
     );
-    let report = report::markdown(&cells, &args.conditions, &title);
+    let report = report::markdown(&cells, &args.conditions, &title, &notes);
     common::fsutil::write_atomic(&args.out.join("report.md"), report.as_bytes())
         .context("writing report.md")?;
     report::plot(
@@ -358,7 +456,7 @@ mod tests {
             sizes: vec!["full".into()],
             conditions: vec![condition.into()],
             seeds: 1,
-            mix: None,
+            mix: vec!["sst2.tsv:0.5".into()],
             encoder: Some("models/enc".into()),
             workers: 1,
             threads: None,
@@ -367,8 +465,25 @@ mod tests {
             eval_split: 0.1,
             out: "out".into(),
         };
-        let c = Condition::parse(condition, None, args.encoder.as_deref())?;
+        let c = Condition::parse(condition, &args.mix, args.encoder.as_deref())?;
         cell_args(&args, Path::new("sample.tsv"), 0, &c, Path::new("run"))
+    }
+
+    #[test]
+    fn multitask_makes_the_subsample_the_target_and_each_mix_source_a_task() {
+        let mt = cell("multitask").unwrap();
+        assert!(mt.data.data.is_empty());
+        let tasks: Vec<String> = mt.data.task.iter().map(ToString::to_string).collect();
+        assert_eq!(tasks, ["target=sample.tsv", "aux1=sst2.tsv:0.5"]);
+        assert_eq!(mt.train.encoder, None);
+        let mix = cell("mix").unwrap();
+        let data: Vec<String> = mix.data.data.iter().map(ToString::to_string).collect();
+        assert_eq!(data, ["sample.tsv", "sst2.tsv:0.5"]);
+        assert!(mix.data.task.is_empty());
+        let enc = cell("encoder+multitask").unwrap();
+        assert_eq!(enc.train.encoder, Some("models/enc".into()));
+        assert_eq!(enc.data.task.len(), 2);
+        TrainPlan::from_args(mt).expect("a multitask cell is a valid run");
     }
 
     #[test]

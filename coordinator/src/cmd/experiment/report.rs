@@ -69,7 +69,8 @@ fn table<'a>(cells: &'a [Cell], conditions: &[String]) -> Table<'a> {
 }
 
 /// The markdown report.
-pub fn markdown(cells: &[Cell], conditions: &[String], title: &str) -> String {
+/// The markdown report; `notes` (why some cells are missing) follow the table.
+pub fn markdown(cells: &[Cell], conditions: &[String], title: &str, notes: &[String]) -> String {
     let t = table(cells, conditions);
     let mut out = format!(
         "# {title}\n\nTest accuracy / macro-F1 (%), mean ± standard deviation over seeds; the best \
@@ -112,6 +113,9 @@ pub fn markdown(cells: &[Cell], conditions: &[String], title: &str) -> String {
             }
         }
         out.push('\n');
+    }
+    for note in notes {
+        let _ = writeln!(out, "\nNote: {note}.");
     }
     out
 }
@@ -230,7 +234,7 @@ mod tests {
             cell("full", 1000, "eda", 0, 0.78),
         ];
         let conds = vec!["baseline".to_string(), "eda".to_string()];
-        let md = markdown(&cells, &conds, "test");
+        let md = markdown(&cells, &conds, "test", &[]);
         assert!(md.contains("| 100 (100 rows) | 55.0 ± 7.1 / 45.0 ± 7.1 (n=2) | **71.0 ± 1.4"));
         assert!(md.contains("| full (1000 rows) | **80.0 ± 0.0"));
         let dir = tempfile::tempdir().unwrap();
