@@ -22,28 +22,48 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn args(train: &Path, test: &Path, run: &Path) -> Vec<String> {
-    [
-        "--workers",
-        "3",
-        "--threads",
-        "1",
-        "--data",
-        train.to_str().unwrap(),
-        "--test",
-        test.to_str().unwrap(),
-        "--epochs",
-        "3",
-        "--seed",
-        "5",
-        "--heartbeat-timeout",
-        "2",
-        "--run-dir",
-        run.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// The training data's flags: `--data train`, or with `tasks` TREC as the target task beside
+/// the bundled SUBJ slice as an auxiliary one.
+fn data_flags(train: &Path, tasks: bool) -> Vec<String> {
+    match tasks {
+        false => vec!["--data".into(), train.display().to_string()],
+        true => vec![
+            "--task".into(),
+            format!("trec={}", train.display()),
+            "--task".into(),
+            format!(
+                "subj={}:0.3",
+                smalltext_tests::root()
+                    .join("data/subj/train.tsv")
+                    .display()
+            ),
+        ],
+    }
+}
+
+fn args(train: &Path, test: &Path, run: &Path, tasks: bool) -> Vec<String> {
+    let mut args = data_flags(train, tasks);
+    args.extend(
+        [
+            "--workers",
+            "3",
+            "--threads",
+            "1",
+            "--test",
+            test.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--seed",
+            "5",
+            "--heartbeat-timeout",
+            "2",
+            "--run-dir",
+            run.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    args
 }
 
 /// A coordinator whose log is collected as it runs.
@@ -200,6 +220,20 @@ fn check_record(lost: &Path, whole: &Path, pid: u32, reason: &str) {
             (a - b).abs() <= 1e-3 * b,
             "train loss {a} after a loss, {b} without"
         );
+        // With tasks, each task's examples too.
+        if let Some(tasks) = line["tasks"].as_object() {
+            let sum: u64 = tasks
+                .values()
+                .map(|t| t["examples"].as_u64().unwrap())
+                .sum();
+            assert_eq!(line["examples"].as_u64().unwrap(), sum, "{line}");
+            for (name, t) in tasks {
+                assert_eq!(
+                    t["examples"], undisturbed["tasks"][name]["examples"],
+                    "{line}"
+                );
+            }
+        }
     }
 }
 
@@ -207,16 +241,16 @@ fn check_record(lost: &Path, whole: &Path, pid: u32, reason: &str) {
 /// the second epoch; checks the run finished with the survivors, resumed mid-epoch, kept
 /// nothing behind and recorded it all (see `check_record`). Returns the second run's log and
 /// the victim's process id.
-fn lose_one(victim: usize, signal: &str, reason: &str) -> (String, u32) {
+fn lose_one(victim: usize, signal: &str, reason: &str, tasks: bool) -> (String, u32) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (train, test) = setup(dir.path());
     let (whole, lost) = (dir.path().join("whole"), dir.path().join("lost"));
-    let a = args(&train, &test, &whole);
+    let a = args(&train, &test, &whole, tasks);
     let o = coordinator(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let mut run = Running::start(&args(&train, &test, &lost));
+    let mut run = Running::start(&args(&train, &test, &lost, tasks));
     let pids: Vec<u32> = (0..3).map(|id| run.worker_pid(id)).collect();
     run.wait_into_second_epoch(&lost.join("metrics.jsonl"), 0.4);
     let pid = pids[victim];
@@ -246,7 +280,16 @@ fn lose_one(victim: usize, signal: &str, reason: &str) -> (String, u32) {
 
 #[test]
 fn a_worker_killed_mid_epoch_is_replaced_by_resharding_among_the_survivors() {
-    lose_one(1, "-KILL", "its process exited");
+    lose_one(1, "-KILL", "its process exited", false);
+}
+
+/// With two tasks the heads are dense parameters like the rest: the survivors of a lost
+/// worker reach the undisturbed run's weights, and each task's figures still cover the epoch
+/// (see `check_record`).
+#[test]
+fn a_multitask_run_that_loses_a_worker_stays_exact() {
+    let (log, _) = lose_one(2, "-KILL", "its process exited", true);
+    assert!(log.contains("epoch 3/3"), "{log}");
 }
 
 /// A hung worker (SIGSTOP: its sockets stay open, its heartbeats stop) is found by its
@@ -255,7 +298,7 @@ fn a_worker_killed_mid_epoch_is_replaced_by_resharding_among_the_survivors() {
 #[test]
 fn a_hung_worker_is_declared_lost_by_its_heartbeats_and_the_run_goes_on() {
     let started = Instant::now();
-    let (log, _) = lose_one(2, "-STOP", "no heartbeat for 2 s");
+    let (log, _) = lose_one(2, "-STOP", "no heartbeat for 2 s", false);
     assert!(log.contains("declared lost while running: killed"), "{log}");
     assert!(started.elapsed() < Duration::from_secs(120));
 }
@@ -270,7 +313,7 @@ fn a_worker_joining_a_run_under_way_is_admitted_at_the_next_epoch_boundary() {
     let (train, test) = setup(dir.path());
     let (whole, joined) = (dir.path().join("whole"), dir.path().join("joined"));
     let common = |run: &Path| -> Vec<String> {
-        let mut a = args(&train, &test, run);
+        let mut a = args(&train, &test, run, false);
         let at = a.iter().position(|x| x == "--epochs").unwrap();
         a[at + 1] = "4".into();
         a.drain(0..4); // --workers 3 --threads 1

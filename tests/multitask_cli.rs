@@ -273,3 +273,82 @@ fn what_cannot_be_meant_is_refused_with_a_clear_message() {
         "trec is not a task",
     );
 }
+
+#[test]
+fn a_killed_multitask_run_resumes_to_the_uninterrupted_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let trec_train = trec_slice(dir.path(), "train.tsv", 0, 400);
+    let trec_task = format!("trec={}", trec_train.display());
+    let subj_task = format!("subj={}:0.4", subj("train.tsv").display());
+    let args = |run: &Path| -> Vec<String> {
+        [
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--epochs",
+            "4",
+            "--dropout",
+            "0.3",
+            "--eval-split",
+            "0.1",
+            "--task",
+            &trec_task,
+            "--task",
+            &subj_task,
+            "--run-dir",
+            run.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let whole = coordinator(&args(&a).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(whole.status.success(), "{}", stderr(&whole));
+
+    let mut child = std::process::Command::new(smalltext_tests::bin("coordinator"))
+        .args(args(&b))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let metrics = b.join("metrics.jsonl");
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "no epoch 2"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "finished too early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = coordinator(&["--resume", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let diff = max_weight_diff(
+        &a.join("checkpoint/weights.safetensors"),
+        &b.join("checkpoint/weights.safetensors"),
+    );
+    assert!(diff <= 1e-5, "resumed weights differ by {diff}");
+    let (la, lb) = (
+        jsonl(&a.join("metrics.jsonl")),
+        jsonl(&b.join("metrics.jsonl")),
+    );
+    assert_eq!(lb.len(), 4);
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(
+            x["tasks"]["subj"]["examples"],
+            y["tasks"]["subj"]["examples"]
+        );
+        assert_eq!(
+            x["tasks"]["trec"]["eval_examples"],
+            y["tasks"]["trec"]["eval_examples"]
+        );
+    }
+    assert_eq!(
+        json(&b.join("model/model.json"))["tasks"][1]["name"],
+        "subj"
+    );
+}
