@@ -45,8 +45,15 @@ pub fn probabilities(weights: &[Option<f64>]) -> Result<Option<Vec<f64>>, String
 }
 
 /// One line telling what a weighted mix does: each source's share of the draws, how the
-/// given weights became those shares, and when an epoch ends.
-pub fn describe(names: &[&str], weights: &[Option<f64>], probs: &[f64], stop: MixStop) -> String {
+/// given weights became those shares, and when an epoch ends. `kind` names what is mixed:
+/// "source" (or "task").
+pub fn describe(
+    kind: &str,
+    names: &[&str],
+    weights: &[Option<f64>],
+    probs: &[f64],
+    stop: MixStop,
+) -> String {
     let shares: Vec<String> = names
         .iter()
         .zip(probs)
@@ -70,13 +77,13 @@ pub fn describe(names: &[&str], weights: &[Option<f64>], probs: &[f64], stop: Mi
         String::new()
     };
     let end = match stop {
-        MixStop::FirstExhausted => "one source runs out (--mix-stop first-exhausted)",
+        MixStop::FirstExhausted => format!("one {kind} runs out (--mix-stop first-exhausted)"),
         MixStop::AllExhausted => {
-            "every source has been drawn whole at least once (--mix-stop all-exhausted)"
+            format!("every {kind} has been drawn whole at least once (--mix-stop all-exhausted)")
         }
     };
     format!(
-        "mixing {} sources by weight: {} of the draws{how}; an epoch ends when {end}",
+        "mixing {} {kind}s by weight: {} of the draws{how}; an epoch ends when {end}",
         names.len(),
         shares.join(", ")
     )
@@ -146,14 +153,20 @@ mod tests {
         let w = [Some(0.9), Some(0.3)];
         let p = probabilities(&w).unwrap().unwrap();
         assert_eq!(
-            describe(&["a.tsv", "b.tsv"], &w, &p, MixStop::FirstExhausted),
+            describe(
+                "source",
+                &["a.tsv", "b.tsv"],
+                &w,
+                &p,
+                MixStop::FirstExhausted
+            ),
             "mixing 2 sources by weight: a.tsv 0.750, b.tsv 0.250 of the draws (the weights add \
              up to 1.2: scaled to add up to 1); an epoch ends when one source runs out \
              (--mix-stop first-exhausted)"
         );
         let w = [Some(0.5), None, None];
         let p = probabilities(&w).unwrap().unwrap();
-        let line = describe(&["a", "b", "c"], &w, &p, MixStop::AllExhausted);
+        let line = describe("source", &["a", "b", "c"], &w, &p, MixStop::AllExhausted);
         assert!(
             line.starts_with(
                 "mixing 3 sources by weight: a 0.500, b 0.250, c 0.250 of the draws (b, c without \
@@ -164,7 +177,7 @@ mod tests {
         assert!(line.ends_with("drawn whole at least once (--mix-stop all-exhausted)"));
         let w = [Some(0.25), Some(0.75)];
         let p = probabilities(&w).unwrap().unwrap();
-        let line = describe(&["a", "b"], &w, &p, MixStop::FirstExhausted);
+        let line = describe("source", &["a", "b"], &w, &p, MixStop::FirstExhausted);
         assert!(line.contains("b 0.750 of the draws; an epoch"), "{line}");
     }
 

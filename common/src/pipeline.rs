@@ -366,7 +366,17 @@ impl Pipeline {
         let probs = self.probs.as_ref()?;
         let names: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
         let weights: Vec<Option<f64>> = self.sources.iter().map(|s| s.weight).collect();
-        Some(mix::describe(&names, &weights, probs, self.cfg.mix_stop))
+        let kind = match self.tasks.is_empty() {
+            true => "source",
+            false => "task",
+        };
+        Some(mix::describe(
+            kind,
+            &names,
+            &weights,
+            probs,
+            self.cfg.mix_stop,
+        ))
     }
     /// `--label-map`'s aliases and the labels they stand for.
     pub fn label_map(&self) -> &BTreeMap<String, String> {
