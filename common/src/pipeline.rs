@@ -16,7 +16,8 @@ use crate::balance_augment;
 use crate::data::config::{DataConfig, UnknownLabels};
 use crate::data::load::{self, Record};
 use crate::data::sources::{self, read_label_map, Sources};
-use crate::data::tasks::{self, Task};
+use crate::data::task_flags;
+use crate::data::tasks::Task;
 use crate::data::vocab::Vocab;
 use crate::data::{Doc, Example, ExampleId};
 use crate::encoder::WordPiece;
@@ -77,7 +78,7 @@ fn refuse_unused_options(cfg: &DataConfig, weighted: bool) -> Result<(), DataErr
 
 impl Pipeline {
     pub fn new(cfg: &DataConfig) -> Result<Self, DataError> {
-        let ordered = tasks::ordered(cfg)?;
+        let ordered = task_flags::ordered(cfg)?;
         // With tasks, the pipeline reads their files as its sources, the target's first.
         let with_tasks;
         let cfg = match &ordered {

@@ -79,7 +79,7 @@ impl TrainPlan {
                  with --task NAME=PATH; see --help"
             );
         }
-        let tasks = common::data::tasks::ordered(&args.data)?;
+        let tasks = common::data::task_flags::ordered(&args.data)?;
         check_task_tests(&args, tasks.as_deref())?;
         if args.train.patience.is_some()
             && args.data.eval.is_none()

@@ -2,7 +2,9 @@
 
 pub mod config;
 pub mod load;
+pub mod source_spec;
 pub mod sources;
+pub mod task_flags;
 pub mod tasks;
 pub mod tokenize;
 pub mod vectors;
