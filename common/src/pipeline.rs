@@ -276,11 +276,17 @@ impl Pipeline {
         for d in self.train.iter().flatten() {
             per_class[d.label as usize] += 1;
         }
-        let largest = per_class.iter().copied().max().unwrap_or(0) as f64 / total.max(1) as f64;
+        // Every class up to the largest one of its task (of all, without tasks).
+        let grown: f64 = (0..self.tasks.len().max(1))
+            .map(|t| {
+                let block = &per_class[self.task_labels(t)];
+                let largest = block.iter().copied().max().unwrap_or(0) as f64;
+                largest / total.max(1) as f64 * block.len() as f64
+            })
+            .sum();
         let balanced = match self.cfg.balance {
             Balance::None | Balance::Undersample => 1.0,
-            // Every class up to the largest one.
-            Balance::Oversample | Balance::Augment => largest * self.labels.len() as f64,
+            Balance::Oversample | Balance::Augment => grown,
         };
         let items = (drawn * copies as f64 * balanced)
             .ceil()
