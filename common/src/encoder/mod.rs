@@ -11,6 +11,7 @@ mod cache;
 mod error;
 pub mod files;
 pub mod gelu;
+pub mod trainable;
 mod wordpiece;
 
 use std::path::{Path, PathBuf};
