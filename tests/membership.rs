@@ -316,7 +316,8 @@ fn a_worker_joining_a_run_under_way_is_admitted_at_the_next_epoch_boundary() {
         let mut a = args(&train, &test, run, false);
         let at = a.iter().position(|x| x == "--epochs").unwrap();
         a[at + 1] = "4".into();
-        a.drain(0..4); // --workers 3 --threads 1
+        let at = a.iter().position(|x| x == "--workers").unwrap();
+        a.drain(at..at + 4); // --workers 3 --threads 1
         a
     };
     let mut a = vec!["--workers", "2", "--threads", "1"]
