@@ -106,11 +106,14 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 }
 
 /// A gRPC server that pings idle connections, so that live peers are never silent for
-/// [`IDLE_TIMEOUT`] and dead ones are noticed.
+/// [`IDLE_TIMEOUT`] and dead ones are noticed, with HTTP/2 windows that let a model's state
+/// stream at full speed (see [`crate::state_transfer::STREAM_WINDOW`]).
 pub fn grpc_server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_INTERVAL))
+        .initial_stream_window_size(Some(crate::state_transfer::STREAM_WINDOW))
+        .initial_connection_window_size(Some(crate::state_transfer::CONNECTION_WINDOW))
 }
 
 /// The connections `listener` accepts, each closed after [`IDLE_TIMEOUT`] of silence: the

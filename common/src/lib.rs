@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod resample;
 pub mod rng;
 pub mod shutdown;
+pub mod state_transfer;
 pub mod tls;
 pub mod train;
 pub mod values;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use common::pb;
+use common::state_transfer::ModelState;
 use common::train::GroupTotals;
 
 /// One worker's report of one epoch.
@@ -48,8 +49,9 @@ pub struct WorkerReport {
     pub optimizer_state: Vec<u8>,
 }
 
-impl From<pb::EpochReport> for WorkerReport {
-    fn from(r: pb::EpochReport) -> Self {
+impl WorkerReport {
+    /// The report `r` and the state received after it (empty when it announced none).
+    pub fn from_pb(r: pb::EpochReport, state: ModelState) -> Self {
         WorkerReport {
             rank: r.rank,
             epoch: r.epoch,
@@ -73,8 +75,8 @@ impl From<pb::EpochReport> for WorkerReport {
             peak_rss_bytes: r.peak_rss_bytes,
             sources: r.sources.iter().map(GroupTotals::from_pb).collect(),
             diverged: r.diverged,
-            weights: r.weights,
-            optimizer_state: r.optimizer_state,
+            weights: state.weights,
+            optimizer_state: state.optimizer,
         }
     }
 }
@@ -92,16 +94,17 @@ pub struct StepCheckpoint {
     pub optimizer_state: Vec<u8>,
 }
 
-impl From<pb::CheckpointUpload> for StepCheckpoint {
-    fn from(c: pb::CheckpointUpload) -> Self {
+impl StepCheckpoint {
+    /// The upload `c` and the state received after it.
+    pub fn from_pb(c: pb::CheckpointUpload, state: ModelState) -> Self {
         StepCheckpoint {
             rank: c.rank,
             epoch: c.epoch,
             generation: c.generation,
             steps_done: c.steps_done,
             applied_examples: c.applied_examples,
-            weights: c.weights,
-            optimizer_state: c.optimizer_state,
+            weights: state.weights,
+            optimizer_state: state.optimizer,
         }
     }
 }

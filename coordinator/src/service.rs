@@ -10,10 +10,11 @@ use common::collective::Backend;
 use common::constant_time_eq;
 use common::data::Example;
 use common::pb;
+use common::state_transfer::{self, ModelState, ReceiveError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::backend::Offer;
 use crate::metrics::Metrics;
@@ -30,10 +31,10 @@ pub struct RunInfo {
     pub ring_shared_memory: bool,
     pub vocab_json: String,
     pub labels: Vec<String>,
-    /// Weights every worker starts from (safetensors), empty to initialise from the seed.
-    pub initial_weights: Vec<u8>,
-    /// Optimizer state every worker starts from (a resumed run), empty for a fresh one.
-    pub initial_optimizer: Vec<u8>,
+    /// Weights every worker starts from (safetensors), empty to initialise from the seed, and
+    /// the optimizer state (a resumed run), empty for a fresh one: announced in the join reply
+    /// and sent in chunks (FetchInitialState).
+    pub initial_state: Arc<ModelState>,
     /// The first epoch workers train (0, or after a resumed run's checkpoint).
     pub start_epoch: u64,
     /// Steps of `start_epoch` already in the initial weights, and their examples.
@@ -155,6 +156,8 @@ pub struct Shared {
     token: String,
     expected: usize,
     run: RunInfo,
+    /// What the join reply announces of `run.initial_state` (none when it is empty).
+    initial_header: Option<pb::StateHeader>,
     pending: Mutex<Vec<Pending>>,
     /// Set once every expected worker has joined; replaced at every membership change.
     pub members: watch::Sender<Option<Arc<Membership>>>,
@@ -186,10 +189,12 @@ impl Shared {
     pub fn new(token: String, expected: usize, run: RunInfo) -> (Arc<Self>, Inbox) {
         let (reports, rx) = mpsc::unbounded_channel();
         let (checkpoints, checkpoints_rx) = mpsc::unbounded_channel();
+        let initial_header = (!run.initial_state.is_empty()).then(|| run.initial_state.header());
         let shared = Shared {
             token,
             expected,
             run,
+            initial_header,
             pending: Mutex::new(Vec::new()),
             members: watch::channel(None).0,
             regroups: Mutex::new(Vec::new()),
@@ -395,8 +400,7 @@ impl Shared {
                 run_spec_json: self.run.spec_json.clone(),
                 vocab_json: self.run.vocab_json.clone(),
                 labels: self.run.labels.clone(),
-                initial_weights: self.run.initial_weights.clone(),
-                initial_optimizer: self.run.initial_optimizer.clone(),
+                initial_state: self.initial_header.clone(),
                 start_epoch: self.run.start_epoch,
                 start_step: self.run.start_step,
                 start_applied: self.run.start_applied,
@@ -475,6 +479,39 @@ async fn left_behind(rx: &mut watch::Receiver<Option<Arc<Membership>>>, generati
 }
 
 type FileStream = Pin<Box<dyn Stream<Item = Result<pb::FileChunk, Status>> + Send>>;
+type StateStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
+
+/// Receives the state `header` announces, whose chunks are the rest of `parts` (`chunk_of` takes
+/// a part's chunk). A transfer that is not the announced one is INVALID_ARGUMENT.
+async fn receive_state<P>(
+    header: Option<&pb::StateHeader>,
+    parts: &mut Streaming<P>,
+    chunk_of: impl Fn(P) -> Option<pb::StateChunk>,
+    what: &str,
+) -> Result<ModelState, Status> {
+    let empty = pb::StateHeader {
+        sha256: ModelState::default().header().sha256,
+        ..Default::default()
+    };
+    let header = header.unwrap_or(&empty);
+    state_transfer::receive(header, parts, chunk_of)
+        .await
+        .map_err(|e| {
+            tracing::warn!("{what} refused: {e}");
+            match e {
+                ReceiveError::Stream(status) => status,
+                e => Status::invalid_argument(format!("{what}: {e}")),
+            }
+        })
+}
+
+/// The first part of a client stream: what it announces (an epoch report, an upload).
+async fn first_part<P>(parts: &mut Streaming<P>, what: &str) -> Result<P, Status> {
+    parts
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument(format!("an empty {what} stream")))
+}
 
 /// Bytes per chunk of a file sent to a worker.
 const FILE_CHUNK: usize = 1 << 20;
@@ -696,16 +733,58 @@ impl pb::coordinator_server::Coordinator for Service {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type FetchInitialStateStream = StateStream;
+
+    async fn fetch_initial_state(
+        &self,
+        request: Request<pb::FetchStateRequest>,
+    ) -> Result<Response<StateStream>, Status> {
+        let req = request.into_inner();
+        self.0.check_token(&req.token, "initial state download")?;
+        self.0.check_rank(req.rank)?;
+        if self.0.initial_header.is_none() {
+            return Err(Status::not_found("this run starts from no given state"));
+        }
+        let state = self.0.run.initial_state.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for chunk in state_transfer::chunks(state, state_transfer::CHUNK_BYTES) {
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn report_epoch(
         &self,
-        request: Request<pb::EpochReport>,
+        request: Request<Streaming<pb::EpochReportPart>>,
     ) -> Result<Response<pb::EpochAck>, Status> {
-        let report = request.into_inner();
+        let mut parts = request.into_inner();
+        let Some(pb::epoch_report_part::Kind::Report(mut report)) =
+            first_part(&mut parts, "epoch report").await?.kind
+        else {
+            return Err(Status::invalid_argument(
+                "an epoch report stream must start with the report",
+            ));
+        };
         self.0.check_token(&report.token, "epoch report")?;
         self.0.check_rank(report.rank)?;
+        let header = report.state.take();
+        let state = receive_state(
+            header.as_ref(),
+            &mut parts,
+            |p| match p.kind {
+                Some(pb::epoch_report_part::Kind::Chunk(c)) => Some(c),
+                _ => None,
+            },
+            "epoch report",
+        )
+        .await?;
         self.0
             .reports
-            .send(report.into())
+            .send(WorkerReport::from_pb(report, state))
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         Ok(Response::new(pb::EpochAck {}))
     }
@@ -751,14 +830,36 @@ impl pb::coordinator_server::Coordinator for Service {
 
     async fn upload_checkpoint(
         &self,
-        request: Request<pb::CheckpointUpload>,
+        request: Request<Streaming<pb::CheckpointPart>>,
     ) -> Result<Response<pb::EpochAck>, Status> {
-        let upload = request.into_inner();
+        let mut parts = request.into_inner();
+        let Some(pb::checkpoint_part::Kind::Upload(mut upload)) =
+            first_part(&mut parts, "checkpoint upload").await?.kind
+        else {
+            return Err(Status::invalid_argument(
+                "a checkpoint upload stream must start with the upload",
+            ));
+        };
         self.0.check_token(&upload.token, "checkpoint upload")?;
         self.0.check_rank(upload.rank)?;
+        let Some(header) = upload.state.take() else {
+            return Err(Status::invalid_argument(
+                "a checkpoint upload must announce its state",
+            ));
+        };
+        let state = receive_state(
+            Some(&header),
+            &mut parts,
+            |p| match p.kind {
+                Some(pb::checkpoint_part::Kind::Chunk(c)) => Some(c),
+                _ => None,
+            },
+            "checkpoint upload",
+        )
+        .await?;
         self.0
             .checkpoints
-            .send(upload.into())
+            .send(StepCheckpoint::from_pb(upload, state))
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         Ok(Response::new(pb::EpochAck {}))
     }

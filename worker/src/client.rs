@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use common::collective::Abort;
 use common::pb;
 use common::pb::coordinator_client::CoordinatorClient;
+use common::state_transfer::{self, ModelState};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -54,7 +55,9 @@ pub async fn join(
         let attempt = async {
             let mut endpoint = Channel::from_shared(url.to_string())
                 .with_context(|| format!("bad coordinator address {url:?}"))?
-                .connect_timeout(Duration::from_secs(5));
+                .connect_timeout(Duration::from_secs(5))
+                .initial_stream_window_size(state_transfer::STREAM_WINDOW)
+                .initial_connection_window_size(state_transfer::CONNECTION_WINDOW);
             if let Some(tls) = &tls {
                 endpoint = endpoint.tls_config(tls.clone()).context("TLS settings")?;
             }
@@ -100,6 +103,62 @@ fn chain(status: &tonic::Status) -> String {
         next = e.source();
     }
     out
+}
+
+/// The state the join reply announced (`header`), fetched in chunks.
+pub async fn fetch_initial_state(
+    client: &mut Client,
+    token: &str,
+    rank: u32,
+    header: &pb::StateHeader,
+) -> Result<ModelState> {
+    let mut chunks = client
+        .fetch_initial_state(pb::FetchStateRequest {
+            rank,
+            token: token.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!(s))
+        .context("asking for the run's initial weights")?
+        .into_inner();
+    state_transfer::receive(header, &mut chunks, Some)
+        .await
+        .context("receiving the run's initial weights")
+}
+
+/// Sends an epoch report and, when there is one, the state it announces, in chunks.
+pub async fn report_epoch(
+    client: &mut Client,
+    mut report: pb::EpochReport,
+    state: Option<ModelState>,
+) -> Result<(), tonic::Status> {
+    use pb::epoch_report_part::Kind;
+    report.state = state.as_ref().map(ModelState::header);
+    let chunks = state
+        .into_iter()
+        .flat_map(|s| state_transfer::chunks(s, state_transfer::CHUNK_BYTES))
+        .map(Kind::Chunk);
+    let parts = std::iter::once(Kind::Report(report))
+        .chain(chunks)
+        .map(|kind| pb::EpochReportPart { kind: Some(kind) });
+    client.report_epoch(tokio_stream::iter(parts)).await?;
+    Ok(())
+}
+
+/// Sends a checkpoint upload and the state it announces, in chunks.
+pub async fn upload_checkpoint(
+    client: &mut Client,
+    mut upload: pb::CheckpointUpload,
+    state: ModelState,
+) -> Result<(), tonic::Status> {
+    use pb::checkpoint_part::Kind;
+    upload.state = Some(state.header());
+    let chunks = state_transfer::chunks(state, state_transfer::CHUNK_BYTES).map(Kind::Chunk);
+    let parts = std::iter::once(Kind::Upload(upload))
+        .chain(chunks)
+        .map(|kind| pb::CheckpointPart { kind: Some(kind) });
+    client.upload_checkpoint(tokio_stream::iter(parts)).await?;
+    Ok(())
 }
 
 /// Where training stands, shared between the training loop and the heartbeat task.

@@ -13,6 +13,7 @@ use common::encoder::Encoder;
 use common::metrics::Confusion;
 use common::model::{Batch, Classifier};
 use common::pb;
+use common::state_transfer::ModelState;
 use common::train::{evaluate, train_step, Adam, Replica, RunSpec, StepError, Tally};
 
 use crate::client::{self, RingGeneration, TrainingProgress};
@@ -81,6 +82,17 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         );
     }
 
+    // The weights and optimizer state to start from, before the ring forms (its peers wait
+    // for this worker up to the ring's connect timeout, not its first all-reduce's).
+    let initial = match &reply.initial_state {
+        Some(header) => rt.block_on(client::fetch_initial_state(
+            &mut client,
+            token,
+            rank,
+            header,
+        ))?,
+        None => ModelState::default(),
+    };
     let mut replica = Replica::new(&spec.model, spec.seed, &device)
         .with_context(|| format!("building the model on {}", args.device))?;
     let auth_id = reply.run_id;
@@ -108,9 +120,9 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         },
     )?;
 
-    if !reply.initial_weights.is_empty() {
+    if !initial.weights.is_empty() {
         replica
-            .load_weights_bytes(&reply.initial_weights)
+            .load_weights_bytes(&initial.weights)
             .context("loading the coordinator's initial weights")?;
     }
     if let Some(r) = spec.encoder.as_ref().filter(|_| spec.model.reads_encoder()) {
@@ -127,12 +139,13 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         );
         replica.attach_encoder(Arc::new(encoder))?;
     }
-    let opt = if reply.initial_optimizer.is_empty() {
+    let opt = if initial.optimizer.is_empty() {
         Adam::new(replica.host().groups(), spec.adam)
     } else {
-        Adam::from_bytes(replica.host().groups(), spec.adam, &reply.initial_optimizer)
+        Adam::from_bytes(replica.host().groups(), spec.adam, &initial.optimizer)
             .context("loading the coordinator's optimizer state")?
     };
+    drop(initial);
     membership.set_abort(abort);
     let mut job = Job {
         id: rank,
@@ -404,15 +417,11 @@ impl Job {
             update_ms = per_step(report.update_seconds),
             "step time"
         );
-        if header.upload_weights {
-            report.weights = self
-                .replica
-                .host()
-                .to_bytes()
-                .map_err(anyhow::Error::from)?;
-            report.optimizer_state = self.opt.to_bytes().map_err(anyhow::Error::from)?;
-        }
-        rt.block_on(self.client.report_epoch(report))
+        let state = match header.upload_weights {
+            true => Some(self.state()?),
+            false => None,
+        };
+        rt.block_on(client::report_epoch(&mut self.client, report, state))
             .context("reporting the epoch")?;
         Ok(false)
     }
@@ -427,12 +436,26 @@ impl Job {
             generation: self.membership.generation.load(Ordering::SeqCst),
             steps_done: self.at.steps,
             applied_examples: self.at.applied,
-            weights: self.replica.host().to_bytes()?,
-            optimizer_state: self.opt.to_bytes()?,
+            state: None,
         };
-        rt.block_on(self.client.upload_checkpoint(upload))
+        let started = Instant::now();
+        let state = self.state()?;
+        let bytes = state.len();
+        rt.block_on(client::upload_checkpoint(&mut self.client, upload, state))
             .context("uploading a checkpoint")?;
+        tracing::debug!(
+            "checkpoint of {bytes} bytes uploaded in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
         Ok(())
+    }
+
+    /// This replica's weights and optimizer state, as the coordinator keeps them.
+    fn state(&self) -> Result<ModelState> {
+        Ok(ModelState::new(
+            self.replica.host().to_bytes()?,
+            self.opt.to_bytes()?,
+        ))
     }
 
     /// Leaves the broken ring, asks the coordinator for the new membership, forms the new

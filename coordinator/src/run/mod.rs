@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use common::pb;
+use common::state_transfer::ModelState;
 use tokio::net::TcpListener;
 
 use crate::cli::{LocalDevice, RingTransport};
@@ -53,10 +54,10 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
     let scheme = if tls.is_some() { "https" } else { "http" };
     let opened = opening::open(&plan, &note)?;
     let run_dir = &opened.run_dir;
-    let checkpoint = opened.checkpoint;
+    let mut checkpoint = opened.checkpoint;
 
     note.phase("preparing the training data");
-    let prepared = prepare::prepare(&plan, checkpoint.as_ref()).await?;
+    let mut prepared = prepare::prepare(&plan, checkpoint.as_ref()).await?;
     let world = plan.world;
     let info = RunInfo {
         run_id: rand::random(),
@@ -64,12 +65,15 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
         ring_shared_memory: args.ring_transport == RingTransport::Auto,
         vocab_json: serde_json::to_string(&prepared.vocab)?,
         labels: prepared.labels.clone(),
-        initial_weights: prepared.initial_weights.clone(),
+        // Moved, not copied: the workers' state can be hundreds of MB.
+        initial_state: Arc::new(ModelState::new(
+            std::mem::take(&mut prepared.initial_weights),
+            checkpoint
+                .as_mut()
+                .map(|c| std::mem::take(&mut c.optimizer))
+                .unwrap_or_default(),
+        )),
         encoder_dir: prepared.spec.encoder.as_ref().map(|e| e.path.clone()),
-        initial_optimizer: checkpoint
-            .as_ref()
-            .map(|c| c.optimizer.clone())
-            .unwrap_or_default(),
         start_epoch: checkpoint.as_ref().map_or(0, |c| c.progress.epochs_done),
         start_step: checkpoint.as_ref().map_or(0, |c| c.progress.step),
         start_applied: checkpoint.as_ref().map_or(0, |c| c.progress.applied),

@@ -1,0 +1,415 @@
+//! A model's weights and optimizer state over gRPC, in chunks: a [`pb::StateHeader`] announces
+//! their sizes and SHA-256, and [`pb::StateChunk`] messages of at most [`CHUNK_BYTES`] carry the
+//! weights followed by the optimizer state. No message then grows with the model (the weights
+//! and Adam state of a 22M-parameter encoder are 272 MB, more than a gRPC message may hold).
+//!
+//! The sender takes the header of a [`ModelState`] and its [`chunks`]; the receiver feeds the
+//! chunks to a [`Reassembly`] made from the header, which holds no more than the announced
+//! bytes and refuses a transfer that brings more or fewer, an oversized chunk, or bytes whose
+//! hash is not the announced one, with an error and never a panic. The join reply announces a
+//! run's initial state (fetched with `FetchInitialState`), an epoch report or a checkpoint
+//! upload announces the state whose chunks follow it in the same client stream.
+
+use std::borrow::Borrow;
+
+use sha2::{Digest, Sha256};
+use tokio_stream::{Stream, StreamExt};
+
+use crate::pb;
+
+/// Largest chunk of a state transfer, in bytes: what senders send and receivers accept.
+pub const CHUNK_BYTES: usize = 4 << 20;
+
+/// HTTP/2 flow-control windows (bytes a peer may send before the receiver acknowledges them)
+/// of the coordinator's server and the worker's client, per stream and per connection. With
+/// hyper's default of 64 KiB, a 312 MB checkpoint took 3.7 to 5.3 s to upload over loopback;
+/// with these, 0.85 s.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Weights (safetensors) and optimizer state (safetensors, empty for a fresh optimizer).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelState {
+    pub weights: Vec<u8>,
+    pub optimizer: Vec<u8>,
+}
+
+impl ModelState {
+    pub fn new(weights: Vec<u8>, optimizer: Vec<u8>) -> Self {
+        ModelState { weights, optimizer }
+    }
+
+    /// Nothing to send: neither weights nor optimizer state.
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty() && self.optimizer.is_empty()
+    }
+
+    /// Bytes of weights and optimizer state together.
+    pub fn len(&self) -> u64 {
+        self.weights.len() as u64 + self.optimizer.len() as u64
+    }
+
+    /// The header that announces this state (one pass over its bytes for the hash).
+    pub fn header(&self) -> pb::StateHeader {
+        let mut hasher = Sha256::new();
+        hasher.update(&self.weights);
+        hasher.update(&self.optimizer);
+        pb::StateHeader {
+            weights_bytes: self.weights.len() as u64,
+            optimizer_bytes: self.optimizer.len() as u64,
+            sha256: hasher.finalize().to_vec(),
+        }
+    }
+}
+
+/// The chunks of `state`, `size` bytes each (clamped to 1..=[`CHUNK_BYTES`]; the last may be
+/// shorter), each copied out only when it is taken.
+pub fn chunks<S: Borrow<ModelState>>(state: S, size: usize) -> Chunks<S> {
+    Chunks {
+        state,
+        offset: 0,
+        size: size.clamp(1, CHUNK_BYTES),
+    }
+}
+
+/// See [`chunks`].
+pub struct Chunks<S> {
+    state: S,
+    offset: usize,
+    size: usize,
+}
+
+impl<S: Borrow<ModelState>> Iterator for Chunks<S> {
+    type Item = pb::StateChunk;
+
+    fn next(&mut self) -> Option<pb::StateChunk> {
+        let ModelState { weights, optimizer } = self.state.borrow();
+        let total = weights.len() + optimizer.len();
+        if self.offset >= total {
+            return None;
+        }
+        let (start, end) = (self.offset, (self.offset + self.size).min(total));
+        let mut data = Vec::with_capacity(end - start);
+        if start < weights.len() {
+            data.extend_from_slice(&weights[start..end.min(weights.len())]);
+        }
+        if end > weights.len() {
+            data.extend_from_slice(
+                &optimizer[start.max(weights.len()) - weights.len()..end - weights.len()],
+            );
+        }
+        self.offset = end;
+        Some(pb::StateChunk { data })
+    }
+}
+
+/// Why a state transfer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    #[error("the announced state's checksum has {0} bytes, not the 32 of a SHA-256")]
+    BadChecksum(usize),
+    #[error("the announced state of {0} bytes is more than this process can hold")]
+    TooLarge(u64),
+    #[error("a state chunk of {len} bytes exceeds the {max}-byte limit")]
+    ChunkTooLarge { len: usize, max: usize },
+    #[error(
+        "the state transfer brings more than the announced {announced} bytes \
+         ({received} received before this chunk of {chunk})"
+    )]
+    Overrun {
+        announced: u64,
+        received: u64,
+        chunk: usize,
+    },
+    #[error(
+        "the state transfer was truncated: {received} of the announced {announced} bytes arrived"
+    )]
+    Truncated { received: u64, announced: u64 },
+    #[error("the state's SHA-256 is not the announced one: it was corrupted on the way")]
+    Corrupt,
+}
+
+/// A state being received: the chunks of one [`pb::StateHeader`], in order.
+pub struct Reassembly {
+    weights: Vec<u8>,
+    optimizer: Vec<u8>,
+    weights_len: usize,
+    optimizer_len: usize,
+    sha256: [u8; 32],
+    hasher: Sha256,
+}
+
+impl Reassembly {
+    /// Ready for the chunks `header` announces; room for exactly the announced bytes is
+    /// reserved now, so a size this process cannot hold is refused before anything arrives.
+    pub fn new(header: &pb::StateHeader) -> Result<Self, TransferError> {
+        let sha256: [u8; 32] = header
+            .sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_| TransferError::BadChecksum(header.sha256.len()))?;
+        let total = header.weights_bytes.saturating_add(header.optimizer_bytes);
+        let too_large = || TransferError::TooLarge(total);
+        let buffer = |len: u64| -> Result<(Vec<u8>, usize), TransferError> {
+            let len = usize::try_from(len).map_err(|_| too_large())?;
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(len).map_err(|_| too_large())?;
+            Ok((buf, len))
+        };
+        if header
+            .weights_bytes
+            .checked_add(header.optimizer_bytes)
+            .is_none()
+        {
+            return Err(too_large());
+        }
+        let (weights, weights_len) = buffer(header.weights_bytes)?;
+        let (optimizer, optimizer_len) = buffer(header.optimizer_bytes)?;
+        Ok(Reassembly {
+            weights,
+            optimizer,
+            weights_len,
+            optimizer_len,
+            sha256,
+            hasher: Sha256::new(),
+        })
+    }
+
+    /// Bytes announced.
+    pub fn announced(&self) -> u64 {
+        self.weights_len as u64 + self.optimizer_len as u64
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.weights.len() as u64 + self.optimizer.len() as u64
+    }
+
+    /// Takes the next chunk; refused (and nothing of it kept) when it is over [`CHUNK_BYTES`] or
+    /// would bring more than the announced bytes.
+    pub fn push(&mut self, data: &[u8]) -> Result<(), TransferError> {
+        if data.len() > CHUNK_BYTES {
+            return Err(TransferError::ChunkTooLarge {
+                len: data.len(),
+                max: CHUNK_BYTES,
+            });
+        }
+        if self.received() + data.len() as u64 > self.announced() {
+            return Err(TransferError::Overrun {
+                announced: self.announced(),
+                received: self.received(),
+                chunk: data.len(),
+            });
+        }
+        let into_weights = data.len().min(self.weights_len - self.weights.len());
+        let (w, o) = data.split_at(into_weights);
+        self.weights.extend_from_slice(w);
+        self.optimizer.extend_from_slice(o);
+        self.hasher.update(data);
+        Ok(())
+    }
+
+    /// The state, once every announced byte has arrived and their hash is the announced one.
+    pub fn finish(self) -> Result<ModelState, TransferError> {
+        if self.received() < self.announced() {
+            return Err(TransferError::Truncated {
+                received: self.received(),
+                announced: self.announced(),
+            });
+        }
+        if self.hasher.finalize().as_slice() != self.sha256 {
+            return Err(TransferError::Corrupt);
+        }
+        Ok(ModelState {
+            weights: self.weights,
+            optimizer: self.optimizer,
+        })
+    }
+}
+
+/// Why receiving a state from a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The transfer is not the announced one.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    /// The stream itself failed (the peer went away, a message over the size limit).
+    #[error("the state transfer broke off: {}", .0.message())]
+    Stream(tonic::Status),
+    #[error("the state transfer holds a message that is not a chunk")]
+    NotAChunk,
+}
+
+/// Receives the state `header` announces from the rest of `parts`, whose every item must be a
+/// chunk (`chunk_of` says which part holds which), up to the end of the stream.
+pub async fn receive<P, S>(
+    header: &pb::StateHeader,
+    parts: &mut S,
+    chunk_of: impl Fn(P) -> Option<pb::StateChunk>,
+) -> Result<ModelState, ReceiveError>
+where
+    S: Stream<Item = Result<P, tonic::Status>> + Unpin,
+{
+    let mut state = Reassembly::new(header)?;
+    while let Some(part) = parts.next().await {
+        let chunk = chunk_of(part.map_err(ReceiveError::Stream)?).ok_or(ReceiveError::NotAChunk)?;
+        state.push(&chunk.data)?;
+    }
+    Ok(state.finish()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(weights: usize, optimizer: usize) -> ModelState {
+        let bytes = |n: usize, k: u32| {
+            (0..n as u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(k) >> 13) as u8)
+                .collect()
+        };
+        ModelState::new(bytes(weights, 1), bytes(optimizer, 7))
+    }
+
+    fn reassemble(
+        header: &pb::StateHeader,
+        chunks: impl IntoIterator<Item = pb::StateChunk>,
+    ) -> Result<ModelState, TransferError> {
+        let mut r = Reassembly::new(header)?;
+        for c in chunks {
+            r.push(&c.data)?;
+        }
+        r.finish()
+    }
+
+    #[test]
+    fn any_chunk_size_reassembles_the_state_across_the_weights_boundary() {
+        for (w, o) in [(0, 0), (10, 0), (0, 10), (1000, 3000), (4097, 1)] {
+            let s = state(w, o);
+            for size in [1, 3, 7, 1000, 4096, CHUNK_BYTES, usize::MAX] {
+                let chunks: Vec<_> = chunks(&s, size).collect();
+                assert!(chunks.iter().all(|c| c.data.len() <= size.min(CHUNK_BYTES)));
+                assert_eq!(chunks.len(), (w + o).div_ceil(size.min(CHUNK_BYTES)));
+                assert_eq!(
+                    reassemble(&s.header(), chunks).unwrap(),
+                    s,
+                    "{w}+{o} by {size}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_truncated_transfer_is_refused() {
+        let s = state(100, 200);
+        let mut chunks: Vec<_> = chunks(&s, 64).collect();
+        chunks.pop();
+        assert_eq!(
+            reassemble(&s.header(), chunks),
+            Err(TransferError::Truncated {
+                received: 256,
+                announced: 300
+            })
+        );
+        assert!(matches!(
+            reassemble(&s.header(), []),
+            Err(TransferError::Truncated { received: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn bytes_beyond_the_announced_size_are_refused_and_not_kept() {
+        let s = state(100, 200);
+        let mut r = Reassembly::new(&s.header()).unwrap();
+        r.push(&[0; 250]).unwrap();
+        let err = r.push(&[0; 51]).unwrap_err();
+        assert_eq!(
+            err,
+            TransferError::Overrun {
+                announced: 300,
+                received: 250,
+                chunk: 51
+            }
+        );
+        assert!(err
+            .to_string()
+            .contains("more than the announced 300 bytes"));
+        assert_eq!(r.received(), 250);
+        // The whole state and one more chunk.
+        let mut chunks: Vec<_> = chunks(&s, 64).collect();
+        chunks.push(pb::StateChunk { data: vec![1] });
+        assert!(matches!(
+            reassemble(&s.header(), chunks),
+            Err(TransferError::Overrun { received: 300, .. })
+        ));
+    }
+
+    #[test]
+    fn a_chunk_over_the_limit_is_refused() {
+        let s = state(CHUNK_BYTES + 1, 0);
+        let mut r = Reassembly::new(&s.header()).unwrap();
+        assert_eq!(
+            r.push(&s.weights),
+            Err(TransferError::ChunkTooLarge {
+                len: CHUNK_BYTES + 1,
+                max: CHUNK_BYTES
+            })
+        );
+        assert_eq!(r.received(), 0);
+    }
+
+    #[test]
+    fn corrupted_bytes_and_bad_headers_are_refused() {
+        let s = state(100, 100);
+        let mut bad: Vec<_> = chunks(&s, 64).collect();
+        bad[1].data[5] ^= 1;
+        assert_eq!(reassemble(&s.header(), bad), Err(TransferError::Corrupt));
+        let short = pb::StateHeader {
+            sha256: vec![0; 31],
+            ..s.header()
+        };
+        assert_eq!(
+            Reassembly::new(&short).err(),
+            Some(TransferError::BadChecksum(31))
+        );
+        for (w, o) in [(u64::MAX, 1), (u64::MAX / 2, 0), (1, u64::MAX - 1)] {
+            let huge = pb::StateHeader {
+                weights_bytes: w,
+                optimizer_bytes: o,
+                ..s.header()
+            };
+            assert!(
+                matches!(Reassembly::new(&huge), Err(TransferError::TooLarge(_))),
+                "{w} + {o}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn receive_takes_chunks_to_the_end_of_the_stream() {
+        let s = state(300, 500);
+        let parts = |extra: Vec<Result<Option<pb::StateChunk>, tonic::Status>>| {
+            let chunks = chunks(s.clone(), 128).map(|c| Ok(Some(c)));
+            tokio_stream::iter(chunks.chain(extra).collect::<Vec<_>>())
+        };
+        let header = s.header();
+        let got = receive(&header, &mut parts(vec![]), |c| c).await.unwrap();
+        assert_eq!(got, s);
+        let err = receive(&header, &mut parts(vec![Ok(None)]), |c| c)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ReceiveError::NotAChunk), "{err}");
+        let broken = vec![Err(tonic::Status::cancelled("gone"))];
+        let err = receive(&header, &mut parts(broken), |c| c)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("broke off: gone"), "{err}");
+        let mut truncated = tokio_stream::iter(chunks(s.clone(), 128).take(3).map(|c| Ok(Some(c))));
+        let err = receive(&header, &mut truncated, |c| c).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("truncated: 384 of the announced 800"),
+            "{err}"
+        );
+    }
+}
