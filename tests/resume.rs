@@ -85,7 +85,14 @@ fn a_killed_coordinator_resumes_and_reaches_the_uninterrupted_weights() {
     let dir = tempfile::tempdir().unwrap();
     let train = trec_slice(dir.path(), "train.tsv", 0, 400);
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let args = |run: &Path| run_args(&train, run, &["--epochs", "5", "--seed", "3"]);
+    // On a linear schedule: the resumed run must continue it where the checkpoint left it.
+    let args = |run: &Path| {
+        run_args(
+            &train,
+            run,
+            &["--epochs", "5", "--seed", "3", "--lr-schedule", "linear"],
+        )
+    };
     run_to_end(&args(&a));
 
     // The same run, killed once two epochs are checkpointed.

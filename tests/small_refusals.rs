@@ -61,6 +61,19 @@ fn options_that_cannot_do_what_they_say_are_refused() {
         ],
         &["is a directory, not a data file"],
     );
+    refused(
+        &[
+            "--workers",
+            "1",
+            "--warmup",
+            "0.2",
+            "--data",
+            train,
+            "--run-dir",
+            &run("d"),
+        ],
+        &["--warmup 0.2 applies to --lr-schedule linear"],
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::error::Error;
 use candle_core::{Device, Tensor};
 use common::collective::{Collective, CollectiveError};
 use common::model::{Batch, Classifier, FlatConfig, Gradients, GroupOptim, SparseRows};
-use common::train::{train_step, Adam, AdamConfig, Replica};
+use common::train::{train_step, Adam, AdamConfig, LrSchedule, Replica};
 use support::assert_close;
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -184,6 +184,56 @@ fn a_group_has_its_own_learning_rate_and_weight_decay() -> TestResult {
         table0,
         "a frozen group moved"
     );
+    Ok(())
+}
+
+/// AdamW on a linear schedule, as `torch.optim.AdamW` under
+/// `get_linear_schedule_with_warmup(opt, 1, 4)`: the first update at rate 0 (no move, no
+/// decay), then 1, 2/3, 1/3 of the rate, the decay following the scheduled rate.
+#[test]
+fn the_schedule_scales_each_steps_rate_and_its_weight_decay() -> TestResult {
+    let model = Classifier::new(&tiny().parts(), 8)?;
+    let mut groups = model.groups().to_vec();
+    groups[2].optim = GroupOptim {
+        lr_scale: 1.0,
+        weight_decay: 0.1,
+        frozen: false,
+    };
+    let bias0 = fc_bias(&model)?;
+    let config = AdamConfig {
+        schedule: LrSchedule::linear(4, 0.25),
+        ..AdamConfig::default()
+    };
+    let mut opt = Adam::new(&groups, config);
+    let steps = [
+        [0.1f32, -0.2, 0.0, 0.3],
+        [0.0, 0.5, 0.0, -0.3],
+        [0.2, 0.1, 0.4, 0.0],
+        [0.3, -0.1, 0.0, 0.2],
+    ];
+    opt.step(&groups, &bias_grads(&model, steps[0]))?;
+    assert_eq!(fc_bias(&model)?, bias0, "the first update's rate is 0");
+    for g in &steps[1..] {
+        opt.step(&groups, &bias_grads(&model, *g))?;
+    }
+    let want: Vec<f64> = (0..4)
+        .map(|i| {
+            let (wd, b1, b2, eps) = (0.1, 0.9f64, 0.999f64, 1e-8);
+            let (mut p, mut m, mut v) = (bias0[i], 0.0, 0.0);
+            for (t, g) in steps.iter().enumerate() {
+                let lr = 1e-3 * [0.0, 1.0, 2.0 / 3.0, 1.0 / 3.0][t];
+                let (t, g) = (t as i32 + 1, f64::from(g[i]));
+                p *= 1.0 - lr * wd;
+                m = b1 * m + (1.0 - b1) * g;
+                v = b2 * v + (1.0 - b2) * g * g;
+                p -= lr / (1.0 - b1.powi(t)) * m / (v.sqrt() / (1.0 - b2.powi(t)).sqrt() + eps);
+            }
+            p
+        })
+        .collect();
+    assert_close("fc.bias", &fc_bias(&model)?, &want, 1e-6, 1e-3);
+    // The schedule's position is the step count: a state saved and restored continues it.
+    assert_eq!(opt.state().step, 4);
     Ok(())
 }
 

@@ -147,6 +147,21 @@ pub struct TrainArgs {
     pub resume: bool,
 }
 
+/// `--lr-schedule`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    #[default]
+    Constant,
+    Linear,
+}
+
+impl ScheduleKind {
+    pub fn is_constant(&self) -> bool {
+        *self == ScheduleKind::Constant
+    }
+}
+
 /// The model and optimisation options.
 #[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -163,6 +178,18 @@ pub struct TrainConfig {
     /// Clip the gradient to this L2 norm (off by default, as the reference).
     #[arg(long, value_parser = positive, help_heading = "Training")]
     pub clip_norm: Option<f32>,
+    /// The learning rate's schedule: constant, or linear: from 0 up to --lr over the first
+    /// --warmup of the planned steps, then down to 0 at the last (Hugging Face's
+    /// get_linear_schedule_with_warmup). Planned steps: --epochs × the batches of an epoch as
+    /// estimated before training (exact without augmentation or balance). Its position is the
+    /// optimizer's step count, so --resume and a recovering worker continue it.
+    #[arg(long, value_enum, default_value_t, help_heading = "Training")]
+    #[serde(skip_serializing_if = "ScheduleKind::is_constant")]
+    pub lr_schedule: ScheduleKind,
+    /// With --lr-schedule linear: the fraction of the planned steps that warm up (default 0.1).
+    #[arg(long, value_name = "FRACTION", value_parser = common::values::fraction, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<f64>,
     /// Weigh each class's loss: `balanced` (n / (classes × n_class), from the training
     /// originals) or explicit `LABEL=W,LABEL=W` (unlisted classes weigh 1).
     #[arg(long, value_name = "balanced|LABEL=W,...", help_heading = "Training")]
@@ -221,6 +248,8 @@ impl Default for TrainConfig {
             batch_size: 32,
             lr: 1e-3,
             clip_norm: None,
+            lr_schedule: ScheduleKind::Constant,
+            warmup: None,
             class_weights: None,
             patience: None,
             embedding_dim: 100,

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use common::encoder::EncoderMode;
 
 use crate::class_weights::ClassWeights;
-use crate::cli::{TrainArgs, Workers};
+use crate::cli::{ScheduleKind, TrainArgs, Workers};
 
 /// Where a run's workers come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,6 +88,9 @@ impl TrainPlan {
             bail!("--patience needs a validation set: give --eval FILE or --eval-split FRACTION");
         }
         common::augment::AugmentConfig::of(&args.data).refuse_unused()?;
+        if let (Some(w), ScheduleKind::Constant) = (args.train.warmup, args.train.lr_schedule) {
+            bail!("--warmup {w} applies to --lr-schedule linear; the schedule is constant");
+        }
         let workers = match (&args.workers, args.expect_workers) {
             (Workers::Remote(_), Some(_)) => bail!(
                 "--workers host:port,... runs the job on those worker daemons and \

@@ -28,6 +28,7 @@ use std::path::Path;
 use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::schedule::LrSchedule;
 use crate::kernels::simd::multiversion;
 use crate::kernels::threads;
 use crate::model::persist::{to_safetensors, write_bytes_atomically};
@@ -43,6 +44,10 @@ pub struct AdamConfig {
     /// Clip the (averaged) gradient to this L2 norm before the update; `None` (the
     /// reference's setting) does not clip.
     pub clip_norm: Option<f32>,
+    /// The learning rate's schedule (weight decay follows the scheduled rate, as AdamW's).
+    /// Left out of the JSON while constant, so older configurations read and write as before.
+    #[serde(skip_serializing_if = "LrSchedule::is_constant")]
+    pub schedule: LrSchedule,
 }
 
 impl Default for AdamConfig {
@@ -53,6 +58,7 @@ impl Default for AdamConfig {
             beta2: 0.999,
             eps: 1e-8,
             clip_norm: None,
+            schedule: LrSchedule::Constant,
         }
     }
 }
@@ -398,20 +404,26 @@ impl Adam {
         Ok(())
     }
 
-    /// What a group's weights are multiplied by before its update: 1 − lr·decay (AdamW).
+    /// What a group's weights are multiplied by before its update: 1 − lr·decay (AdamW), at
+    /// this step's scheduled rate.
     fn decay(&self, optim: &GroupOptim) -> f32 {
-        (1.0 - self.config.lr * optim.lr_scale * optim.weight_decay) as f32
+        (1.0 - self.lr() * optim.lr_scale * optim.weight_decay) as f32
+    }
+
+    /// This step's learning rate: the configured one on its schedule.
+    fn lr(&self) -> f64 {
+        match self.config.schedule {
+            LrSchedule::Constant => self.config.lr,
+            s => self.config.lr * s.factor(self.state.step),
+        }
     }
 
     /// The step's scalars, at `lr_scale` times the learning rate.
     fn coef(&self, lr_scale: f64) -> Coef {
         let AdamConfig {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            ..
+            beta1, beta2, eps, ..
         } = self.config;
+        let lr = self.lr();
         // Saturates for absurd step counts instead of wrapping; β^t is 0 long before.
         let t = i32::try_from(self.state.step).unwrap_or(i32::MAX);
         Coef {

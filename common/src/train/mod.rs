@@ -6,6 +6,7 @@ pub mod adam;
 pub mod bucket;
 pub mod evaluate;
 pub mod replica;
+pub mod schedule;
 pub mod spec;
 pub mod step;
 pub mod tally;
@@ -14,6 +15,7 @@ pub use adam::{Adam, AdamConfig, AdamState, Moments};
 pub use bucket::bucket_batches;
 pub use evaluate::{evaluate, predict, predict_all, predict_all_by, Evaluation, EVAL_BATCH};
 pub use replica::Replica;
+pub use schedule::LrSchedule;
 pub use spec::RunSpec;
 pub use step::{
     compute_gradients, compute_gradients_per_example, compute_gradients_weighted, train_step,

@@ -10,8 +10,9 @@ use common::data::Example;
 use common::encoder::{EncoderMode, EncoderRef, WordPiece};
 use common::model::{HeadConfig, InputConfig, ModelConfig, SequenceConfig};
 use common::pipeline::Pipeline;
-use common::train::{AdamConfig, RunSpec};
+use common::train::{AdamConfig, LrSchedule, RunSpec};
 
+use crate::cli::ScheduleKind;
 use crate::plan::TrainPlan;
 use crate::rundir::Checkpoint;
 
@@ -171,6 +172,20 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
         adam: AdamConfig {
             lr: t.lr,
             clip_norm: t.clip_norm,
+            schedule: match t.lr_schedule {
+                ScheduleKind::Constant => LrSchedule::Constant,
+                ScheduleKind::Linear => {
+                    let per_epoch = pipeline
+                        .epoch_estimate()
+                        .0
+                        .items
+                        .div_ceil(t.batch_size as u64);
+                    let schedule =
+                        LrSchedule::linear(t.epochs * per_epoch.max(1), t.warmup.unwrap_or(0.1));
+                    tracing::info!("learning rate: {schedule:?} (steps)");
+                    schedule
+                }
+            },
             ..AdamConfig::default()
         },
         seed: args.data.seed,
