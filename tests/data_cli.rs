@@ -426,3 +426,67 @@ fn export_with_character_noise_keeps_every_copys_words_and_repeats_exactly() {
         rows.len()
     );
 }
+
+#[test]
+fn preview_shows_each_tasks_classes_and_share_and_export_refuses_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = trec_slice(dir.path(), "train.tsv", 0, 400);
+    let subj = smalltext_tests::root().join("data/subj/train.tsv");
+    let tasks = [
+        format!("subj={}", subj.display()),
+        format!("trec={}:0.3", questions.display()),
+    ];
+    let o = coordinator(&[
+        "data",
+        "preview",
+        "--task",
+        &tasks[0],
+        "--task",
+        &tasks[1],
+        "--balance",
+        "oversample",
+        "--limit",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("task subj: 300 rows"), "{out}");
+    assert!(out.contains("mixing 2 tasks by weight"), "{out}");
+    // Each task's own classes, balanced to its own majority, and its share of the epoch.
+    let after = |label: &str| -> usize {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("no {label} in {out}"));
+        line.rsplit('→').next().unwrap().trim().parse().unwrap()
+    };
+    assert_eq!(after("objective"), after("subjective"));
+    assert_eq!(after("HUM"), after("ENTY"));
+    assert_ne!(after("objective"), after("HUM"));
+    let shares: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("task ").and_then(|r| r.split(": ").nth(1)))
+        .filter_map(|r| r.strip_suffix("% of the epoch"))
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(shares.len(), 2, "{out}");
+    assert!(
+        (shares.iter().sum::<f64>() - 100.0).abs() < 0.2,
+        "{shares:?}"
+    );
+
+    let o = coordinator(&[
+        "data",
+        "export",
+        "--task",
+        &tasks[0],
+        "--out",
+        dir.path().join("x.tsv").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("export each task by itself"),
+        "{}",
+        stderr(&o)
+    );
+}
