@@ -6,20 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use smalltext_tests::{
-    coordinator, json, jsonl, max_weight_diff, root, stderr, stdout, trec_slice,
+    coordinator, json, jsonl, kill_after_epochs, max_weight_diff, root, stderr, stdout, train,
+    trec_slice,
 };
 
 fn subj(name: &str) -> PathBuf {
     root().join("data/subj").join(name)
-}
-
-fn train(run: &Path, args: &[&str]) -> String {
-    let mut all = vec!["--run-dir", run.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let o = coordinator(&all);
-    let log = stderr(&o);
-    assert!(o.status.success(), "training failed:\n{log}");
-    log
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -307,24 +299,7 @@ fn a_killed_multitask_run_resumes_to_the_uninterrupted_weights() {
     let whole = coordinator(&args(&a).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(whole.status.success(), "{}", stderr(&whole));
 
-    let mut child = std::process::Command::new(smalltext_tests::bin("coordinator"))
-        .args(args(&b))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    let metrics = b.join("metrics.jsonl");
-    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 2 {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(120),
-            "no epoch 2"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "finished too early");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_epochs(&args(&b), &b, 2);
     let o = coordinator(&["--resume", b.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let diff = max_weight_diff(

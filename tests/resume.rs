@@ -2,10 +2,12 @@
 //! and reaches the weights of an uninterrupted run.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use smalltext_tests::{bin, coordinator, json, max_weight_diff, stderr, trec_slice};
+use smalltext_tests::{
+    coordinator, json, kill_after_epochs, max_weight_diff, start, stderr, trec_slice,
+};
 
 /// 2 local workers on `train`, a tenth held out for validation, dropout on (its masks are
 /// drawn per example, so a resumed run draws the same ones), into `run`, plus `extra`.
@@ -31,34 +33,6 @@ fn run_args(train: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     args
-}
-
-/// The coordinator on `args`, quiet, left running.
-fn start(args: &[String]) -> std::process::Child {
-    Command::new(bin("coordinator"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// Starts the coordinator on `args` and kills it (SIGKILL: no clean-up) once `epochs` epochs
-/// are in the metrics of its run directory `run`.
-fn kill_after_epochs(args: &[String], run: &Path, epochs: usize) {
-    let mut child = start(args);
-    let metrics = run.join("metrics.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < epochs {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no epoch {epochs}"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "finished too early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 /// Runs the coordinator on `args` to the end: the undisturbed run the others are held to.

@@ -2,20 +2,9 @@
 //! the run directory, `evaluate` and `predict` are checked on the result. TREC slices keep it
 //! fast.
 
-use std::path::Path;
-
 use smalltext_tests::{
-    alive, coordinator, json, max_weight_diff, stderr, stdout, trec_slice, worker_pids,
+    alive, coordinator, json, max_weight_diff, stderr, stdout, train, trec_slice, worker_pids,
 };
-
-fn train(run: &Path, args: &[&str]) -> String {
-    let mut all = vec!["--run-dir", run.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let o = coordinator(&all);
-    let log = stderr(&o);
-    assert!(o.status.success(), "training failed:\n{log}");
-    log
-}
 
 /// The coordinator's log names `n` worker processes, and none of them is left running.
 fn assert_workers_gone(log: &str, n: usize) {

@@ -312,41 +312,29 @@ impl Pipeline {
     /// Training words plus those epoch 0's augmentations produce, so that inserted synonyms
     /// are not all UNK (the reference builds its vocabulary after augmentation too).
     fn build_vocab(&self) -> Vocab {
-        let originals = self
-            .train
-            .iter()
-            .flatten()
-            .flat_map(|d| d.tokens.iter().map(String::as_str));
         let (max, min) = (self.cfg.max_vocab, self.cfg.min_freq);
+        // With tasks, every word of the target (source 0) ranks before the others'.
+        let with_tasks = !self.tasks.is_empty();
+        let first = move |doc: &Doc| with_tasks && doc.id.source == 0;
         if !self.plan.is_active() {
-            if self.tasks.is_empty() {
-                return Vocab::build(originals, max, min);
-            }
-            let target = self.train[0]
-                .iter()
-                .flat_map(|d| d.tokens.iter().map(String::as_str));
-            let others = self.train[1..]
-                .iter()
-                .flatten()
-                .flat_map(|d| d.tokens.iter().map(String::as_str));
-            return Vocab::build_first(target, others, max, min);
+            let words = |part: bool| {
+                self.train
+                    .iter()
+                    .flatten()
+                    .filter(move |d| first(d) == part)
+                    .flat_map(|d| d.tokens.iter().map(String::as_str))
+            };
+            return Vocab::build_first(words(true), words(false), max, min);
         }
         let epoch0 = self.epoch_items(0);
-        let tokens = |of_target: bool| {
+        let words = |part: bool| {
             epoch0
                 .items
                 .iter()
-                .filter(move |it| (it.doc.id.source == 0) == of_target)
+                .filter(move |it| first(it.doc) == part)
                 .flat_map(|it| it.tokens.iter().map(|t| t.as_ref()))
         };
-        if self.tasks.is_empty() {
-            let all = epoch0
-                .items
-                .iter()
-                .flat_map(|it| it.tokens.iter().map(|t| t.as_ref()));
-            return Vocab::build(all, max, min);
-        }
-        Vocab::build_first(tokens(true), tokens(false), max, min)
+        Vocab::build_first(words(true), words(false), max, min)
     }
 
     /// Per class, its count after balancing: within each task, toward that task's classes.

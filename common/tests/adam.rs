@@ -152,18 +152,7 @@ fn a_group_has_its_own_learning_rate_and_weight_decay() -> TestResult {
         opt.step(&groups, &grads)?;
     }
     let want: Vec<f64> = (0..4)
-        .map(|i| {
-            let (lr, wd, b1, b2, eps) = (0.5e-3, 0.1, 0.9f64, 0.999f64, 1e-8);
-            let (mut p, mut m, mut v) = (bias0[i], 0.0, 0.0);
-            for (t, g) in steps.iter().enumerate() {
-                let (t, g) = (t as i32 + 1, f64::from(g[i]));
-                p *= 1.0 - lr * wd;
-                m = b1 * m + (1.0 - b1) * g;
-                v = b2 * v + (1.0 - b2) * g * g;
-                p -= lr / (1.0 - b1.powi(t)) * m / (v.sqrt() / (1.0 - b2.powi(t)).sqrt() + eps);
-            }
-            p
-        })
+        .map(|i| adamw(bias0[i], &column(&steps, i), &[0.5e-3; 2], 0.1))
         .collect();
     assert_close("fc.bias", &fc_bias(&model)?, &want, 1e-6, 1e-3);
     let lstm1 = support::flat(lstm.as_tensor())?;
@@ -216,25 +205,34 @@ fn the_schedule_scales_each_steps_rate_and_its_weight_decay() -> TestResult {
     for g in &steps[1..] {
         opt.step(&groups, &bias_grads(&model, *g))?;
     }
+    let rates = [0.0, 1e-3, 1e-3 * 2.0 / 3.0, 1e-3 / 3.0];
     let want: Vec<f64> = (0..4)
-        .map(|i| {
-            let (wd, b1, b2, eps) = (0.1, 0.9f64, 0.999f64, 1e-8);
-            let (mut p, mut m, mut v) = (bias0[i], 0.0, 0.0);
-            for (t, g) in steps.iter().enumerate() {
-                let lr = 1e-3 * [0.0, 1.0, 2.0 / 3.0, 1.0 / 3.0][t];
-                let (t, g) = (t as i32 + 1, f64::from(g[i]));
-                p *= 1.0 - lr * wd;
-                m = b1 * m + (1.0 - b1) * g;
-                v = b2 * v + (1.0 - b2) * g * g;
-                p -= lr / (1.0 - b1.powi(t)) * m / (v.sqrt() / (1.0 - b2.powi(t)).sqrt() + eps);
-            }
-            p
-        })
+        .map(|i| adamw(bias0[i], &column(&steps, i), &rates, 0.1))
         .collect();
     assert_close("fc.bias", &fc_bias(&model)?, &want, 1e-6, 1e-3);
     // The schedule's position is the step count: a state saved and restored continues it.
     assert_eq!(opt.state().step, 4);
     Ok(())
+}
+
+/// Value `i` of each step's gradient.
+fn column(steps: &[[f32; 4]], i: usize) -> Vec<f64> {
+    steps.iter().map(|g| f64::from(g[i])).collect()
+}
+
+/// AdamW in f64 on one value, the formula of `torch.optim.AdamW`: step t at rate `rates[t]`,
+/// decoupled weight decay `wd` at that rate.
+fn adamw(p0: f64, grads: &[f64], rates: &[f64], wd: f64) -> f64 {
+    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+    let (mut p, mut m, mut v) = (p0, 0.0, 0.0);
+    for (t, (&g, &lr)) in grads.iter().zip(rates).enumerate() {
+        let t = t as i32 + 1;
+        p *= 1.0 - lr * wd;
+        m = b1 * m + (1.0 - b1) * g;
+        v = b2 * v + (1.0 - b2) * g * g;
+        p -= lr / (1.0 - b1.powi(t)) * m / (v.sqrt() / (1.0 - b2.powi(t)).sqrt() + eps);
+    }
+    p
 }
 
 /// Adam in f64 on one value, the formula of `torch.optim.Adam`.

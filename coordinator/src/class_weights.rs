@@ -1,6 +1,7 @@
 //! `--class-weights`: checked as the flags are, resolved against the labels once the data
 //! is read.
 
+use std::ops::Range;
 use std::str::FromStr;
 
 /// Per-class loss weights, as asked for.
@@ -39,50 +40,46 @@ impl FromStr for ClassWeights {
 }
 
 impl ClassWeights {
-    /// One weight per label, `counts` being the training originals per label.
-    /// Only what concerns `labels` (one task's): explicit weights of other labels left out.
-    pub fn within(&self, labels: &[String]) -> ClassWeights {
-        match self {
-            ClassWeights::Balanced => ClassWeights::Balanced,
-            ClassWeights::Explicit(pairs) => ClassWeights::Explicit(
-                pairs
-                    .iter()
-                    .filter(|(l, _)| labels.contains(l))
-                    .cloned()
-                    .collect(),
-            ),
-        }
-    }
-
-    pub fn resolve(&self, labels: &[String], counts: &[usize]) -> Result<Vec<f32>, String> {
-        match self {
-            ClassWeights::Balanced => {
-                let n: usize = counts.iter().sum();
-                Ok(counts
-                    .iter()
-                    .map(|&c| {
-                        if c == 0 {
-                            1.0
-                        } else {
-                            n as f32 / (labels.len() * c) as f32
-                        }
-                    })
-                    .collect())
+    /// One weight per label, `counts` being the training originals per label, resolved within
+    /// each of `blocks` (a multi-task run's tasks; one block of every label otherwise):
+    /// `balanced` among the block's own classes, and an explicit label weighing that label in
+    /// every block that has it. A label of no block is an error.
+    pub fn resolve(
+        &self,
+        labels: &[String],
+        counts: &[usize],
+        blocks: &[Range<usize>],
+    ) -> Result<Vec<f32>, String> {
+        if let ClassWeights::Explicit(pairs) = self {
+            if let Some((label, _)) = pairs.iter().find(|(l, _)| !labels.contains(l)) {
+                return Err(format!(
+                    "--class-weights: unknown label {label:?} (labels: {})",
+                    labels.join(", ")
+                ));
             }
-            ClassWeights::Explicit(pairs) => {
-                let mut w = vec![1.0f32; labels.len()];
-                for (label, v) in pairs {
-                    let i = labels.iter().position(|l| l == label).ok_or_else(|| {
-                        format!(
-                            "--class-weights: unknown label {label:?} (labels: {})",
-                            labels.join(", ")
-                        )
-                    })?;
-                    w[i] = *v;
+        }
+        let mut w = Vec::with_capacity(labels.len());
+        for block in blocks {
+            let (labels, counts) = (&labels[block.clone()], &counts[block.clone()]);
+            match self {
+                ClassWeights::Balanced => {
+                    let n: usize = counts.iter().sum();
+                    w.extend(counts.iter().map(|&c| match c {
+                        0 => 1.0,
+                        c => n as f32 / (labels.len() * c) as f32,
+                    }));
                 }
-                Ok(w)
+                // The last weight given for a label counts.
+                ClassWeights::Explicit(pairs) => w.extend(labels.iter().map(|l| {
+                    pairs
+                        .iter()
+                        .rev()
+                        .find(|(p, _)| p == l)
+                        .map_or(1.0, |(_, v)| *v)
+                })),
             }
         }
+        Ok(w)
     }
 }
 
@@ -93,16 +90,22 @@ mod tests {
     #[test]
     fn balanced_and_explicit() {
         let labels = vec!["a".to_string(), "b".to_string()];
+        // One block of every label: a run without tasks.
+        let everything = 0..2;
+        let all = std::slice::from_ref(&everything);
         let balanced: ClassWeights = "balanced".parse().unwrap();
         assert_eq!(
-            balanced.resolve(&labels, &[30, 10]).unwrap(),
+            balanced.resolve(&labels, &[30, 10], all).unwrap(),
             vec![40.0 / 60.0, 2.0]
         );
         let explicit: ClassWeights = "b=3".parse().unwrap();
-        assert_eq!(explicit.resolve(&labels, &[1, 1]).unwrap(), vec![1.0, 3.0]);
+        assert_eq!(
+            explicit.resolve(&labels, &[1, 1], all).unwrap(),
+            vec![1.0, 3.0]
+        );
         let unknown: ClassWeights = "c=3".parse().unwrap();
         assert!(unknown
-            .resolve(&labels, &[1, 1])
+            .resolve(&labels, &[1, 1], all)
             .unwrap_err()
             .contains("unknown label"));
         for (bad, why) in [
@@ -113,5 +116,27 @@ mod tests {
             let e = bad.parse::<ClassWeights>().unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn with_tasks_each_block_is_weighed_within_itself() {
+        // Two tasks: (neg, pos) and (neg, pos, neutral), the same names in both.
+        let labels: Vec<String> = ["neg", "pos", "neg", "pos", "neutral"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let blocks = [0..2, 2..5];
+        let balanced: ClassWeights = "balanced".parse().unwrap();
+        assert_eq!(
+            balanced
+                .resolve(&labels, &[30, 10, 5, 5, 10], &blocks)
+                .unwrap(),
+            vec![40.0 / 60.0, 2.0, 20.0 / 15.0, 20.0 / 15.0, 20.0 / 30.0]
+        );
+        let explicit: ClassWeights = "pos=2,neutral=4,pos=3".parse().unwrap();
+        assert_eq!(
+            explicit.resolve(&labels, &[1; 5], &blocks).unwrap(),
+            vec![1.0, 3.0, 1.0, 3.0, 4.0]
+        );
     }
 }

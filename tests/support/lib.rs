@@ -2,8 +2,9 @@
 //! same profile as the tests) and the bundled data.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -80,6 +81,44 @@ pub fn coordinator(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running coordinator")
+}
+
+/// Runs `coordinator` on `args` with `--run-dir run`, which must succeed; returns its log.
+pub fn train(run: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--run-dir", run.to_str().expect("a UTF-8 path")];
+    all.extend_from_slice(args);
+    let o = coordinator(&all);
+    let log = stderr(&o);
+    assert!(o.status.success(), "training failed:\n{log}");
+    log
+}
+
+/// The coordinator on `args`, quiet, left running.
+pub fn start(args: &[String]) -> Child {
+    Command::new(bin("coordinator"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Starts the coordinator on `args` and kills it (SIGKILL: no clean-up) once `epochs` epochs
+/// are in the metrics of its run directory `run`.
+pub fn kill_after_epochs(args: &[String], run: &Path, epochs: usize) {
+    let mut child = start(args);
+    let metrics = run.join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < epochs {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no epoch {epochs}"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "finished too early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -1,7 +1,8 @@
 //! Multi-task data: `--task NAME=PATH[:WEIGHT]` names a task, each with its own labels and its
-//! own head over the shared model (`task_flags.rs` checks and orders the flags). The tasks' labels are one list in which each task owns a
-//! block (the target's first), so everything that counts by label (balance, class weights,
-//! the confusion matrix) works on the list, and each task's part is its block.
+//! own head over the shared model (`task_flags.rs` checks and orders the flags). The tasks'
+//! labels are one list in which each task owns a block (the target's first), so everything
+//! that counts by label (balance, class weights, the confusion matrix) works on the list, and
+//! each task's part is its block.
 
 use std::fmt;
 use std::ops::Range;
@@ -28,8 +29,8 @@ pub struct TaskFile {
     pub path: PathBuf,
 }
 
-/// A task name: letters, digits, `_`, `-` and `.`, as it appears in metrics and on the
-/// command line of `predict --task`.
+/// `NAME=REST` split, the name checked: letters, digits, `_`, `-` and `.` (it appears in
+/// metrics and on the command line of `predict --task`), and not `all`.
 fn split_name(s: &str) -> Result<(&str, &str), String> {
     let (name, rest) = s
         .split_once('=')
@@ -76,39 +77,44 @@ impl FromStr for TaskFile {
     }
 }
 
-macro_rules! string_form {
-    ($t:ty, $fmt:expr) => {
-        impl TryFrom<String> for $t {
-            type Error = String;
-            fn try_from(s: String) -> Result<Self, String> {
-                s.parse()
-            }
-        }
-        impl From<$t> for String {
-            fn from(t: $t) -> String {
-                t.to_string()
-            }
-        }
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                #[allow(clippy::redundant_closure_call)]
-                ($fmt)(self, f)
-            }
-        }
-    };
+// As `SourceSpec`, both are written as their command-line text in JSON.
+impl TryFrom<String> for TaskSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
 }
 
-string_form!(TaskSpec, |t: &TaskSpec, f: &mut fmt::Formatter<'_>| write!(
-    f,
-    "{}={}",
-    t.name, t.source
-));
-string_form!(TaskFile, |t: &TaskFile, f: &mut fmt::Formatter<'_>| write!(
-    f,
-    "{}={}",
-    t.name,
-    t.path.display()
-));
+impl From<TaskSpec> for String {
+    fn from(t: TaskSpec) -> String {
+        t.to_string()
+    }
+}
+
+impl fmt::Display for TaskSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.source)
+    }
+}
+
+impl TryFrom<String> for TaskFile {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<TaskFile> for String {
+    fn from(t: TaskFile) -> String {
+        t.to_string()
+    }
+}
+
+impl fmt::Display for TaskFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.path.display())
+    }
+}
 
 /// A task of a run: its name and its labels' block of the run's label list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -51,25 +51,7 @@ impl Vocab {
         max_size: usize,
         min_freq: usize,
     ) -> Self {
-        let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
-        for (order, tok) in tokens.into_iter().enumerate() {
-            counts.entry(tok).or_insert((0, order)).0 += 1;
-        }
-        let mut ranked: Vec<(&str, usize, usize)> = counts
-            .into_iter()
-            .filter(|&(_, (n, _))| n >= min_freq.max(1))
-            .map(|(t, (n, first))| (t, n, first))
-            .collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
-        let mut tokens = vec![PAD_TOKEN.to_string(), UNK_TOKEN.to_string()];
-        tokens.extend(
-            ranked
-                .into_iter()
-                .filter(|(t, _, _)| *t != PAD_TOKEN && *t != UNK_TOKEN)
-                .take(max_size.saturating_sub(2))
-                .map(|(t, _, _)| t.to_string()),
-        );
-        Vocab::from_tokens(tokens)
+        Self::build_first(std::iter::empty(), tokens, max_size, min_freq)
     }
 
     /// As [`Vocab::build`], with every token of `first` (a multi-task run's target task)

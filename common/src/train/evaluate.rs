@@ -41,10 +41,15 @@ pub fn predict_all_by(
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
     pub confusion: Confusion,
-    /// Summed cross-entropy of the true labels.
-    pub loss_sum: f64,
-    /// The same per head (task).
+    /// Summed cross-entropy of the true labels, per head (task).
     pub loss_by_head: Vec<f64>,
+}
+
+impl Evaluation {
+    /// Summed cross-entropy of the true labels.
+    pub fn loss_sum(&self) -> f64 {
+        self.loss_by_head.iter().sum()
+    }
 }
 
 /// Evaluates `model` on `(tokens, label)` pairs.
@@ -73,7 +78,6 @@ pub fn evaluate(model: &Classifier, examples: &[(&[u32], u32)]) -> Result<Evalua
     }
     Ok(Evaluation {
         confusion,
-        loss_sum: loss_by_head.iter().sum(),
         loss_by_head,
     })
 }

@@ -3,6 +3,7 @@
 //! vector, each sparse table as the rows the batch touched), the optimizer's update of the
 //! master weights, and the refresh of the device copy, each phase timed.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
@@ -86,21 +87,24 @@ pub fn compute_gradients_per_example(
     ];
     let mut total: Option<Tensor> = None;
     for scored in &forward.scored {
-        let rows: Vec<usize> = match &scored.rows {
-            Some(rows) => rows.clone(),
-            None => (0..batch.len()).collect(),
-        };
+        // The batch row of the head's i-th row (all rows, in order, with one head).
+        let rows = scored.rows.as_deref();
+        let n = rows.map_or(batch.len(), <[usize]>::len);
+        let row = |i: usize| rows.map_or(i, |r| r[i]);
         // A head's labels are its own block of the model's label list.
         let offset = model.config().head_offset(scored.head) as u32;
-        let own: Vec<u32> = rows.iter().map(|&r| labels[r] - offset).collect();
-        let targets = Tensor::from_slice(&own, (rows.len(), 1), model.device())?;
+        let own: Cow<[u32]> = match rows {
+            None if offset == 0 => Cow::Borrowed(labels),
+            _ => Cow::Owned((0..n).map(|i| labels[row(i)] - offset).collect()),
+        };
+        let targets = Tensor::from_slice(&own, (n, 1), model.device())?;
         let log_probs = candle_nn::ops::log_softmax(&scored.logits, 1)?;
         let picked = log_probs.gather(&targets, 1)?;
         let loss = match class_weights {
             None => picked.sum_all()?.neg()?,
             Some(w) => {
-                let per_example: Vec<f32> = rows.iter().map(|&r| w[labels[r] as usize]).collect();
-                let w = Tensor::from_slice(&per_example, (rows.len(), 1), model.device())?;
+                let per_example: Vec<f32> = (0..n).map(|i| w[labels[row(i)] as usize]).collect();
+                let w = Tensor::from_slice(&per_example, (n, 1), model.device())?;
                 picked.mul(&w)?.sum_all()?.neg()?
             }
         };
@@ -109,17 +113,17 @@ pub fn compute_gradients_per_example(
             Some(t) => t.add(&loss)?,
         });
         let losses = picked.neg()?.flatten_all()?.to_vec1::<f32>()?;
-        for (((row, &r), &label), loss) in scored
+        for (i, ((logits, &label), loss)) in scored
             .logits
             .to_vec2::<f32>()?
             .iter()
-            .zip(&rows)
-            .zip(&own)
+            .zip(own.iter())
             .zip(losses)
+            .enumerate()
         {
-            outcomes[r] = Outcome {
+            outcomes[row(i)] = Outcome {
                 loss,
-                correct: argmax(row) == label as usize,
+                correct: argmax(logits) == label as usize,
             };
         }
     }

@@ -65,11 +65,10 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     let labels = &m.meta.labels[block.clone()];
     let data = model_dir::load_labelled(&m, &args.data, &opts, args.unknown_labels, task)?;
     let pairs: Vec<(&[u32], u32)> = data.iter().map(|(s, l)| (s.as_slice(), *l)).collect();
-    let all = evaluate_model(&m.model, &pairs)?.confusion;
-    let c = match block.len() == all.classes {
-        true => all,
-        false => all.block(block.start, block.len()),
-    };
+    // The task's own block of the model's labels (all of them without tasks).
+    let c = evaluate_model(&m.model, &pairs)?
+        .confusion
+        .block(block.start, block.len());
     if let Some(note) = c.absent_note(labels) {
         tracing::warn!("{}: {note}", args.data.display());
     }

@@ -171,11 +171,9 @@ fn test_confusion_of(
         .iter()
         .map(|e| (e.tokens.as_slice(), e.label))
         .collect();
-    let all = common::train::evaluate(model, &pairs)?.confusion;
-    let c = match block.len() == all.classes {
-        true => all,
-        false => all.block(block.start, block.len()),
-    };
+    let c = common::train::evaluate(model, &pairs)?
+        .confusion
+        .block(block.start, block.len());
     if let Some(note) = c.absent_note(labels) {
         tracing::warn!("test set: {note}");
     }

@@ -111,19 +111,12 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
                 }
             }
             // With tasks, each task's weights are resolved among its own classes.
-            // A label named in --class-weights must be some task's; it weighs it in each
-            // task that has it.
-            let mut resolved = Vec::with_capacity(labels.len());
-            w.resolve(&labels, &counts).map_err(anyhow::Error::msg)?;
-            for k in 0..pipeline.tasks().len().max(1) {
-                let block = pipeline.task_labels(k);
-                let own = w
-                    .within(&labels[block.clone()])
-                    .resolve(&labels[block.clone()], &counts[block])
-                    .map_err(anyhow::Error::msg)?;
-                resolved.extend(own);
-            }
-            let w = resolved;
+            let blocks: Vec<_> = (0..pipeline.tasks().len().max(1))
+                .map(|k| pipeline.task_labels(k))
+                .collect();
+            let w = w
+                .resolve(&labels, &counts, &blocks)
+                .map_err(anyhow::Error::msg)?;
             tracing::info!(
                 "class weights: {}",
                 labels
