@@ -22,12 +22,22 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The training data's flags: `--data train`, or with `tasks` TREC as the target task beside
-/// the bundled SUBJ slice as an auxiliary one.
-fn data_flags(train: &Path, tasks: bool) -> Vec<String> {
-    match tasks {
-        false => vec!["--data".into(), train.display().to_string()],
-        true => vec![
+/// What a membership test trains.
+#[derive(Clone, Copy, PartialEq)]
+enum Model {
+    /// The seed's BiLSTM on `--data train`.
+    Plain,
+    /// TREC as the target task beside the bundled SUBJ slice as an auxiliary one.
+    Tasks,
+    /// A tiny BERT fine-tuned on `--data train` (its directory beside the data).
+    Finetune,
+}
+
+/// The training data's and model's flags.
+fn data_flags(train: &Path, model: Model) -> Vec<String> {
+    match model {
+        Model::Plain => vec!["--data".into(), train.display().to_string()],
+        Model::Tasks => vec![
             "--task".into(),
             format!("trec={}", train.display()),
             "--task".into(),
@@ -38,11 +48,26 @@ fn data_flags(train: &Path, tasks: bool) -> Vec<String> {
                     .display()
             ),
         ],
+        Model::Finetune => {
+            let dir = train.parent().unwrap();
+            let encoder = match dir.join("tiny-bert").is_dir() {
+                true => dir.join("tiny-bert"),
+                false => smalltext_tests::tiny_encoder(dir),
+            };
+            vec![
+                "--data".into(),
+                train.display().to_string(),
+                "--encoder".into(),
+                encoder.display().to_string(),
+                "--encoder-mode".into(),
+                "finetune".into(),
+            ]
+        }
     }
 }
 
-fn args(train: &Path, test: &Path, run: &Path, tasks: bool) -> Vec<String> {
-    let mut args = data_flags(train, tasks);
+fn args(train: &Path, test: &Path, run: &Path, model: Model) -> Vec<String> {
+    let mut args = data_flags(train, model);
     args.extend(
         [
             "--workers",
@@ -241,16 +266,16 @@ fn check_record(lost: &Path, whole: &Path, pid: u32, reason: &str) {
 /// the second epoch; checks the run finished with the survivors, resumed mid-epoch, kept
 /// nothing behind and recorded it all (see `check_record`). Returns the second run's log and
 /// the victim's process id.
-fn lose_one(victim: usize, signal: &str, reason: &str, tasks: bool) -> (String, u32) {
+fn lose_one(victim: usize, signal: &str, reason: &str, model: Model) -> (String, u32) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (train, test) = setup(dir.path());
     let (whole, lost) = (dir.path().join("whole"), dir.path().join("lost"));
-    let a = args(&train, &test, &whole, tasks);
+    let a = args(&train, &test, &whole, model);
     let o = coordinator(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let mut run = Running::start(&args(&train, &test, &lost, tasks));
+    let mut run = Running::start(&args(&train, &test, &lost, model));
     let pids: Vec<u32> = (0..3).map(|id| run.worker_pid(id)).collect();
     run.wait_into_second_epoch(&lost.join("metrics.jsonl"), 0.4);
     let pid = pids[victim];
@@ -280,7 +305,7 @@ fn lose_one(victim: usize, signal: &str, reason: &str, tasks: bool) -> (String, 
 
 #[test]
 fn a_worker_killed_mid_epoch_is_replaced_by_resharding_among_the_survivors() {
-    lose_one(1, "-KILL", "its process exited", false);
+    lose_one(1, "-KILL", "its process exited", Model::Plain);
 }
 
 /// With two tasks the heads are dense parameters like the rest: the survivors of a lost
@@ -288,7 +313,16 @@ fn a_worker_killed_mid_epoch_is_replaced_by_resharding_among_the_survivors() {
 /// (see `check_record`).
 #[test]
 fn a_multitask_run_that_loses_a_worker_stays_exact() {
-    let (log, _) = lose_one(2, "-KILL", "its process exited", true);
+    let (log, _) = lose_one(2, "-KILL", "its process exited", Model::Tasks);
+    assert!(log.contains("epoch 3/3"), "{log}");
+}
+
+/// Fine-tuning an encoder, whose weights and moments are most of the state a survivor
+/// adopts: the lost worker still costs one step, and the run ends with the undisturbed run's
+/// weights (see `check_record`).
+#[test]
+fn a_finetune_run_that_loses_a_worker_stays_exact() {
+    let (log, _) = lose_one(1, "-KILL", "its process exited", Model::Finetune);
     assert!(log.contains("epoch 3/3"), "{log}");
 }
 
@@ -298,7 +332,7 @@ fn a_multitask_run_that_loses_a_worker_stays_exact() {
 #[test]
 fn a_hung_worker_is_declared_lost_by_its_heartbeats_and_the_run_goes_on() {
     let started = Instant::now();
-    let (log, _) = lose_one(2, "-STOP", "no heartbeat for 2 s", false);
+    let (log, _) = lose_one(2, "-STOP", "no heartbeat for 2 s", Model::Plain);
     assert!(log.contains("declared lost while running: killed"), "{log}");
     assert!(started.elapsed() < Duration::from_secs(120));
 }
@@ -313,7 +347,7 @@ fn a_worker_joining_a_run_under_way_is_admitted_at_the_next_epoch_boundary() {
     let (train, test) = setup(dir.path());
     let (whole, joined) = (dir.path().join("whole"), dir.path().join("joined"));
     let common = |run: &Path| -> Vec<String> {
-        let mut a = args(&train, &test, run, false);
+        let mut a = args(&train, &test, run, Model::Plain);
         let at = a.iter().position(|x| x == "--epochs").unwrap();
         a[at + 1] = "4".into();
         let at = a.iter().position(|x| x == "--workers").unwrap();

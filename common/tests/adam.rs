@@ -132,7 +132,7 @@ fn a_group_has_its_own_learning_rate_and_weight_decay() -> TestResult {
     groups[2].optim = GroupOptim {
         lr_scale: 0.5,
         weight_decay: 0.1,
-        frozen: false,
+        ..GroupOptim::default()
     };
     groups[0].optim = GroupOptim::frozen();
     let bias0 = fc_bias(&model)?;
@@ -186,7 +186,7 @@ fn the_schedule_scales_each_steps_rate_and_its_weight_decay() -> TestResult {
     groups[2].optim = GroupOptim {
         lr_scale: 1.0,
         weight_decay: 0.1,
-        frozen: false,
+        ..GroupOptim::default()
     };
     let bias0 = fc_bias(&model)?;
     let config = AdamConfig {

@@ -12,6 +12,7 @@ type TestResult = Result<(), Box<dyn Error>>;
 /// Task 0 has labels 0..3, task 1 labels 3..5: one label list, a block per head.
 fn config() -> ModelConfig {
     ModelConfig {
+        transformer: None,
         input: InputConfig::Embedding {
             vocab_size: 30,
             dim: 8,

@@ -14,11 +14,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Arg, Command};
 
 /// Subcommands that take no training options (the file applies to training only).
-const SUBCOMMANDS: [&str; 6] = [
+const SUBCOMMANDS: [&str; 7] = [
     "data",
     "evaluate",
     "predict",
     "experiment",
+    "export-encoder",
     "config",
     "help",
 ];

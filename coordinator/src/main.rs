@@ -99,7 +99,7 @@ mod tests {
         );
         let cli = parse(&["--config", &path, "--epochs", "2"]).unwrap();
         assert_eq!(cli.train.train.epochs, 2);
-        assert_eq!(cli.train.train.batch_size, 16);
+        assert_eq!(cli.train.train.batch_size, Some(16));
         assert_eq!(cli.train.data.data.len(), 2);
         let cli = parse(&["--config", &path, "--data", "c.tsv"]).unwrap();
         assert_eq!(

@@ -170,6 +170,15 @@ pub fn save(dir: &Path, meta: &ModelMeta, weights: &[u8], optimizer: &[u8]) -> R
         let p = dir.join(name);
         common::fsutil::write_atomic(&p, bytes).with_context(|| format!("writing {}", p.display()))
     };
+    // A fine-tuned encoder is in the weights; with its configuration and tokenizer beside
+    // them, the directory needs nothing else.
+    if let (Some(t), Some(r)) = (&meta.model.transformer, &meta.encoder) {
+        write(files::CONFIG, &serde_json::to_vec_pretty(&t.config)?)?;
+        let tokenizer = r.path.join(files::TOKENIZER);
+        let bytes = std::fs::read(&tokenizer)
+            .with_context(|| format!("reading {}", tokenizer.display()))?;
+        write(files::TOKENIZER, &bytes)?;
+    }
     let mut meta = meta.clone();
     write(WEIGHTS, weights)?;
     meta.weights_sha256 = Some(sha256(weights));
@@ -349,6 +358,13 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
         .with_context(|| format!("loading the weights {}", weights.display()))?;
     let wordpiece = match &meta.encoder {
         None => None,
+        // The fine-tuned encoder is in the weights, its tokenizer beside them.
+        Some(_) if meta.model.transformer.is_some() => {
+            let path = dir.join(files::TOKENIZER);
+            Some(Arc::new(WordPiece::load(&path).with_context(|| {
+                format!("{}: the fine-tuned encoder's tokenizer", dir.display())
+            })?))
+        }
         Some(r) => {
             let dir_used = encoder.unwrap_or(&r.path);
             let refuse = |e: &dyn std::fmt::Display| {

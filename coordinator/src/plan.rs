@@ -88,7 +88,7 @@ impl TrainPlan {
             bail!("--patience needs a validation set: give --eval FILE or --eval-split FRACTION");
         }
         common::augment::AugmentConfig::of(&args.data).refuse_unused()?;
-        if let (Some(w), ScheduleKind::Constant) = (args.train.warmup, args.train.lr_schedule) {
+        if let (Some(w), ScheduleKind::Constant) = (args.train.warmup, args.train.lr_schedule()) {
             bail!("--warmup {w} applies to --lr-schedule linear; the schedule is constant");
         }
         let workers = match (&args.workers, args.expect_workers) {
@@ -216,12 +216,33 @@ fn check_model_flags(args: &TrainArgs) -> Result<()> {
         bail!("--encoder and --init-embeddings both set the model's input: give one of them");
     }
     let pretrained_table = t.init_embeddings.is_some()
-        || (t.encoder.is_some() && t.encoder_mode == EncoderMode::Embeddings);
+        || (t.encoder.is_some() && t.encoder_mode != EncoderMode::Features);
+    if !t.finetunes() {
+        for (flag, given) in [
+            ("--encoder-lr", t.encoder_lr.is_some()),
+            ("--finetune-layers", t.finetune_layers.is_some()),
+        ] {
+            if given {
+                bail!("{flag} applies to --encoder DIR --encoder-mode finetune");
+            }
+        }
+    }
+    if let (Some(k), Some(dir)) = (t.finetune_layers, &t.encoder) {
+        let layers = common::encoder::read_config(dir)
+            .with_context(|| format!("--encoder {}", dir.display()))?
+            .num_hidden_layers;
+        if k > layers {
+            bail!(
+                "--finetune-layers {k}: {} has {layers} transformer blocks",
+                dir.display()
+            );
+        }
+    }
     if t.freeze_embeddings && !pretrained_table {
         bail!(
             "--freeze-embeddings keeps the embedding table as it starts, and nothing pretrained \
              starts it: it would freeze random vectors. Give --init-embeddings FILE, or \
-             --encoder DIR --encoder-mode embeddings, or leave the table to train"
+             --encoder DIR --encoder-mode embeddings or finetune, or leave the table to train"
         );
     }
     Ok(())

@@ -10,6 +10,7 @@ mod bert;
 mod cache;
 mod error;
 pub mod files;
+pub mod fused;
 pub mod gelu;
 pub mod trainable;
 mod wordpiece;
@@ -39,6 +40,8 @@ pub enum EncoderMode {
     Features,
     /// The encoder's token-embedding table (and its tokenizer) initialise the embedding layer.
     Embeddings,
+    /// Every weight of the encoder trains with the head.
+    Finetune,
 }
 
 /// Which encoder a run used: recorded in checkpoints and sent to workers.

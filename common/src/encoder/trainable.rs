@@ -6,7 +6,8 @@
 //! backward op (no gradient reaches anything below it, and nothing says so), as do
 //! `softmax_last_dim` and the project's vectorised GELU; candle's own `gelu_erf` has a backward,
 //! but with 1/√(2π) rounded to six digits, which a gradient check in f64 sees. Hence layer norm,
-//! softmax and GELU are composed here from differentiable ops.
+//! softmax and GELU are ops of our own with a backward on the CPU ([`super::fused`]), and
+//! composed from differentiable ops elsewhere.
 //!
 //! Dropout (BERT's: after the embeddings, on the attention probabilities, and on both residual
 //! branches of each block) follows `model::dropout`: given one key per example, each
@@ -25,6 +26,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::error::{EncoderError, Result};
 use super::files;
+use super::fused;
 use crate::rng::{stream, tag};
 
 /// Keeps the encoder's dropout and initialisation streams apart from those of the rest of the
@@ -80,9 +82,22 @@ struct Dense {
     b: Var,
 }
 
+/// A weight as a pass uses it: inside autograd when the pass trains it, detached otherwise,
+/// so that a pass that trains nothing (inference, or a frozen block) records no graph.
+fn weight(v: &Var, grad: bool) -> Tensor {
+    match grad {
+        true => v.as_tensor().clone(),
+        false => v.as_tensor().detach(),
+    }
+}
+
 impl Dense {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.w.t()?)?.broadcast_add(&self.b)
+    fn forward(&self, x: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&weight(&self.w, grad).t()?)?;
+        match fused::applies(x) {
+            true => fused::bias_add(&y, &weight(&self.b, grad)),
+            false => y.broadcast_add(&weight(&self.b, grad)),
+        }
     }
 }
 
@@ -94,13 +109,17 @@ struct Norm {
 
 impl Norm {
     /// Layer norm over the last dimension, biased variance (as PyTorch).
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+        let (w, b) = (weight(&self.w, grad), weight(&self.b, grad));
+        if fused::applies(x) {
+            return fused::layer_norm(x, &w, &b, self.eps);
+        }
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         centred
             .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.w)?
-            .broadcast_add(&self.b)
+            .broadcast_mul(&w)?
+            .broadcast_add(&b)
     }
 }
 
@@ -123,6 +142,24 @@ enum Site {
     /// Heads × queries × keys: element (h, i, j) is word (h·P + i)·P + j of the example's
     /// stream (P the maximum number of positions), whatever the padded length.
     Attention(u64),
+}
+
+/// What a pass through the encoder trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    /// Dropout in the stages that train.
+    pub dropout: bool,
+    /// The first stage that trains: 0 the embeddings' sum and norm, l + 1 block l; the stages
+    /// below run outside autograd and without dropout. `None`: nothing trains
+    /// (inference).
+    pub trained_from: Option<usize>,
+}
+
+impl Pass {
+    pub const INFERENCE: Self = Self {
+        dropout: false,
+        trained_from: None,
+    };
 }
 
 pub struct TrainableBert {
@@ -234,47 +271,78 @@ impl TrainableBert {
         device: &Device,
         mut source: impl FnMut(&str, &[usize]) -> Result<Tensor>,
     ) -> Result<Self> {
-        check_config(config)?;
-        dropout.check().map_err(EncoderError::Run)?;
-        let (h, i) = (config.hidden_size, config.intermediate_size);
-        let mut params = Vec::new();
-        let mut var = |name: String, shape: &[usize]| -> Result<Var> {
-            let t = source(&name, shape)?;
+        Self::with_vars(config, dropout, seed, dtype, device, |name, shape| {
+            let t = source(name, shape)?;
             // `Var::from_tensor` of a variable shares its storage, so that training this
             // model would change the caller's tensors too.
             let t = if t.is_variable() { t.copy()? } else { t };
-            let v = Var::from_tensor(&t)?;
-            params.push((name, v.clone()));
-            Ok(v)
-        };
-        let words = var(
-            "embeddings.word_embeddings.weight".into(),
-            &[config.vocab_size, h],
-        )?;
-        let positions = var(
-            "embeddings.position_embeddings.weight".into(),
-            &[config.max_position_embeddings, h],
-        )?;
-        let token_types = var(
-            "embeddings.token_type_embeddings.weight".into(),
-            &[config.type_vocab_size, h],
-        )?;
-        let eps = config.layer_norm_eps;
-        let embed_norm = norm(&mut var, "embeddings.LayerNorm", h, eps)?;
-        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
-        for l in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
-            blocks.push(Block {
-                query: dense(&mut var, &format!("{p}.attention.self.query"), h, h)?,
-                key: dense(&mut var, &format!("{p}.attention.self.key"), h, h)?,
-                value: dense(&mut var, &format!("{p}.attention.self.value"), h, h)?,
-                attn_out: dense(&mut var, &format!("{p}.attention.output.dense"), h, h)?,
-                attn_norm: norm(&mut var, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
-                up: dense(&mut var, &format!("{p}.intermediate.dense"), i, h)?,
-                down: dense(&mut var, &format!("{p}.output.dense"), h, i)?,
-                out_norm: norm(&mut var, &format!("{p}.output.LayerNorm"), h, eps)?,
-            });
+            Ok(Var::from_tensor(&t)?)
+        })
+    }
+
+    /// The model over variables that `var_of` gives for each weight's name (Hugging Face's,
+    /// without `bert.`) and shape: a classifier that holds the encoder's weights among its own
+    /// passes them in, and training updates them in place. They must be of `dtype`, on
+    /// `device`.
+    pub fn with_vars(
+        config: &Config,
+        dropout: DropoutProbs,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+        mut var_of: impl FnMut(&str, &[usize]) -> Result<Var>,
+    ) -> Result<Self> {
+        check_config(config)?;
+        dropout.check().map_err(EncoderError::Run)?;
+        let h = config.hidden_size;
+        let mut params = Vec::new();
+        for (name, shape) in weight_shapes(config) {
+            let v = var_of(&name, &shape)?;
+            if v.dims() != shape || v.dtype() != dtype {
+                return Err(EncoderError::Run(format!(
+                    "weight {name} is {:?} {:?}, the configuration makes it {shape:?} {dtype:?}",
+                    v.dims(),
+                    v.dtype()
+                )));
+            }
+            params.push((name, v));
         }
+        let var = |name: &str| -> Var {
+            // weight_shapes named every weight that is looked up here.
+            let found = params.iter().find(|(n, _)| n == name);
+            found
+                .map(|(_, v)| v.clone())
+                .expect("a weight of weight_shapes")
+        };
+        let dense = |name: &str| Dense {
+            w: var(&format!("{name}.weight")),
+            b: var(&format!("{name}.bias")),
+        };
+        let eps = config.layer_norm_eps;
+        let norm = |name: &str| Norm {
+            w: var(&format!("{name}.weight")),
+            b: var(&format!("{name}.bias")),
+            eps,
+        };
+        let words = var("embeddings.word_embeddings.weight");
+        let positions = var("embeddings.position_embeddings.weight");
+        let token_types = var("embeddings.token_type_embeddings.weight");
+        let embed_norm = norm("embeddings.LayerNorm");
+        let blocks = (0..config.num_hidden_layers)
+            .map(|l| {
+                let p = format!("encoder.layer.{l}");
+                Block {
+                    query: dense(&format!("{p}.attention.self.query")),
+                    key: dense(&format!("{p}.attention.self.key")),
+                    value: dense(&format!("{p}.attention.self.value")),
+                    attn_out: dense(&format!("{p}.attention.output.dense")),
+                    attn_norm: norm(&format!("{p}.attention.output.LayerNorm")),
+                    up: dense(&format!("{p}.intermediate.dense")),
+                    down: dense(&format!("{p}.output.dense")),
+                    out_norm: norm(&format!("{p}.output.LayerNorm")),
+                }
+            })
+            .collect();
         Ok(Self {
             words,
             positions,
@@ -321,7 +389,8 @@ impl TrainableBert {
     /// Last-layer vectors (n × T × hidden) of `ids` (n × T, integers), every token of type 0
     /// as in the frozen encoder; `mask` (n × T, 1 for a token, 0 for padding) may be left out
     /// when there is no padding. With `train`, dropout is on, each row's masks drawn from its
-    /// key in `keys` (one per row) or, without keys, from one running stream.
+    /// key in `keys` (one per row) or, without keys, from one running stream. Every weight is
+    /// inside autograd, with or without `train`.
     pub fn forward(
         &self,
         ids: &Tensor,
@@ -330,32 +399,101 @@ impl TrainableBert {
         keys: Option<&[u64]>,
     ) -> Result<Tensor> {
         let (n, t) = self.check_input(ids, mask, keys)?;
-        let h = self.hidden;
-        let x = self
+        let words = self
             .words
             .index_select(&ids.to_dtype(DType::U32)?.flatten_all()?, 0)?
-            .reshape((n, t, h))?
-            .broadcast_add(&self.positions.narrow(0, 0, t)?)?
-            .broadcast_add(&self.token_types.narrow(0, 0, 1)?)?;
-        let x = self.norm.forward(&x)?;
-        let p = self.dropout;
-        let drop = |x: &Tensor, prob: f64, site: Site| {
-            self.apply_dropout(x, n, t, prob, site, train, keys)
+            .reshape((n, t, self.hidden))?;
+        let pass = Pass {
+            dropout: train,
+            trained_from: Some(0),
         };
-        let mut x = drop(&x, p.hidden, Site::Tokens(0))?.reshape((n * t, h))?;
+        let lengths = mask.map(lengths_of).transpose()?;
+        self.forward_words(&words, lengths.as_deref(), pass, keys)
+    }
+
+    /// The word-embedding table (vocabulary × hidden), which [`TrainableBert::forward_words`]
+    /// leaves to its caller: a caller that gathers the rows itself keeps the table's gradient
+    /// to the rows a batch touched.
+    pub fn word_table(&self) -> &Var {
+        &self.words
+    }
+
+    /// The blocks.
+    pub fn layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// As [`TrainableBert::forward`], from the rows of the word-embedding table that the ids
+    /// select (n × T × hidden), row b holding `lengths[b]` tokens and then padding (`None`:
+    /// none), as `pass` says. Padding positions come out zero.
+    pub fn forward_words(
+        &self,
+        words: &Tensor,
+        lengths: Option<&[usize]>,
+        pass: Pass,
+        keys: Option<&[u64]>,
+    ) -> Result<Tensor> {
+        let (n, t, h) = words.dims3()?;
+        if h != self.hidden || n == 0 || t == 0 || t > self.max_positions {
+            return Err(EncoderError::Run(format!(
+                "word vectors of {:?} for an encoder of width {} and {} positions",
+                words.dims(),
+                self.hidden,
+                self.max_positions
+            )));
+        }
+        let lengths = lengths.map_or_else(|| vec![t; n], <[usize]>::to_vec);
+        if lengths.len() != n || lengths.iter().any(|&l| l == 0 || l > t) {
+            return Err(EncoderError::Run(format!(
+                "lengths {lengths:?} for {n} rows of {t} words"
+            )));
+        }
+        if keys.is_some_and(|k| k.len() != n) {
+            return Err(EncoderError::Run(format!(
+                "{} dropout keys for {n} rows",
+                keys.map_or(0, <[u64]>::len)
+            )));
+        }
+        let trains = |stage: usize| pass.trained_from.is_some_and(|f| stage >= f);
+        let packing = Packing::new(&lengths, t, words.device())?;
+        let grad = trains(0);
+        // Below the stages that train, no gradient is wanted, the words' included.
+        let words = match grad {
+            true => words.clone(),
+            false => words.detach(),
+        };
+        let x = words
+            .broadcast_add(&weight(&self.positions, grad).narrow(0, 0, t)?)?
+            .broadcast_add(&weight(&self.token_types, grad).narrow(0, 0, 1)?)?
+            .reshape((n * t, h))?;
+        let x = self.norm.forward(&packing.pack(&x)?, grad)?;
+        let p = self.dropout;
+        let drop = |x: &Tensor, prob: f64, site: Site, on: bool| {
+            self.apply_dropout(x, &lengths, t, prob, site, on && pass.dropout, keys)
+        };
+        // Tokens are packed (n·T rows less the padding): every step but attention works on
+        // each token alone, so padding would only cost.
+        let mut x = drop(&x, p.hidden, Site::Tokens(0), grad)?;
         // Additive mask: 0 for tokens, the lowest f32 for padding (as transformers), whose
         // exponential is 0 in f32 and f64 alike.
-        let bias = match mask {
-            Some(m) => Some(
-                ((1.0 - m.to_dtype(self.dtype)?)? * f64::from(f32::MIN))?.reshape((n, 1, 1, t))?,
-            ),
-            None => None,
+        let bias = match lengths.iter().any(|&l| l < t) {
+            true => {
+                let b: Vec<f32> = lengths
+                    .iter()
+                    .flat_map(|&l| (0..t).map(move |i| if i < l { 0.0 } else { f32::MIN }))
+                    .collect();
+                Some(Tensor::from_vec(b, (n, 1, 1, t), words.device())?.to_dtype(self.dtype)?)
+            }
+            false => None,
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         for (l, b) in self.blocks.iter().enumerate() {
+            // A frozen block runs without dropout and outside autograd.
+            let grad = trains(l + 1);
             let site = 1 + 3 * l as u64;
             let split = |d: &Dense| -> candle_core::Result<Tensor> {
-                d.forward(&x)?
+                packing
+                    .unpack(&d.forward(&x, grad)?)?
                     .reshape((n, t, self.heads, self.head_dim))?
                     .transpose(1, 2)?
                     .contiguous()
@@ -365,19 +503,20 @@ impl TrainableBert {
             if let Some(bias) = &bias {
                 scores = scores.broadcast_add(bias)?;
             }
-            let probs = drop(&softmax(&scores)?, p.attention, Site::Attention(site))?;
+            let probs = drop(&softmax(&scores)?, p.attention, Site::Attention(site), grad)?;
             let ctx = probs
                 .matmul(&v)?
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((n * t, h))?;
-            let attn = drop(&b.attn_out.forward(&ctx)?, p.hidden, Site::Tokens(site + 1))?;
-            let a = b.attn_norm.forward(&(attn + &x)?)?;
-            let down = b.down.forward(&gelu_erf(&b.up.forward(&a)?)?)?;
-            let down = drop(&down, p.hidden, Site::Tokens(site + 2))?;
-            x = b.out_norm.forward(&(down + &a)?)?;
+            let attn = b.attn_out.forward(&packing.pack(&ctx)?, grad)?;
+            let attn = drop(&attn, p.hidden, Site::Tokens(site + 1), grad)?;
+            let a = b.attn_norm.forward(&(attn + &x)?, grad)?;
+            let down = b.down.forward(&gelu_erf(&b.up.forward(&a, grad)?)?, grad)?;
+            let down = drop(&down, p.hidden, Site::Tokens(site + 2), grad)?;
+            x = b.out_norm.forward(&(down + &a)?, grad)?;
         }
-        Ok(x.reshape((n, t, h))?)
+        Ok(packing.unpack(&x)?.reshape((n, t, h))?)
     }
 
     fn check_input(
@@ -430,7 +569,7 @@ impl TrainableBert {
     fn apply_dropout(
         &self,
         x: &Tensor,
-        n: usize,
+        lengths: &[usize],
         t: usize,
         p: f64,
         site: Site,
@@ -441,28 +580,36 @@ impl TrainableBert {
             return Ok(x.clone());
         }
         let keep = 1.0 - p;
-        let per_row = x.elem_count() / n;
-        let mut mask = Vec::with_capacity(x.elem_count());
+        let scale = (1.0 / keep) as f32;
+        let mut mask: Vec<f32> = Vec::with_capacity(x.elem_count());
         let mut draw = |rng: &mut ChaCha8Rng, count: usize| {
-            mask.extend((0..count).map(|_| u8::from(f64::from(rng.gen::<f32>()) < keep)));
+            mask.extend(
+                (0..count).map(|_| match f64::from(rng.gen::<f32>()) < keep {
+                    true => scale,
+                    false => 0.0,
+                }),
+            );
         };
         match keys {
             Some(keys) => {
-                let (id, attention) = match site {
-                    Site::Tokens(id) => (id, false),
-                    Site::Attention(id) => (id, true),
-                };
-                for &key in keys {
+                let tokens: usize = lengths.iter().sum();
+                let width = x.elem_count() / tokens.max(1);
+                for (&key, &len) in keys.iter().zip(lengths) {
+                    let id = match site {
+                        Site::Tokens(id) | Site::Attention(id) => id,
+                    };
                     let mut rng = stream(&[tag::DROPOUT, self.seed, ENCODER_STREAM, key, id]);
-                    if attention {
-                        let pos = self.max_positions as u128;
-                        for row in 0..(self.heads * t) as u128 {
-                            let (head, query) = (row / t as u128, row % t as u128);
-                            rng.set_word_pos((head * pos + query) * pos);
-                            draw(&mut rng, t);
+                    match site {
+                        Site::Attention(_) => {
+                            let pos = self.max_positions as u128;
+                            for row in 0..(self.heads * t) as u128 {
+                                let (head, query) = (row / t as u128, row % t as u128);
+                                rng.set_word_pos((head * pos + query) * pos);
+                                draw(&mut rng, t);
+                            }
                         }
-                    } else {
-                        draw(&mut rng, per_row);
+                        // The example's own tokens, in position order.
+                        Site::Tokens(_) => draw(&mut rng, len * width),
                     }
                 }
             }
@@ -471,29 +618,122 @@ impl TrainableBert {
                 draw(&mut rng, x.elem_count());
             }
         }
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?
-            .to_dtype(x.dtype())?
-            .affine(1.0 / keep, 0.0)?;
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x.mul(&mask)
     }
 }
 
-/// Makes a [`Var`] of the named weight and records it.
-type MakeVar<'a> = dyn FnMut(String, &[usize]) -> Result<Var> + 'a;
-
-fn dense(var: &mut MakeVar, name: &str, out: usize, inp: usize) -> Result<Dense> {
-    Ok(Dense {
-        w: var(format!("{name}.weight"), &[out, inp])?,
-        b: var(format!("{name}.bias"), &[out])?,
-    })
+/// The lengths of right-padded rows from their mask (n × T, 1 for a token, 0 for padding).
+fn lengths_of(mask: &Tensor) -> Result<Vec<usize>> {
+    let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    rows.iter()
+        .map(|r| {
+            let len = r.iter().take_while(|&&m| m != 0.0).count();
+            match len > 0 && r[len..].iter().all(|&m| m == 0.0) {
+                true => Ok(len),
+                false => Err(EncoderError::Run(
+                    "a mask row that is not tokens followed by padding".into(),
+                )),
+            }
+        })
+        .collect()
 }
 
-fn norm(var: &mut MakeVar, name: &str, width: usize, eps: f64) -> Result<Norm> {
-    Ok(Norm {
-        w: var(format!("{name}.weight"), &[width])?,
-        b: var(format!("{name}.bias"), &[width])?,
-        eps,
-    })
+/// Moves token rows between the padded layout (n·T rows) and the packed one (the tokens
+/// alone, example after example); with no padding, both are the same and nothing moves.
+struct Packing {
+    /// For each packed row, its padded row.
+    gather: Option<Tensor>,
+    /// For each padded row, its packed row, or the zero row past the last for padding.
+    scatter: Option<Tensor>,
+}
+
+impl Packing {
+    fn new(lengths: &[usize], t: usize, device: &Device) -> Result<Self> {
+        if lengths.iter().all(|&l| l == t) {
+            return Ok(Self {
+                gather: None,
+                scatter: None,
+            });
+        }
+        let tokens: usize = lengths.iter().sum();
+        let mut gather = Vec::with_capacity(tokens);
+        let mut scatter = vec![tokens as u32; lengths.len() * t];
+        for (b, &len) in lengths.iter().enumerate() {
+            for i in 0..len {
+                scatter[b * t + i] = gather.len() as u32;
+                gather.push((b * t + i) as u32);
+            }
+        }
+        Ok(Self {
+            gather: Some(Tensor::from_vec(gather, tokens, device)?),
+            scatter: Some(Tensor::from_vec(scatter, lengths.len() * t, device)?),
+        })
+    }
+
+    /// Padded rows (n·T × w) to packed.
+    fn pack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.gather {
+            Some(g) => x.index_select(g, 0),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// Packed rows to padded, the padding zero.
+    fn unpack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.scatter {
+            Some(s) => {
+                let zero = Tensor::zeros((1, x.dim(1)?), x.dtype(), x.device())?;
+                Tensor::cat(&[x, &zero], 0)?.index_select(s, 0)
+            }
+            None => Ok(x.clone()),
+        }
+    }
+}
+
+/// Every weight's name (Hugging Face's, without `bert.`) and shape: the embeddings, then block
+/// by block, each in the order of its computation.
+pub fn weight_shapes(config: &Config) -> Vec<(String, Vec<usize>)> {
+    let (h, i) = (config.hidden_size, config.intermediate_size);
+    let mut out: Vec<(String, Vec<usize>)> = vec![
+        (
+            "embeddings.word_embeddings.weight".into(),
+            vec![config.vocab_size, h],
+        ),
+        (
+            "embeddings.position_embeddings.weight".into(),
+            vec![config.max_position_embeddings, h],
+        ),
+        (
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![config.type_vocab_size, h],
+        ),
+    ];
+    let linear = |out: &mut Vec<_>, name: String, o: usize, i: usize| {
+        out.push((format!("{name}.weight"), vec![o, i]));
+        out.push((format!("{name}.bias"), vec![o]));
+    };
+    let norm = |out: &mut Vec<_>, name: String| {
+        out.push((format!("{name}.weight"), vec![h]));
+        out.push((format!("{name}.bias"), vec![h]));
+    };
+    norm(&mut out, "embeddings.LayerNorm".into());
+    for l in 0..config.num_hidden_layers {
+        let p = format!("encoder.layer.{l}");
+        for part in [
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+        ] {
+            linear(&mut out, format!("{p}.{part}"), h, h);
+        }
+        linear(&mut out, format!("{p}.attention.output.dense"), h, h);
+        norm(&mut out, format!("{p}.attention.output.LayerNorm"));
+        linear(&mut out, format!("{p}.intermediate.dense"), i, h);
+        linear(&mut out, format!("{p}.output.dense"), h, i);
+        norm(&mut out, format!("{p}.output.LayerNorm"));
+    }
+    out
 }
 
 fn check_config(c: &Config) -> Result<()> {
@@ -524,6 +764,9 @@ fn check_config(c: &Config) -> Result<()> {
 /// Softmax over the last dimension. The maximum is subtracted for range only (the result
 /// does not depend on it), so it is detached.
 fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    if fused::applies(x) {
+        return fused::softmax(x);
+    }
     let e = x
         .broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?
         .exp()?;
@@ -532,6 +775,9 @@ fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `0.5 x (1 + erf(x / √2))`.
 fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
+    if fused::applies(x) {
+        return fused::gelu_erf(x);
+    }
     x.mul(&(((x * FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?)
 }
 

@@ -24,6 +24,7 @@ use super::mode::Mode;
 use super::params::{dense_len, GroupKind, GroupOptim, ParamGroup, Shapes};
 use super::persist::{to_safetensors, write_bytes_atomically};
 use super::sequence::{self, SequenceEncoder};
+use super::transformer::{self, Transformer};
 use crate::encoder::Encoder;
 
 pub use super::input::EMBEDDING;
@@ -37,10 +38,11 @@ pub struct Classifier {
     device: Device,
     varmap: VarMap,
     input: Input,
+    transformer: Option<Transformer>,
     sequence: SequenceEncoder,
     heads: Vec<Head>,
-    /// The input's table first, then the sequence encoder, then each head: the dense groups'
-    /// order is the order of the flat gradient vector.
+    /// The input's table first, then the transformer, the sequence encoder and each head: the
+    /// dense groups' order is the order of the flat gradient vector.
     groups: Vec<ParamGroup>,
 }
 
@@ -61,32 +63,67 @@ pub struct Scored {
     pub logits: Tensor,
 }
 
-/// One part's dense parameters: its group's name, the parameters' names and shapes, and the
-/// fan its initialisation draws with.
+/// One part's dense parameters: its group's name, the parameters' names and shapes, how
+/// they are drawn, and whether they train.
 struct DensePart {
     group: String,
     shapes: Shapes,
-    fan: usize,
+    init: Init,
+    frozen: bool,
+    /// Part of the fine-tuned encoder.
+    pretrained: bool,
 }
 
-/// The dense parts in gradient order: the sequence encoder, then each head.
-fn dense_parts(config: &ModelConfig) -> Vec<DensePart> {
+/// How a part's weights are first drawn.
+#[derive(Clone, Copy)]
+enum Init {
+    /// PyTorch's LSTM and linear layers: U(±1/√fan).
+    Uniform { fan: usize },
+    /// BERT's: N(0, std), biases 0, norms the identity.
+    Bert { std: f64 },
+}
+
+/// The dense parts in gradient order: the transformer (its frozen stages, then those that
+/// train), the sequence encoder, then each head. A part without parameters has no group.
+fn dense_parts(config: &ModelConfig) -> Result<Vec<DensePart>> {
+    let mut parts = Vec::new();
+    if let Some(t) = &config.transformer {
+        let std = t.bert()?.initializer_range;
+        let (frozen, trained) = transformer::params(t)?;
+        for (group, shapes, frozen) in [
+            (transformer::FROZEN_GROUP, frozen, true),
+            (transformer::GROUP, trained, false),
+        ] {
+            parts.push(DensePart {
+                group: group.into(),
+                shapes,
+                init: Init::Bert { std },
+                frozen,
+                pretrained: true,
+            });
+        }
+    }
     let (shapes, fan) = sequence::params(&config.sequence, config.input.dim());
-    let width = config.sequence.output_dim();
-    let mut parts = vec![DensePart {
+    parts.push(DensePart {
         group: sequence::GROUP.to_string(),
         shapes,
-        fan,
-    }];
+        init: Init::Uniform { fan },
+        frozen: false,
+        pretrained: false,
+    });
+    let width = config.sequence.output_dim(config.input.dim());
     for (k, h) in config.heads.iter().enumerate() {
         let (shapes, fan) = head::params(h, k, width);
         parts.push(DensePart {
             group: head::group(k),
             shapes,
-            fan,
+            init: Init::Uniform { fan },
+            frozen: false,
+            pretrained: false,
         });
     }
-    parts
+    parts.retain(|p| !p.shapes.is_empty());
+    Ok(parts)
 }
 
 impl Classifier {
@@ -103,9 +140,13 @@ impl Classifier {
         {
             let mut vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
             Input::init(&config.input, &mut rng, device, &mut vars)?;
-            for part in dense_parts(config) {
+            for part in dense_parts(config)? {
                 for (name, shape) in part.shapes {
-                    let data = uniform(shape.iter().product(), part.fan, &mut rng);
+                    let n = shape.iter().product();
+                    let data = match part.init {
+                        Init::Uniform { fan } => uniform(n, fan, &mut rng),
+                        Init::Bert { std } => transformer::init(&name, n, std, &mut rng),
+                    };
                     vars.insert(name, Var::from_vec(data, shape, device)?);
                 }
             }
@@ -119,14 +160,14 @@ impl Classifier {
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
-        let (input, dense) = {
+        let (input, dense, transformer) = {
             let vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
             let get = |name: &str| {
                 vars.get(name)
                     .cloned()
                     .ok_or_else(|| ModelError::Config(format!("missing parameter {name}")))
             };
-            let dense = dense_parts(config)
+            let dense = dense_parts(config)?
                 .into_iter()
                 .map(|part| {
                     let params = part
@@ -138,16 +179,31 @@ impl Classifier {
                         name: part.group,
                         kind: GroupKind::Dense,
                         params,
-                        optim: GroupOptim::default(),
+                        optim: GroupOptim {
+                            frozen: part.frozen,
+                            pretrained: part.pretrained,
+                            ..GroupOptim::default()
+                        },
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            (Input::from_vars(&config.input, &vars)?, dense)
+            let input = Input::from_vars(&config.input, &vars)?;
+            let transformer = match &config.transformer {
+                Some(t) => Some(Transformer::build(
+                    t,
+                    input.table(),
+                    seed.wrapping_add(1),
+                    &vars,
+                    device,
+                )?),
+                None => None,
+            };
+            (input, dense, transformer)
         };
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let sequence =
             SequenceEncoder::build(&config.sequence, config.input.dim(), seed, vb.clone())?;
-        let width = config.sequence.output_dim();
+        let width = config.sequence.output_dim(config.input.dim());
         let heads = config
             .heads
             .iter()
@@ -155,12 +211,17 @@ impl Classifier {
             .map(|(k, h)| Head::build(h, k, width, seed.wrapping_sub(1 + k as u64), &vb))
             .collect::<Result<Vec<_>>>()?;
         let mut groups = input.groups();
+        if transformer.is_some() {
+            // The input's table is the transformer's word table.
+            groups.iter_mut().for_each(|g| g.optim.pretrained = true);
+        }
         groups.extend(dense);
         Ok(Self {
             config: config.clone(),
             device: device.clone(),
             varmap,
             input,
+            transformer,
             sequence,
             heads,
             groups,
@@ -206,6 +267,43 @@ impl Classifier {
                 .get(name)
                 .ok_or_else(|| ModelError::Config(format!("no tensor {name} in the weights")))?;
             var.set(&t.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the transformer's weights (and the input's table, its word table) from a
+    /// Hugging Face BERT checkpoint's tensors, named with or without `bert.`.
+    pub fn load_encoder_weights(
+        &self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<()> {
+        let t = self.config.transformer.as_ref().ok_or_else(|| {
+            ModelError::Config("this model has no transformer to load weights into".into())
+        })?;
+        let prefix = match tensors.contains_key(&format!("bert.{}", transformer::WORD_TABLE)) {
+            true => "bert.",
+            false => "",
+        };
+        for (hf, shape) in crate::encoder::trainable::weight_shapes(&t.bert()?) {
+            let found = tensors.get(&format!("{prefix}{hf}")).ok_or_else(|| {
+                ModelError::Config(format!("the encoder has no tensor {prefix}{hf}"))
+            })?;
+            if found.dims() != shape.as_slice() {
+                return Err(ModelError::Config(format!(
+                    "the encoder's {prefix}{hf} is {:?}, its configuration makes it {shape:?}",
+                    found.dims()
+                )));
+            }
+            let var = match hf.as_str() {
+                transformer::WORD_TABLE => self.input.table(),
+                _ => self.param(&transformer::model_name(&hf)).ok_or_else(|| {
+                    ModelError::Config(format!(
+                        "missing parameter {}",
+                        transformer::model_name(&hf)
+                    ))
+                })?,
+            };
+            var.set(&found.to_dtype(DType::F32)?.to_device(&self.device)?)?;
         }
         Ok(())
     }
@@ -297,8 +395,26 @@ impl Classifier {
         let head = self.heads.get(head).ok_or_else(|| {
             ModelError::Batch(format!("head {head} of a model with {}", self.heads.len()))
         })?;
-        let encoded = self.sequence.forward(x, lengths, mode, keys)?;
+        let encoded = self.encode(x, lengths, mode, keys)?;
         head.forward(&encoded, mode, keys)
+    }
+
+    /// The sentence vectors (B × D) of embedded tokens `x`: through the transformer, when the
+    /// model has one, then the sequence encoder.
+    fn encode(
+        &self,
+        x: &Tensor,
+        lengths: &[usize],
+        mode: Mode,
+        keys: Option<&[u64]>,
+    ) -> Result<Tensor> {
+        match &self.transformer {
+            Some(t) => {
+                let x = t.forward(x, lengths, mode, keys)?;
+                self.sequence.forward(&x, lengths, mode, keys)
+            }
+            None => self.sequence.forward(x, lengths, mode, keys),
+        }
     }
 
     /// The training forward pass over `batch`, on the head it names.
@@ -321,7 +437,7 @@ impl Classifier {
         }
         // Several tasks: the sentence vectors are computed once, and each head scores the rows
         // whose labels are its own, so an example's loss reaches only its task's head.
-        let encoded = self.sequence.forward(x, lengths, Mode::Train, keys)?;
+        let encoded = self.encode(x, lengths, Mode::Train, keys)?;
         let mut scored = Vec::new();
         for (head, rows) in self.rows_by_head(batch.labels())? {
             let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();

@@ -13,6 +13,10 @@ use super::error::{ModelError, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub input: InputConfig,
+    /// A pretrained transformer between the input's word vectors and the sequence encoder,
+    /// trained with the rest (`--encoder-mode finetune`); the input is then its word table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transformer: Option<TransformerConfig>,
     pub sequence: SequenceConfig,
     /// At least one; head 0 is the one a batch uses unless it names another.
     pub heads: Vec<HeadConfig>,
@@ -34,6 +38,40 @@ pub enum InputConfig {
     EncoderFeatures { vocab_size: usize, dim: usize },
 }
 
+/// A BERT-family encoder whose weights are part of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformerConfig {
+    /// Its `config.json`, as the encoder ships it (dropout included).
+    pub config: serde_json::Value,
+    /// How many blocks train, from the top (the embeddings and the blocks below stay as they
+    /// are, and run without dropout); `None`: every weight trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_layers: Option<usize>,
+}
+
+impl TransformerConfig {
+    /// The configuration as candle reads it.
+    pub fn bert(&self) -> Result<candle_transformers::models::bert::Config> {
+        serde_json::from_value(self.config.clone())
+            .map_err(|e| ModelError::Config(format!("not a BERT configuration: {e}")))
+    }
+
+    /// The dropout probabilities its configuration gives.
+    pub fn dropout(&self) -> Result<crate::encoder::trainable::DropoutProbs> {
+        crate::encoder::trainable::DropoutProbs::from_config_json(&self.config.to_string())
+            .map_err(ModelError::Config)
+    }
+
+    /// The first stage that trains (see [`crate::encoder::trainable::Pass`]).
+    pub fn trained_from(&self) -> Result<usize> {
+        let layers = self.bert()?.num_hidden_layers;
+        Ok(match self.trained_layers {
+            None => 0,
+            Some(k) => layers + 1 - k.min(layers),
+        })
+    }
+}
+
 /// What turns a sentence's token vectors into one vector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -46,6 +84,9 @@ pub enum SequenceConfig {
         #[serde(default)]
         dropout: f32,
     },
+    /// The mean of the sentence's token vectors (padding excluded): the usual head of a
+    /// fine-tuned encoder, and the reference's (`torch_finetune.py --head mean`).
+    MeanPool,
 }
 
 /// A linear layer from the sentence vector to `num_classes` scores, after `dropout` in
@@ -75,10 +116,11 @@ impl InputConfig {
 }
 
 impl SequenceConfig {
-    /// The width of the sentence vector.
-    pub fn output_dim(&self) -> usize {
+    /// The width of the sentence vector, over `input`-wide token vectors.
+    pub fn output_dim(&self, input: usize) -> usize {
         match *self {
             SequenceConfig::Bilstm { hidden_dim, .. } => 2 * hidden_dim,
+            SequenceConfig::MeanPool => input,
         }
     }
 }
@@ -125,7 +167,35 @@ impl ModelConfig {
                 layers,
                 dropout,
             } => hidden_dim >= 1 && layers >= 1 && (0.0..1.0).contains(&dropout),
+            SequenceConfig::MeanPool => true,
         };
+        if let Some(t) = &self.transformer {
+            let bert = t.bert()?;
+            t.dropout()?;
+            if bert.hidden_size != self.input.dim() || bert.vocab_size != self.input.vocab_size() {
+                return Err(ModelError::Config(format!(
+                    "a transformer of width {} over {} words reads an input of {} × {}",
+                    bert.hidden_size,
+                    bert.vocab_size,
+                    self.input.vocab_size(),
+                    self.input.dim()
+                )));
+            }
+            if t.trained_layers
+                .is_some_and(|k| k == 0 || k > bert.num_hidden_layers)
+            {
+                return Err(ModelError::Config(format!(
+                    "{} of the transformer's {} blocks to train",
+                    t.trained_layers.unwrap_or(0),
+                    bert.num_hidden_layers
+                )));
+            }
+            if !matches!(self.input, InputConfig::Embedding { .. }) {
+                return Err(ModelError::Config(
+                    "a transformer reads its own word table, not another encoder's vectors".into(),
+                ));
+            }
+        }
         let heads_ok = !self.heads.is_empty()
             && self
                 .heads
@@ -197,6 +267,7 @@ impl From<FlatConfig> for ModelConfig {
         };
         ModelConfig {
             input,
+            transformer: None,
             sequence: SequenceConfig::Bilstm {
                 hidden_dim: f.hidden_dim,
                 layers: f.layers,
@@ -239,7 +310,7 @@ mod tests {
                 frozen: true
             }
         );
-        assert_eq!(parts.sequence.output_dim(), 8);
+        assert_eq!(parts.sequence.output_dim(8), 8);
         assert_eq!(parts.heads[0].dropout, 0.25);
         let json = serde_json::to_value(&parts).unwrap();
         assert_eq!(json["input"]["kind"], "embedding");

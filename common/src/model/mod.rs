@@ -23,11 +23,14 @@ pub mod packing;
 pub mod params;
 pub(crate) mod persist;
 mod sequence;
+pub mod transformer;
 
 pub use batch::{Batch, PAD};
 pub use bilstm::BiLstm;
 pub use classifier::{Classifier, Forward, Scored, EMBEDDING, EVAL_ROWS};
-pub use config::{FlatConfig, HeadConfig, InputConfig, ModelConfig, SequenceConfig};
+pub use config::{
+    FlatConfig, HeadConfig, InputConfig, ModelConfig, SequenceConfig, TransformerConfig,
+};
 pub use error::{ModelError, Result};
 pub use gradients::{Gradients, SparseRows};
 pub use lstm_op::{Direction, FusedLstm, LstmOutput};

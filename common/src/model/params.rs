@@ -28,6 +28,10 @@ pub struct GroupOptim {
     pub weight_decay: f64,
     /// Not trained: the optimizer leaves the group alone (its moments stay zero).
     pub frozen: bool,
+    /// Part of a pretrained encoder that is fine-tuned: it trains at the run's encoder
+    /// learning rate (`AdamConfig::encoder_lr`).
+    #[serde(default)]
+    pub pretrained: bool,
 }
 
 impl Default for GroupOptim {
@@ -36,6 +40,7 @@ impl Default for GroupOptim {
             lr_scale: 1.0,
             weight_decay: 0.0,
             frozen: false,
+            pretrained: false,
         }
     }
 }
@@ -44,6 +49,14 @@ impl GroupOptim {
     pub fn frozen() -> Self {
         Self {
             frozen: true,
+            ..Self::default()
+        }
+    }
+
+    /// The settings of a fine-tuned encoder's group.
+    pub fn pretrained() -> Self {
+        Self {
+            pretrained: true,
             ..Self::default()
         }
     }

@@ -1,5 +1,5 @@
 //! The sequence encoder: a sentence's token vectors (B × T × E, right-padded) in, one vector
-//! per sentence (B × D) out. The seed's BiLSTM today; another encoder is another variant.
+//! per sentence (B × D) out: the seed's BiLSTM, or the mean of the vectors.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -15,6 +15,7 @@ pub(crate) const GROUP: &str = "lstm";
 
 pub(crate) enum SequenceEncoder {
     BiLstm(BiLstm),
+    MeanPool,
 }
 
 /// Names, shapes and initialisation fan of the encoder's parameters over `input`-wide
@@ -30,6 +31,7 @@ pub(crate) fn params(config: &SequenceConfig, input: usize) -> (Shapes, usize) {
                 .collect(),
             hidden_dim,
         ),
+        SequenceConfig::MeanPool => (Vec::new(), 0),
     }
 }
 
@@ -54,6 +56,7 @@ impl SequenceEncoder {
                 seed,
                 vb.pp(GROUP),
             )?)),
+            SequenceConfig::MeanPool => Ok(Self::MeanPool),
         }
     }
 
@@ -68,6 +71,24 @@ impl SequenceEncoder {
     ) -> Result<Tensor> {
         match self {
             Self::BiLstm(lstm) => lstm.forward_keyed(x, lengths, mode, keys),
+            Self::MeanPool => mean_pool(x, lengths),
         }
     }
+}
+
+/// The mean of each row's first `lengths[b]` vectors: one product with weights 1/length on
+/// the valid positions and 0 on the padding.
+fn mean_pool(x: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    if lengths.len() != b || lengths.iter().any(|&l| l == 0 || l > t) {
+        return Err(super::error::ModelError::Batch(format!(
+            "lengths {lengths:?} for {b} rows of {t} positions"
+        )));
+    }
+    let weights: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&l| (0..t).map(move |i| if i < l { 1.0 / l as f32 } else { 0.0 }))
+        .collect();
+    let weights = Tensor::from_vec(weights, (b, 1, t), x.device())?.to_dtype(x.dtype())?;
+    Ok(weights.matmul(&x.contiguous()?)?.squeeze(1)?)
 }

@@ -48,6 +48,17 @@ pub struct AdamConfig {
     /// Left out of the JSON while constant, so older configurations read and write as before.
     #[serde(skip_serializing_if = "LrSchedule::is_constant")]
     pub schedule: LrSchedule,
+    /// Decoupled weight decay (AdamW) of every group that sets none of its own.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub weight_decay: f64,
+    /// The learning rate of the groups of a fine-tuned encoder (see
+    /// [`GroupOptim::pretrained`]), on the same schedule; `None`: `lr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoder_lr: Option<f64>,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for AdamConfig {
@@ -59,6 +70,8 @@ impl Default for AdamConfig {
             eps: 1e-8,
             clip_norm: None,
             schedule: LrSchedule::Constant,
+            weight_decay: 0.0,
+            encoder_lr: None,
         }
     }
 }
@@ -360,14 +373,15 @@ impl Adam {
         let split = threads() > 1;
         let (mut offset, mut table) = (0, 0);
         for group in groups {
-            let c = match group.optim.lr_scale == 1.0 {
+            let optim = self.settings(group);
+            let c = match optim.lr_scale == 1.0 {
                 true => base,
                 false => Coef {
                     grad_scale: scale,
-                    ..self.coef(group.optim.lr_scale)
+                    ..self.coef(optim.lr_scale)
                 },
             };
-            let decay = self.decay(&group.optim);
+            let decay = self.decay(&optim);
             let st = &mut self.state;
             match group.kind {
                 GroupKind::Dense => {
@@ -402,6 +416,19 @@ impl Adam {
             }
         }
         Ok(())
+    }
+
+    /// A group's settings with the run's on top: the encoder's learning rate for a
+    /// pretrained encoder's group, and the run's weight decay where it has none of its own.
+    fn settings(&self, group: &ParamGroup) -> GroupOptim {
+        let mut optim = group.optim;
+        if let Some(lr) = self.config.encoder_lr.filter(|_| optim.pretrained) {
+            optim.lr_scale *= lr / self.config.lr;
+        }
+        if optim.weight_decay == 0.0 {
+            optim.weight_decay = self.config.weight_decay;
+        }
+        optim
     }
 
     /// What a group's weights are multiplied by before its update: 1 − lr·decay (AdamW), at

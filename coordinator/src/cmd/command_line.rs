@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use super::{data, evaluate, experiment, predict};
+use super::{data, evaluate, experiment, export_encoder, predict};
 use crate::cli::TrainArgs;
 use crate::logging::LogArgs;
 
@@ -52,6 +52,11 @@ pub enum Command {
     /// e.g. coordinator experiment --data train.tsv --test test.tsv --sizes 100,500,2000,full
     ///        --conditions baseline,eda,balance,eda+balance --seeds 3 --workers 2 --out runs/exp
     Experiment(Box<experiment::ExperimentArgs>),
+    /// Write the fine-tuned encoder of a model (--encoder-mode finetune) as a Hugging Face
+    /// model directory, which transformers' AutoModel.from_pretrained loads.
+    ///
+    /// e.g. coordinator export-encoder --model runs/x/model --out my-minilm
+    ExportEncoder(export_encoder::ExportEncoderArgs),
     /// Configuration files for --config.
     #[command(subcommand)]
     Config(ConfigCommand),

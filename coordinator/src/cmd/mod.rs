@@ -5,6 +5,7 @@ pub mod config;
 pub mod data;
 pub mod evaluate;
 pub mod experiment;
+pub mod export_encoder;
 pub mod predict;
 pub mod train;
 
@@ -25,6 +26,7 @@ pub fn run(cli: Cli, argv: &[OsString]) -> Result<()> {
         Some(Command::Evaluate(a)) => evaluate::run(a),
         Some(Command::Predict(a)) => predict::run(a),
         Some(Command::Experiment(a)) => experiment::run(*a),
+        Some(Command::ExportEncoder(a)) => export_encoder::run(a),
         Some(Command::Config(ConfigCommand::Example)) => {
             print!("{}", config::example());
             Ok(())

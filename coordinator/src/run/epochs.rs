@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::gather::{gather, TaskEval};
 use super::prepare::Prepared;
+use crate::cli::SelectBy;
 use crate::interrupt::StopNote;
 use crate::local::Fleet;
 use crate::membership::Regroup;
@@ -170,7 +171,7 @@ pub(super) async fn drive(
         note.phase(format!("preparing epoch {} of {}", epoch + 1, t.epochs));
         let p = pipeline.clone();
         let examples = tokio::task::spawn_blocking(move || p.epoch(epoch)).await?;
-        let batches = global_batches(&examples, t.batch_size, args.data.seed, epoch);
+        let batches = global_batches(&examples, t.batch_size(), args.data.seed, epoch);
         let steps = batches.len() as u64;
         let n = examples.len();
         let regroup = Regroup {
@@ -280,10 +281,17 @@ pub(super) async fn drive(
         };
         let mut improved = !has_eval;
         if let Some((loss, c)) = &s.eval {
-            improved = progress
-                .best
-                .as_ref()
-                .is_none_or(|(b, _, _)| *loss < b - 1e-6);
+            let select_by = args.train.select_by();
+            improved = progress.best.as_ref().is_none_or(|(b, _, best)| {
+                let lower_loss = *loss < b - 1e-6;
+                match select_by {
+                    SelectBy::Loss => lower_loss,
+                    SelectBy::Accuracy => {
+                        let (acc, best_acc) = (c.accuracy(), best.accuracy());
+                        acc > best_acc || (acc == best_acc && lower_loss)
+                    }
+                }
+            });
             if improved {
                 progress.best = Some((*loss, epoch, c.clone()));
                 progress.since_best = 0;

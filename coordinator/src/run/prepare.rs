@@ -8,11 +8,11 @@ use anyhow::{bail, Context, Result};
 use common::data::vocab::Vocab;
 use common::data::Example;
 use common::encoder::{EncoderMode, EncoderRef, WordPiece};
-use common::model::{HeadConfig, InputConfig, ModelConfig, SequenceConfig};
+use common::model::{HeadConfig, InputConfig, ModelConfig, SequenceConfig, TransformerConfig};
 use common::pipeline::Pipeline;
 use common::train::{AdamConfig, LrSchedule, RunSpec};
 
-use crate::cli::ScheduleKind;
+use crate::cli::{HeadKind, ScheduleKind};
 use crate::plan::TrainPlan;
 use crate::rundir::Checkpoint;
 
@@ -130,55 +130,41 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
         }
         None => None,
     };
-    let features = encoder
-        .as_ref()
-        .is_some_and(|e| e.mode == EncoderMode::Features);
+    if t.finetunes() {
+        tracing::info!(
+            "fine-tuning the encoder: its vectors change with every step, so they are not \
+             cached (--encoder-cache-mb does not apply){}",
+            match t.finetune_layers {
+                Some(k) => format!(
+                    "; only its top {k} block{} train{}",
+                    if k == 1 { "" } else { "s" },
+                    if k == 1 { "s" } else { "" }
+                ),
+                None => String::new(),
+            }
+        );
+    }
     let spec = RunSpec {
-        model: ModelConfig {
-            input: match &encoder {
-                Some(e) if features => InputConfig::EncoderFeatures {
-                    vocab_size: pipeline.vocab_size(),
-                    dim: common::encoder::hidden_size(&e.path)?,
-                },
-                _ => InputConfig::Embedding {
-                    vocab_size: pipeline.vocab_size(),
-                    dim: match &encoder {
-                        Some(e) => common::encoder::hidden_size(&e.path)?,
-                        None => t.embedding_dim,
-                    },
-                    frozen: t.freeze_embeddings,
-                },
-            },
-            sequence: SequenceConfig::Bilstm {
-                hidden_dim: t.hidden_dim,
-                layers: t.layers,
-                dropout: t.dropout,
-            },
-            // One head per task, each over its block of the labels; one for all without tasks.
-            heads: (0..pipeline.tasks().len().max(1))
-                .map(|k| HeadConfig {
-                    num_classes: pipeline.task_labels(k).len(),
-                    dropout: t.dropout,
-                })
-                .collect(),
-        },
+        model: model_config(plan, &pipeline, encoder.as_ref())?,
         adam: AdamConfig {
             lr: t.lr,
             clip_norm: t.clip_norm,
-            schedule: match t.lr_schedule {
+            schedule: match t.lr_schedule() {
                 ScheduleKind::Constant => LrSchedule::Constant,
                 ScheduleKind::Linear => {
                     let per_epoch = pipeline
                         .epoch_estimate()
                         .0
                         .items
-                        .div_ceil(t.batch_size as u64);
+                        .div_ceil(t.batch_size() as u64);
                     let schedule =
                         LrSchedule::linear(t.epochs * per_epoch.max(1), t.warmup.unwrap_or(0.1));
                     tracing::info!("learning rate: {schedule:?} (steps)");
                     schedule
                 }
             },
+            weight_decay: t.weight_decay(),
+            encoder_lr: t.finetunes().then(|| t.encoder_lr()),
             ..AdamConfig::default()
         },
         seed: args.data.seed,
@@ -191,6 +177,7 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
         _ if checkpoint.is_some() => checkpoint.map(|c| c.weights.clone()).unwrap_or_default(),
         (Some(path), _) => pretrained_weights(path, &spec, &vocab)?,
         (None, Some(e)) if e.mode == EncoderMode::Embeddings => encoder_table_weights(e, &spec)?,
+        (None, Some(e)) if e.mode == EncoderMode::Finetune => encoder_weights(e, &spec)?,
         _ => Vec::new(),
     };
     Ok(Prepared {
@@ -270,6 +257,85 @@ fn prepare_encoder(dir: &Path, plan: &TrainPlan, pipeline: &mut Pipeline) -> Res
     );
     pipeline.use_wordpiece(Arc::new(wordpiece));
     Ok(reference)
+}
+
+/// The model: its input (a table, or a frozen encoder's vectors), the fine-tuned transformer
+/// if any, the sequence encoder, and one head per task (one for all without tasks).
+fn model_config(
+    plan: &TrainPlan,
+    pipeline: &Pipeline,
+    encoder: Option<&EncoderRef>,
+) -> Result<ModelConfig> {
+    let t = &plan.args.train;
+    let width = match encoder {
+        Some(e) => common::encoder::hidden_size(&e.path)?,
+        None => t.embedding_dim,
+    };
+    let input = match encoder.map(|e| e.mode) {
+        Some(EncoderMode::Features) => InputConfig::EncoderFeatures {
+            vocab_size: pipeline.vocab_size(),
+            dim: width,
+        },
+        Some(EncoderMode::Finetune) => InputConfig::Embedding {
+            vocab_size: pipeline.vocab_size(),
+            dim: width,
+            frozen: t.freeze_embeddings || t.finetune_layers.is_some(),
+        },
+        _ => InputConfig::Embedding {
+            vocab_size: pipeline.vocab_size(),
+            dim: width,
+            frozen: t.freeze_embeddings,
+        },
+    };
+    let transformer = match encoder.filter(|e| e.mode == EncoderMode::Finetune) {
+        Some(e) => {
+            let path = e.path.join(common::encoder::files::CONFIG);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--encoder: reading {}", path.display()))?;
+            let config = serde_json::from_str(&text)
+                .with_context(|| format!("--encoder: {}", path.display()))?;
+            Some(TransformerConfig {
+                config,
+                trained_layers: t.finetune_layers,
+            })
+        }
+        None => None,
+    };
+    let model = ModelConfig {
+        input,
+        transformer,
+        sequence: match t.head() {
+            HeadKind::Bilstm => SequenceConfig::Bilstm {
+                hidden_dim: t.hidden_dim,
+                layers: t.layers,
+                dropout: t.dropout,
+            },
+            HeadKind::Mean => SequenceConfig::MeanPool,
+        },
+        heads: (0..pipeline.tasks().len().max(1))
+            .map(|k| HeadConfig {
+                num_classes: pipeline.task_labels(k).len(),
+                dropout: t.dropout,
+            })
+            .collect(),
+    };
+    model
+        .validate()
+        .with_context(|| "the model these options describe is not valid".to_string())?;
+    Ok(model)
+}
+
+/// The initial weights with every weight of the encoder's (`--encoder-mode finetune`), as
+/// safetensors bytes for the workers.
+fn encoder_weights(encoder: &EncoderRef, spec: &RunSpec) -> Result<Vec<u8>> {
+    let weights = encoder.path.join(common::encoder::files::WEIGHTS);
+    let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)
+        .with_context(|| format!("--encoder: reading {}", weights.display()))?;
+    let model = common::model::Classifier::new(&spec.model, spec.seed)?;
+    model
+        .load_encoder_weights(&tensors)
+        .with_context(|| format!("--encoder: {}", weights.display()))?;
+    Ok(model.to_bytes()?)
 }
 
 /// The seed's initial weights with the encoder's token-embedding table as the embedding
