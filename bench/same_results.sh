@@ -77,7 +77,8 @@ for line in open(sys.argv[1]):
     cell.pop("seconds")
     print("grid", json.dumps(cell, sort_keys=True))
 PY
-  find "$tmp/grid/runs" -name weights.safetensors | sort | while read -r w; do
+  # The cells' models (a recorded cell's checkpoint is deleted since 04b4ff2).
+  find "$tmp/grid/runs" -path '*/model/weights.safetensors' | sort | while read -r w; do
     echo "grid ${w#"$tmp"/grid/runs/} $(sha256sum "$w" | cut -d' ' -f1)" | tee -a "$fig"
   done
 }

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::schedule::LrSchedule;
 use crate::kernels::simd::multiversion;
 use crate::kernels::threads;
-use crate::model::persist::{to_safetensors, write_bytes_atomically};
+use crate::model::persist::{vectors_to_safetensors, write_bytes_atomically, Vector};
 use crate::model::{Gradients, GroupKind, GroupOptim, ModelError, ParamGroup, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -474,19 +474,22 @@ impl Adam {
     /// `m_NAME` and `v_NAME` (the embedding's: `m_embedding`, `v_embedding`).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let st = &self.state;
-        let dev = Device::Cpu;
-        let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &dev);
-        let step = i64::try_from(st.step).unwrap_or(i64::MAX);
-        let mut tensors = vec![
-            ("step".to_string(), Tensor::from_slice(&[step], 1, &dev)?),
-            ("m".to_string(), t(&st.m)?),
-            ("v".to_string(), t(&st.v)?),
+        let step = [i64::try_from(st.step).unwrap_or(i64::MAX)];
+        let names: Vec<(String, String)> = self
+            .tables
+            .iter()
+            .map(|name| (format!("m_{name}"), format!("v_{name}")))
+            .collect();
+        let mut vectors = vec![
+            ("step", Vector::I64(&step)),
+            ("m", Vector::F32(&st.m)),
+            ("v", Vector::F32(&st.v)),
         ];
-        for (name, moments) in self.tables.iter().zip(&st.tables) {
-            tensors.push((format!("m_{name}"), t(&moments.m)?));
-            tensors.push((format!("v_{name}"), t(&moments.v)?));
+        for ((m, v), moments) in names.iter().zip(&st.tables) {
+            vectors.push((m, Vector::F32(&moments.m)));
+            vectors.push((v, Vector::F32(&moments.v)));
         }
-        to_safetensors(tensors.iter().map(|(k, v)| (k.as_str(), v)))
+        vectors_to_safetensors(vectors)
     }
 
     /// Loads state saved by [`Adam::save`] for `groups`.
