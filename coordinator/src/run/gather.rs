@@ -75,6 +75,8 @@ pub(super) async fn gather(
     save_checkpoint: &mut (dyn FnMut(StepCheckpoint) -> Result<()> + Send),
 ) -> Result<EpochSummary> {
     let (tasks, classes) = (pipeline.tasks(), pipeline.labels().len());
+    // The bar's message gains the epoch's samples/s so far (its own rate counts steps).
+    let (title, started) = (bar.message(), std::time::Instant::now());
     let shared = regroup.shared;
     let epoch = regroup.epoch;
     let timeout_ms = regroup.timeout.as_millis() as u64;
@@ -116,6 +118,8 @@ pub(super) async fn gather(
                 });
                 if n > 0 {
                     shared.metrics.update(|v| v.loss = loss / n as f64);
+                    let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    bar.set_message(format!("{title}, {rate:.0} samples/s"));
                 }
                 for (pid, status) in fleet.exited().await? {
                     if let Some(m) = members.iter().find(|m| m.pid == pid) {
