@@ -208,8 +208,8 @@ pub struct TrainConfig {
     /// originals) or explicit `LABEL=W,LABEL=W` (unlisted classes weigh 1).
     #[arg(long, value_name = "balanced|LABEL=W,...", help_heading = "Training")]
     pub class_weights: Option<String>,
-    /// Stop when the validation loss has not improved for this many epochs (needs --eval or
-    /// --eval-split).
+    /// Stop when the validation figure of --select-by (the loss, or the accuracy) has not
+    /// improved for this many epochs (needs --eval or --eval-split).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Training")]
     pub patience: Option<u64>,
     /// Embedding width.
