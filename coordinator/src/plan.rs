@@ -64,8 +64,19 @@ impl std::fmt::Debug for TrainPlan {
 
 impl TrainPlan {
     /// Checks `args` and resolves what follows from them.
-    pub fn from_args(args: TrainArgs) -> Result<Self> {
+    pub fn from_args(mut args: TrainArgs) -> Result<Self> {
         check_model_flags(&args)?;
+        // The mode's defaults, made explicit: summary.json and the model's provenance then
+        // say what the run trained with.
+        let t = &mut args.train;
+        t.batch_size = Some(t.batch_size());
+        t.lr_schedule = Some(t.lr_schedule());
+        t.weight_decay = Some(t.weight_decay());
+        t.select_by = Some(t.select_by());
+        t.head = Some(t.head());
+        if t.finetunes() {
+            t.encoder_lr = Some(t.encoder_lr());
+        }
         let class_weights = args
             .train
             .class_weights
