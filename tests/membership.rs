@@ -342,12 +342,25 @@ fn a_hung_worker_is_declared_lost_by_its_heartbeats_and_the_run_goes_on() {
 /// do not depend on how they are split, the run ends with the 2-worker run's weights.
 #[test]
 fn a_worker_joining_a_run_under_way_is_admitted_at_the_next_epoch_boundary() {
+    join_one(Model::Plain);
+}
+
+/// The same with a fine-tuned encoder: the late worker takes the encoder's weights, its
+/// moments and the schedule's position from the ring.
+#[test]
+fn a_worker_joining_a_finetune_run_reaches_the_same_weights() {
+    join_one(Model::Finetune);
+}
+
+/// Trains 4 epochs with 2 workers, then again with a third joining after the first epoch, and
+/// compares the two.
+fn join_one(model: Model) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (train, test) = setup(dir.path());
     let (whole, joined) = (dir.path().join("whole"), dir.path().join("joined"));
     let common = |run: &Path| -> Vec<String> {
-        let mut a = args(&train, &test, run, Model::Plain);
+        let mut a = args(&train, &test, run, model);
         let at = a.iter().position(|x| x == "--epochs").unwrap();
         a[at + 1] = "4".into();
         let at = a.iter().position(|x| x == "--workers").unwrap();
