@@ -161,15 +161,20 @@ pub fn max_weight_diff(a: &Path, b: &Path) -> f32 {
         .iter()
         .filter(|(n, _)| !n.ends_with("attention.self.key.bias"))
     {
-        let y = &tb[name];
-        let d = (x - y)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.flatten_all())
-            .and_then(|d| d.max(0))
-            .and_then(|d| d.to_scalar::<f32>());
-        max = max.max(d.expect("comparing tensors"));
+        max = max.max(tensor_diff(x, &tb[name]));
     }
     max
+}
+
+/// Largest absolute difference between two f32 tensors of one shape.
+pub fn tensor_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("comparing tensors")
 }
 
 /// Process ids of the workers a coordinator's log names ("... joined: host H pid N, ...").

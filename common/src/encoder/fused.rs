@@ -34,7 +34,8 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax)
 }
 
-/// `0.5 x (1 + erf(x / √2))`; in f32, erf is [`gelu::erf`] (within 1e-6).
+/// `0.5 x (1 + erf(x / √2))`; in f32, erf is [`gelu::erf`] (within 1e-6), and the forward
+/// pass is the frozen encoder's vectorised kernel.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Gelu)
 }
@@ -44,12 +45,20 @@ pub fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
-/// erf in the precision at hand.
+/// erf and GELU in the precision at hand.
 trait Erf:
     Float + candle_core::WithDType + std::ops::AddAssign + std::ops::MulAssign + Send + Sync + 'static
 {
     fn erf_of(self) -> Self;
     fn cast(x: f64) -> Self;
+
+    /// `dst = 0.5 x (1 + erf(x / √2))`.
+    fn gelu(dst: &mut [Self], src: &[Self]) {
+        let (half, r2) = (Self::cast(0.5), Self::cast(std::f64::consts::FRAC_1_SQRT_2));
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = half * v * (Self::one() + (v * r2).erf_of());
+        }
+    }
 }
 
 impl Erf for f32 {
@@ -58,6 +67,10 @@ impl Erf for f32 {
     }
     fn cast(x: f64) -> Self {
         x as f32
+    }
+    /// The frozen encoder's kernel, compiled for the machine's vector width.
+    fn gelu(dst: &mut [Self], src: &[Self]) {
+        gelu::gelu_block((dst, src));
     }
 }
 
@@ -450,12 +463,7 @@ struct Gelu;
 fn gelu_fwd<T: Erf>(storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
     let x = values::<T>("gelu-erf", storage, layout)?;
     let mut out = vec![T::zero(); x.len()];
-    let (half, r2) = (T::cast(0.5), T::cast(std::f64::consts::FRAC_1_SQRT_2));
-    rows(&mut out, [x], GELU_ROW, |d, [x]| {
-        for (d, &v) in d.iter_mut().zip(x) {
-            *d = half * v * (T::one() + (v * r2).erf_of());
-        }
-    });
+    rows(&mut out, [x], GELU_ROW, |d, [x]| T::gelu(d, x));
     Ok((T::to_cpu_storage_owned(out), layout.shape().clone()))
 }
 

@@ -3,13 +3,13 @@
 //! the rational approximation of Eigen and XLA for f32 (only multiplications and additions,
 //! so the loop vectorises), within 1e-6 of the true function; other devices use candle's.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use candle_core::{Result, Tensor};
 
-/// `0.5 x (1 + erf(x / √2))`.
+/// `0.5 x (1 + erf(x / √2))`: on the CPU in f32 the fused op ([`super::fused::gelu_erf`],
+/// whose forward is [`gelu_block`]), elsewhere candle's.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        x.apply_op1_no_bwd(&Gelu)
+        super::fused::gelu_erf(x)
     } else {
         x.gelu_erf()
     }
@@ -37,8 +37,6 @@ pub fn erf(x: f32) -> f32 {
     p / q
 }
 
-struct Gelu;
-
 #[inline(always)]
 fn gelu_kernel((dst, src): (&mut [f32], &[f32])) {
     for (d, &x) in dst.iter_mut().zip(src) {
@@ -46,35 +44,7 @@ fn gelu_kernel((dst, src): (&mut [f32], &[f32])) {
     }
 }
 
-crate::kernels::simd::multiversion!(fn gelu_block(io: (&mut [f32], &[f32])) => gelu_kernel);
-
-/// Elements per parallel task.
-const CHUNK: usize = 1 << 14;
-
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "gelu-erf-fast"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("gelu-erf-fast: f32 only");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("gelu-erf-fast: contiguous input only");
-        };
-        let src = &data[start..end];
-        let mut dst = vec![0f32; src.len()];
-        if crate::kernels::threads() > 1 && src.len() > CHUNK {
-            dst.par_chunks_mut(CHUNK)
-                .zip(src.par_chunks(CHUNK))
-                .for_each(gelu_block);
-        } else {
-            gelu_block((&mut dst, src));
-        }
-        Ok((CpuStorage::F32(dst), layout.shape().clone()))
-    }
-}
+crate::kernels::simd::multiversion!(pub(crate) fn gelu_block(io: (&mut [f32], &[f32])) => gelu_kernel);
 
 #[cfg(test)]
 mod tests {

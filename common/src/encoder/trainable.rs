@@ -15,7 +15,7 @@
 //! the batch the example is in, nor on how far that batch is padded.
 
 use std::collections::HashMap;
-use std::f64::consts::{FRAC_1_SQRT_2, PI};
+use std::f64::consts::FRAC_1_SQRT_2;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -27,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use super::error::{EncoderError, Result};
 use super::files;
 use super::fused;
-use crate::rng::{stream, tag};
+use crate::rng::{standard_normal, stream, tag};
 
 /// Keeps the encoder's dropout and initialisation streams apart from those of the rest of the
 /// model, which may be seeded with the same number.
@@ -51,7 +51,11 @@ impl DropoutProbs {
     /// The probabilities in a `config.json`'s text. candle's [`Config`] has no field for the
     /// attention's, so it is read here; absent, it is BERT's default, 0.1.
     pub fn from_config_json(text: &str) -> std::result::Result<Self, String> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Self::from_config(&serde_json::from_str(text).map_err(|e| e.to_string())?)
+    }
+
+    /// As [`DropoutProbs::from_config_json`], from the parsed configuration.
+    pub fn from_config(v: &serde_json::Value) -> std::result::Result<Self, String> {
         let prob = |key: &str| -> std::result::Result<f64, String> {
             match v.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(0.1),
@@ -218,21 +222,8 @@ impl TrainableBert {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
-            ""
-        };
         Self::build(config, dropout, seed, dtype, device, |name, shape| {
-            let t = tensors
-                .get(&format!("{prefix}{name}"))
-                .ok_or_else(|| EncoderError::Run(format!("no tensor {prefix}{name}")))?;
-            if t.dims() != shape {
-                return Err(EncoderError::Run(format!(
-                    "tensor {prefix}{name} is {:?}, the configuration makes it {shape:?}",
-                    t.dims()
-                )));
-            }
+            let t = pretrained_tensor(tensors, name, shape).map_err(EncoderError::Run)?;
             Ok(t.to_device(device)?.to_dtype(dtype)?)
         })
     }
@@ -251,13 +242,13 @@ impl TrainableBert {
         Self::build(config, dropout, seed, dtype, device, |name, shape| {
             index += 1;
             let n: usize = shape.iter().product();
-            let values: Vec<f64> = if name.ends_with(".bias") {
-                vec![0.0; n]
-            } else if name.ends_with("LayerNorm.weight") {
-                vec![1.0; n]
-            } else {
-                let mut rng = stream(&[tag::INIT, seed, ENCODER_STREAM, index]);
-                (0..n).map(|_| std * normal(&mut rng)).collect()
+            let values: Vec<f64> = match Start::of(name) {
+                Start::Zeros => vec![0.0; n],
+                Start::Ones => vec![1.0; n],
+                Start::Normal => {
+                    let mut rng = stream(&[tag::INIT, seed, ENCODER_STREAM, index]);
+                    (0..n).map(|_| std * standard_normal(&mut rng)).collect()
+                }
             };
             Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
         })
@@ -409,18 +400,6 @@ impl TrainableBert {
         };
         let lengths = mask.map(lengths_of).transpose()?;
         self.forward_words(&words, lengths.as_deref(), pass, keys)
-    }
-
-    /// The word-embedding table (vocabulary × hidden), which [`TrainableBert::forward_words`]
-    /// leaves to its caller: a caller that gathers the rows itself keeps the table's gradient
-    /// to the rows a batch touched.
-    pub fn word_table(&self) -> &Var {
-        &self.words
-    }
-
-    /// The blocks.
-    pub fn layers(&self) -> usize {
-        self.blocks.len()
     }
 
     /// As [`TrainableBert::forward`], from the rows of the word-embedding table that the ids
@@ -594,10 +573,10 @@ impl TrainableBert {
             Some(keys) => {
                 let tokens: usize = lengths.iter().sum();
                 let width = x.elem_count() / tokens.max(1);
+                let id = match site {
+                    Site::Tokens(id) | Site::Attention(id) => id,
+                };
                 for (&key, &len) in keys.iter().zip(lengths) {
-                    let id = match site {
-                        Site::Tokens(id) | Site::Attention(id) => id,
-                    };
                     let mut rng = stream(&[tag::DROPOUT, self.seed, ENCODER_STREAM, key, id]);
                     match site {
                         Site::Attention(_) => {
@@ -691,6 +670,50 @@ impl Packing {
     }
 }
 
+/// How BERT starts a weight.
+pub(crate) enum Start {
+    Zeros,
+    Ones,
+    /// N(0, `initializer_range`).
+    Normal,
+}
+
+impl Start {
+    /// Biases at 0, layer norms the identity, every other weight drawn.
+    pub(crate) fn of(name: &str) -> Self {
+        if name.ends_with(".bias") {
+            Start::Zeros
+        } else if name.ends_with("LayerNorm.weight") {
+            Start::Ones
+        } else {
+            Start::Normal
+        }
+    }
+}
+
+/// The tensor of a Hugging Face BERT checkpoint's weight `name` (named with or without the
+/// `bert.` prefix of a task model), checked against `shape`.
+pub fn pretrained_tensor<'a>(
+    tensors: &'a HashMap<String, Tensor>,
+    name: &str,
+    shape: &[usize],
+) -> std::result::Result<&'a Tensor, String> {
+    let prefix = match tensors.contains_key(&format!("bert.{name}")) {
+        true => "bert.",
+        false => "",
+    };
+    let t = tensors
+        .get(&format!("{prefix}{name}"))
+        .ok_or_else(|| format!("no tensor {name}"))?;
+    if t.dims() != shape {
+        return Err(format!(
+            "tensor {prefix}{name} is {:?}, the configuration makes it {shape:?}",
+            t.dims()
+        ));
+    }
+    Ok(t)
+}
+
 /// Every weight's name (Hugging Face's, without `bert.`) and shape: the embeddings, then block
 /// by block, each in the order of its computation.
 pub fn weight_shapes(config: &Config) -> Vec<(String, Vec<usize>)> {
@@ -779,11 +802,4 @@ fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
         return fused::gelu_erf(x);
     }
     x.mul(&(((x * FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?)
-}
-
-/// A standard normal draw (Box–Muller).
-fn normal(rng: &mut impl Rng) -> f64 {
-    let u1: f64 = 1.0 - rng.gen::<f64>();
-    let u2: f64 = rng.gen();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()
 }

@@ -25,6 +25,7 @@ use super::params::{dense_len, GroupKind, GroupOptim, ParamGroup, Shapes};
 use super::persist::{to_safetensors, write_bytes_atomically};
 use super::sequence::{self, SequenceEncoder};
 use super::transformer::{self, Transformer};
+use crate::encoder::trainable::{pretrained_tensor, weight_shapes};
 use crate::encoder::Encoder;
 
 pub use super::input::EMBEDDING;
@@ -280,20 +281,9 @@ impl Classifier {
         let t = self.config.transformer.as_ref().ok_or_else(|| {
             ModelError::Config("this model has no transformer to load weights into".into())
         })?;
-        let prefix = match tensors.contains_key(&format!("bert.{}", transformer::WORD_TABLE)) {
-            true => "bert.",
-            false => "",
-        };
-        for (hf, shape) in crate::encoder::trainable::weight_shapes(&t.bert()?) {
-            let found = tensors.get(&format!("{prefix}{hf}")).ok_or_else(|| {
-                ModelError::Config(format!("the encoder has no tensor {prefix}{hf}"))
-            })?;
-            if found.dims() != shape.as_slice() {
-                return Err(ModelError::Config(format!(
-                    "the encoder's {prefix}{hf} is {:?}, its configuration makes it {shape:?}",
-                    found.dims()
-                )));
-            }
+        for (hf, shape) in weight_shapes(&t.bert()?) {
+            let found = pretrained_tensor(tensors, &hf, &shape)
+                .map_err(|e| ModelError::Config(format!("the encoder: {e}")))?;
             let var = match hf.as_str() {
                 transformer::WORD_TABLE => self.input.table(),
                 _ => self.param(&transformer::model_name(&hf)).ok_or_else(|| {

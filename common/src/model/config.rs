@@ -58,7 +58,7 @@ impl TransformerConfig {
 
     /// The dropout probabilities its configuration gives.
     pub fn dropout(&self) -> Result<crate::encoder::trainable::DropoutProbs> {
-        crate::encoder::trainable::DropoutProbs::from_config_json(&self.config.to_string())
+        crate::encoder::trainable::DropoutProbs::from_config(&self.config)
             .map_err(ModelError::Config)
     }
 

@@ -1,14 +1,10 @@
 //! Drawing initial weights as PyTorch's layers draw theirs, from the model's seeded generator.
 
-use std::f64::consts::PI;
-
 use rand::Rng;
 
-/// A standard normal draw (Box–Muller): `nn.Embedding`'s initialisation.
+/// A standard normal draw: `nn.Embedding`'s initialisation.
 pub(crate) fn normal(rng: &mut impl Rng) -> f32 {
-    let u1: f64 = 1.0 - rng.gen::<f64>();
-    let u2: f64 = rng.gen();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()) as f32
+    crate::rng::standard_normal(rng) as f32
 }
 
 /// `n` draws from U(±1/√fan): `nn.LSTM` everywhere (fan = hidden units), and `nn.Linear`,

@@ -17,7 +17,7 @@ use super::error::{ModelError, Result};
 use super::init::normal;
 use super::mode::Mode;
 use super::params::Shapes;
-use crate::encoder::trainable::{weight_shapes, Pass, TrainableBert};
+use crate::encoder::trainable::{weight_shapes, Pass, Start, TrainableBert};
 
 /// The group of the weights that train, and the prefix of every weight's name in the model
 /// (`encoder.` + the Hugging Face name without `bert.`).
@@ -59,12 +59,10 @@ pub(crate) fn params(config: &TransformerConfig) -> Result<(Shapes, Shapes)> {
 
 /// BERT's initialisation of the weight `name`: N(0, `std`), biases 0, norms the identity.
 pub(crate) fn init(name: &str, n: usize, std: f64, rng: &mut impl Rng) -> Vec<f32> {
-    if name.ends_with(".bias") {
-        vec![0.0; n]
-    } else if name.contains("LayerNorm") {
-        vec![1.0; n]
-    } else {
-        (0..n).map(|_| std as f32 * normal(rng)).collect()
+    match Start::of(name) {
+        Start::Zeros => vec![0.0; n],
+        Start::Ones => vec![1.0; n],
+        Start::Normal => (0..n).map(|_| std as f32 * normal(rng)).collect(),
     }
 }
 
