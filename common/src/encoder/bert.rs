@@ -10,7 +10,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm};
 use candle_transformers::models::bert::{Config, HiddenAct};
 
-use super::gelu::gelu_erf;
+use super::fused;
 
 /// `x W^T + b` with W^T stored contiguous (in × out): the product then reads the weights
 /// row-major instead of through a transposed view.
@@ -167,5 +167,13 @@ impl Bert {
             x = l.out_norm.forward(&(l.down.forward(&up)? + &a)?)?;
         }
         x.reshape((n, t, h))
+    }
+}
+
+/// `0.5 x (1 + erf(x / √2))`: the fused op on the CPU in f32, candle's elsewhere.
+fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    match fused::applies(x) && x.dtype() == DType::F32 {
+        true => fused::gelu_erf(x),
+        false => x.gelu_erf(),
     }
 }

@@ -597,6 +597,21 @@ mod tests {
     }
 
     #[test]
+    fn the_f32_gelu_matches_candles() -> Result<()> {
+        let xs: Vec<f32> = (-5000..5000).map(|i| i as f32 * 1.7e-3).collect();
+        let t = Tensor::from_vec(xs, 10_000, &Device::Cpu)?;
+        let ours = gelu_erf(&t)?.to_vec1::<f32>()?;
+        let theirs = t.gelu_erf()?.to_vec1::<f32>()?;
+        let worst = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 2e-6, "worst difference {worst}");
+        Ok(())
+    }
+
+    #[test]
     fn the_fused_ops_match_the_composed_ones() -> Result<()> {
         for (dtype, bound) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
             let (w, b) = affine(dtype)?;
