@@ -13,7 +13,9 @@ use std::time::Duration;
 use candle_core::Device;
 use common::collective::{Collective, Local, RingAllReduce, RingAuth};
 use common::model::{Batch, FlatConfig, ModelConfig};
-use common::train::{train_step, Adam, AdamConfig, GroupTotals, Replica, StepError, Tally};
+use common::train::{
+    train_share, train_step, Adam, AdamConfig, GroupTotals, Replica, Share, StepError, Tally,
+};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -252,5 +254,116 @@ fn a_failed_all_reduce_leaves_the_weights_untouched() -> TestResult {
     assert!(matches!(err, StepError::Collective { .. }), "{err}");
     assert_eq!(weights(&replica), before);
     assert_eq!(opt.state().step, 0);
+    Ok(())
+}
+
+/// Trains every batch with the examples dealt like cards into 3 slots (the i-th example to
+/// slot i mod 3), the slots hosted by the ranks of `world` in a row as the coordinator hosts
+/// them; returns rank 0's weights (every rank's, checked equal).
+fn train_slots(
+    batches: &[Examples],
+    cfg: &ModelConfig,
+    rings: Vec<Box<dyn Collective>>,
+) -> Vec<f32> {
+    const SLOTS: usize = 3;
+    let world = rings.len();
+    let trained: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = rings
+            .into_iter()
+            .enumerate()
+            .map(|(rank, mut ring)| {
+                s.spawn(move || {
+                    let replica = Replica::new(cfg, 3, &Device::Cpu).unwrap();
+                    let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+                    let (base, extra) = (SLOTS / world, SLOTS % world);
+                    let first = rank * base + rank.min(extra);
+                    let hosted = first..first + base + usize::from(rank < extra);
+                    for (seqs, labels) in batches {
+                        let dealt: Vec<Option<Batch>> = hosted
+                            .clone()
+                            .map(|slot| {
+                                let pick = |i: &usize| i % SLOTS == slot;
+                                let (s, l): (Vec<Vec<u32>>, Vec<u32>) = seqs
+                                    .iter()
+                                    .cloned()
+                                    .zip(labels.iter().copied())
+                                    .enumerate()
+                                    .filter(|(i, _)| pick(i))
+                                    .map(|(_, x)| x)
+                                    .unzip();
+                                batch(&s, &l)
+                            })
+                            .collect();
+                        let share = Share {
+                            slots: SLOTS,
+                            first,
+                            batches: dealt.iter().map(Option::as_ref).collect(),
+                        };
+                        train_share(
+                            &replica,
+                            &mut opt,
+                            ring.as_mut(),
+                            &share,
+                            seqs.len(),
+                            None,
+                            None,
+                        )
+                        .unwrap();
+                    }
+                    weights(&replica)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for w in &trained[1..] {
+        assert_eq!(w, &trained[0], "the ranks agree");
+    }
+    trained.into_iter().next().unwrap()
+}
+
+/// What a run that loses workers relies on: 2 workers hosting the 3 slots of a 3-worker run,
+/// or one worker hosting them all, compute each slot's gradient on its own and sum them as
+/// the 3 workers did, so the weights are the same bits. Summing two slots' examples as one
+/// batch does not give them.
+#[test]
+fn fewer_workers_hosting_the_slots_of_more_reach_the_same_bits() -> TestResult {
+    let (batches, cfg) = batches()?;
+    let boxed = |rings: Vec<RingAllReduce>| -> Vec<Box<dyn Collective>> {
+        rings
+            .into_iter()
+            .map(|r| Box::new(r) as Box<dyn Collective>)
+            .collect()
+    };
+    let three = train_slots(&batches, &cfg, boxed(ring(3)));
+    let two = train_slots(&batches, &cfg, boxed(ring(2)));
+    assert!(two == three, "2 workers hosting 3 slots differ from 3");
+    let one = train_slots(&batches, &cfg, vec![Box::new(Local)]);
+    assert!(one == three, "1 worker hosting 3 slots differs from 3");
+
+    // The whole batch as one slot: the same model up to rounding, but not the same bits.
+    let whole = {
+        let replica = Replica::new(&cfg, 3, &Device::Cpu)?;
+        let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+        for (seqs, labels) in &batches {
+            let b = batch(seqs, labels);
+            train_step(
+                &replica,
+                &mut opt,
+                &mut Local,
+                b.as_ref(),
+                seqs.len(),
+                None,
+                None,
+            )?;
+        }
+        weights(&replica)
+    };
+    let diff = whole
+        .iter()
+        .zip(&three)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff > 0.0 && diff <= 1e-5, "one slot against three: {diff}");
     Ok(())
 }

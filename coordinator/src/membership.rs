@@ -83,6 +83,7 @@ impl Regroup<'_> {
         }
         let current = Membership {
             generation: current.generation,
+            slots: current.slots,
             members: current.members.iter().chain(&joiners).cloned().collect(),
             settled: true,
             resume_epoch: current.resume_epoch,
@@ -91,6 +92,7 @@ impl Regroup<'_> {
         let joiner = |id: usize| joiners.iter().any(|m| m.id == id);
         shared.members.send_replace(Some(Arc::new(Membership {
             generation,
+            slots: current.slots,
             members: current.members.clone(),
             settled: false,
             resume_epoch: current.resume_epoch,
@@ -232,6 +234,8 @@ impl Regroup<'_> {
             .context("no survivors")?;
         let membership = Arc::new(Membership {
             generation,
+            // Joiners add slots; the lost keep theirs, now hosted by survivors.
+            slots: current.slots.max(survivors.len()),
             members: survivors.clone(),
             settled: true,
             resume_epoch: self.epoch,

@@ -112,6 +112,10 @@ struct Pending {
 pub struct Membership {
     pub generation: u64,
     pub members: Vec<Member>,
+    /// The slots each global batch is dealt into: the most workers the run has had, so that a
+    /// lost worker's slot moves to a survivor instead of its examples being dealt anew (see
+    /// `common::train::Share`).
+    pub slots: usize,
     /// False while a regroup collects the survivors: streams are refused meanwhile.
     pub settled: bool,
     /// The epoch in flight at the regroup goes on at this step; later epochs start at 0.
@@ -431,6 +435,7 @@ impl Shared {
         });
         self.members.send_replace(Some(Arc::new(Membership {
             generation: 0,
+            slots: members.len(),
             members,
             settled: true,
             resume_epoch: self.run.start_epoch,
@@ -670,6 +675,8 @@ impl pb::coordinator_server::Coordinator for Service {
             ))
         })?;
         let world = membership.members.len();
+        let slots = membership.slots.max(world);
+        let hosted = part(slots, world, rank);
         let first_step = membership.first_step(plan.epoch);
         let (tx, rx) = mpsc::channel(32);
         let shared = self.0.clone();
@@ -700,16 +707,20 @@ impl pb::coordinator_server::Coordinator for Service {
                 .enumerate()
                 .skip(first_step)
                 .map(|(index, batch)| {
-                    let mine = deal(batch, world, rank);
-                    let keyed = |i: usize| pb::Example {
+                    let dealt: Vec<Vec<usize>> =
+                        hosted.clone().map(|s| deal(batch, slots, s)).collect();
+                    let keyed = |&i: &usize| pb::Example {
                         key: (plan.epoch << 32) | (i as u64 & 0xffff_ffff),
                         ..to_pb(&plan.examples[i])
                     };
                     pb::epoch_message::Kind::Step(pb::Step {
                         index: index as u64,
                         global_batch: batch.len() as u32,
-                        examples: mine.into_iter().map(keyed).collect(),
+                        examples: dealt.iter().flatten().map(keyed).collect(),
                         checkpoint: rank == 0 && plan.checkpoint_after(index),
+                        slot_count: slots as u32,
+                        first_slot: hosted.start as u32,
+                        slot_sizes: dealt.iter().map(|d| d.len() as u32).collect(),
                     })
                 });
             let mine = &plan.eval[part(plan.eval.len(), world, rank)];

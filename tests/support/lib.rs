@@ -166,6 +166,29 @@ pub fn max_weight_diff(a: &Path, b: &Path) -> f32 {
     max
 }
 
+/// The names of the tensors whose bits differ between two safetensors files (same names),
+/// each with its largest difference: empty when the weights are identical.
+pub fn unequal_tensors(a: &Path, b: &Path) -> Vec<(String, f32)> {
+    let dev = candle_core::Device::Cpu;
+    let ta = candle_core::safetensors::load(a, &dev).expect("weights a");
+    let tb = candle_core::safetensors::load(b, &dev).expect("weights b");
+    assert_eq!(ta.len(), tb.len());
+    let bits = |t: &candle_core::Tensor| -> Vec<u32> {
+        let v = t.flatten_all().and_then(|t| t.to_vec1::<f32>());
+        v.expect("f32 weights")
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    };
+    let mut out: Vec<(String, f32)> = ta
+        .iter()
+        .filter(|(name, x)| bits(x) != bits(&tb[*name]))
+        .map(|(name, x)| (name.clone(), tensor_diff(x, &tb[name])))
+        .collect();
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    out
+}
+
 /// Largest absolute difference between two f32 tensors of one shape.
 pub fn tensor_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());

@@ -14,7 +14,7 @@ use common::metrics::Confusion;
 use common::model::{Batch, Classifier};
 use common::pb;
 use common::state_transfer::ModelState;
-use common::train::{evaluate, train_step, Adam, Replica, RunSpec, StepError, Tally};
+use common::train::{evaluate, train_share, Adam, Replica, RunSpec, Share, StepError, Tally};
 
 use crate::client::{self, RingGeneration, TrainingProgress};
 use crate::device::DeviceSpec;
@@ -698,24 +698,22 @@ fn train_one(
     figures: &mut EpochFigures,
 ) -> Result<()> {
     let start = Instant::now();
-    let batch = match step.examples.is_empty() {
-        true => None,
-        false => Some(to_batch(
-            &step.examples,
-            spec.model.num_classes(),
-            spec.model.vocab_size(),
-        )?),
+    let batches = slot_batches(step, spec, ring.world_size())?;
+    let share = Share {
+        slots: step.slot_count as usize,
+        first: step.first_slot as usize,
+        batches: batches.iter().map(Option::as_ref).collect(),
     };
     let sources: Vec<u32> = step.examples.iter().map(|e| e.source).collect();
     let tally = Tally {
         group_of: &sources,
         groups: spec.sources.max(1) as usize,
     };
-    let done = train_step(
+    let done = train_share(
         replica,
         opt,
         ring,
-        batch.as_ref(),
+        &share,
         step.global_batch as usize,
         spec.class_weights.as_deref(),
         Some(&tally),
@@ -737,6 +735,40 @@ fn train_one(
         done.loss_sum().is_finite(),
     );
     Ok(())
+}
+
+/// The step's examples cut into the slots this worker hosts, each a batch or None when it
+/// holds no example.
+fn slot_batches(step: &pb::Step, spec: &RunSpec, world: usize) -> Result<Vec<Option<Batch>>> {
+    let sizes: Vec<usize> = step.slot_sizes.iter().map(|&n| n as usize).collect();
+    let slots = step.slot_count as usize;
+    if sizes.is_empty()
+        || sizes.iter().sum::<usize>() != step.examples.len()
+        || slots < world
+        || step.first_slot as usize + sizes.len() > slots
+    {
+        bail!(
+            "step {}: slots {} to {} of {slots} holding {sizes:?} for {} examples in a world of {world}",
+            step.index,
+            step.first_slot,
+            step.first_slot as usize + sizes.len(),
+            step.examples.len()
+        );
+    }
+    let mut at = 0;
+    sizes
+        .into_iter()
+        .map(|n| {
+            let examples = &step.examples[at..at + n];
+            at += n;
+            match examples.is_empty() {
+                true => Ok(None),
+                false => {
+                    to_batch(examples, spec.model.num_classes(), spec.model.vocab_size()).map(Some)
+                }
+            }
+        })
+        .collect()
 }
 
 /// Checks what came over the wire before it reaches the model.

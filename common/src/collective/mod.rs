@@ -13,6 +13,7 @@ mod frame;
 pub mod nccl;
 mod ring;
 mod shm;
+mod slots;
 mod sparse;
 
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub use auth::RingAuth;
 pub use backend::{Backend, UnknownBackend};
 pub use frame::{FrameKind, ProtocolError, MAX_PAYLOAD};
 pub use ring::{RingAbort, RingAllReduce, RingOptions};
+pub use slots::{all_reduce_dense_slots, all_reduce_sparse_slots};
 
 /// The decoders of what ring peers send, for the fuzz targets in `fuzz/`: they must turn any
 /// bytes into a value or a [`ProtocolError`], never a panic.

@@ -12,7 +12,7 @@
 //! call k+2 only after every rank has arrived at call k+1, i.e. finished reading call k.
 //!
 //! Dense sum, rank r of n, the buffer cut into n chunks: copy every chunk but chunk r into its
-//! slot, arrive; sum chunk r across the ranks, in rank order (its own from its buffer), into
+//! slot, arrive; sum chunk r across the ranks, in the TCP ring's order (its own first), into
 //! its buffer and its slot, arrive; copy every other chunk from its owner's slot. Sparse gather: write ids and rows into its slot, arrive, read and merge everyone's.
 //! A rank arrives by bumping its sequence word and waking futex waiters on it.
 //!
@@ -285,8 +285,10 @@ impl SharedRing {
         for start in own.clone().step_by(BLOCK) {
             let end = (start + BLOCK).min(own.end);
             let acc = &mut acc[..end - start];
-            // In rank order, so that every rank would compute bitwise the same sum.
-            for (j, &slot) in slots.iter().enumerate() {
+            // In the order the TCP ring adds chunk r (r, r+1, …, r-1; see `slots.rs`), so
+            // that the transport never changes a sum's bits.
+            for (k, j) in super::slots::ring_order(n, r).enumerate() {
+                let slot = slots[j];
                 let src = if j == r {
                     &buf[start..end]
                 } else {
@@ -294,7 +296,7 @@ impl SharedRing {
                     // nobody writes chunk r of its slot before the next call.
                     unsafe { std::slice::from_raw_parts(slot.add(start).cast_const(), end - start) }
                 };
-                if j == 0 {
+                if k == 0 {
                     acc.copy_from_slice(src);
                 } else {
                     for (a, b) in acc.iter_mut().zip(src) {

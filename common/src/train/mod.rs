@@ -18,7 +18,7 @@ pub use replica::Replica;
 pub use schedule::LrSchedule;
 pub use spec::RunSpec;
 pub use step::{
-    compute_gradients, compute_gradients_per_example, compute_gradients_weighted, train_step,
-    Outcome, StepError, StepReport, StepTimings,
+    compute_gradients, compute_gradients_per_example, compute_gradients_weighted, train_share,
+    train_step, Outcome, Share, StepError, StepReport, StepTimings,
 };
 pub use tally::{GroupTotals, Tally};

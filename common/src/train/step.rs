@@ -2,6 +2,11 @@
 //! the all-reduce of the gradients with the other workers (the dense groups in one flat
 //! vector, each sparse table as the rows the batch touched), the optimizer's update of the
 //! master weights, and the refresh of the device copy, each phase timed.
+//!
+//! A global batch is dealt into slots, one per worker the run started with; a worker computes
+//! each slot it hosts on its own. After a lost worker a survivor hosts two, and the sums are
+//! taken as the full world took them (`collective/slots.rs`), so the step's bits do not depend
+//! on how many workers are left.
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -11,8 +16,10 @@ use candle_core::Tensor;
 use super::adam::Adam;
 use super::replica::Replica;
 use super::tally::{self, GroupTotals, Tally, TallyError};
-use crate::collective::{Collective, CollectiveError};
-use crate::model::{Batch, Classifier, Gradients, ModelError, Result};
+use crate::collective::{
+    all_reduce_dense_slots, all_reduce_sparse_slots, Collective, CollectiveError,
+};
+use crate::model::{Batch, Classifier, Gradients, ModelError, Result, SparseRows};
 
 /// The index of the largest value (NaN never wins).
 pub(crate) fn argmax(xs: &[f32]) -> usize {
@@ -181,13 +188,41 @@ pub enum StepError {
     },
 }
 
-/// One optimizer step of a data-parallel run. The local examples' gradients (`batch`, or none
-/// when this worker holds no example of the step: it still joins the all-reduce) are summed
-/// across the workers by `collective`, divided by `global_batch_size`, clipped if the optimizer
-/// says so, and applied to the replica's master weights, whose device copy is then refreshed.
-/// Every worker applies the same sums, so every replica holds the same weights after every
-/// step. With a `tally`, the step's figures are summed across the workers too (see
-/// [`Tally`]). If an all-reduce fails, the weights are untouched.
+/// What one worker computes of a step: the slots of the global batch it hosts.
+#[derive(Debug, Clone)]
+pub struct Share<'a> {
+    /// How many slots the global batch is dealt into: the run's worker count, which a lost
+    /// worker does not lower.
+    pub slots: usize,
+    /// The first slot this worker hosts; it hosts `batches.len()` slots in a row.
+    pub first: usize,
+    /// Each hosted slot's examples, in slot order (None: the slot holds none in this step).
+    pub batches: Vec<Option<&'a Batch>>,
+}
+
+impl<'a> Share<'a> {
+    /// One slot per worker, this worker's own: the share of every worker of an undiminished
+    /// world.
+    pub fn own(collective: &dyn Collective, batch: Option<&'a Batch>) -> Self {
+        Self {
+            slots: collective.world_size(),
+            first: collective.rank(),
+            batches: vec![batch],
+        }
+    }
+
+    /// Whether the world has one rank per slot and this rank hosts its own, so that the
+    /// ordinary all-reduce already sums as the slots require.
+    fn is_own(&self, collective: &dyn Collective) -> bool {
+        self.batches.len() == 1
+            && self.slots == collective.world_size()
+            && self.first == collective.rank()
+    }
+}
+
+/// One optimizer step of a data-parallel run, for a worker holding `batch` (or none, when it
+/// holds no example of the step: it still joins the all-reduce) in a world of one slot per
+/// worker. See [`train_share`].
 pub fn train_step(
     replica: &Replica,
     opt: &mut Adam,
@@ -197,17 +232,61 @@ pub fn train_step(
     class_weights: Option<&[f32]>,
     tally: Option<&Tally<'_>>,
 ) -> std::result::Result<StepReport, StepError> {
+    let share = Share::own(collective, batch);
+    train_share(
+        replica,
+        opt,
+        collective,
+        &share,
+        global_batch_size,
+        class_weights,
+        tally,
+    )
+}
+
+/// One optimizer step of a data-parallel run. The gradients of each slot in `share` are
+/// computed on their own and summed across the workers by `collective` (over all the run's
+/// slots, in the order a world of one worker per slot adds them), divided by
+/// `global_batch_size`, clipped if the optimizer says so, and applied to the replica's master
+/// weights, whose device copy is then refreshed. Every worker applies the same sums, so every
+/// replica holds the same weights after every step. With a `tally`, the step's figures are
+/// summed across the workers too (see [`Tally`]; its groups follow the hosted examples in slot
+/// order). If an all-reduce fails, the weights are untouched.
+pub fn train_share(
+    replica: &Replica,
+    opt: &mut Adam,
+    collective: &mut dyn Collective,
+    share: &Share<'_>,
+    global_batch_size: usize,
+    class_weights: Option<&[f32]>,
+    tally: Option<&Tally<'_>>,
+) -> std::result::Result<StepReport, StepError> {
     if global_batch_size == 0 {
         return Err(ModelError::Batch("global batch size 0".into()).into());
     }
     let start = Instant::now();
     let model = replica.compute();
-    let (mut grads, outcomes) = match batch {
-        Some(batch) => compute_gradients_per_example(model, batch, class_weights)?,
-        None => (Gradients::zeros(model.groups()), Vec::new()),
-    };
+    let mut per_slot = Vec::with_capacity(share.batches.len());
+    let mut outcomes = Vec::new();
+    for batch in &share.batches {
+        let (grads, mine) = match batch {
+            Some(batch) => compute_gradients_per_example(model, batch, class_weights)?,
+            None => (Gradients::zeros(model.groups()), Vec::new()),
+        };
+        per_slot.push(grads);
+        outcomes.extend(mine);
+    }
     let reduce = Instant::now();
-    all_reduce(collective, &mut grads)?;
+    let mut grads = match per_slot.pop() {
+        Some(mut grads) if share.is_own(collective) => {
+            all_reduce(collective, &mut grads)?;
+            grads
+        }
+        last => {
+            per_slot.extend(last);
+            all_reduce_slots(collective, share, &per_slot)?
+        }
+    };
     let totals = match tally {
         Some(t) => tally::sum(
             collective,
@@ -261,6 +340,39 @@ fn all_reduce(
             })?;
     }
     Ok(())
+}
+
+/// Sums the slots' gradients across the workers as a world of one worker per slot would.
+fn all_reduce_slots(
+    collective: &mut dyn Collective,
+    share: &Share<'_>,
+    per_slot: &[Gradients],
+) -> std::result::Result<Gradients, StepError> {
+    let failed = |what| move |source| StepError::Collective { what, source };
+    let Some(first) = per_slot.first() else {
+        return Err(failed("the gradients")(CollectiveError::InvalidInput(
+            "a share of no slot".into(),
+        )));
+    };
+    let dense: Vec<&[f32]> = per_slot.iter().map(|g| g.dense.as_slice()).collect();
+    let dense = all_reduce_dense_slots(collective, share.first, share.slots, &dense)
+        .map_err(failed("the dense gradients"))?;
+    let mut sparse = Vec::new();
+    for (t, table) in first.sparse.iter().enumerate() {
+        let mine: Vec<(&[u32], &[f32])> = per_slot
+            .iter()
+            .map(|g| (g.sparse[t].ids.as_slice(), g.sparse[t].rows.as_slice()))
+            .collect();
+        let (ids, rows) =
+            all_reduce_sparse_slots(collective, share.first, share.slots, &mine, table.dim)
+                .map_err(failed("the embedding rows"))?;
+        sparse.push(SparseRows {
+            ids,
+            rows,
+            dim: table.dim,
+        });
+    }
+    Ok(Gradients { dense, sparse })
 }
 
 /// Divides the all-reduced sums by the global batch size, clips if configured, and steps Adam
