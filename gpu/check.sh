@@ -9,9 +9,15 @@
 #   2. TREC (data/trec), 3 epochs, one worker on cuda:0: samples/s and the loss curve, with the
 #      cell as Candle ops (the default) and again with SMALLTEXT_GPU_CELL=fused;
 #   3. the same 3 epochs on the CPU (2 threads) beside it;
-#   4. PyTorch's cuDNN LSTM (gpu/torch_bilstm.py, a copy of the reference) on the same GPU.
+#   4. PyTorch's cuDNN LSTM (gpu/torch_bilstm.py, a copy of the reference) on the same GPU;
+#   5. steps 2 to 4 again on the bundle's SST-2 slice (2,000 training rows, its test set);
+#   6. fine-tuning MiniLM on the 500 SST-2 rows of bench/finetune_speed.sh, 2 epochs on cuda:0,
+#      its weights drawn at random on both sides (the bundle has no weights): ours
+#      (--encoder-random-init) against gpu/torch_finetune.py --random-init, a copy of the
+#      reference (needs transformers; skipped, and said, without it).
 #
-# Exits non-zero if any step fails. EPOCHS and BUNDLE (the .xz folder) override the defaults.
+# Exits non-zero if any step fails. EPOCHS and BUNDLE (the bundle's folder) override the
+# defaults.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 epochs="${EPOCHS:-3}"
@@ -50,10 +56,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 echo "== 1. self-check on cuda:0"
 "$bundle/worker" --self-check --device cuda:0 --threads 2 || status=1
 
-train() {  # name, coordinator args...
-  local name="$1"; shift
+B="${BUNDLE:-.gpu-bundle}"
+train() {  # name, data folder (train.tsv, test.tsv), coordinator args...
+  local name="$1" data="$2"; shift 2
   local t0=$SECONDS
-  if "$bundle/coordinator" --workers 1 --data data/trec/train.tsv --test data/trec/test.tsv \
+  if "$bundle/coordinator" --workers 1 --data "$data/train.tsv" --test "$data/test.tsv" \
       --epochs "$epochs" --seed 0 --run-dir "$out/$name" "$@" > "$out/$name.log" 2>&1; then
     python3 - "$out/$name" "$name" $((SECONDS - t0)) <<'PY'
 import json, sys
@@ -69,29 +76,75 @@ PY
     echo "$name: FAILED"; tail -20 "$out/$name.log"; status=1
   fi
 }
-echo "== 2. TREC, $epochs epochs, one worker on cuda:0"
-train ours-cuda --device cuda --threads 2
-SMALLTEXT_GPU_CELL=fused train ours-cuda-fused-cell --device cuda --threads 2
-echo "== 3. the same on the CPU, 2 threads"
-train ours-cpu --device cpu --threads 2
-echo "== 4. PyTorch (cuDNN LSTM) on cuda:0, same data and epochs"
-if python3 gpu/torch_bilstm.py --train data/trec/train.tsv --test data/trec/test.tsv \
-    --epochs "$epochs" --device cuda --threads 2 > "$out/torch.json" 2> "$out/torch.log"; then
-  cat "$out/torch.json"
+bilstm() {  # corpus name, data folder: ours on cuda:0 (Candle ops, then the fused cell), on
+  # the CPU, and PyTorch's cuDNN LSTM, with the ratios
+  local corpus="$1" data="$2"
+  echo "== $corpus, $epochs epochs, one worker on cuda:0"
+  train "$corpus-ours-cuda" "$data" --device cuda --threads 2
+  SMALLTEXT_GPU_CELL=fused train "$corpus-ours-cuda-fused-cell" "$data" --device cuda --threads 2
+  echo "== $corpus: the same on the CPU, 2 threads"
+  train "$corpus-ours-cpu" "$data" --device cpu --threads 2
+  echo "== $corpus: PyTorch (cuDNN LSTM) on cuda:0, same data and epochs"
+  if python3 gpu/torch_bilstm.py --train "$data/train.tsv" --test "$data/test.tsv" \
+      --epochs "$epochs" --device cuda --threads 2 > "$out/$corpus-torch.json" 2> "$out/$corpus-torch.log"; then
+    cat "$out/$corpus-torch.json"
+  else
+    echo "$corpus PyTorch: FAILED"; tail -5 "$out/$corpus-torch.log"; status=1
+  fi
+  python3 - "$out" "$corpus" <<'PY'
+import json, os, sys
+out, corpus = sys.argv[1], sys.argv[2]
+def median(run):
+    rates = sorted(json.loads(l)["samples_per_s"] for l in open(f"{out}/{corpus}-{run}/metrics.jsonl"))
+    return rates[len(rates) // 2]
+def losses(run):
+    return [json.loads(l)["train_loss"] for l in open(f"{out}/{corpus}-{run}/metrics.jsonl")]
+if os.path.exists(f"{out}/{corpus}-ours-cuda/metrics.jsonl") and os.path.exists(f"{out}/{corpus}-torch.json"):
+    torch = json.load(open(f"{out}/{corpus}-torch.json"))["samples_per_s_median"]
+    print(f"{corpus}: ratio ours/PyTorch on the GPU (median epoch samples/s): {median('ours-cuda') / torch:.2f}")
+    if os.path.exists(f"{out}/{corpus}-ours-cuda-fused-cell/metrics.jsonl"):
+        print(f"{corpus}: ratio with the fused cell kernels: {median('ours-cuda-fused-cell') / torch:.2f}")
+if os.path.exists(f"{out}/{corpus}-ours-cuda/metrics.jsonl") and os.path.exists(f"{out}/{corpus}-ours-cpu/metrics.jsonl"):
+    worst = max(abs(a - b) for a, b in zip(losses("ours-cuda"), losses("ours-cpu")))
+    print(f"{corpus}: largest epoch-loss difference, cuda against CPU: {worst:.2e}")
+PY
+}
+bilstm trec data/trec
+bilstm sst2 "$B/sst2"
+
+echo "== 6. fine-tuning: 500 SST-2 rows, 2 epochs on cuda:0, weights drawn at random"
+ft=(--encoder "$B/minilm" --encoder-mode finetune --encoder-random-init --workers 1 --threads 2
+    --data "$B/sst2/finetune-500.tsv" --eval-split 0.1 --epochs 2 --seed 0 --device cuda)
+if "$bundle/coordinator" "${ft[@]}" --run-dir "$out/finetune-ours" > "$out/finetune-ours.log" 2>&1; then
+  python3 - "$out/finetune-ours" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(f"{sys.argv[1]}/metrics.jsonl")]
+s = json.load(open(f"{sys.argv[1]}/summary.json"))
+print("ours: training samples/s by epoch " + " ".join(f"{r['samples_per_s']:.1f}" for r in rows)
+      + "; peak GPU memory " + (f"{s['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in s else "not recorded"))
+PY
 else
-  echo "PyTorch: FAILED"; tail -5 "$out/torch.log"; status=1
+  echo "fine-tuning, ours: FAILED"; tail -20 "$out/finetune-ours.log"; status=1
 fi
-python3 - "$out" <<'PY'
+if python3 -c "import transformers" 2> /dev/null; then
+  if HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error python3 gpu/torch_finetune.py --model "$B/minilm" \
+      --random-init --device cuda --threads 2 --train "$B/sst2/finetune-500.tsv" \
+      --test "$B/sst2/test.tsv" --n-train 0 --max-epochs 2 > "$out/finetune-torch.json" 2> "$out/finetune-torch.log"; then
+    cat "$out/finetune-torch.json"
+    python3 - "$out" <<'PY'
 import json, os, sys
 out = sys.argv[1]
-if os.path.exists(f"{out}/ours-cuda/metrics.jsonl") and os.path.exists(f"{out}/torch.json"):
-    ours = sorted(json.loads(l)["samples_per_s"] for l in open(f"{out}/ours-cuda/metrics.jsonl"))
-    torch = json.load(open(f"{out}/torch.json"))["samples_per_s_median"]
-    print(f"ratio ours/PyTorch on the GPU (median epoch samples/s): {ours[len(ours) // 2] / torch:.2f}")
-    fused = f"{out}/ours-cuda-fused-cell/metrics.jsonl"
-    if os.path.exists(fused):
-        f = sorted(json.loads(l)["samples_per_s"] for l in open(fused))
-        print(f"ratio with the fused cell kernels: {f[len(f) // 2] / torch:.2f}")
+if os.path.exists(f"{out}/finetune-ours/metrics.jsonl"):
+    ours = [json.loads(l)["samples_per_s"] for l in open(f"{out}/finetune-ours/metrics.jsonl")][-1]
+    torch = json.load(open(f"{out}/finetune-torch.json"))["train_samples_per_s"]
+    print(f"fine-tuning: ratio ours (epoch 2's training steps) / PyTorch (both epochs, validation "
+          f"included): {ours / torch:.2f}")
 PY
+  else
+    echo "fine-tuning, PyTorch: FAILED"; tail -5 "$out/finetune-torch.log"; status=1
+  fi
+else
+  echo "fine-tuning, PyTorch: not measured (no transformers on this machine)"
+fi
 echo "logs in $out"
 exit $status

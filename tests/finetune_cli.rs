@@ -312,3 +312,60 @@ fn fine_tuning_minilm_beats_the_frozen_encoder_on_300_trec_rows() {
     assert!(!run.join("model/optimizer.safetensors").exists());
     assert!(!run.join("checkpoint").exists());
 }
+
+/// `--encoder-random-init` (for speed checks on a GPU machine that carries no weights): the
+/// encoder's directory needs only its configuration and tokenizer, every worker draws the same
+/// weights from the seed, and the model directory says the encoder was not pretrained.
+#[test]
+fn an_encoder_without_weights_fine_tunes_from_a_random_start_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = tiny_encoder(dir.path());
+    std::fs::remove_file(encoder.join("model.safetensors")).unwrap();
+    let data = trec_slice(dir.path(), "train.tsv", 0, 100);
+    let run = dir.path().join("run");
+
+    let o = coordinator(
+        &finetune(&encoder, &data, &run, &["--epochs", "1"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!o.status.success(), "an encoder without weights was used");
+    assert!(stderr(&o).contains("model.safetensors"), "{}", stderr(&o));
+
+    let log = run_ok(&finetune(
+        &encoder,
+        &data,
+        &run,
+        &[
+            "--epochs",
+            "1",
+            "--workers",
+            "2",
+            "--encoder-random-init",
+            "--run-dir-force",
+        ],
+    ));
+    assert!(log.contains("learns from scratch"), "{log}");
+    let meta = json(&run.join("model/model.json"));
+    assert_eq!(meta["encoder"]["random_init"], true, "{meta}");
+    let o = coordinator(&[
+        "predict",
+        "--model",
+        run.join("model").to_str().unwrap(),
+        "what is the capital of peru ?",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let mut features = finetune(&encoder, &data, &run, &["--encoder-random-init"]);
+    let at = features.iter().position(|a| a == "finetune").unwrap();
+    features[at] = "features".into();
+    let o = coordinator(&features.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o)
+            .contains("--encoder-random-init applies to --encoder DIR --encoder-mode finetune"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -263,6 +263,13 @@ pub struct TrainConfig {
     #[arg(long, value_name = "K", value_parser = at_least(1), help_heading = "Model")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finetune_layers: Option<usize>,
+    /// With --encoder-mode finetune: draw the encoder's weights from its config.json, as BERT
+    /// initialises them, instead of reading its model.safetensors (which may be absent). For
+    /// speed checks (`gpu/check.sh`), as the reference's --random-init: the model learns from
+    /// scratch, so its accuracy means nothing.
+    #[arg(long, help_heading = "Model")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub encoder_random_init: bool,
     /// Memory per worker for the encoder's vectors of augmented sentences (those of the
     /// original sentences are always kept), MiB.
     #[arg(
@@ -360,6 +367,7 @@ impl Default for TrainConfig {
             head: None,
             encoder_lr: None,
             finetune_layers: None,
+            encoder_random_init: false,
             encoder_cache_mb: 1024,
             freeze_embeddings: false,
         }

@@ -232,6 +232,7 @@ fn check_model_flags(args: &TrainArgs) -> Result<()> {
         for (flag, given) in [
             ("--encoder-lr", t.encoder_lr.is_some()),
             ("--finetune-layers", t.finetune_layers.is_some()),
+            ("--encoder-random-init", t.encoder_random_init),
         ] {
             if given {
                 bail!("{flag} applies to --encoder DIR --encoder-mode finetune");

@@ -16,9 +16,17 @@ pub const TOKENIZER: &str = "tokenizer.json";
 /// The files an encoder needs, in hashing order.
 pub const FILES: [&str; 3] = [CONFIG, TOKENIZER, WEIGHTS];
 
+/// The files of an encoder whose weights are drawn, not read (`--encoder-random-init`).
+pub const UNWEIGHTED: [&str; 2] = [CONFIG, TOKENIZER];
+
 /// Fails naming the first file `dir` lacks.
 pub fn check_dir(dir: &Path) -> Result<()> {
-    for name in FILES {
+    check_files(dir, &FILES)
+}
+
+/// Fails naming the first of `names` that `dir` lacks.
+pub fn check_files(dir: &Path, names: &[&'static str]) -> Result<()> {
+    for &name in names {
         if !dir.join(name).is_file() {
             return Err(EncoderError::NotAModel {
                 dir: dir.to_path_buf(),
@@ -32,10 +40,15 @@ pub fn check_dir(dir: &Path) -> Result<()> {
 /// SHA-256 over the three files, each preceded by its name and length, so that renaming or
 /// moving bytes between files changes the hash.
 pub fn content_hash(dir: &Path) -> Result<String> {
-    check_dir(dir)?;
+    content_hash_of(dir, &FILES)
+}
+
+/// As [`content_hash`], over `names` only.
+pub fn content_hash_of(dir: &Path, names: &[&'static str]) -> Result<String> {
+    check_files(dir, names)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    for name in FILES {
+    for &name in names {
         let path = dir.join(name);
         let io = |source| EncoderError::Io {
             path: path.clone(),

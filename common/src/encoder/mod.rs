@@ -53,6 +53,11 @@ pub struct EncoderRef {
     /// Where it was read from (on the coordinator's machine).
     pub path: PathBuf,
     pub mode: EncoderMode,
+    /// Its weights were drawn from `config.json` as BERT initialises them, not read
+    /// (`--encoder-random-init`, for speed checks); the hash then covers the configuration and
+    /// the tokenizer only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub random_init: bool,
 }
 
 impl EncoderRef {
@@ -63,13 +68,26 @@ impl EncoderRef {
             sha256: files::content_hash(dir)?,
             path: dir.to_path_buf(),
             mode,
+            random_init: false,
+        })
+    }
+
+    /// Names and hashes the configuration and tokenizer in `dir`, whose weights a run draws
+    /// at random instead of reading (the directory needs no `model.safetensors`).
+    pub fn unweighted(dir: &Path, mode: EncoderMode) -> Result<Self> {
+        Ok(Self {
+            name: files::display_name(dir),
+            sha256: files::content_hash_of(dir, &files::UNWEIGHTED)?,
+            path: dir.to_path_buf(),
+            mode,
+            random_init: true,
         })
     }
 }
 
 /// The model's `config.json`.
 pub fn read_config(dir: &Path) -> Result<Config> {
-    files::check_dir(dir)?;
+    files::check_files(dir, &[files::CONFIG])?;
     let path = dir.join(files::CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|source| EncoderError::Io {
         path: path.clone(),
@@ -146,6 +164,7 @@ impl Encoder {
         cache_bytes: usize,
     ) -> Result<Self> {
         let dir = hashed.dir();
+        files::check_dir(dir)?;
         let config = read_config(dir)?;
         let weights = dir.join(files::WEIGHTS);
         let invalid = |e: candle_core::Error| EncoderError::Invalid {
@@ -161,6 +180,7 @@ impl Encoder {
                 sha256: hashed.sha256().to_string(),
                 path: dir.to_path_buf(),
                 mode,
+                random_init: false,
             },
             hidden: config.hidden_size,
             wordpiece,

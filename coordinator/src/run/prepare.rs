@@ -177,6 +177,8 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
         _ if checkpoint.is_some() => checkpoint.map(|c| c.weights.clone()).unwrap_or_default(),
         (Some(path), _) => pretrained_weights(path, &spec, &vocab)?,
         (None, Some(e)) if e.mode == EncoderMode::Embeddings => encoder_table_weights(e, &spec)?,
+        // Drawn by every worker from the seed, as the model's other weights are.
+        (None, Some(e)) if e.random_init => Vec::new(),
         (None, Some(e)) if e.mode == EncoderMode::Finetune => encoder_weights(e, &spec)?,
         _ => Vec::new(),
     };
@@ -243,8 +245,16 @@ fn pretrained_weights(path: &Path, spec: &RunSpec, vocab: &Vocab) -> Result<Vec<
 /// Names and hashes `--encoder DIR`, and makes the pipeline cut sentences with its tokenizer.
 fn prepare_encoder(dir: &Path, plan: &TrainPlan, pipeline: &mut Pipeline) -> Result<EncoderRef> {
     let mode = plan.args.train.encoder_mode;
-    let reference =
-        EncoderRef::of(dir, mode).with_context(|| format!("--encoder {}", dir.display()))?;
+    let reference = match plan.args.train.encoder_random_init {
+        true => EncoderRef::unweighted(dir, mode),
+        false => EncoderRef::of(dir, mode),
+    }
+    .with_context(|| format!("--encoder {}", dir.display()))?;
+    if reference.random_init {
+        tracing::warn!(
+            "--encoder-random-init: the encoder's weights are drawn from its config.json, not              read: the model learns from scratch (for speed checks)"
+        );
+    }
     let wordpiece = WordPiece::load(&dir.join(common::encoder::files::TOKENIZER))
         .with_context(|| format!("--encoder {}", dir.display()))?;
     tracing::info!(
