@@ -15,6 +15,7 @@ use std::borrow::Borrow;
 use sha2::{Digest, Sha256};
 use tokio_stream::{Stream, StreamExt};
 
+use crate::model::Piece;
 use crate::pb;
 
 /// Largest chunk of a state transfer, in bytes: what senders send and receivers accept.
@@ -100,6 +101,69 @@ impl<S: Borrow<ModelState>> Iterator for Chunks<S> {
         }
         self.offset = end;
         Some(pb::StateChunk { data })
+    }
+}
+
+/// A state to send from where it lies: the pieces of its weights file and of its optimizer
+/// file ([`crate::model::Classifier::to_pieces`], [`crate::train::Adam::to_pieces`]). Sending
+/// it copies one tensor and one chunk at a time, where a [`ModelState`] first holds every byte
+/// (for a fine-tuned encoder, 270 MB at every epoch's end).
+pub struct Outgoing<'a> {
+    pub weights: Vec<Piece<'a>>,
+    pub optimizer: Vec<Piece<'a>>,
+}
+
+impl Outgoing<'_> {
+    fn pieces(&self) -> impl Iterator<Item = &Piece<'_>> {
+        self.weights.iter().chain(&self.optimizer)
+    }
+
+    /// The header that announces this state: one pass over its bytes for the sizes and hash,
+    /// the same header a [`ModelState`] of these bytes gives.
+    pub fn header(&self) -> pb::StateHeader {
+        let mut hasher = Sha256::new();
+        let mut len = |pieces: &[Piece<'_>]| {
+            let mut n = 0u64;
+            for p in pieces {
+                p.with_bytes(|b| {
+                    hasher.update(b);
+                    n += b.len() as u64;
+                });
+            }
+            n
+        };
+        let weights_bytes = len(&self.weights);
+        let optimizer_bytes = len(&self.optimizer);
+        pb::StateHeader {
+            weights_bytes,
+            optimizer_bytes,
+            sha256: hasher.finalize().to_vec(),
+        }
+    }
+
+    /// Hands `send` the state's chunks of `size` bytes (clamped to 1..=[`CHUNK_BYTES`]; the
+    /// last may be shorter), in order, each made when its turn comes; stops early when `send`
+    /// returns false (the receiver is gone).
+    pub fn send_chunks(&self, size: usize, mut send: impl FnMut(pb::StateChunk) -> bool) {
+        let size = size.clamp(1, CHUNK_BYTES);
+        let mut data = Vec::with_capacity(size);
+        let mut open = true;
+        for piece in self.pieces() {
+            piece.with_bytes(|mut bytes| {
+                while open && !bytes.is_empty() {
+                    let take = bytes.len().min(size - data.len());
+                    data.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if data.len() == size {
+                        let full = std::mem::replace(&mut data, Vec::with_capacity(size));
+                        open = send(pb::StateChunk { data: full });
+                    }
+                }
+            });
+        }
+        if open && !data.is_empty() {
+            send(pb::StateChunk { data });
+        }
     }
 }
 
@@ -261,6 +325,66 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A model's tensors and an optimizer's vectors sent as pieces: the bytes the `safetensors`
+    /// crate writes for them, the header of those bytes, in chunks of any size; a receiver that
+    /// is gone stops the sending.
+    #[test]
+    fn outgoing_pieces_are_the_safetensors_bytes_in_chunks_of_any_size() {
+        use crate::model::persist::{concat, tensor_pieces, vector_pieces, Vector};
+        use candle_core::{DType, Device, Tensor};
+        let dev = Device::Cpu;
+        let tensors = vec![
+            (
+                "b.weight".to_string(),
+                Tensor::arange(0f32, 10.0, &dev)
+                    .unwrap()
+                    .reshape((2, 5))
+                    .unwrap(),
+            ),
+            (
+                "a.bias".to_string(),
+                Tensor::ones(7, DType::F32, &dev).unwrap(),
+            ),
+        ];
+        let m: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5).collect();
+        let weights = tensor_pieces(tensors.clone()).unwrap();
+        let optimizer =
+            vector_pieces([("m", Vector::F32(&m)), ("step", Vector::I64(vec![3]))]).unwrap();
+        let crate_bytes =
+            safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
+        assert_eq!(concat(&weights), crate_bytes);
+        let whole = ModelState::new(concat(&weights), concat(&optimizer));
+        let loaded = candle_core::safetensors::load_buffer(&whole.optimizer, &dev).unwrap();
+        assert_eq!(loaded["m"].to_vec1::<f32>().unwrap(), m);
+        assert_eq!(loaded["step"].to_vec1::<i64>().unwrap(), vec![3]);
+
+        let out = Outgoing { weights, optimizer };
+        assert_eq!(out.header(), whole.header());
+        let all = [whole.weights.as_slice(), whole.optimizer.as_slice()].concat();
+        for size in [1, 7, 100, 4096, CHUNK_BYTES] {
+            let mut sent = Vec::new();
+            out.send_chunks(size, |c| {
+                sent.push(c.data);
+                true
+            });
+            assert!(
+                sent.iter().all(|c| !c.is_empty() && c.len() <= size),
+                "{size}"
+            );
+            assert!(
+                sent[..sent.len() - 1].iter().all(|c| c.len() == size),
+                "{size}"
+            );
+            assert_eq!(sent.concat(), all, "chunks of {size}");
+        }
+        let mut calls = 0;
+        out.send_chunks(100, |_| {
+            calls += 1;
+            false
+        });
+        assert_eq!(calls, 1);
+    }
 
     fn state(weights: usize, optimizer: usize) -> ModelState {
         let bytes = |n: usize, k: u32| {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use common::collective::Abort;
 use common::pb;
 use common::pb::coordinator_client::CoordinatorClient;
-use common::state_transfer::{self, ModelState};
+use common::state_transfer::{self, ModelState, Outgoing};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -126,39 +126,77 @@ pub async fn fetch_initial_state(
         .context("receiving the run's initial weights")
 }
 
-/// Sends an epoch report and, when there is one, the state it announces, in chunks.
-pub async fn report_epoch(
-    client: &mut Client,
+/// Sends an epoch report and the state it announces (the weights and optimizer state after
+/// the epoch, when the coordinator asked for them), in chunks made as they are sent.
+pub fn report_epoch(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
     mut report: pb::EpochReport,
-    state: Option<ModelState>,
+    state: Option<&Outgoing<'_>>,
 ) -> Result<(), tonic::Status> {
     use pb::epoch_report_part::Kind;
-    report.state = state.as_ref().map(ModelState::header);
-    let chunks = state
-        .into_iter()
-        .flat_map(|s| state_transfer::chunks(s, state_transfer::CHUNK_BYTES))
-        .map(Kind::Chunk);
-    let parts = std::iter::once(Kind::Report(report))
-        .chain(chunks)
-        .map(|kind| pb::EpochReportPart { kind: Some(kind) });
-    client.report_epoch(tokio_stream::iter(parts)).await?;
-    Ok(())
+    report.state = state.map(Outgoing::header);
+    let mut client = client.clone();
+    stream_parts(
+        rt,
+        Kind::Report(report),
+        state,
+        Kind::Chunk,
+        |kind| pb::EpochReportPart { kind: Some(kind) },
+        move |parts| async move { client.report_epoch(parts).await.map(|_| ()) },
+    )
 }
 
-/// Sends a checkpoint upload and the state it announces, in chunks.
-pub async fn upload_checkpoint(
-    client: &mut Client,
+/// Sends a checkpoint upload and the state it announces, in chunks made as they are sent.
+pub fn upload_checkpoint(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
     mut upload: pb::CheckpointUpload,
-    state: ModelState,
+    state: &Outgoing<'_>,
 ) -> Result<(), tonic::Status> {
     use pb::checkpoint_part::Kind;
     upload.state = Some(state.header());
-    let chunks = state_transfer::chunks(state, state_transfer::CHUNK_BYTES).map(Kind::Chunk);
-    let parts = std::iter::once(Kind::Upload(upload))
-        .chain(chunks)
-        .map(|kind| pb::CheckpointPart { kind: Some(kind) });
-    client.upload_checkpoint(tokio_stream::iter(parts)).await?;
-    Ok(())
+    let mut client = client.clone();
+    stream_parts(
+        rt,
+        Kind::Upload(upload),
+        Some(state),
+        Kind::Chunk,
+        |kind| pb::CheckpointPart { kind: Some(kind) },
+        move |parts| async move { client.upload_checkpoint(parts).await.map(|_| ()) },
+    )
+}
+
+/// Runs the client-streaming call `call` on `rt` while this thread feeds it `first` and then
+/// `state`'s chunks through a short queue: a chunk is made only when the call has room for it,
+/// so the state is never one buffer (the pieces borrow the model, which is why this thread
+/// makes them and the call only sends them).
+fn stream_parts<K, P, F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    first: K,
+    state: Option<&Outgoing<'_>>,
+    chunk: impl Fn(pb::StateChunk) -> K,
+    part: impl Fn(K) -> P,
+    call: F,
+) -> Result<(), tonic::Status>
+where
+    P: Send + 'static,
+    F: FnOnce(tokio_stream::wrappers::ReceiverStream<P>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let sending = rt.spawn(call(tokio_stream::wrappers::ReceiverStream::new(rx)));
+    // A send fails only when the call ended early; its own error says why.
+    if tx.blocking_send(part(first)).is_ok() {
+        if let Some(state) = state {
+            state.send_chunks(state_transfer::CHUNK_BYTES, |c| {
+                tx.blocking_send(part(chunk(c))).is_ok()
+            });
+        }
+    }
+    drop(tx);
+    rt.block_on(sending)
+        .map_err(|e| tonic::Status::internal(format!("the upload task failed: {e}")))?
 }
 
 /// Where training stands, shared between the training loop and the heartbeat task.

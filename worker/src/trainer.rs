@@ -13,7 +13,7 @@ use common::encoder::Encoder;
 use common::metrics::Confusion;
 use common::model::{Batch, Classifier};
 use common::pb;
-use common::state_transfer::ModelState;
+use common::state_transfer::{ModelState, Outgoing};
 use common::train::{evaluate, train_share, Adam, Replica, RunSpec, Share, StepError, Tally};
 
 use crate::client::{self, RingGeneration, TrainingProgress};
@@ -418,10 +418,10 @@ impl Job {
             "step time"
         );
         let state = match header.upload_weights {
-            true => Some(self.state()?),
+            true => Some(self.outgoing()?),
             false => None,
         };
-        rt.block_on(client::report_epoch(&mut self.client, report, state))
+        client::report_epoch(rt, &self.client, report, state.as_ref())
             .context("reporting the epoch")?;
         Ok(false)
     }
@@ -439,23 +439,22 @@ impl Job {
             state: None,
         };
         let started = Instant::now();
-        let state = self.state()?;
-        let bytes = state.len();
-        rt.block_on(client::upload_checkpoint(&mut self.client, upload, state))
+        client::upload_checkpoint(rt, &self.client, upload, &self.outgoing()?)
             .context("uploading a checkpoint")?;
         tracing::debug!(
-            "checkpoint of {bytes} bytes uploaded in {:.2} s",
+            "checkpoint uploaded in {:.2} s",
             started.elapsed().as_secs_f64()
         );
         Ok(())
     }
 
-    /// This replica's weights and optimizer state, as the coordinator keeps them.
-    fn state(&self) -> Result<ModelState> {
-        Ok(ModelState::new(
-            self.replica.host().to_bytes()?,
-            self.opt.to_bytes()?,
-        ))
+    /// This replica's weights and optimizer state, as the coordinator keeps them, to be sent
+    /// from where they lie.
+    fn outgoing(&self) -> Result<Outgoing<'_>> {
+        Ok(Outgoing {
+            weights: self.replica.host().to_pieces()?,
+            optimizer: self.opt.to_pieces()?,
+        })
     }
 
     /// Leaves the broken ring, asks the coordinator for the new membership, forms the new

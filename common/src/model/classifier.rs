@@ -22,7 +22,7 @@ use super::init::uniform;
 use super::input::Input;
 use super::mode::Mode;
 use super::params::{dense_len, GroupKind, GroupOptim, ParamGroup, Shapes};
-use super::persist::{to_safetensors, write_bytes_atomically};
+use super::persist::{tensor_pieces, to_safetensors, write_bytes_atomically, Piece};
 use super::sequence::{self, SequenceEncoder};
 use super::transformer::{self, Transformer};
 use crate::encoder::trainable::{pretrained_tensor, weight_shapes};
@@ -302,6 +302,13 @@ impl Classifier {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let vars = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
         to_safetensors(vars.iter().map(|(n, v)| (n.as_str(), v.as_tensor())))
+    }
+
+    /// The weights as the pieces of [`Classifier::to_bytes`]'s file, each tensor read only
+    /// when its turn comes (for sending the state without a buffer of all of it).
+    pub fn to_pieces(&self) -> Result<Vec<Piece<'static>>> {
+        let vars = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+        tensor_pieces(vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())))
     }
 
     /// Saves the weights as safetensors, atomically.

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::schedule::LrSchedule;
 use crate::kernels::simd::multiversion;
 use crate::kernels::threads;
-use crate::model::persist::{vectors_to_safetensors, write_bytes_atomically, Vector};
+use crate::model::persist::{concat, vector_pieces, write_bytes_atomically, Piece, Vector};
 use crate::model::{Gradients, GroupKind, GroupOptim, ModelError, ParamGroup, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -473,15 +473,20 @@ impl Adam {
     /// The state as safetensors bytes: the dense moments as `m` and `v`, a table's as
     /// `m_NAME` and `v_NAME` (the embedding's: `m_embedding`, `v_embedding`).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        Ok(concat(&self.to_pieces()?))
+    }
+
+    /// The pieces of [`Adam::to_bytes`]'s file, the moments borrowed where they lie.
+    pub fn to_pieces(&self) -> Result<Vec<Piece<'_>>> {
         let st = &self.state;
-        let step = [i64::try_from(st.step).unwrap_or(i64::MAX)];
+        let step = vec![i64::try_from(st.step).unwrap_or(i64::MAX)];
         let names: Vec<(String, String)> = self
             .tables
             .iter()
             .map(|name| (format!("m_{name}"), format!("v_{name}")))
             .collect();
         let mut vectors = vec![
-            ("step", Vector::I64(&step)),
+            ("step", Vector::I64(step)),
             ("m", Vector::F32(&st.m)),
             ("v", Vector::F32(&st.v)),
         ];
@@ -489,7 +494,7 @@ impl Adam {
             vectors.push((m, Vector::F32(&moments.m)));
             vectors.push((v, Vector::F32(&moments.v)));
         }
-        vectors_to_safetensors(vectors)
+        vector_pieces(vectors)
     }
 
     /// Loads state saved by [`Adam::save`] for `groups`.
