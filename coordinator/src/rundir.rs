@@ -238,8 +238,7 @@ impl RunDir {
     pub fn save_checkpoint(
         &self,
         meta: &ModelMeta,
-        weights: &[u8],
-        optimizer: &[u8],
+        state: &model_dir::Verified<'_>,
         progress: &RunState,
     ) -> Result<()> {
         let (cur, tmp, old) = (
@@ -248,7 +247,7 @@ impl RunDir {
             self.path.join("checkpoint.old"),
         );
         let _ = std::fs::remove_dir_all(&tmp);
-        let written = model_dir::save(&tmp, meta, weights, optimizer).and_then(|()| {
+        let written = model_dir::save(&tmp, meta, state).and_then(|()| {
             let p = tmp.join(STATE);
             common::fsutil::write_atomic(&p, &serde_json::to_vec(progress)?)
                 .with_context(|| format!("writing {}", p.display()))

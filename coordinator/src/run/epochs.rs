@@ -203,7 +203,8 @@ pub(super) async fn drive(
             let mut p = progress.clone();
             p.step = c.steps_done;
             p.applied = c.applied_examples;
-            run_dir.save_checkpoint(&meta, &c.weights, &c.optimizer_state, &p)?;
+            let state = model_dir::verify(&c.weights, &c.optimizer_state)?;
+            run_dir.save_checkpoint(&meta, &state, &p)?;
             note.checkpoint(p.epochs_done, p.step);
             tracing::debug!("checkpoint at step {} of epoch {}", c.steps_done, epoch + 1);
             Ok(())
@@ -414,10 +415,11 @@ struct EpochEnd {
 
 impl EpochEnd {
     fn write(self, run_dir: &RunDir, note: &StopNote, bar: &ProgressBar) -> Result<()> {
+        let state = model_dir::verify(&self.weights, &self.optimizer)?;
         if self.improved {
-            model_dir::save(&run_dir.model(), &self.meta, &self.weights, &self.optimizer)?;
+            model_dir::save(&run_dir.model(), &self.meta, &state)?;
         }
-        run_dir.save_checkpoint(&self.meta, &self.weights, &self.optimizer, &self.progress)?;
+        run_dir.save_checkpoint(&self.meta, &state, &self.progress)?;
         note.checkpoint(self.progress.epochs_done, 0);
         run_dir.append_metrics(&self.line)?;
         if bar.is_hidden() {
