@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::regroup_call::{RegroupAnswer, RegroupAsk};
 use crate::report::{StepCheckpoint, WorkerReport};
 use crate::sharding::{deal, part};
+use crate::stored_state::StoredState;
 
 /// What every worker receives at join.
 pub struct RunInfo {
@@ -34,7 +35,7 @@ pub struct RunInfo {
     /// Weights every worker starts from (safetensors), empty to initialise from the seed, and
     /// the optimizer state (a resumed run), empty for a fresh one: announced in the join reply
     /// and sent in chunks (FetchInitialState).
-    pub initial_state: Arc<ModelState>,
+    pub initial_state: Arc<StoredState>,
     /// The first epoch workers train (0, or after a resumed run's checkpoint).
     pub start_epoch: u64,
     /// Steps of `start_epoch` already in the initial weights, and their examples.
@@ -160,8 +161,6 @@ pub struct Shared {
     token: String,
     expected: usize,
     run: RunInfo,
-    /// What the join reply announces of `run.initial_state` (none when it is empty).
-    initial_header: Option<pb::StateHeader>,
     pending: Mutex<Vec<Pending>>,
     /// Set once every expected worker has joined; replaced at every membership change.
     pub members: watch::Sender<Option<Arc<Membership>>>,
@@ -193,12 +192,10 @@ impl Shared {
     pub fn new(token: String, expected: usize, run: RunInfo) -> (Arc<Self>, Inbox) {
         let (reports, rx) = mpsc::unbounded_channel();
         let (checkpoints, checkpoints_rx) = mpsc::unbounded_channel();
-        let initial_header = (!run.initial_state.is_empty()).then(|| run.initial_state.header());
         let shared = Shared {
             token,
             expected,
             run,
-            initial_header,
             pending: Mutex::new(Vec::new()),
             members: watch::channel(None).0,
             regroups: Mutex::new(Vec::new()),
@@ -404,7 +401,7 @@ impl Shared {
                 run_spec_json: self.run.spec_json.clone(),
                 vocab_json: self.run.vocab_json.clone(),
                 labels: self.run.labels.clone(),
-                initial_state: self.initial_header.clone(),
+                initial_state: self.run.initial_state.header().cloned(),
                 start_epoch: self.run.start_epoch,
                 start_step: self.run.start_step,
                 start_applied: self.run.start_applied,
@@ -753,17 +750,19 @@ impl pb::coordinator_server::Coordinator for Service {
         let req = request.into_inner();
         self.0.check_token(&req.token, "initial state download")?;
         self.0.check_rank(req.rank)?;
-        if self.0.initial_header.is_none() {
+        if self.0.run.initial_state.header().is_none() {
             return Err(Status::not_found("this run starts from no given state"));
         }
         let state = self.0.run.initial_state.clone();
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            for chunk in state_transfer::chunks(state, state_transfer::CHUNK_BYTES) {
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-            }
+        tokio::task::spawn_blocking(move || {
+            state.send_chunks(state_transfer::CHUNK_BYTES, |chunk| {
+                let chunk = chunk.map_err(|e| {
+                    tracing::warn!("reading the initial state: {e}");
+                    Status::internal(format!("reading the initial state: {e}"))
+                });
+                tx.blocking_send(chunk).is_ok()
+            });
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -22,6 +22,7 @@ use crate::interrupt::StopNote;
 use crate::local::Fleet;
 use crate::plan::{TrainPlan, WorkerSource};
 use crate::service::{EpochPlan, RunInfo, Service, Shared};
+use crate::stored_state::StoredState;
 use crate::summary::Summary;
 
 /// Trains `plan` to its end, serving the workers on `listener`. When `shutdown` resolves
@@ -65,14 +66,17 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
         ring_shared_memory: args.ring_transport == RingTransport::Auto,
         vocab_json: serde_json::to_string(&prepared.vocab)?,
         labels: prepared.labels.clone(),
-        // Moved, not copied: the workers' state can be hundreds of MB.
-        initial_state: Arc::new(ModelState::new(
-            std::mem::take(&mut prepared.initial_weights),
-            checkpoint
-                .as_mut()
-                .map(|c| std::mem::take(&mut c.optimizer))
-                .unwrap_or_default(),
-        )),
+        // Moved to a file, not kept: the workers' state can be hundreds of MB.
+        initial_state: Arc::new(StoredState::new(
+            ModelState::new(
+                std::mem::take(&mut prepared.initial_weights),
+                checkpoint
+                    .as_mut()
+                    .map(|c| std::mem::take(&mut c.optimizer))
+                    .unwrap_or_default(),
+            ),
+            run_dir.path(),
+        )?),
         encoder_dir: prepared.spec.encoder.as_ref().map(|e| e.path.clone()),
         start_epoch: checkpoint.as_ref().map_or(0, |c| c.progress.epochs_done),
         start_step: checkpoint.as_ref().map_or(0, |c| c.progress.step),
