@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Packs what gpu/check.sh needs on a GPU machine into .gpu-bundle/ (git-ignored): the GPU
 # worker (gpu/build.sh) and the CPU coordinator (it only coordinates), stripped and
-# xz-compressed (the worker's embedded PTX makes it 55 MiB, 7 MiB compressed); a slice of SST-2
+# xz-compressed (the worker's embedded PTX makes it 55 MiB, 9 MiB compressed); a slice of SST-2
 # (2,000 training rows, the test set, and the 500 rows bench/finetune_speed.sh draws); and
 # MiniLM's config.json and tokenizer.json without its weights (fine-tuning's speed does not
 # depend on them: both sides draw them, --encoder-random-init and the reference's
-# --random-init). With the repository's data/trec and gpu/ it is all the GPU machine needs,
-# about 8 MiB.
+# --random-init). With the repository's data/trec and gpu/ it is all the GPU machine needs
+# (17 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gpu/build.sh
@@ -29,4 +29,5 @@ PY
 cp "$SST2/test.tsv" .gpu-bundle/sst2/test.tsv
 models/fetch.sh
 cp models/all-MiniLM-L6-v2/config.json models/all-MiniLM-L6-v2/tokenizer.json .gpu-bundle/minilm/
-du -sh .gpu-bundle/* .gpu-bundle
+du -sh .gpu-bundle/*
+du -sh .gpu-bundle
