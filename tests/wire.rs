@@ -142,9 +142,12 @@ fn bad_messages_are_refused_and_the_run_is_unaffected() {
         let state = ModelState::new(vec![7; 3000], vec![9; 5000]);
         let header = state.header();
         let chunks = |size: usize| -> Vec<Vec<u8>> {
-            state_transfer::chunks(&state, size)
-                .map(|c| c.data)
-                .collect()
+            let mut out = Vec::new();
+            state.outgoing().send_chunks(size, |c| {
+                out.push(c.data);
+                true
+            });
+            out
         };
         let report = |token: &str, state: Option<&pb::StateHeader>| pb::EpochReport {
             rank: 0,

@@ -3,14 +3,15 @@
 //! weights followed by the optimizer state. No message then grows with the model (the weights
 //! and Adam state of a 22M-parameter encoder are 272 MB, more than a gRPC message may hold).
 //!
-//! The sender takes the header of a [`ModelState`] and its [`chunks`]; the receiver feeds the
-//! chunks to a [`Reassembly`] made from the header, which holds no more than the announced
+//! The sender takes the header of an [`Outgoing`] state and its chunks
+//! ([`Outgoing::send_chunks`]; a [`ModelState`] in memory gives one with
+//! [`ModelState::outgoing`]); the receiver feeds the chunks to a [`Reassembly`] made from the header, which holds no more than the announced
 //! bytes and refuses a transfer that brings more or fewer, an oversized chunk, or bytes whose
 //! hash is not the announced one, with an error and never a panic. The join reply announces a
 //! run's initial state (fetched with `FetchInitialState`), an epoch report or a checkpoint
 //! upload announces the state whose chunks follow it in the same client stream.
 
-use std::borrow::Borrow;
+use std::borrow::Cow;
 
 use sha2::{Digest, Sha256};
 use tokio_stream::{Stream, StreamExt};
@@ -52,55 +53,15 @@ impl ModelState {
 
     /// The header that announces this state (one pass over its bytes for the hash).
     pub fn header(&self) -> pb::StateHeader {
-        let mut hasher = Sha256::new();
-        hasher.update(&self.weights);
-        hasher.update(&self.optimizer);
-        pb::StateHeader {
-            weights_bytes: self.weights.len() as u64,
-            optimizer_bytes: self.optimizer.len() as u64,
-            sha256: hasher.finalize().to_vec(),
-        }
+        self.outgoing().header()
     }
-}
 
-/// The chunks of `state`, `size` bytes each (clamped to 1..=[`CHUNK_BYTES`]; the last may be
-/// shorter), each copied out only when it is taken.
-pub fn chunks<S: Borrow<ModelState>>(state: S, size: usize) -> Chunks<S> {
-    Chunks {
-        state,
-        offset: 0,
-        size: size.clamp(1, CHUNK_BYTES),
-    }
-}
-
-/// See [`chunks`].
-pub struct Chunks<S> {
-    state: S,
-    offset: usize,
-    size: usize,
-}
-
-impl<S: Borrow<ModelState>> Iterator for Chunks<S> {
-    type Item = pb::StateChunk;
-
-    fn next(&mut self) -> Option<pb::StateChunk> {
-        let ModelState { weights, optimizer } = self.state.borrow();
-        let total = weights.len() + optimizer.len();
-        if self.offset >= total {
-            return None;
+    /// The state to send, its bytes borrowed.
+    pub fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing {
+            weights: vec![Piece::Bytes(Cow::Borrowed(&self.weights))],
+            optimizer: vec![Piece::Bytes(Cow::Borrowed(&self.optimizer))],
         }
-        let (start, end) = (self.offset, (self.offset + self.size).min(total));
-        let mut data = Vec::with_capacity(end - start);
-        if start < weights.len() {
-            data.extend_from_slice(&weights[start..end.min(weights.len())]);
-        }
-        if end > weights.len() {
-            data.extend_from_slice(
-                &optimizer[start.max(weights.len()) - weights.len()..end - weights.len()],
-            );
-        }
-        self.offset = end;
-        Some(pb::StateChunk { data })
     }
 }
 
@@ -395,6 +356,16 @@ mod tests {
         ModelState::new(bytes(weights, 1), bytes(optimizer, 7))
     }
 
+    /// `state`'s chunks of `size` bytes, as a sender sends them.
+    fn chunks(state: &ModelState, size: usize) -> Vec<pb::StateChunk> {
+        let mut out = Vec::new();
+        state.outgoing().send_chunks(size, |c| {
+            out.push(c);
+            true
+        });
+        out
+    }
+
     fn reassemble(
         header: &pb::StateHeader,
         chunks: impl IntoIterator<Item = pb::StateChunk>,
@@ -411,7 +382,7 @@ mod tests {
         for (w, o) in [(0, 0), (10, 0), (0, 10), (1000, 3000), (4097, 1)] {
             let s = state(w, o);
             for size in [1, 3, 7, 1000, 4096, CHUNK_BYTES, usize::MAX] {
-                let chunks: Vec<_> = chunks(&s, size).collect();
+                let chunks = chunks(&s, size);
                 assert!(chunks.iter().all(|c| c.data.len() <= size.min(CHUNK_BYTES)));
                 assert_eq!(chunks.len(), (w + o).div_ceil(size.min(CHUNK_BYTES)));
                 assert_eq!(
@@ -426,7 +397,7 @@ mod tests {
     #[test]
     fn a_truncated_transfer_is_refused() {
         let s = state(100, 200);
-        let mut chunks: Vec<_> = chunks(&s, 64).collect();
+        let mut chunks = chunks(&s, 64);
         chunks.pop();
         assert_eq!(
             reassemble(&s.header(), chunks),
@@ -460,7 +431,7 @@ mod tests {
             .contains("more than the announced 300 bytes"));
         assert_eq!(r.received(), 250);
         // The whole state and one more chunk.
-        let mut chunks: Vec<_> = chunks(&s, 64).collect();
+        let mut chunks = chunks(&s, 64);
         chunks.push(pb::StateChunk { data: vec![1] });
         assert!(matches!(
             reassemble(&s.header(), chunks),
@@ -485,7 +456,7 @@ mod tests {
     #[test]
     fn corrupted_bytes_and_bad_headers_are_refused() {
         let s = state(100, 100);
-        let mut bad: Vec<_> = chunks(&s, 64).collect();
+        let mut bad = chunks(&s, 64);
         bad[1].data[5] ^= 1;
         assert_eq!(reassemble(&s.header(), bad), Err(TransferError::Corrupt));
         let short = pb::StateHeader {
@@ -513,7 +484,7 @@ mod tests {
     async fn receive_takes_chunks_to_the_end_of_the_stream() {
         let s = state(300, 500);
         let parts = |extra: Vec<Result<Option<pb::StateChunk>, tonic::Status>>| {
-            let chunks = chunks(s.clone(), 128).map(|c| Ok(Some(c)));
+            let chunks = chunks(&s, 128).into_iter().map(|c| Ok(Some(c)));
             tokio_stream::iter(chunks.chain(extra).collect::<Vec<_>>())
         };
         let header = s.header();
@@ -528,7 +499,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("broke off: gone"), "{err}");
-        let mut truncated = tokio_stream::iter(chunks(s.clone(), 128).take(3).map(|c| Ok(Some(c))));
+        let mut truncated =
+            tokio_stream::iter(chunks(&s, 128).into_iter().take(3).map(|c| Ok(Some(c))));
         let err = receive(&header, &mut truncated, |c| c).await.unwrap_err();
         assert!(
             err.to_string()

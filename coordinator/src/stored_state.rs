@@ -66,7 +66,7 @@ impl StoredState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::state_transfer::{chunks, Reassembly};
+    use common::state_transfer::Reassembly;
 
     #[test]
     fn the_stored_state_sends_what_the_state_in_memory_would() {
@@ -75,7 +75,11 @@ mod tests {
             (0..10_000u32).map(|i| i as u8).collect(),
             (0..3_333u32).map(|i| (i * 7) as u8).collect(),
         );
-        let in_memory: Vec<pb::StateChunk> = chunks(&state, 1000).collect();
+        let mut in_memory = Vec::new();
+        state.outgoing().send_chunks(1000, |c| {
+            in_memory.push(c);
+            true
+        });
         let stored = StoredState::new(state.clone(), dir.path()).unwrap();
         assert_eq!(stored.header(), Some(&state.header()));
         // The file has no name: nothing is left in the run directory.

@@ -35,13 +35,13 @@ fn check_hosted(first: usize, hosted: usize, slots: usize) -> Result<(), Collect
 }
 
 /// The element-wise sum over `slots` dense buffers, as a world of `slots` ranks would compute
-/// it. This rank holds the buffers of slots `first..first + mine.len()`, all of one length; every
-/// rank gets the same bits.
+/// it. This rank holds the buffers of slots `first..first + mine.len()`, all of one length (taken,
+/// not copied); every rank gets the same bits.
 pub fn all_reduce_dense_slots(
     collective: &mut dyn Collective,
     first: usize,
     slots: usize,
-    mine: &[&[f32]],
+    mine: Vec<Vec<f32>>,
 ) -> Result<Vec<f32>, CollectiveError> {
     check_hosted(first, mine.len(), slots)?;
     let len = mine[0].len();
@@ -53,11 +53,13 @@ pub fn all_reduce_dense_slots(
     // Slot by slot, each call as long as an ordinary all-reduce's, so that it fits wherever
     // that one does (the shared-memory segment holds one gradient per rank).
     let mut gathered = Vec::with_capacity(slots);
+    let mut hosted = mine.into_iter();
     for s in 0..slots {
-        let mut buf = match s.checked_sub(first).and_then(|i| mine.get(i)) {
-            Some(b) => b.to_vec(),
-            None => vec![0f32; len],
-        };
+        let mut buf = match s >= first {
+            true => hosted.next(),
+            false => None,
+        }
+        .unwrap_or_else(|| vec![0f32; len]);
         collective.all_reduce_sum(&mut buf)?;
         gathered.push(buf);
     }
@@ -173,8 +175,7 @@ mod tests {
                 _ => (2, vec![2]),
             };
             let bufs: Vec<Vec<f32>> = hosted.iter().map(|&s| gradient(s, len)).collect();
-            let views: Vec<&[f32]> = bufs.iter().map(Vec::as_slice).collect();
-            let d = all_reduce_dense_slots(ring, first, 3, &views).unwrap();
+            let d = all_reduce_dense_slots(ring, first, 3, bufs).unwrap();
             let parts: Vec<(Vec<u32>, Vec<f32>)> = hosted.iter().map(|&s| sparse(s)).collect();
             let views: Vec<(&[u32], &[f32])> = parts
                 .iter()
@@ -193,19 +194,17 @@ mod tests {
 
         // One rank alone hosts all three.
         let bufs: Vec<Vec<f32>> = (0..3).map(|s| gradient(s, len)).collect();
-        let views: Vec<&[f32]> = bufs.iter().map(Vec::as_slice).collect();
         assert_eq!(
-            all_reduce_dense_slots(&mut Local, 0, 3, &views).unwrap(),
+            all_reduce_dense_slots(&mut Local, 0, 3, bufs).unwrap(),
             dense
         );
     }
 
     #[test]
     fn hosted_slots_outside_the_run_are_refused() {
-        let buf = [1.0f32];
-        let err = all_reduce_dense_slots(&mut Local, 2, 2, &[&buf]).unwrap_err();
+        let err = all_reduce_dense_slots(&mut Local, 2, 2, vec![vec![1.0]]).unwrap_err();
         assert!(matches!(err, CollectiveError::InvalidInput(_)), "{err}");
-        let err = all_reduce_dense_slots(&mut Local, 0, 2, &[]).unwrap_err();
+        let err = all_reduce_dense_slots(&mut Local, 0, 2, Vec::new()).unwrap_err();
         assert!(matches!(err, CollectiveError::InvalidInput(_)), "{err}");
     }
 }

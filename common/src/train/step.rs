@@ -284,7 +284,7 @@ pub fn train_share(
         }
         last => {
             per_slot.extend(last);
-            all_reduce_slots(collective, share, &per_slot)?
+            all_reduce_slots(collective, share, per_slot)?
         }
     };
     let totals = match tally {
@@ -346,22 +346,20 @@ fn all_reduce(
 fn all_reduce_slots(
     collective: &mut dyn Collective,
     share: &Share<'_>,
-    per_slot: &[Gradients],
+    per_slot: Vec<Gradients>,
 ) -> std::result::Result<Gradients, StepError> {
     let failed = |what| move |source| StepError::Collective { what, source };
-    let Some(first) = per_slot.first() else {
-        return Err(failed("the gradients")(CollectiveError::InvalidInput(
-            "a share of no slot".into(),
-        )));
-    };
-    let dense: Vec<&[f32]> = per_slot.iter().map(|g| g.dense.as_slice()).collect();
-    let dense = all_reduce_dense_slots(collective, share.first, share.slots, &dense)
+    let (dense, tables): (Vec<Vec<f32>>, Vec<Vec<SparseRows>>) =
+        per_slot.into_iter().map(|g| (g.dense, g.sparse)).unzip();
+    // Refuses a share of no slot, before anything below would look at one.
+    let dense = all_reduce_dense_slots(collective, share.first, share.slots, dense)
         .map_err(failed("the dense gradients"))?;
-    let mut sparse = Vec::new();
-    for (t, table) in first.sparse.iter().enumerate() {
-        let mine: Vec<(&[u32], &[f32])> = per_slot
+    let shapes = tables.first().map_or(&[][..], Vec::as_slice);
+    let mut sparse = Vec::with_capacity(shapes.len());
+    for (t, table) in shapes.iter().enumerate() {
+        let mine: Vec<(&[u32], &[f32])> = tables
             .iter()
-            .map(|g| (g.sparse[t].ids.as_slice(), g.sparse[t].rows.as_slice()))
+            .map(|s| (s[t].ids.as_slice(), s[t].rows.as_slice()))
             .collect();
         let (ids, rows) =
             all_reduce_sparse_slots(collective, share.first, share.slots, &mine, table.dim)
