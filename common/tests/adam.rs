@@ -1,7 +1,7 @@
 //! Adam against PyTorch's numbers and against a hand computation of its dense semantics for
 //! the sparse embedding gradient; and resuming from saved optimizer state.
 
-mod support;
+use crate::support;
 
 use std::error::Error;
 

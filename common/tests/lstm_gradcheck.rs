@@ -2,7 +2,7 @@
 //! and every gradient), and against central finite differences in f64; with variable lengths
 //! and garbage in the padding, which must change nothing.
 
-mod support;
+use crate::support;
 
 use std::error::Error;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Padding never changes a result: an example's logits are the same alone and beside longer
 //! examples, and a batch's gradients are the sum of its examples' gradients.
 
-mod support;
+use crate::support;
 
 use std::error::Error;
 

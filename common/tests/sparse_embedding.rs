@@ -1,7 +1,7 @@
 //! The sparse embedding gradient of `compute_gradients` equals the dense gradient candle's
 //! autograd gives for the table when the lookup is an ordinary (differentiable) op.
 
-mod support;
+use crate::support;
 
 use std::error::Error;
 

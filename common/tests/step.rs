@@ -3,7 +3,7 @@
 //! replica training whole batches; a worker without an example of a step still joins it; and
 //! a step whose all-reduce fails leaves the weights untouched.
 
-mod support;
+use crate::support;
 
 use std::error::Error;
 use std::net::TcpListener;

@@ -1,7 +1,7 @@
 //! End to end on a real slice of TREC, through the step every worker runs: training loss drops
 //! clearly over two epochs, and a saved model predicts exactly as the one that was saved.
 
-mod support;
+use crate::support;
 
 use std::error::Error;
 use std::path::Path;
