@@ -260,6 +260,72 @@ fn fine_tuning_flags_that_cannot_apply_are_refused() {
     );
 }
 
+/// The workers read the pretrained weights from the encoder's files themselves; the
+/// coordinator reads only the file's header, and refuses before any worker starts a file that
+/// lacks a weight the configuration needs or holds one in another shape.
+#[test]
+fn an_encoder_file_that_lacks_a_weight_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = tiny_encoder(dir.path());
+    let data = trec_slice(dir.path(), "train.tsv", 0, 50);
+    let weights = encoder.join("model.safetensors");
+    let mut all = tensors(&weights);
+    let refused = |all: &HashMap<String, Tensor>, says: &str| {
+        candle_core::safetensors::save(all, &weights).unwrap();
+        let run = dir.path().join("run");
+        let _ = std::fs::remove_dir_all(&run);
+        let o = coordinator(
+            &finetune(&encoder, &data, &run, &["--epochs", "1"])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        let log = stderr(&o);
+        assert!(!o.status.success(), "a damaged encoder was used: {log}");
+        assert!(log.contains("model.safetensors"), "{log}");
+        assert!(log.contains(says), "{log}");
+        assert!(!log.contains("[worker"), "workers started: {log}");
+    };
+    let bias = "encoder.layer.1.output.dense.bias";
+    let kept = all.remove(bias).unwrap();
+    refused(&all, &format!("no tensor {bias}"));
+    all.insert(
+        bias.into(),
+        Tensor::zeros(7, kept.dtype(), &Device::Cpu).unwrap(),
+    );
+    refused(&all, &format!("tensor {bias} is [7]"));
+}
+
+/// A fine-tuned MiniLM's weights and optimizer state are 270 MB at every epoch's end; the
+/// coordinator keeps what rank 0 sends in files as it arrives, and never holds the pretrained
+/// weights (the workers read them), so its memory stays far below that.
+#[test]
+fn the_coordinator_holds_no_fine_tuned_state_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = trec_slice(dir.path(), "train.tsv", 0, 40);
+    let run = dir.path().join("run");
+    run_ok(&finetune(
+        &minilm(),
+        &data,
+        &run,
+        &["--epochs", "2", "--head", "mean"],
+    ));
+    assert!(
+        std::fs::metadata(run.join("checkpoint/optimizer.safetensors"))
+            .unwrap()
+            .len()
+            > 150 << 20
+    );
+    let summary = json(&run.join("summary.json"));
+    let coordinator = summary["peak_rss_mb"]["coordinator"].as_f64().unwrap();
+    assert!(
+        coordinator < 120.0,
+        "the coordinator's peak RSS is {coordinator} MB"
+    );
+    let model = tensors(&run.join("model/weights.safetensors"));
+    assert!(model.contains_key("encoder.encoder.layer.5.output.dense.weight"));
+}
+
 fn minilm() -> PathBuf {
     root().join("models/all-MiniLM-L6-v2")
 }

@@ -5,11 +5,12 @@
 //!
 //! The sender takes the header of an [`Outgoing`] state and its chunks
 //! ([`Outgoing::send_chunks`]; a [`ModelState`] in memory gives one with
-//! [`ModelState::outgoing`]); the receiver feeds the chunks to a [`Reassembly`] made from the header, which holds no more than the announced
-//! bytes and refuses a transfer that brings more or fewer, an oversized chunk, or bytes whose
-//! hash is not the announced one, with an error and never a panic. The join reply announces a
-//! run's initial state (fetched with `FetchInitialState`), an epoch report or a checkpoint
-//! upload announces the state whose chunks follow it in the same client stream.
+//! [`ModelState::outgoing`]). The receiver feeds the chunks to a [`Reassembly`] made from the
+//! header, which keeps no more than the announced bytes (in memory, or in files: its
+//! [`Part`]s say where) and refuses a transfer that brings more or fewer, an oversized chunk,
+//! or bytes whose hash is not the announced one, with an error and never a panic. The join
+//! reply announces a run's initial state (fetched with `FetchInitialState`), an epoch report or
+//! a checkpoint upload announces the state whose chunks follow it in the same client stream.
 
 use std::borrow::Cow;
 
@@ -154,32 +155,49 @@ pub enum TransferError {
     Corrupt,
 }
 
-/// A state being received: the chunks of one [`pb::StateHeader`], in order.
-pub struct Reassembly {
-    weights: Vec<u8>,
-    optimizer: Vec<u8>,
-    weights_len: usize,
-    optimizer_len: usize,
+/// Where a [`Reassembly`] keeps one part of a state (the weights, or the optimizer state) as
+/// its bytes arrive: in memory (`Vec<u8>`), or in a file (the coordinator's spool).
+pub trait Part {
+    /// Bytes kept so far.
+    fn kept(&self) -> u64;
+    /// Keeps `bytes` after those already kept. A part that can fail (a file on a full disk)
+    /// keeps its error for whoever uses the bytes, where the failure can be named.
+    fn keep(&mut self, bytes: &[u8]);
+}
+
+impl Part for Vec<u8> {
+    fn kept(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// A state being received: the chunks of one [`pb::StateHeader`], in order, kept in two
+/// [`Part`]s.
+pub struct Reassembly<P = Vec<u8>> {
+    weights: P,
+    optimizer: P,
+    weights_len: u64,
+    optimizer_len: u64,
     sha256: [u8; 32],
     hasher: Sha256,
 }
 
 impl Reassembly {
-    /// Ready for the chunks `header` announces; room for exactly the announced bytes is
-    /// reserved now, so a size this process cannot hold is refused before anything arrives.
+    /// Ready for the chunks `header` announces, in memory; room for exactly the announced
+    /// bytes is reserved now, so a size this process cannot hold is refused before anything
+    /// arrives.
     pub fn new(header: &pb::StateHeader) -> Result<Self, TransferError> {
-        let sha256: [u8; 32] = header
-            .sha256
-            .as_slice()
-            .try_into()
-            .map_err(|_| TransferError::BadChecksum(header.sha256.len()))?;
         let total = header.weights_bytes.saturating_add(header.optimizer_bytes);
         let too_large = || TransferError::TooLarge(total);
-        let buffer = |len: u64| -> Result<(Vec<u8>, usize), TransferError> {
+        let buffer = |len: u64| -> Result<Vec<u8>, TransferError> {
             let len = usize::try_from(len).map_err(|_| too_large())?;
             let mut buf = Vec::new();
             buf.try_reserve_exact(len).map_err(|_| too_large())?;
-            Ok((buf, len))
+            Ok(buf)
         };
         if header
             .weights_bytes
@@ -188,13 +206,44 @@ impl Reassembly {
         {
             return Err(too_large());
         }
-        let (weights, weights_len) = buffer(header.weights_bytes)?;
-        let (optimizer, optimizer_len) = buffer(header.optimizer_bytes)?;
+        Self::into_parts(
+            header,
+            buffer(header.weights_bytes)?,
+            buffer(header.optimizer_bytes)?,
+        )
+    }
+
+    /// The state, once every announced byte has arrived and their hash is the announced one.
+    pub fn finish(self) -> Result<ModelState, TransferError> {
+        let (weights, optimizer) = self.finish_parts()?;
+        Ok(ModelState { weights, optimizer })
+    }
+}
+
+impl<P: Part> Reassembly<P> {
+    /// Ready for the chunks `header` announces, kept in `weights` and `optimizer` (both empty).
+    pub fn into_parts(
+        header: &pb::StateHeader,
+        weights: P,
+        optimizer: P,
+    ) -> Result<Self, TransferError> {
+        let sha256: [u8; 32] = header
+            .sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_| TransferError::BadChecksum(header.sha256.len()))?;
+        if header
+            .weights_bytes
+            .checked_add(header.optimizer_bytes)
+            .is_none()
+        {
+            return Err(TransferError::TooLarge(u64::MAX));
+        }
         Ok(Reassembly {
             weights,
             optimizer,
-            weights_len,
-            optimizer_len,
+            weights_len: header.weights_bytes,
+            optimizer_len: header.optimizer_bytes,
             sha256,
             hasher: Sha256::new(),
         })
@@ -202,12 +251,12 @@ impl Reassembly {
 
     /// Bytes announced.
     pub fn announced(&self) -> u64 {
-        self.weights_len as u64 + self.optimizer_len as u64
+        self.weights_len + self.optimizer_len
     }
 
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
-        self.weights.len() as u64 + self.optimizer.len() as u64
+        self.weights.kept() + self.optimizer.kept()
     }
 
     /// Takes the next chunk; refused (and nothing of it kept) when it is over [`CHUNK_BYTES`] or
@@ -226,16 +275,21 @@ impl Reassembly {
                 chunk: data.len(),
             });
         }
-        let into_weights = data.len().min(self.weights_len - self.weights.len());
+        let room = self.weights_len - self.weights.kept();
+        let into_weights = (data.len() as u64).min(room) as usize;
         let (w, o) = data.split_at(into_weights);
-        self.weights.extend_from_slice(w);
-        self.optimizer.extend_from_slice(o);
+        for (part, bytes) in [(&mut self.weights, w), (&mut self.optimizer, o)] {
+            if !bytes.is_empty() {
+                part.keep(bytes);
+            }
+        }
         self.hasher.update(data);
         Ok(())
     }
 
-    /// The state, once every announced byte has arrived and their hash is the announced one.
-    pub fn finish(self) -> Result<ModelState, TransferError> {
+    /// The weights and optimizer state, once every announced byte has arrived and their hash is
+    /// the announced one.
+    pub fn finish_parts(self) -> Result<(P, P), TransferError> {
         if self.received() < self.announced() {
             return Err(TransferError::Truncated {
                 received: self.received(),
@@ -245,10 +299,7 @@ impl Reassembly {
         if self.hasher.finalize().as_slice() != self.sha256 {
             return Err(TransferError::Corrupt);
         }
-        Ok(ModelState {
-            weights: self.weights,
-            optimizer: self.optimizer,
-        })
+        Ok((self.weights, self.optimizer))
     }
 }
 
@@ -267,20 +318,32 @@ pub enum ReceiveError {
 
 /// Receives the state `header` announces from the rest of `parts`, whose every item must be a
 /// chunk (`chunk_of` says which part holds which), up to the end of the stream.
-pub async fn receive<P, S>(
+pub async fn receive<M, S>(
     header: &pb::StateHeader,
     parts: &mut S,
-    chunk_of: impl Fn(P) -> Option<pb::StateChunk>,
+    chunk_of: impl Fn(M) -> Option<pb::StateChunk>,
 ) -> Result<ModelState, ReceiveError>
 where
-    S: Stream<Item = Result<P, tonic::Status>> + Unpin,
+    S: Stream<Item = Result<M, tonic::Status>> + Unpin,
 {
-    let mut state = Reassembly::new(header)?;
+    let (weights, optimizer) = receive_into(Reassembly::new(header)?, parts, chunk_of).await?;
+    Ok(ModelState { weights, optimizer })
+}
+
+/// As [`receive`], into the parts of `state`.
+pub async fn receive_into<P: Part, M, S>(
+    mut state: Reassembly<P>,
+    parts: &mut S,
+    chunk_of: impl Fn(M) -> Option<pb::StateChunk>,
+) -> Result<(P, P), ReceiveError>
+where
+    S: Stream<Item = Result<M, tonic::Status>> + Unpin,
+{
     while let Some(part) = parts.next().await {
         let chunk = chunk_of(part.map_err(ReceiveError::Stream)?).ok_or(ReceiveError::NotAChunk)?;
         state.push(&chunk.data)?;
     }
-    Ok(state.finish()?)
+    Ok(state.finish_parts()?)
 }
 
 #[cfg(test)]

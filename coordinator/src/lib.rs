@@ -43,6 +43,7 @@ mod run_lock;
 mod rundir;
 mod service;
 mod sharding;
+mod spool;
 mod stored_state;
 
 pub use plan::TrainPlan;

@@ -21,6 +21,8 @@ use common::model::{Classifier, FlatConfig, ModelConfig};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+use crate::spool::{SpoolFile, SpooledState};
+
 pub const WEIGHTS: &str = "weights.safetensors";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 pub const META: &str = "model.json";
@@ -154,19 +156,25 @@ impl ModelMeta {
 
 /// A worker's weights and optimizer state, checked and hashed once however many directories
 /// they are written to (an epoch's model and its checkpoint: 270 MB of a fine-tuned encoder's
-/// state hashed once, not twice, on the cores the workers train on).
+/// state read once, not twice, on the cores the workers train on).
 pub struct Verified<'a> {
-    weights: &'a [u8],
-    optimizer: &'a [u8],
+    state: &'a SpooledState,
     weights_sha256: String,
     optimizer_sha256: Option<String>,
 }
 
-/// Checks and hashes a state to save. Weights or state with a value that is not finite are
+/// Checks a received state to save. Weights or state with a value that is not finite are
 /// refused: a diverged step must not become a model or a checkpoint.
-pub fn verify<'a>(weights: &'a [u8], optimizer: &'a [u8]) -> Result<Verified<'a>> {
-    for (what, bytes) in [("weights", weights), ("optimizer state", optimizer)] {
-        if let Some(name) = non_finite_tensor(bytes)? {
+pub fn verify(state: &SpooledState) -> Result<Verified<'_>> {
+    for (what, part) in [
+        ("weights", &state.weights),
+        ("optimizer state", &state.optimizer),
+    ] {
+        // A part the coordinator could not keep fails where it is written, naming the file.
+        if part.is_empty() || part.failed() {
+            continue;
+        }
+        if let Some(name) = non_finite_tensor(part.reader())? {
             bail!(
                 "the {what} to save hold a value that is not finite (in {name}): training \
                  diverged; they are not saved"
@@ -174,10 +182,9 @@ pub fn verify<'a>(weights: &'a [u8], optimizer: &'a [u8]) -> Result<Verified<'a>
         }
     }
     Ok(Verified {
-        weights,
-        optimizer,
-        weights_sha256: sha256(weights),
-        optimizer_sha256: (!optimizer.is_empty()).then(|| sha256(optimizer)),
+        state,
+        weights_sha256: state.weights.sha256(),
+        optimizer_sha256: (!state.optimizer.is_empty()).then(|| state.optimizer.sha256()),
     })
 }
 
@@ -189,6 +196,11 @@ pub fn save(dir: &Path, meta: &ModelMeta, state: &Verified<'_>) -> Result<()> {
         let p = dir.join(name);
         common::fsutil::write_atomic(&p, bytes).with_context(|| format!("writing {}", p.display()))
     };
+    let copy = |name: &str, part: &SpoolFile| {
+        let p = dir.join(name);
+        common::fsutil::write_atomic_with(&p, |w| part.copy_to(w))
+            .with_context(|| format!("writing {}", p.display()))
+    };
     // A fine-tuned encoder is in the weights; with its configuration and tokenizer beside
     // them, the directory needs nothing else.
     if let (Some(t), Some(r)) = (&meta.model.transformer, &meta.encoder) {
@@ -199,11 +211,11 @@ pub fn save(dir: &Path, meta: &ModelMeta, state: &Verified<'_>) -> Result<()> {
         write(files::TOKENIZER, &bytes)?;
     }
     let mut meta = meta.clone();
-    write(WEIGHTS, state.weights)?;
+    copy(WEIGHTS, &state.state.weights)?;
     meta.weights_sha256 = Some(state.weights_sha256.clone());
     meta.optimizer_sha256 = state.optimizer_sha256.clone();
-    if !state.optimizer.is_empty() {
-        write(OPTIMIZER, state.optimizer)?;
+    if !state.state.optimizer.is_empty() {
+        copy(OPTIMIZER, &state.state.optimizer)?;
     }
     write(META, &serde_json::to_vec_pretty(&meta)?)?;
     Ok(())
@@ -235,39 +247,77 @@ pub fn read_checked(dir: &Path, name: &str, recorded: Option<&str>) -> Result<Ve
     Ok(bytes)
 }
 
-/// The name of the first tensor (in name order) of safetensors `bytes` holding a float that is
-/// not finite (NaN or ±∞), read in place.
-fn non_finite_tensor(bytes: &[u8]) -> Result<Option<String>> {
-    if bytes.is_empty() {
-        return Ok(None);
+/// The name of the first tensor (in name order) of the safetensors file that `file` reads
+/// holding a float that is not finite (NaN or ±∞), read a block at a time: a file of any size
+/// costs a block of memory.
+fn non_finite_tensor(mut file: impl std::io::Read) -> Result<Option<String>> {
+    #[derive(Deserialize)]
+    struct Info {
+        dtype: String,
+        data_offsets: (u64, u64),
     }
-    let tensors = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| anyhow::anyhow!("reading safetensors: {e}"))?;
-    let mut names = tensors.names();
-    names.sort();
-    for name in names {
-        let view = tensors
-            .tensor(name)
-            .map_err(|e| anyhow::anyhow!("reading tensor {name}: {e}"))?;
-        let finite = match view.dtype() {
-            safetensors::Dtype::F32 => view
-                .data()
-                .chunks_exact(4)
-                .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
-            safetensors::Dtype::F64 => view.data().chunks_exact(8).all(|b| {
-                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]).is_finite()
-            }),
-            _ => true,
+    let bad = |e: std::io::Error| anyhow::anyhow!("reading safetensors: {e}");
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(bad)?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        bail!("reading safetensors: a header of {len} bytes");
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(bad)?;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| anyhow::anyhow!("reading safetensors: {e}"))?;
+    header.remove("__metadata__");
+    let mut tensors = header
+        .into_iter()
+        .map(|(name, v)| {
+            serde_json::from_value::<Info>(v)
+                .map(|info| (name.clone(), info))
+                .map_err(|e| anyhow::anyhow!("reading safetensors: tensor {name}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    tensors.sort_by_key(|(_, info)| info.data_offsets);
+    let mut at = 0u64;
+    let mut block = vec![0u8; 1 << 20];
+    let mut found: Option<String> = None;
+    for (name, info) in tensors {
+        let (begin, end) = info.data_offsets;
+        if begin < at || end < begin {
+            bail!("reading safetensors: tensor {name} overlaps another");
+        }
+        let mut gap = std::io::Read::take(&mut file, begin - at);
+        std::io::copy(&mut gap, &mut std::io::sink()).map_err(bad)?;
+        let size = match info.dtype.as_str() {
+            "F32" => 4,
+            "F64" => 8,
+            _ => 0,
         };
-        if !finite {
-            return Ok(Some(name.to_string()));
+        let mut finite = true;
+        let mut left = end - begin;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            file.read_exact(&mut block[..n]).map_err(bad)?;
+            finite &= match size {
+                4 => block[..n]
+                    .chunks_exact(4)
+                    .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+                8 => block[..n].chunks_exact(8).all(|b| {
+                    f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]).is_finite()
+                }),
+                _ => true,
+            };
+            left -= n as u64;
+        }
+        at = end;
+        if !finite && found.as_ref().is_none_or(|f| name < *f) {
+            found = Some(name);
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
-/// Marks the model in `dir` as its run's result, once the run has finished.
-pub fn mark_finished(dir: &Path) -> Result<()> {
+/// Marks the model in `dir` as its run's result, once the run has finished; its metadata.
+pub fn mark_finished(dir: &Path) -> Result<ModelMeta> {
     let path = dir.join(META);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -275,7 +325,8 @@ pub fn mark_finished(dir: &Path) -> Result<()> {
         .with_context(|| format!("{} cannot be read", path.display()))?;
     meta.finished = true;
     common::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(&meta)?)
-        .with_context(|| format!("writing {}", path.display()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(meta)
 }
 
 pub struct LoadedModel {
@@ -363,7 +414,7 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
     }
     let weights = dir.join(WEIGHTS);
     let bytes = read_checked(dir, WEIGHTS, meta.weights_sha256.as_deref())?;
-    if let Some(name) = non_finite_tensor(&bytes)? {
+    if let Some(name) = non_finite_tensor(bytes.as_slice())? {
         bail!(
             "{}: {name} holds a value that is not finite (NaN or infinite): these weights cannot \
              predict anything",

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::spool::SpooledState;
 use common::pb;
-use common::state_transfer::ModelState;
 use common::train::GroupTotals;
 
 /// One worker's report of one epoch.
@@ -45,13 +45,12 @@ pub struct WorkerReport {
     /// A non-finite loss was seen.
     pub diverged: bool,
     /// Rank 0, when asked: the weights and optimizer state after the epoch (safetensors).
-    pub weights: Vec<u8>,
-    pub optimizer_state: Vec<u8>,
+    pub state: SpooledState,
 }
 
 impl WorkerReport {
     /// The report `r` and the state received after it (empty when it announced none).
-    pub fn from_pb(r: pb::EpochReport, state: ModelState) -> Self {
+    pub fn from_pb(r: pb::EpochReport, state: SpooledState) -> Self {
         WorkerReport {
             rank: r.rank,
             epoch: r.epoch,
@@ -75,8 +74,7 @@ impl WorkerReport {
             peak_rss_bytes: r.peak_rss_bytes,
             sources: r.sources.iter().map(GroupTotals::from_pb).collect(),
             diverged: r.diverged,
-            weights: state.weights,
-            optimizer_state: state.optimizer,
+            state,
         }
     }
 }
@@ -90,21 +88,19 @@ pub struct StepCheckpoint {
     /// Steps of the epoch applied to these weights, and the examples in their global batches.
     pub steps_done: u64,
     pub applied_examples: u64,
-    pub weights: Vec<u8>,
-    pub optimizer_state: Vec<u8>,
+    pub state: SpooledState,
 }
 
 impl StepCheckpoint {
     /// The upload `c` and the state received after it.
-    pub fn from_pb(c: pb::CheckpointUpload, state: ModelState) -> Self {
+    pub fn from_pb(c: pb::CheckpointUpload, state: SpooledState) -> Self {
         StepCheckpoint {
             rank: c.rank,
             epoch: c.epoch,
             generation: c.generation,
             steps_done: c.steps_done,
             applied_examples: c.applied_examples,
-            weights: state.weights,
-            optimizer_state: state.optimizer,
+            state,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The coordinator's gRPC service: rendezvous, shard streaming, reports, heartbeats. The only
 //! place that builds a `tonic::Status`.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::regroup_call::{RegroupAnswer, RegroupAsk};
 use crate::report::{StepCheckpoint, WorkerReport};
 use crate::sharding::{deal, part};
+use crate::spool::SpooledState;
 use crate::stored_state::StoredState;
 
 /// What every worker receives at join.
@@ -43,6 +45,8 @@ pub struct RunInfo {
     pub start_applied: u64,
     /// The --encoder directory, served to workers that lack it.
     pub encoder_dir: Option<std::path::PathBuf>,
+    /// Where the states workers send are kept as they arrive (the run directory).
+    pub spool_dir: std::path::PathBuf,
 }
 
 /// One epoch as the coordinator planned it.
@@ -490,14 +494,20 @@ async fn receive_state<P>(
     parts: &mut Streaming<P>,
     chunk_of: impl Fn(P) -> Option<pb::StateChunk>,
     what: &str,
-) -> Result<ModelState, Status> {
+    dir: &Path,
+) -> Result<SpooledState, Status> {
     let empty = pb::StateHeader {
         sha256: ModelState::default().header().sha256,
         ..Default::default()
     };
     let header = header.unwrap_or(&empty);
-    state_transfer::receive(header, parts, chunk_of)
-        .await
+    let into = SpooledState::reassembly(header, dir).map_err(ReceiveError::from);
+    let received = match into {
+        Ok(into) => state_transfer::receive_into(into, parts, chunk_of).await,
+        Err(e) => Err(e),
+    };
+    received
+        .map(|(weights, optimizer)| SpooledState { weights, optimizer })
         .map_err(|e| {
             tracing::warn!("{what} refused: {e}");
             match e {
@@ -790,6 +800,7 @@ impl pb::coordinator_server::Coordinator for Service {
                 _ => None,
             },
             "epoch report",
+            &self.0.run.spool_dir,
         )
         .await?;
         self.0
@@ -865,6 +876,7 @@ impl pb::coordinator_server::Coordinator for Service {
                 _ => None,
             },
             "checkpoint upload",
+            &self.0.run.spool_dir,
         )
         .await?;
         self.0

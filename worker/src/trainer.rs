@@ -124,6 +124,16 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         replica
             .load_weights_bytes(&initial.weights)
             .context("loading the coordinator's initial weights")?;
+    } else if let Some(r) = spec.encoder.as_ref().filter(|r| r.pretrained_in_weights()) {
+        // A fine-tuning run starts from the pretrained encoder's files, which every worker
+        // reads itself: the coordinator never holds the weights (90 MB for MiniLM).
+        let found = crate::encoder_files::locate(r, &mut client, token, rank, rt)?;
+        let path = found.dir().join(common::encoder::files::WEIGHTS);
+        let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+            .with_context(|| format!("reading the encoder's weights {}", path.display()))?;
+        replica
+            .load_encoder_weights(&tensors)
+            .with_context(|| format!("loading the encoder's weights {}", path.display()))?;
     }
     if let Some(r) = spec.encoder.as_ref().filter(|_| spec.model.reads_encoder()) {
         let started = Instant::now();

@@ -72,6 +72,12 @@ impl EncoderRef {
         })
     }
 
+    /// Whether a run's initial weights hold this encoder's pretrained ones, which each worker
+    /// reads from the encoder's files (fine-tuning, unless the weights are drawn).
+    pub fn pretrained_in_weights(&self) -> bool {
+        self.mode == EncoderMode::Finetune && !self.random_init
+    }
+
     /// Names and hashes the configuration and tokenizer in `dir`, whose weights a run draws
     /// at random instead of reading (the directory needs no `model.safetensors`).
     pub fn unweighted(dir: &Path, mode: EncoderMode) -> Result<Self> {

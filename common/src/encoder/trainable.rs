@@ -698,20 +698,65 @@ pub fn pretrained_tensor<'a>(
     name: &str,
     shape: &[usize],
 ) -> std::result::Result<&'a Tensor, String> {
-    let prefix = match tensors.contains_key(&format!("bert.{name}")) {
-        true => "bert.",
-        false => "",
+    let full = pretrained_name(|n| tensors.get(n).map(|t| t.dims().to_vec()), name, shape)?;
+    Ok(&tensors[&full])
+}
+
+/// The name under which a checkpoint holds the weight `name` of `shape` (with or without the
+/// `bert.` prefix), from the shape `shape_of` gives for a name it holds.
+fn pretrained_name(
+    shape_of: impl Fn(&str) -> Option<Vec<usize>>,
+    name: &str,
+    shape: &[usize],
+) -> std::result::Result<String, String> {
+    let prefixed = format!("bert.{name}");
+    let full = match shape_of(&prefixed) {
+        Some(_) => prefixed,
+        None => name.to_string(),
     };
-    let t = tensors
-        .get(&format!("{prefix}{name}"))
-        .ok_or_else(|| format!("no tensor {name}"))?;
-    if t.dims() != shape {
+    let found = shape_of(&full).ok_or_else(|| format!("no tensor {name}"))?;
+    if found != shape {
         return Err(format!(
-            "tensor {prefix}{name} is {:?}, the configuration makes it {shape:?}",
-            t.dims()
+            "tensor {full} is {found:?}, the configuration makes it {shape:?}"
         ));
     }
-    Ok(t)
+    Ok(full)
+}
+
+/// Checks that the safetensors file at `path` holds every weight of `config` with its shape,
+/// reading only the file's header: what the workers will load, refused before they start.
+pub fn check_pretrained_file(path: &Path, config: &Config) -> Result<()> {
+    use std::io::Read;
+    let invalid = |msg: String| EncoderError::Invalid {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let io = |cause| EncoderError::Io {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(io)?;
+    let len = u64::from_le_bytes(len);
+    // safetensors' own bound on a header.
+    if len > 100 << 20 {
+        return Err(invalid(format!("a safetensors header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
+    let shape_of = |name: &str| -> Option<Vec<usize>> {
+        let dims = header.get(name)?.get("shape")?.as_array()?;
+        dims.iter()
+            .map(|d| d.as_u64().map(|d| d as usize))
+            .collect()
+    };
+    for (name, shape) in weight_shapes(config) {
+        pretrained_name(shape_of, &name, &shape).map_err(invalid)?;
+    }
+    Ok(())
 }
 
 /// Every weight's name (Hugging Face's, without `bert.`) and shape: the embeddings, then block

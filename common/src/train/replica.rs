@@ -48,6 +48,16 @@ impl Replica {
         self.sync()
     }
 
+    /// Sets the encoder's weights to the pretrained `tensors` (Hugging Face's names), on the
+    /// host and the device.
+    pub fn load_encoder_weights(
+        &mut self,
+        tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    ) -> Result<()> {
+        self.host.load_encoder_weights(tensors)?;
+        self.sync()
+    }
+
     /// Gives the model that runs forward the frozen encoder whose vectors it reads.
     pub fn attach_encoder(
         &mut self,

@@ -26,6 +26,7 @@ use crate::report::StepCheckpoint;
 use crate::rundir::{RunDir, RunState};
 use crate::service::{EpochPlan, Inbox, Shared};
 use crate::sharding::global_batches;
+use crate::spool::SpooledState;
 use crate::summary::SelectedOn;
 
 /// Training metrics per `--data` source, for runs on mixed data (none for one source).
@@ -203,7 +204,7 @@ pub(super) async fn drive(
             let mut p = progress.clone();
             p.step = c.steps_done;
             p.applied = c.applied_examples;
-            let state = model_dir::verify(&c.weights, &c.optimizer_state)?;
+            let state = model_dir::verify(&c.state)?;
             run_dir.save_checkpoint(&meta, &state, &p)?;
             note.checkpoint(p.epochs_done, p.step);
             tracing::debug!("checkpoint at step {} of epoch {}", c.steps_done, epoch + 1);
@@ -351,8 +352,7 @@ pub(super) async fn drive(
         ended = Some(EpochEnd {
             improved,
             meta: meta.clone(),
-            weights: std::mem::take(&mut s.weights),
-            optimizer: std::mem::take(&mut s.optimizer),
+            state: std::mem::take(&mut s.state),
             progress: progress.clone(),
             line,
             log: note,
@@ -406,8 +406,7 @@ pub(super) async fn drive(
 struct EpochEnd {
     improved: bool,
     meta: ModelMeta,
-    weights: Vec<u8>,
-    optimizer: Vec<u8>,
+    state: SpooledState,
     progress: RunState,
     line: MetricsLine,
     log: String,
@@ -415,7 +414,7 @@ struct EpochEnd {
 
 impl EpochEnd {
     fn write(self, run_dir: &RunDir, note: &StopNote, bar: &ProgressBar) -> Result<()> {
-        let state = model_dir::verify(&self.weights, &self.optimizer)?;
+        let state = model_dir::verify(&self.state)?;
         if self.improved {
             model_dir::save(&run_dir.model(), &self.meta, &state)?;
         }

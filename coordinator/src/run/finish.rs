@@ -38,11 +38,19 @@ pub(super) async fn finish(
     let args = &plan.args;
     // Training is over: the model is the run's result (before it is loaded for the test, so
     // loading does not warn that it is unfinished).
-    model_dir::mark_finished(&run_dir.model())?;
-    let model_path = run_dir.model();
-    let loaded = tokio::task::spawn_blocking(move || model_dir::load(&model_path)).await??;
-    let test_confusion = match &test {
-        Some(set) => Some(test_confusion_of(&loaded.model, set, &target, labels)?),
+    let meta = model_dir::mark_finished(&run_dir.model())?;
+    // Loaded only to be tested: a fine-tuned model's weights are 90 MB of the coordinator's
+    // memory.
+    let model = match test.is_some() || !task_tests.is_empty() {
+        true => {
+            let model_path = run_dir.model();
+            Some(tokio::task::spawn_blocking(move || model_dir::load(&model_path)).await??)
+        }
+        false => None,
+    };
+    let model = model.as_ref().map(|loaded| &loaded.model);
+    let test_confusion = match test.as_ref().zip(model) {
+        Some((set, model)) => Some(test_confusion_of(model, set, &target, labels)?),
         None => None,
     };
     let tasks_summary = match tasks.is_empty() {
@@ -53,11 +61,10 @@ pub(super) async fn finish(
                 let own = &all_labels[task.labels.clone()];
                 let tested = match k {
                     0 => test.as_ref().zip(test_confusion.clone()),
-                    _ => match task_tests.iter().find(|t| t.task == k) {
-                        Some(t) => Some((
-                            &t.set,
-                            test_confusion_of(&loaded.model, &t.set, &task.labels, own)?,
-                        )),
+                    _ => match task_tests.iter().find(|t| t.task == k).zip(model) {
+                        Some((t, model)) => {
+                            Some((&t.set, test_confusion_of(model, &t.set, &task.labels, own)?))
+                        }
                         None => None,
                     },
                 };
@@ -111,7 +118,7 @@ pub(super) async fn finish(
         train_by_source: record.train_by_source,
         epoch_log: record.epoch_log,
         workers_lost: record.workers_lost,
-        encoder: loaded.meta.encoder.as_ref().map(|e| EncoderSummary {
+        encoder: meta.encoder.as_ref().map(|e| EncoderSummary {
             name: e.name.clone(),
             sha256: e.sha256.clone(),
             path: e.path.clone(),

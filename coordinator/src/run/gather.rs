@@ -17,6 +17,7 @@ use crate::local::Fleet;
 use crate::membership::{Lost, Regroup};
 use crate::report::{StepCheckpoint, WorkerReport};
 use crate::service::Inbox;
+use crate::spool::SpooledState;
 
 /// What one epoch's reports add up to.
 #[derive(Debug)]
@@ -34,8 +35,8 @@ pub(super) struct EpochSummary {
     pub(super) eval: Option<(f64, Confusion)>,
     /// With tasks: each validated task's name, loss and confusion.
     pub(super) eval_by_task: Vec<TaskEval>,
-    pub(super) weights: Vec<u8>,
-    pub(super) optimizer: Vec<u8>,
+    /// Rank 0's weights and optimizer state after the epoch.
+    pub(super) state: SpooledState,
     pub(super) diverged: bool,
     /// Peak resident memory of each reporting worker: its id, bytes.
     pub(super) peak_rss: Vec<(u32, u64)>,
@@ -228,8 +229,7 @@ pub(super) async fn gather(
         bytes_per_step: bytes / steps,
         eval,
         eval_by_task,
-        weights: std::mem::take(&mut rank0.weights),
-        optimizer: std::mem::take(&mut rank0.optimizer_state),
+        state: std::mem::take(&mut rank0.state),
         diverged: rank0.diverged,
         peak_rss,
         sources,

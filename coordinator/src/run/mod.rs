@@ -78,6 +78,7 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
             run_dir.path(),
         )?),
         encoder_dir: prepared.spec.encoder.as_ref().map(|e| e.path.clone()),
+        spool_dir: run_dir.path().to_path_buf(),
         start_epoch: checkpoint.as_ref().map_or(0, |c| c.progress.epochs_done),
         start_step: checkpoint.as_ref().map_or(0, |c| c.progress.step),
         start_applied: checkpoint.as_ref().map_or(0, |c| c.progress.applied),

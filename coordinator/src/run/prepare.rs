@@ -177,9 +177,14 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
         _ if checkpoint.is_some() => checkpoint.map(|c| c.weights.clone()).unwrap_or_default(),
         (Some(path), _) => pretrained_weights(path, &spec, &vocab)?,
         (None, Some(e)) if e.mode == EncoderMode::Embeddings => encoder_table_weights(e, &spec)?,
-        // Drawn by every worker from the seed, as the model's other weights are.
-        (None, Some(e)) if e.random_init => Vec::new(),
-        (None, Some(e)) if e.mode == EncoderMode::Finetune => encoder_weights(e, &spec)?,
+        // Drawn by every worker from the seed, as the model's other weights are, or read by
+        // every worker from the encoder's files (EncoderRef::pretrained_in_weights).
+        (None, Some(e)) if e.mode == EncoderMode::Finetune => {
+            if e.pretrained_in_weights() {
+                check_encoder_weights(e, &spec)?;
+            }
+            Vec::new()
+        }
         _ => Vec::new(),
     };
     Ok(Prepared {
@@ -335,17 +340,15 @@ fn model_config(
     Ok(model)
 }
 
-/// The initial weights with every weight of the encoder's (`--encoder-mode finetune`), as
-/// safetensors bytes for the workers.
-fn encoder_weights(encoder: &EncoderRef, spec: &RunSpec) -> Result<Vec<u8>> {
-    let weights = encoder.path.join(common::encoder::files::WEIGHTS);
-    let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)
-        .with_context(|| format!("--encoder: reading {}", weights.display()))?;
-    let model = common::model::Classifier::new(&spec.model, spec.seed)?;
-    model
-        .load_encoder_weights(&tensors)
-        .with_context(|| format!("--encoder: {}", weights.display()))?;
-    Ok(model.to_bytes()?)
+/// Refuses, before any worker starts, an encoder whose weights file lacks a weight the model
+/// needs or holds it in another shape (only the file's header is read).
+fn check_encoder_weights(encoder: &EncoderRef, spec: &RunSpec) -> Result<()> {
+    let Some(t) = &spec.model.transformer else {
+        bail!("fine-tuning without a transformer in the model");
+    };
+    let path = encoder.path.join(common::encoder::files::WEIGHTS);
+    common::encoder::trainable::check_pretrained_file(&path, &t.bert()?)
+        .with_context(|| format!("--encoder: {}", path.display()))
 }
 
 /// The seed's initial weights with the encoder's token-embedding table as the embedding
