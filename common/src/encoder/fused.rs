@@ -31,7 +31,26 @@ pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// Softmax over the last dimension.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
+    attention_softmax(x, 1.0, None)
+}
+
+/// Attention's probabilities from its raw scores `x` (n × heads × queries × keys): softmax over
+/// the keys of `x · scale`, where the keys of example b past `lengths[b]` (padding) get the
+/// lowest f32 added, as an additive mask does. The same values, bit for bit, as the scaling,
+/// the mask's addition and the softmax as three ops, but one tensor kept for the backward pass
+/// instead of three, and no gradient made for the mask.
+pub fn attention_softmax(x: &Tensor, scale: f64, lengths: Option<&[usize]>) -> Result<Tensor> {
+    let lengths = match lengths {
+        Some(l) => {
+            let (n, _, _, keys) = x.dims4()?;
+            if l.len() != n || l.iter().any(|&l| l > keys) {
+                candle_core::bail!("attention-softmax: lengths {l:?} for scores {:?}", x.dims());
+            }
+            Some(std::sync::Arc::from(l))
+        }
+        None => None,
+    };
+    x.contiguous()?.apply_op1(Softmax { scale, lengths })
 }
 
 /// `0.5 x (1 + erf(x / √2))`; in f32, erf is [`gelu::erf`] (within 1e-6), and the forward
@@ -104,10 +123,20 @@ fn rows<T: Send + Sync, const N: usize>(
     width: usize,
     f: impl Fn(&mut [T], [&[T]; N]) + Send + Sync,
 ) {
+    rows_at(dst, srcs, width, |_, d, s| f(d, s));
+}
+
+/// As [`rows`], `f` told each row's index.
+fn rows_at<T: Send + Sync, const N: usize>(
+    dst: &mut [T],
+    srcs: [&[T]; N],
+    width: usize,
+    f: impl Fn(usize, &mut [T], [&[T]; N]) + Send + Sync,
+) {
     let width = width.max(1);
     let run = |(i, d): (usize, &mut [T])| {
         let start = i * width;
-        f(d, srcs.map(|s| &s[start..start + d.len()]));
+        f(i, d, srcs.map(|s| &s[start..start + d.len()]));
     };
     if crate::kernels::threads() > 1 && dst.len() >= MIN_PARALLEL {
         let per_task = (MIN_PARALLEL / 4).div_ceil(width) * width;
@@ -381,17 +410,46 @@ impl CustomOp1 for ColumnSum {
     }
 }
 
-struct Softmax;
+/// Softmax of `x · scale` over the last dimension, with `lengths` (one per example of
+/// n × heads × queries × keys scores) masking the keys past them.
+struct Softmax {
+    scale: f64,
+    lengths: Option<std::sync::Arc<[usize]>>,
+}
 
-fn softmax_fwd<T: Erf>(storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+fn softmax_fwd<T: Erf>(
+    op: &Softmax,
+    storage: &CpuStorage,
+    layout: &Layout,
+) -> Result<(CpuStorage, Shape)> {
     let width = layout.dims().last().copied().unwrap_or(1);
     let x = values::<T>("softmax", storage, layout)?;
+    // Rows per example, for the mask.
+    let per_example = match &op.lengths {
+        Some(l) => x.len() / width.max(1) / l.len().max(1),
+        None => 1,
+    };
+    // As candle's affine (x · scale + 0) and the f32 mask added after it, in T.
+    let (scale, zero) = (T::cast(op.scale), T::zero());
+    let masked = T::cast(f64::from(f32::MIN));
     let mut out = vec![T::zero(); x.len()];
-    rows(&mut out, [x], width, |d, [x]| {
-        let max = x.iter().fold(T::neg_infinity(), |a, &v| Float::max(a, v));
+    rows_at(&mut out, [x], width, |row, d, [x]| {
+        let len = op
+            .lengths
+            .as_ref()
+            .map_or(width, |l| l[row / per_example.max(1)]);
+        for (j, (d, &v)) in d.iter_mut().zip(x).enumerate() {
+            let scaled = v * scale + zero;
+            *d = match op.lengths.is_some() {
+                true if j < len => scaled + zero,
+                true => scaled + masked,
+                false => scaled,
+            };
+        }
+        let max = d.iter().fold(T::neg_infinity(), |a, &v| Float::max(a, v));
         let mut sum = T::zero();
-        for (d, &v) in d.iter_mut().zip(x) {
-            *d = (v - max).exp();
+        for d in d.iter_mut() {
+            *d = (*d - max).exp();
             sum += *d;
         }
         let inv = T::one() / sum;
@@ -425,14 +483,17 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(self.name(), storage, softmax_fwd(storage, layout))
+        by_dtype!(self.name(), storage, softmax_fwd(self, storage, layout))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = grad.contiguous()?;
-        Ok(Some(
-            res.contiguous()?.apply_op2_no_bwd(&g, &SoftmaxBackward)?,
-        ))
+        let dx = res.contiguous()?.apply_op2_no_bwd(&g, &SoftmaxBackward)?;
+        // The mask's addition passes the gradient on; the scaling is candle's affine backward.
+        Ok(Some(match self.scale == 1.0 {
+            true => dx,
+            false => dx.affine(self.scale, 0.0)?,
+        }))
     }
 }
 
@@ -594,6 +655,65 @@ mod tests {
             .zip(&out[1])
             .map(|(a, b)| (a - b).abs())
             .fold(0f64, f64::max))
+    }
+
+    /// The attention's softmax gives the values and input gradients of the three ops it
+    /// replaces (scaling, the additive mask, softmax), bit for bit, padded or not.
+    #[test]
+    fn the_attention_softmax_is_the_three_ops_it_replaces() -> Result<()> {
+        let (n, heads, t) = (3, 2, 7);
+        let count = n * heads * t * t;
+        let values: Vec<f64> = (0..count)
+            .map(|i| ((i * 7919) % 1000) as f64 / 97.0 - 5.0)
+            .collect();
+        let weights: Vec<f64> = (0..count)
+            .map(|i| ((i * 104729) % 997) as f64 / 997.0 - 0.3)
+            .collect();
+        let scale = 1.0 / 32f64.sqrt();
+        for dtype in [DType::F32, DType::F64] {
+            for lengths in [None, Some(vec![7, 3, 5])] {
+                let dev = Device::Cpu;
+                let w =
+                    Tensor::from_vec(weights.clone(), (n, heads, t, t), &dev)?.to_dtype(dtype)?;
+                let run = |fused: bool| -> Result<(Vec<u64>, Vec<u64>)> {
+                    let x = Var::from_tensor(
+                        &Tensor::from_vec(values.clone(), (n, heads, t, t), &dev)?
+                            .to_dtype(dtype)?,
+                    )?;
+                    let y = match fused {
+                        true => attention_softmax(x.as_tensor(), scale, lengths.as_deref())?,
+                        false => {
+                            let mut s = (x.as_tensor() * scale)?;
+                            if let Some(l) = &lengths {
+                                let b: Vec<f32> = l
+                                    .iter()
+                                    .flat_map(|&l| {
+                                        (0..t).map(move |i| if i < l { 0.0 } else { f32::MIN })
+                                    })
+                                    .collect();
+                                let b = Tensor::from_vec(b, (n, 1, 1, t), &dev)?.to_dtype(dtype)?;
+                                s = s.broadcast_add(&b)?;
+                            }
+                            softmax(&s)?
+                        }
+                    };
+                    let g = y.mul(&w)?.sum_all()?.backward()?;
+                    let bits = |t: &Tensor| -> Result<Vec<u64>> {
+                        Ok(t.to_dtype(DType::F64)?
+                            .flatten_all()?
+                            .to_vec1::<f64>()?
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect())
+                    };
+                    Ok((bits(&y)?, bits(g.get(&x).expect("a gradient"))?))
+                };
+                let (a, b) = (run(true)?, run(false)?);
+                assert!(a.0 == b.0, "{dtype:?} {lengths:?}: values");
+                assert!(a.1 == b.1, "{dtype:?} {lengths:?}: gradients");
+            }
+        }
+        Ok(())
     }
 
     #[test]

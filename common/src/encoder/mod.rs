@@ -8,6 +8,7 @@
 
 mod bert;
 mod cache;
+mod dropout_mask;
 mod error;
 pub mod files;
 pub mod fused;

@@ -24,6 +24,7 @@ use candle_transformers::models::bert::{Config, HiddenAct};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::dropout_mask::{self, Keep};
 use super::error::{EncoderError, Result};
 use super::files;
 use super::fused;
@@ -465,6 +466,7 @@ impl TrainableBert {
             }
             false => None,
         };
+        let padded = lengths.iter().any(|&l| l < t).then_some(lengths.as_slice());
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         for (l, b) in self.blocks.iter().enumerate() {
             // A frozen block runs without dropout and outside autograd.
@@ -478,11 +480,18 @@ impl TrainableBert {
                     .contiguous()
             };
             let (q, k, v) = (split(&b.query)?, split(&b.key)?, split(&b.value)?);
-            let mut scores = (q.matmul(&k.t()?)? * scale)?;
-            if let Some(bias) = &bias {
-                scores = scores.broadcast_add(bias)?;
-            }
-            let probs = drop(&softmax(&scores)?, p.attention, Site::Attention(site), grad)?;
+            let scores = q.matmul(&k.t()?)?;
+            let probs = match fused::applies(&scores) {
+                true => fused::attention_softmax(&scores, scale, padded)?,
+                false => {
+                    let mut scores = (scores * scale)?;
+                    if let Some(bias) = &bias {
+                        scores = scores.broadcast_add(bias)?;
+                    }
+                    softmax(&scores)?
+                }
+            };
+            let probs = drop(&probs, p.attention, Site::Attention(site), grad)?;
             let ctx = probs
                 .matmul(&v)?
                 .transpose(1, 2)?
@@ -558,16 +567,13 @@ impl TrainableBert {
         if !train || p <= 0.0 {
             return Ok(x.clone());
         }
-        let keep = 1.0 - p;
-        let scale = (1.0 / keep) as f32;
-        let mut mask: Vec<f32> = Vec::with_capacity(x.elem_count());
+        let kept = 1.0 - p;
+        let scale = (1.0 / kept) as f32;
+        let mut keep = Keep::with_capacity(x.elem_count());
         let mut draw = |rng: &mut ChaCha8Rng, count: usize| {
-            mask.extend(
-                (0..count).map(|_| match f64::from(rng.gen::<f32>()) < keep {
-                    true => scale,
-                    false => 0.0,
-                }),
-            );
+            for _ in 0..count {
+                keep.push(f64::from(rng.gen::<f32>()) < kept);
+            }
         };
         match keys {
             Some(keys) => {
@@ -597,6 +603,12 @@ impl TrainableBert {
                 draw(&mut rng, x.elem_count());
             }
         }
+        if fused::applies(x) {
+            return dropout_mask::dropout(x, keep, scale);
+        }
+        let mask: Vec<f32> = (0..keep.len())
+            .map(|i| if keep.get(i) { scale } else { 0.0 })
+            .collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x.mul(&mask)
     }
