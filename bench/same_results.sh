@@ -8,8 +8,9 @@
 #   bench/same_results.sh --record BIN OUT   # only records BIN's figures into OUT/figures.txt
 #
 # The runs: TREC, 3 epochs, 1 worker and 2 workers; EDA with oversampling; a weighted mix of
-# two sources; the frozen encoder on 500 SST-2 rows; a run killed after epoch 1 and resumed; a
-# small experiment grid (its results.jsonl without the wall-clock seconds, and its models).
+# two sources; the frozen encoder on 500 SST-2 rows; MiniLM fine-tuned on 200 of them; a run
+# killed after epoch 1 and resumed; a small experiment grid (its results.jsonl without the
+# wall-clock seconds, and its models).
 # Every run fixes its threads, so the figures do not depend on the machine's core count.
 # Exit 0 when every figure is equal, 1 when one differs (the differing lines are printed).
 set -euo pipefail
@@ -52,6 +53,10 @@ record() {
   train dropout --workers 2 --threads 1 --epochs 2 --dropout 0.3 --data "$tmp/a.tsv" "${test[@]}"
   train encoder --workers 2 --threads 1 --epochs 2 --encoder "$root/models/all-MiniLM-L6-v2" \
     --data "$tmp/sst2.tsv" --test "$tmp/sst2_test.tsv"
+  head -n 200 "$tmp/sst2.tsv" >"$tmp/sst2_200.tsv"
+  train finetune --workers 2 --threads 1 --epochs 2 --encoder "$root/models/all-MiniLM-L6-v2" \
+    --encoder-mode finetune --head mean --data "$tmp/sst2_200.tsv" --eval-split 0.1 \
+    --test "$tmp/sst2_test.tsv"
   # Killed after epoch 1 (its metrics line is written), then resumed to the end.
   local r=$tmp/resumed
   "$c" --run-dir "$r" --seed 7 --workers 1 --threads 2 --epochs 3 --data "$data/train.tsv" \
