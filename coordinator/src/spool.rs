@@ -148,8 +148,8 @@ mod tests {
     #[test]
     fn a_state_received_into_files_reads_back_as_sent() {
         let dir = tempfile::tempdir().unwrap();
-        let weights: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 >> 3) as u8).collect();
-        let optimizer: Vec<u8> = (0..1_234_567u32).map(|i| (i * 13 >> 5) as u8).collect();
+        let weights: Vec<u8> = (0..3_000_000u32).map(|i| ((i * 7) >> 3) as u8).collect();
+        let optimizer: Vec<u8> = (0..1_234_567u32).map(|i| ((i * 13) >> 5) as u8).collect();
         let state = ModelState::new(weights.clone(), optimizer.clone());
         let mut r = SpooledState::reassembly(&state.header(), dir.path()).unwrap();
         state.outgoing().send_chunks(1 << 20, |c| {

@@ -27,7 +27,7 @@ impl Keep {
     }
 
     pub fn push(&mut self, keep: bool) {
-        if self.len % 64 == 0 {
+        if self.len == self.words.len() * 64 {
             self.words.push(0);
         }
         if keep {
