@@ -1,4 +1,4 @@
-//! Layer normalisation, a linear layer's bias, softmax and GELU for the trainable encoder, each
+//! Layer normalisation, a linear layer, softmax and GELU for the trainable encoder, each
 //! one pass forward and one pass backward on the CPU, in f32 and f64.
 //!
 //! Composed from candle's element-wise ops (as the trainable encoder first wrote them, and as
@@ -24,9 +24,13 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
         .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNorm { eps })
 }
 
-/// `y + b`, `b` added to each row of `y` (a linear layer's bias).
-pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
-    y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)
+/// `x wᵀ + b`, a linear layer (`w` as stored, out × in) over the rows of `x`, as one op: the
+/// product is candle's own CPU matmul and the bias is added in place, so the values are those
+/// of `x.matmul(&w.t())` and then the bias, bit for bit, but the graph keeps only `x` for the
+/// backward pass, not also the product before its bias.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
 }
 
 /// Softmax over the last dimension.
@@ -124,6 +128,18 @@ fn rows<T: Send + Sync, const N: usize>(
     f: impl Fn(&mut [T], [&[T]; N]) + Send + Sync,
 ) {
     rows_at(dst, srcs, width, |_, d, s| f(d, s));
+}
+
+/// Runs `f` on each row of `y`, in place, in parallel when there is enough work.
+fn rows_in_place<T: Send + Sync>(y: &mut [T], width: usize, f: impl Fn(&mut [T]) + Send + Sync) {
+    let width = width.max(1);
+    if crate::kernels::threads() > 1 && y.len() >= MIN_PARALLEL {
+        let per_task = (MIN_PARALLEL / 4).div_ceil(width) * width;
+        y.par_chunks_mut(per_task)
+            .for_each(|chunk| chunk.chunks_mut(width).for_each(&f));
+    } else {
+        y.chunks_mut(width).for_each(f);
+    }
 }
 
 /// As [`rows`], `f` told each row's index.
@@ -337,25 +353,17 @@ impl CustomOp2 for LayerNormDwb {
     }
 }
 
-struct BiasAdd;
+struct Linear;
 
-fn bias_add_fwd<T: Erf>(
-    (ys, yl): (&CpuStorage, &Layout),
-    (bs, bl): (&CpuStorage, &Layout),
-) -> Result<(CpuStorage, Shape)> {
-    let y = values::<T>("bias-add", ys, yl)?;
-    let b = values::<T>("bias-add", bs, bl)?;
-    let width = b.len();
-    if yl.dims().last() != Some(&width) {
-        candle_core::bail!("bias-add: a bias of {width} for rows of {:?}", yl.dims());
-    }
-    let mut out = vec![T::zero(); y.len()];
-    rows(&mut out, [y], width, |d, [y]| {
-        for ((d, &y), &b) in d.iter_mut().zip(y).zip(b) {
-            *d = y + b;
+/// Adds `b` to each row of `y`, in place.
+fn add_bias<T: Erf>(y: &mut [T], bs: &CpuStorage, bl: &Layout) -> Result<()> {
+    let b = values::<T>("linear", bs, bl)?;
+    rows_in_place(y, b.len(), |row| {
+        for (y, &b) in row.iter_mut().zip(b) {
+            *y = *y + b;
         }
     });
-    Ok((T::to_cpu_storage_owned(out), yl.shape().clone()))
+    Ok(())
 }
 
 fn column_sum<T: Erf>(storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -370,31 +378,59 @@ fn column_sum<T: Erf>(storage: &CpuStorage, layout: &Layout) -> Result<(CpuStora
     Ok((T::to_cpu_storage_owned(out), Shape::from(width)))
 }
 
-impl CustomOp2 for BiasAdd {
+impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
-        "bias-add"
+        "linear"
     }
 
     fn cpu_fwd(
         &self,
-        ys: &CpuStorage,
-        yl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(self.name(), ys, bias_add_fwd((ys, yl), (bs, bl)))
+        use candle_core::backend::BackendStorage;
+        let (&[m, k], &[n, k2], &[nb]) = (xl.dims(), wl.dims(), bl.dims()) else {
+            candle_core::bail!(
+                "linear: rows {:?}, weights {:?}, bias {:?}",
+                xl.dims(),
+                wl.dims(),
+                bl.dims()
+            );
+        };
+        if k != k2 || n != nb {
+            candle_core::bail!("linear: rows of {k} for weights {n} × {k2} and a bias of {nb}");
+        }
+        // What Tensor::matmul hands the storage for x · wᵀ.
+        let mut y = xs.matmul(ws, (1, m, n, k), xl, &wl.transpose(0, 1)?)?;
+        match &mut y {
+            CpuStorage::F32(y) => add_bias(y, bs, bl)?,
+            CpuStorage::F64(y) => add_bias(y, bs, bl)?,
+            _ => candle_core::bail!("linear: f32 or f64 only"),
+        }
+        Ok((y, Shape::from((m, n))))
     }
 
+    /// As candle's backward passes of the product, of `wᵀ` and of the bias.
     fn bwd(
         &self,
-        _y: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
         _b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
         let db = g.apply_op1_no_bwd(&ColumnSum)?;
-        Ok((Some(g), Some(db)))
+        // Detached: made from the weights and the activations, these would otherwise record
+        // how, and the weights' gradients would keep every layer's incoming gradient alive
+        // until the step ends.
+        let dx = g.matmul(&w.t()?.t()?)?.detach();
+        let dw = x.t()?.matmul(&g)?.t()?.detach();
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
@@ -716,6 +752,49 @@ mod tests {
         Ok(())
     }
 
+    /// The largest difference between the linear op and `x.matmul(&w.t())` plus the bias, in
+    /// the values and the gradients of x, w and b: none.
+    fn linear_worst(dtype: DType) -> Result<f64> {
+        let (rows, inner, out) = (45, 37, 29);
+        let value = |n: usize, salt: usize| -> Vec<f64> {
+            (0..n)
+                .map(|i| ((i * 7919 + salt) % 1000) as f64 / 300.0 - 1.5)
+                .collect()
+        };
+        let dev = Device::Cpu;
+        let var = |v: Vec<f64>, shape: &[usize]| -> Result<Var> {
+            Var::from_tensor(&Tensor::from_vec(v, shape, &dev)?.to_dtype(dtype)?)
+        };
+        let g = Tensor::from_vec(value(rows * out, 5), (rows, out), &dev)?.to_dtype(dtype)?;
+        let mut all = Vec::new();
+        for fused in [true, false] {
+            let x = var(value(rows * inner, 1), &[rows, inner])?;
+            let w = var(value(out * inner, 2), &[out, inner])?;
+            let b = var(value(out, 3), &[out])?;
+            let y = match fused {
+                true => linear(x.as_tensor(), w.as_tensor(), b.as_tensor())?,
+                false => x
+                    .as_tensor()
+                    .matmul(&w.as_tensor().t()?)?
+                    .broadcast_add(b.as_tensor())?,
+            };
+            let grads = y.mul(&g)?.sum_all()?.backward()?;
+            let flat = |t: &Tensor| -> Result<Vec<f64>> {
+                t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+            };
+            let mut v = flat(&y)?;
+            for p in [&x, &w, &b] {
+                v.extend(flat(grads.get(p).expect("a gradient"))?);
+            }
+            all.push(v);
+        }
+        Ok(all[0]
+            .iter()
+            .zip(&all[1])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max))
+    }
+
     #[test]
     fn the_f32_gelu_matches_candles() -> Result<()> {
         let xs: Vec<f32> = (-5000..5000).map(|i| i as f32 * 1.7e-3).collect();
@@ -742,8 +821,8 @@ mod tests {
                 dtype,
             )?;
             assert!(norm < bound, "layer norm {dtype:?}: {norm}");
-            let bias = worst(|x| bias_add(x, &b), |x| x.broadcast_add(&b), &[&b], dtype)?;
-            assert!(bias < bound, "bias {dtype:?}: {bias}");
+            let lin = linear_worst(dtype)?;
+            assert!(lin == 0.0, "linear {dtype:?}: {lin}");
             let soft = worst(softmax, composed_softmax, &[], dtype)?;
             assert!(soft < bound, "softmax {dtype:?}: {soft}");
             let gelu = worst(gelu_erf, composed_gelu, &[], dtype)?;

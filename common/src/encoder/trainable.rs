@@ -98,10 +98,10 @@ fn weight(v: &Var, grad: bool) -> Tensor {
 
 impl Dense {
     fn forward(&self, x: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
-        let y = x.matmul(&weight(&self.w, grad).t()?)?;
+        let (w, b) = (weight(&self.w, grad), weight(&self.b, grad));
         match fused::applies(x) {
-            true => fused::bias_add(&y, &weight(&self.b, grad)),
-            false => y.broadcast_add(&weight(&self.b, grad)),
+            true => fused::linear(x, &w, &b),
+            false => x.matmul(&w.t()?)?.broadcast_add(&b),
         }
     }
 }
