@@ -360,7 +360,7 @@ fn add_bias<T: Erf>(y: &mut [T], bs: &CpuStorage, bl: &Layout) -> Result<()> {
     let b = values::<T>("linear", bs, bl)?;
     rows_in_place(y, b.len(), |row| {
         for (y, &b) in row.iter_mut().zip(b) {
-            *y = *y + b;
+            *y += b;
         }
     });
     Ok(())
