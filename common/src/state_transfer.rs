@@ -199,13 +199,6 @@ impl Reassembly {
             buf.try_reserve_exact(len).map_err(|_| too_large())?;
             Ok(buf)
         };
-        if header
-            .weights_bytes
-            .checked_add(header.optimizer_bytes)
-            .is_none()
-        {
-            return Err(too_large());
-        }
         Self::into_parts(
             header,
             buffer(header.weights_bytes)?,

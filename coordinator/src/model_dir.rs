@@ -251,45 +251,24 @@ pub fn read_checked(dir: &Path, name: &str, recorded: Option<&str>) -> Result<Ve
 /// holding a float that is not finite (NaN or ±∞), read a block at a time: a file of any size
 /// costs a block of memory.
 fn non_finite_tensor(mut file: impl std::io::Read) -> Result<Option<String>> {
-    #[derive(Deserialize)]
-    struct Info {
-        dtype: String,
-        data_offsets: (u64, u64),
-    }
     let bad = |e: std::io::Error| anyhow::anyhow!("reading safetensors: {e}");
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(bad)?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        bail!("reading safetensors: a header of {len} bytes");
-    }
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header).map_err(bad)?;
-    let mut header: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| anyhow::anyhow!("reading safetensors: {e}"))?;
-    header.remove("__metadata__");
-    let mut tensors = header
-        .into_iter()
-        .map(|(name, v)| {
-            serde_json::from_value::<Info>(v)
-                .map(|info| (name.clone(), info))
-                .map_err(|e| anyhow::anyhow!("reading safetensors: tensor {name}: {e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    tensors.sort_by_key(|(_, info)| info.data_offsets);
+    let header = common::model::read_header(&mut file).map_err(bad)?;
     let mut at = 0u64;
     let mut block = vec![0u8; 1 << 20];
     let mut found: Option<String> = None;
-    for (name, info) in tensors {
-        let (begin, end) = info.data_offsets;
+    for name in header.offset_keys() {
+        let Some(info) = header.info(&name) else {
+            continue;
+        };
+        let (begin, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
         if begin < at || end < begin {
             bail!("reading safetensors: tensor {name} overlaps another");
         }
         let mut gap = std::io::Read::take(&mut file, begin - at);
         std::io::copy(&mut gap, &mut std::io::sink()).map_err(bad)?;
-        let size = match info.dtype.as_str() {
-            "F32" => 4,
-            "F64" => 8,
+        let size = match info.dtype {
+            safetensors::Dtype::F32 => 4,
+            safetensors::Dtype::F64 => 8,
             _ => 0,
         };
         let mut finite = true;

@@ -501,12 +501,12 @@ async fn receive_state<P>(
         ..Default::default()
     };
     let header = header.unwrap_or(&empty);
-    let into = SpooledState::reassembly(header, dir).map_err(ReceiveError::from);
-    let received = match into {
-        Ok(into) => state_transfer::receive_into(into, parts, chunk_of).await,
-        Err(e) => Err(e),
+    let received = async {
+        let into = SpooledState::reassembly(header, dir)?;
+        state_transfer::receive_into(into, parts, chunk_of).await
     };
     received
+        .await
         .map(|(weights, optimizer)| SpooledState { weights, optimizer })
         .map_err(|e| {
             tracing::warn!("{what} refused: {e}");

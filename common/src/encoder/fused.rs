@@ -428,7 +428,7 @@ impl CustomOp3 for Linear {
         // Detached: made from the weights and the activations, these would otherwise record
         // how, and the weights' gradients would keep every layer's incoming gradient alive
         // until the step ends.
-        let dx = g.matmul(&w.t()?.t()?)?.detach();
+        let dx = g.matmul(w)?.detach();
         let dw = x.t()?.matmul(&g)?.t()?.detach();
         Ok((Some(dx), Some(dw), Some(db)))
     }

@@ -454,9 +454,11 @@ impl TrainableBert {
         // Tokens are packed (n·T rows less the padding): every step but attention works on
         // each token alone, so padding would only cost.
         let mut x = drop(&x, p.hidden, Site::Tokens(0), grad)?;
+        let padded = lengths.iter().any(|&l| l < t).then_some(lengths.as_slice());
         // Additive mask: 0 for tokens, the lowest f32 for padding (as transformers), whose
-        // exponential is 0 in f32 and f64 alike.
-        let bias = match lengths.iter().any(|&l| l < t) {
+        // exponential is 0 in f32 and f64 alike. Only the composed ops take it as a tensor; the
+        // fused softmax adds it from the lengths.
+        let bias = match padded.is_some() && !fused::applies(&words) {
             true => {
                 let b: Vec<f32> = lengths
                     .iter()
@@ -466,7 +468,6 @@ impl TrainableBert {
             }
             false => None,
         };
-        let padded = lengths.iter().any(|&l| l < t).then_some(lengths.as_slice());
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         for (l, b) in self.blocks.iter().enumerate() {
             // A frozen block runs without dropout and outside autograd.
@@ -738,35 +739,19 @@ fn pretrained_name(
 /// Checks that the safetensors file at `path` holds every weight of `config` with its shape,
 /// reading only the file's header: what the workers will load, refused before they start.
 pub fn check_pretrained_file(path: &Path, config: &Config) -> Result<()> {
-    use std::io::Read;
-    let invalid = |msg: String| EncoderError::Invalid {
-        path: path.to_path_buf(),
-        msg,
-    };
     let io = |cause| EncoderError::Io {
         path: path.to_path_buf(),
         cause,
     };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(io)?;
-    let len = u64::from_le_bytes(len);
-    // safetensors' own bound on a header.
-    if len > 100 << 20 {
-        return Err(invalid(format!("a safetensors header of {len} bytes")));
-    }
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header).map_err(io)?;
-    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
-    let shape_of = |name: &str| -> Option<Vec<usize>> {
-        let dims = header.get(name)?.get("shape")?.as_array()?;
-        dims.iter()
-            .map(|d| d.as_u64().map(|d| d as usize))
-            .collect()
-    };
+    let header =
+        crate::model::read_header(&mut std::fs::File::open(path).map_err(io)?).map_err(io)?;
     for (name, shape) in weight_shapes(config) {
-        pretrained_name(shape_of, &name, &shape).map_err(invalid)?;
+        pretrained_name(|n| header.info(n).map(|i| i.shape.clone()), &name, &shape).map_err(
+            |msg| EncoderError::Invalid {
+                path: path.to_path_buf(),
+                msg,
+            },
+        )?;
     }
     Ok(())
 }

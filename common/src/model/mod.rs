@@ -37,4 +37,4 @@ pub use lstm_op::{Direction, FusedLstm, LstmOutput};
 pub use mode::Mode;
 pub use packing::PackPlan;
 pub use params::{GroupKind, GroupOptim, ParamGroup};
-pub use persist::Piece;
+pub use persist::{read_header, Piece};

@@ -17,6 +17,24 @@ pub fn to_safetensors<'a>(
     )?))
 }
 
+/// The header of the safetensors file that `file` reads (the tensors' names, types, shapes and
+/// offsets), read alone: the data after it is left unread.
+pub fn read_header(
+    file: &mut impl std::io::Read,
+) -> std::io::Result<safetensors::tensor::Metadata> {
+    let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let len = u64::from_le_bytes(len);
+    // The safetensors crate's own bound on a header.
+    if len > 100 << 20 {
+        return Err(invalid(format!("a safetensors header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)?;
+    serde_json::from_slice(&header).map_err(|e| invalid(format!("not a safetensors header: {e}")))
+}
+
 /// A part of a safetensors file, in the order of the file's bytes.
 pub enum Piece<'a> {
     /// Bytes at hand: the header, or a vector that is already flat.
