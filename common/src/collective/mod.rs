@@ -77,6 +77,13 @@ pub trait Collective: Send {
     /// Bytes this rank sent since the last call (for benchmarks: bytes per step).
     fn take_bytes_sent(&mut self) -> u64;
 
+    /// Whether its calls may run on a thread of their own while the training step's thread
+    /// computes: the step then sums each bucket of the gradient as soon as the backward pass
+    /// has completed it, and the sums overlap the rest of the pass.
+    fn overlaps(&self) -> bool {
+        true
+    }
+
     /// Replaces `bytes` on every rank with `root`'s (e.g. the weights and optimizer state of
     /// the survivor that got furthest, after a regroup). Rare and a few MB, so it rides on
     /// `all_reduce_sum`: every 16 bits of `root`'s bytes become one f32 that the other ranks

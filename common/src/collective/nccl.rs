@@ -377,4 +377,11 @@ impl Collective for NcclAllReduce {
     fn take_bytes_sent(&mut self) -> u64 {
         std::mem::take(&mut self.bytes_sent)
     }
+
+    /// Not yet: the communicator has only ever run on the step's own thread, bound to its GPU
+    /// context, and no GPU was at hand to check another (issue #26 moves the sums onto the
+    /// device, into these buckets).
+    fn overlaps(&self) -> bool {
+        false
+    }
 }

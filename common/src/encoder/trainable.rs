@@ -167,6 +167,28 @@ impl Pass {
     };
 }
 
+/// One trained stage of a pass cut for a backward pass in segments: its `input` is a leaf of
+/// the graph (a copy of the stage below's output, or the pass's word vectors), so a backward
+/// pass from `output` stops there, and the gradient it hands `input` is what the stage below
+/// backpropagates next.
+pub struct Cut {
+    /// 0 the embeddings' sum and norm, l + 1 block l (as [`Pass::trained_from`]).
+    pub stage: usize,
+    pub input: Tensor,
+    pub output: Tensor,
+}
+
+/// A pass cut at every trained stage's end (see [`TrainableBert::forward_words_cut`]).
+pub struct CutPass {
+    /// The last layer's vectors (n × T × hidden), computed from `top`.
+    pub output: Tensor,
+    /// The trained stages, bottom first.
+    pub cuts: Vec<Cut>,
+    /// The leaf the layers above the encoder start from (a copy of the last cut's output);
+    /// `None` when no stage trains.
+    pub top: Option<Tensor>,
+}
+
 pub struct TrainableBert {
     words: Var,
     positions: Var,
@@ -413,6 +435,30 @@ impl TrainableBert {
         pass: Pass,
         keys: Option<&[u64]>,
     ) -> Result<Tensor> {
+        Ok(self.run(words, lengths, pass, keys, false)?.output)
+    }
+
+    /// As [`TrainableBert::forward_words`], with the graph cut at the end of every stage that
+    /// trains: a backward pass can then run stage by stage from the top, and hand on each
+    /// stage's gradients before it computes the next's. The values are the same as uncut.
+    pub fn forward_words_cut(
+        &self,
+        words: &Tensor,
+        lengths: Option<&[usize]>,
+        pass: Pass,
+        keys: Option<&[u64]>,
+    ) -> Result<CutPass> {
+        self.run(words, lengths, pass, keys, true)
+    }
+
+    fn run(
+        &self,
+        words: &Tensor,
+        lengths: Option<&[usize]>,
+        pass: Pass,
+        keys: Option<&[u64]>,
+        cut: bool,
+    ) -> Result<CutPass> {
         let (n, t, h) = words.dims3()?;
         if h != self.hidden || n == 0 || t == 0 || t > self.max_positions {
             return Err(EncoderError::Run(format!(
@@ -454,6 +500,21 @@ impl TrainableBert {
         // Tokens are packed (n·T rows less the padding): every step but attention works on
         // each token alone, so padding would only cost.
         let mut x = drop(&x, p.hidden, Site::Tokens(0), grad)?;
+        let mut cuts = Vec::new();
+        // Ends a trained stage: what is above starts from a leaf copy of its output.
+        let mut end = |stage: usize, input: Tensor, x: Tensor| -> Result<Tensor> {
+            if !cut || !trains(stage) {
+                return Ok(x);
+            }
+            let leaf = Var::from_tensor(&x.detach())?.into_inner();
+            cuts.push(Cut {
+                stage,
+                input,
+                output: x,
+            });
+            Ok(leaf)
+        };
+        x = end(0, words.clone(), x)?;
         let padded = lengths.iter().any(|&l| l < t).then_some(lengths.as_slice());
         // Additive mask: 0 for tokens, the lowest f32 for padding (as transformers), whose
         // exponential is 0 in f32 and f64 alike. Only the composed ops take it as a tensor; the
@@ -472,6 +533,7 @@ impl TrainableBert {
         for (l, b) in self.blocks.iter().enumerate() {
             // A frozen block runs without dropout and outside autograd.
             let grad = trains(l + 1);
+            let input = x.clone();
             let site = 1 + 3 * l as u64;
             let split = |d: &Dense| -> candle_core::Result<Tensor> {
                 packing
@@ -503,9 +565,14 @@ impl TrainableBert {
             let a = b.attn_norm.forward(&(attn + &x)?, grad)?;
             let down = b.down.forward(&gelu_erf(&b.up.forward(&a, grad)?)?, grad)?;
             let down = drop(&down, p.hidden, Site::Tokens(site + 2), grad)?;
-            x = b.out_norm.forward(&(down + &a)?, grad)?;
+            x = end(l + 1, input, b.out_norm.forward(&(down + &a)?, grad)?)?;
         }
-        Ok(packing.unpack(&x)?.reshape((n, t, h))?)
+        let top = cuts.last().map(|_| x.clone());
+        Ok(CutPass {
+            output: packing.unpack(&x)?.reshape((n, t, h))?,
+            cuts,
+            top,
+        })
     }
 
     fn check_input(

@@ -4,11 +4,11 @@
 //! deterministically from a seed, and saved as safetensors. Outside this folder the model is
 //! its [`ParamGroup`]s and its forward and backward passes.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Storage, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -16,16 +16,17 @@ use rand_chacha::ChaCha8Rng;
 use super::batch::Batch;
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
-use super::gradients::Gradients;
+use super::gradients::{Gradients, SparseRows};
 use super::head::{self, Head};
 use super::init::uniform;
 use super::input::Input;
 use super::mode::Mode;
 use super::params::{dense_len, GroupKind, GroupOptim, ParamGroup, Shapes};
 use super::persist::{tensor_pieces, to_safetensors, write_bytes_atomically, Piece};
+use super::segments::{self, Bucket};
 use super::sequence::{self, SequenceEncoder};
 use super::transformer::{self, Transformer};
-use crate::encoder::trainable::{pretrained_tensor, weight_shapes};
+use crate::encoder::trainable::{pretrained_tensor, weight_shapes, Cut};
 use crate::encoder::Encoder;
 
 pub use super::input::EMBEDDING;
@@ -45,15 +46,21 @@ pub struct Classifier {
     /// The input's table first, then the transformer, the sequence encoder and each head: the
     /// dense groups' order is the order of the flat gradient vector.
     groups: Vec<ParamGroup>,
+    /// The flat dense gradient's buckets, in the order the backward pass completes them.
+    pub(super) buckets: Vec<Bucket>,
 }
 
 /// A training forward pass: the scores of each head the batch's rows use, and what backward
-/// needs to hand back the input's gradient.
+/// needs to run in segments and hand back the input's gradient.
 pub struct Forward {
     pub scored: Vec<Scored>,
     /// The embedded batch as a leaf of its own when the input trains, so that backward stops
     /// there and hands us dX; otherwise it is a constant and backward computes no dX at all.
-    leaf: Option<Var>,
+    pub(super) leaf: Option<Var>,
+    /// The fine-tuned encoder's trained stages, cut at their ends, bottom first.
+    pub(super) cuts: Vec<Cut>,
+    /// The leaf the sequence encoder starts from, above the last cut.
+    pub(super) top: Option<Tensor>,
 }
 
 /// The logits (R × C) one head gives the batch's rows that are its own.
@@ -217,6 +224,7 @@ impl Classifier {
             groups.iter_mut().for_each(|g| g.optim.pretrained = true);
         }
         groups.extend(dense);
+        let buckets = segments::plan(&groups);
         Ok(Self {
             config: config.clone(),
             device: device.clone(),
@@ -226,6 +234,7 @@ impl Classifier {
             sequence,
             heads,
             groups,
+            buckets,
         })
     }
 
@@ -359,6 +368,28 @@ impl Classifier {
         dense_len(&self.groups)
     }
 
+    /// The ranges of the flat dense gradient that [`Classifier::backward`] completes one after
+    /// the other, in that order: the heads' and the sequence encoder's first, then each trained
+    /// stage of a fine-tuned encoder from the top down; one range without such an encoder. A
+    /// frozen group's range is in none (its gradient is zeros everywhere).
+    pub fn buckets(&self) -> Vec<Range<usize>> {
+        self.buckets.iter().map(|b| b.range.clone()).collect()
+    }
+
+    /// Where the parameter called `name` lies in the flat dense gradient.
+    pub fn dense_range(&self, name: &str) -> Option<Range<usize>> {
+        let mut offset = 0;
+        for group in self.groups.iter().filter(|g| g.is_dense()) {
+            for (n, var) in &group.params {
+                if n == name {
+                    return Some(offset..offset + var.elem_count());
+                }
+                offset += var.elem_count();
+            }
+        }
+        None
+    }
+
     /// The parameter called `name` (as in the weights file).
     pub fn param(&self, name: &str) -> Option<&Var> {
         self.groups
@@ -414,8 +445,14 @@ impl Classifier {
         }
     }
 
-    /// The training forward pass over `batch`, on the head it names.
+    /// The training forward pass over `batch`, on the head it names, cut for a backward pass
+    /// in segments (see [`Classifier::backward`]).
     pub fn forward_train(&self, batch: &Batch) -> Result<Forward> {
+        self.forward_train_cut(batch, true)
+    }
+
+    /// `cut` false: one graph, for checking the cut one against.
+    pub(crate) fn forward_train_cut(&self, batch: &Batch, cut: bool) -> Result<Forward> {
         let embedded = self.embed(batch)?;
         let leaf = match self.input.trains() {
             true => Some(Var::from_tensor(&embedded)?),
@@ -423,18 +460,42 @@ impl Classifier {
         };
         let x = leaf.as_ref().map_or(&embedded, Var::as_tensor);
         let (lengths, keys) = (batch.lengths(), batch.keys());
+        let (encoded, cuts, top) = match (&self.transformer, cut) {
+            (Some(t), true) => {
+                let pass = t.forward_cut(x, lengths, keys)?;
+                let encoded = self
+                    .sequence
+                    .forward(&pass.output, lengths, Mode::Train, keys)?;
+                (encoded, pass.cuts, pass.top)
+            }
+            _ => (
+                self.encode(x, lengths, Mode::Train, keys)?,
+                Vec::new(),
+                None,
+            ),
+        };
         if self.heads.len() == 1 || batch.labels().is_empty() {
-            let logits = self.forward_embedded(x, lengths, Mode::Train, keys, batch.head())?;
+            let head = self.heads.get(batch.head()).ok_or_else(|| {
+                ModelError::Batch(format!(
+                    "head {} of a model with {}",
+                    batch.head(),
+                    self.heads.len()
+                ))
+            })?;
             let scored = vec![Scored {
                 head: batch.head(),
                 rows: None,
-                logits,
+                logits: head.forward(&encoded, Mode::Train, keys)?,
             }];
-            return Ok(Forward { scored, leaf });
+            return Ok(Forward {
+                scored,
+                leaf,
+                cuts,
+                top,
+            });
         }
         // Several tasks: the sentence vectors are computed once, and each head scores the rows
         // whose labels are its own, so an example's loss reaches only its task's head.
-        let encoded = self.encode(x, lengths, Mode::Train, keys)?;
         let mut scored = Vec::new();
         for (head, rows) in self.rows_by_head(batch.labels())? {
             let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
@@ -451,7 +512,12 @@ impl Classifier {
                 logits,
             });
         }
-        Ok(Forward { scored, leaf })
+        Ok(Forward {
+            scored,
+            leaf,
+            cuts,
+            top,
+        })
     }
 
     /// The rows of each head that owns some of `labels`, heads in order, rows in batch order.
@@ -473,35 +539,60 @@ impl Classifier {
             .collect())
     }
 
-    /// The gradients of a backward pass from `forward`, in the groups' form: the dense groups
-    /// flat (a parameter that got none counts zeros), the table as the rows the batch touched.
-    pub fn gradients(
+    /// The backward pass from `loss` (a scalar of `forward`'s scores), in segments: `dense`
+    /// (the flat dense gradient, [`Classifier::dense_len`] zeros) is filled one of
+    /// [`Classifier::buckets`] at a time, and each is handed to `ready` as soon as it is
+    /// complete, so that it can be summed with other workers' while the pass goes on below it.
+    /// Every bucket is handed on exactly once, in order. Returns the sparse groups' gradients:
+    /// the table's rows the batch touched.
+    pub fn backward<'a>(
         &self,
-        forward: &Forward,
-        store: &GradStore,
+        forward: Forward,
+        loss: &Tensor,
         batch: &Batch,
-    ) -> Result<Gradients> {
-        let mut dense = Vec::with_capacity(self.dense_len());
-        for group in self.groups.iter().filter(|g| g.is_dense()) {
-            for (_, var) in &group.params {
-                match store.get(var) {
-                    Some(g) => extend_from(&mut dense, g)?,
-                    None => dense.resize(dense.len() + var.elem_count(), 0.0),
-                }
-            }
+        dense: &'a mut [f32],
+        ready: &mut dyn FnMut(&'a mut [f32]),
+    ) -> Result<Vec<SparseRows>> {
+        if dense.len() != self.dense_len() {
+            return Err(ModelError::Gradients(format!(
+                "{} places for {} dense gradients",
+                dense.len(),
+                self.dense_len()
+            )));
         }
-        let dx = match forward.leaf.as_ref().and_then(|x| store.get(x)) {
+        let Forward {
+            scored,
+            leaf,
+            cuts,
+            top,
+        } = forward;
+        // The loss holds the top's graph; the scores are not needed any more.
+        drop(scored);
+        let dx = segments::backward(
+            &self.buckets,
+            loss,
+            cuts,
+            top,
+            leaf.as_ref().map(Var::as_tensor),
+            dense,
+            ready,
+        )?;
+        let dx = match dx {
             Some(dx) => {
-                let mut flat = Vec::with_capacity(dx.elem_count());
-                extend_from(&mut flat, dx)?;
+                let mut flat = vec![0f32; dx.elem_count()];
+                segments::copy_into(&mut flat, &dx)?;
                 Some(flat)
             }
             None => None,
         };
-        Ok(Gradients {
-            dense,
-            sparse: vec![self.input.gradient(batch, dx.as_deref())],
-        })
+        Ok(vec![self.input.gradient(batch, dx.as_deref())])
+    }
+
+    /// [`Classifier::backward`]'s gradients, all at once.
+    pub fn gradients(&self, forward: Forward, loss: &Tensor, batch: &Batch) -> Result<Gradients> {
+        let mut dense = vec![0f32; self.dense_len()];
+        let sparse = self.backward(forward, loss, batch, &mut dense, &mut |_| {})?;
+        Ok(Gradients { dense, sparse })
     }
 
     /// Logits (B × C) of a batch, in inference mode. Large batches run in slices of
@@ -518,19 +609,4 @@ impl Classifier {
         }
         Ok(Tensor::cat(&parts, 0)?)
     }
-}
-
-/// Appends a tensor's values, straight from its memory when it is a contiguous CPU tensor.
-fn extend_from(dst: &mut Vec<f32>, t: &Tensor) -> Result<()> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            if let Ok(data) = cpu.as_slice::<f32>() {
-                dst.extend_from_slice(&data[start..end]);
-                return Ok(());
-            }
-        }
-    }
-    dst.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-    Ok(())
 }

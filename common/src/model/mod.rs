@@ -1,7 +1,8 @@
 //! The model, as parts: the input (embedding table or a frozen encoder's vectors), the
 //! sequence encoder (the seed's BiLSTM: a fused LSTM layer written as a Candle custom op with
 //! its own backpropagation through time), and the heads; their configuration, their parameter
-//! groups and their gradients, and the batch they read.
+//! groups and their gradients (a backward pass in segments, top first, one bucket of the
+//! gradient each), and the batch they read.
 
 mod activation;
 pub mod batch;
@@ -22,6 +23,7 @@ pub mod mode;
 pub mod packing;
 pub mod params;
 pub(crate) mod persist;
+mod segments;
 mod sequence;
 pub mod transformer;
 

@@ -17,7 +17,7 @@ use super::error::{ModelError, Result};
 use super::init::normal;
 use super::mode::Mode;
 use super::params::Shapes;
-use crate::encoder::trainable::{weight_shapes, Pass, Start, TrainableBert};
+use crate::encoder::trainable::{weight_shapes, CutPass, Pass, Start, TrainableBert};
 
 /// The group of the weights that train, and the prefix of every weight's name in the model
 /// (`encoder.` + the Hugging Face name without `bert.`).
@@ -33,7 +33,7 @@ pub fn model_name(hf: &str) -> String {
 }
 
 /// The stage a weight belongs to: 0 the embeddings, l + 1 block l (see [`Pass`]).
-fn stage(hf: &str) -> usize {
+pub(crate) fn stage(hf: &str) -> usize {
     hf.strip_prefix("encoder.layer.")
         .and_then(|rest| rest.split('.').next())
         .and_then(|l| l.parse::<usize>().ok())
@@ -113,15 +113,32 @@ impl Transformer {
         keys: Option<&[u64]>,
     ) -> Result<Tensor> {
         let pass = match mode {
-            Mode::Train => Pass {
-                dropout: true,
-                trained_from: Some(self.trained_from),
-            },
+            Mode::Train => self.training(),
             Mode::Eval => Pass::INFERENCE,
         };
         self.bert
             .forward_words(x, Some(lengths), pass, keys)
             .map_err(|e| ModelError::Batch(e.to_string()))
+    }
+
+    /// The training pass of [`Transformer::forward`], cut at the end of every stage that
+    /// trains, for a backward pass in segments.
+    pub(crate) fn forward_cut(
+        &self,
+        x: &Tensor,
+        lengths: &[usize],
+        keys: Option<&[u64]>,
+    ) -> Result<CutPass> {
+        self.bert
+            .forward_words_cut(x, Some(lengths), self.training(), keys)
+            .map_err(|e| ModelError::Batch(e.to_string()))
+    }
+
+    fn training(&self) -> Pass {
+        Pass {
+            dropout: true,
+            trained_from: Some(self.trained_from),
+        }
     }
 }
 

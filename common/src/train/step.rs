@@ -9,6 +9,8 @@
 //! on how many workers are left.
 
 use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
@@ -68,6 +70,22 @@ pub fn compute_gradients_per_example(
     batch: &Batch,
     class_weights: Option<&[f32]>,
 ) -> Result<(Gradients, Vec<Outcome>)> {
+    let mut dense = vec![0f32; model.dense_len()];
+    let (sparse, outcomes) = backward_into(model, batch, class_weights, &mut dense, &mut |_| {})?;
+    Ok((Gradients { dense, sparse }, outcomes))
+}
+
+/// The forward and backward pass of [`compute_gradients_per_example`], filling `dense` (the flat
+/// dense gradient, zeros) and handing each of the model's buckets to `ready` as soon as the
+/// backward pass has completed it (see [`Classifier::backward`]). Returns the sparse gradients
+/// and the outcomes.
+fn backward_into<'a>(
+    model: &Classifier,
+    batch: &Batch,
+    class_weights: Option<&[f32]>,
+    dense: &'a mut [f32],
+    ready: &mut dyn FnMut(&'a mut [f32]),
+) -> Result<(Vec<SparseRows>, Vec<Outcome>)> {
     let classes = model.config().num_classes();
     if class_weights.is_some_and(|w| w.len() != classes) {
         return Err(ModelError::Batch(format!(
@@ -135,17 +153,18 @@ pub fn compute_gradients_per_example(
         }
     }
     let total = total.ok_or_else(|| ModelError::Batch("no head scored the batch".into()))?;
-    let store = total.backward()?;
-    let grads = model.gradients(&forward, &store, batch)?;
-    Ok((grads, outcomes))
+    let sparse = model.backward(forward, &total, batch, dense, ready)?;
+    Ok((sparse, outcomes))
 }
 
 /// Where a step's time went.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepTimings {
-    /// Forward and backward.
+    /// Forward and backward (with the sums that overlap the backward pass).
     pub compute: Duration,
-    /// The all-reduce of the gradients, waiting for the slowest worker included.
+    /// What the step waits for the all-reduce of the gradients after its backward pass, waiting
+    /// for the slowest worker included: the whole all-reduce, or, where its buckets are summed
+    /// while backward goes on, what that did not hide.
     pub all_reduce: Duration,
     /// The optimizer's update and the device copy's refresh.
     pub update: Duration,
@@ -266,25 +285,51 @@ pub fn train_share(
     }
     let start = Instant::now();
     let model = replica.compute();
-    let mut per_slot = Vec::with_capacity(share.batches.len());
-    let mut outcomes = Vec::new();
-    for batch in &share.batches {
-        let (grads, mine) = match batch {
-            Some(batch) => compute_gradients_per_example(model, batch, class_weights)?,
-            None => (Gradients::zeros(model.groups()), Vec::new()),
-        };
-        per_slot.push(grads);
-        outcomes.extend(mine);
-    }
-    let reduce = Instant::now();
-    let mut grads = match per_slot.pop() {
-        Some(mut grads) if share.is_own(collective) => {
-            all_reduce(collective, &mut grads)?;
-            grads
+    let buckets = model.buckets();
+    let failed = |what| move |source| StepError::Collective { what, source };
+    let (mut grads, outcomes, reduce) = match share.batches.as_slice() {
+        [batch] if share.is_own(collective) => {
+            let overlap = collective.world_size() > 1 && buckets.len() > 1 && collective.overlaps();
+            let (mut grads, outcomes, reduce) = match batch {
+                Some(batch) if overlap => {
+                    compute_overlapped(model, batch, class_weights, collective)?
+                }
+                _ => {
+                    let (mut grads, outcomes) = match batch {
+                        Some(batch) => compute_gradients_per_example(model, batch, class_weights)?,
+                        None => (Gradients::zeros(model.groups()), Vec::new()),
+                    };
+                    let reduce = Instant::now();
+                    for range in &buckets {
+                        collective
+                            .all_reduce_sum(&mut grads.dense[range.clone()])
+                            .map_err(failed("the dense gradients"))?;
+                    }
+                    (grads, outcomes, reduce)
+                }
+            };
+            for table in &mut grads.sparse {
+                let dim = table.dim;
+                collective
+                    .all_reduce_sparse_rows(&mut table.ids, &mut table.rows, dim)
+                    .map_err(failed("the embedding rows"))?;
+            }
+            (grads, outcomes, reduce)
         }
-        last => {
-            per_slot.extend(last);
-            all_reduce_slots(collective, share, per_slot)?
+        batches => {
+            let mut per_slot = Vec::with_capacity(batches.len());
+            let mut outcomes = Vec::new();
+            for batch in batches {
+                let (grads, mine) = match batch {
+                    Some(batch) => compute_gradients_per_example(model, batch, class_weights)?,
+                    None => (Gradients::zeros(model.groups()), Vec::new()),
+                };
+                per_slot.push(grads);
+                outcomes.extend(mine);
+            }
+            let reduce = Instant::now();
+            let grads = all_reduce_slots(collective, share, &buckets, per_slot)?;
+            (grads, outcomes, reduce)
         }
     };
     let totals = match tally {
@@ -319,41 +364,70 @@ pub fn train_share(
     })
 }
 
-/// Sums the gradients across the workers: the dense groups in one call, then each table.
-fn all_reduce(
+/// The gradients of `batch`, with each bucket of the dense gradient summed across the workers
+/// by a thread of its own as soon as the backward pass has completed it, while the pass goes on
+/// below it. The same calls as the step without overlap, in the same order; what differs is
+/// only when they are made. Returns the gradients (the dense ones summed, the sparse ones not
+/// yet), the outcomes, and when the backward pass ended.
+fn compute_overlapped(
+    model: &Classifier,
+    batch: &Batch,
+    class_weights: Option<&[f32]>,
     collective: &mut dyn Collective,
-    grads: &mut Gradients,
-) -> std::result::Result<(), StepError> {
-    collective
-        .all_reduce_sum(&mut grads.dense)
-        .map_err(|source| StepError::Collective {
-            what: "the dense gradients",
-            source,
-        })?;
-    for table in &mut grads.sparse {
-        let dim = table.dim;
-        collective
-            .all_reduce_sparse_rows(&mut table.ids, &mut table.rows, dim)
-            .map_err(|source| StepError::Collective {
-                what: "the embedding rows",
-                source,
-            })?;
-    }
-    Ok(())
+) -> std::result::Result<(Gradients, Vec<Outcome>, Instant), StepError> {
+    let mut dense = vec![0f32; model.dense_len()];
+    let collective = &mut *collective;
+    let (computed, summed, end) = std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel::<&mut [f32]>();
+        let comm = s.spawn(move || {
+            for bucket in rx {
+                collective.all_reduce_sum(bucket)?;
+            }
+            Ok::<(), CollectiveError>(())
+        });
+        let computed = backward_into(model, batch, class_weights, &mut dense, &mut |bucket| {
+            // A failed all-reduce ends the thread, and its error is reported below.
+            let _ = tx.send(bucket);
+        });
+        let end = Instant::now();
+        drop(tx);
+        let summed = comm.join().unwrap_or_else(|_| {
+            Err(CollectiveError::Backend(
+                "the thread summing the gradients panicked".into(),
+            ))
+        });
+        (computed, summed, end)
+    });
+    let (sparse, outcomes) = computed?;
+    summed.map_err(|source| StepError::Collective {
+        what: "the dense gradients",
+        source,
+    })?;
+    Ok((Gradients { dense, sparse }, outcomes, end))
 }
 
-/// Sums the slots' gradients across the workers as a world of one worker per slot would.
+/// Sums the slots' gradients across the workers as a world of one worker per slot would, bucket
+/// by bucket as that world does.
 fn all_reduce_slots(
     collective: &mut dyn Collective,
     share: &Share<'_>,
+    buckets: &[Range<usize>],
     per_slot: Vec<Gradients>,
 ) -> std::result::Result<Gradients, StepError> {
     let failed = |what| move |source| StepError::Collective { what, source };
-    let (dense, tables): (Vec<Vec<f32>>, Vec<Vec<SparseRows>>) =
+    let (slot_dense, tables): (Vec<Vec<f32>>, Vec<Vec<SparseRows>>) =
         per_slot.into_iter().map(|g| (g.dense, g.sparse)).unzip();
-    // Refuses a share of no slot, before anything below would look at one.
-    let dense = all_reduce_dense_slots(collective, share.first, share.slots, dense)
-        .map_err(failed("the dense gradients"))?;
+    let mut dense = vec![0f32; slot_dense.first().map_or(0, Vec::len)];
+    for range in buckets {
+        let mine = slot_dense
+            .iter()
+            .map(|d| d[range.clone()].to_vec())
+            .collect();
+        // Refuses a share of no slot.
+        let sum = all_reduce_dense_slots(collective, share.first, share.slots, mine)
+            .map_err(failed("the dense gradients"))?;
+        dense[range.clone()].copy_from_slice(&sum);
+    }
     let shapes = tables.first().map_or(&[][..], Vec::as_slice);
     let mut sparse = Vec::with_capacity(shapes.len());
     for (t, table) in shapes.iter().enumerate() {
