@@ -12,7 +12,9 @@
 #      Thresholds: at least 1.2x; peak RSS at most half of the reference's.
 #   2. ours, 2 workers × 1 thread against 1 × 1; the all-reduce's share of a step over shared
 #      memory and over TCP (2 × 1).
-# Usage: bench/finetune_speed.sh [EPOCHS=3] [ROUNDS=2]
+#   3. with BASE_BIN=DIR (another build's coordinator and worker), that build's 2 × 1 share
+#      too, run beside ours in turn: a before-and-after of a change to the step.
+# Usage: [BASE_BIN=DIR] bench/finetune_speed.sh [EPOCHS=3] [ROUNDS=2]
 # Needs PyTorch and transformers (TORCH_PYTHON, default ~/torchref/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +37,7 @@ open(sys.argv[2], "w", encoding="utf-8").writelines(rows[:500])
 PY
 ours() { # NAME WORKERS THREADS [more flags]: prints samples/s, peak RSS MB, all-reduce share
   local name=$1 workers=$2 threads=$3; shift 3
-  ./target/release/coordinator --workers "$workers" --threads "$threads" \
+  "${BIN:-./target/release}/coordinator" --workers "$workers" --threads "$threads" \
     --encoder models/all-MiniLM-L6-v2 --encoder-mode finetune --data "$tmp/sst2-500.tsv" \
     --eval-split 0.1 --epochs "$epochs" --run-dir "$tmp/$name" "$@" 2>"$tmp/$name.log"
   python3 - "$tmp/$name" <<'PY'
@@ -81,4 +83,9 @@ read -r two _ shm _ _ <<<"$(ours two 2 1)"
 read -r _ _ tcp _ _ <<<"$(ours tcp 2 1 --ring-transport tcp)"
 echo "2 workers x 1 thread: $two samples/s against 1 x 1: $one ($(python3 -c "print(f'{$two / $one:.2f}')")x)"
 echo "all-reduce share of a step, 2 x 1: shared memory $(python3 -c "print(f'{100 * $shm:.1f}')")%, TCP $(python3 -c "print(f'{100 * $tcp:.1f}')")%"
+if [[ -n ${BASE_BIN:-} ]]; then
+  read -r b_two _ b_shm _ _ <<<"$(BIN=$BASE_BIN ours base-two 2 1)"
+  read -r _ _ b_tcp _ _ <<<"$(BIN=$BASE_BIN ours base-tcp 2 1 --ring-transport tcp)"
+  echo "$BASE_BIN, 2 x 1: $b_two samples/s; all-reduce share: shared memory $(python3 -c "print(f'{100 * $b_shm:.1f}')")%, TCP $(python3 -c "print(f'{100 * $b_tcp:.1f}')")%"
+fi
 echo "speed ratios: ${ratios[*]} (threshold 1.2x)"
