@@ -1,7 +1,11 @@
 //! The training step, as every worker runs it: forward and backward over the local examples,
-//! the all-reduce of the gradients with the other workers (the dense groups in one flat
-//! vector, each sparse table as the rows the batch touched), the optimizer's update of the
-//! master weights, and the refresh of the device copy, each phase timed.
+//! the all-reduce of the gradients with the other workers (the dense groups as one flat vector
+//! in the model's buckets, each sparse table as the rows the batch touched), the optimizer's
+//! update of the master weights, and the refresh of the device copy, each phase timed.
+//!
+//! The buckets are ranges of the flat vector that the backward pass completes one after the
+//! other (a fine-tuned encoder's stages, top first). Where the collective allows it, a thread
+//! of the step sums each bucket as soon as it is complete, while backward goes on below it.
 //!
 //! A global batch is dealt into slots, one per worker the run started with; a worker computes
 //! each slot it hosts on its own. After a lost worker a survivor hosts two, and the sums are
@@ -376,7 +380,6 @@ fn compute_overlapped(
     collective: &mut dyn Collective,
 ) -> std::result::Result<(Gradients, Vec<Outcome>, Instant), StepError> {
     let mut dense = vec![0f32; model.dense_len()];
-    let collective = &mut *collective;
     let (computed, summed, end) = std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel::<&mut [f32]>();
         let comm = s.spawn(move || {
