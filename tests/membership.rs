@@ -338,6 +338,16 @@ fn a_hung_worker_is_declared_lost_by_its_heartbeats_and_the_run_goes_on() {
     assert!(started.elapsed() < Duration::from_secs(120));
 }
 
+/// The same hang while fine-tuning, where the survivors wait in the thread that sums the
+/// gradient's buckets beside the backward pass: the new generation releases that thread too,
+/// and the run still ends with the undisturbed run's weights.
+#[test]
+fn a_hung_worker_of_a_finetune_run_is_declared_lost_and_the_run_stays_exact() {
+    let (log, _) = lose_one(2, "-STOP", "no heartbeat for 2 s", Model::Finetune);
+    assert!(log.contains("declared lost while running: killed"), "{log}");
+    assert!(log.contains("epoch 3/3"), "{log}");
+}
+
 /// A third worker joins a 2-worker run after its first epoch: it enters at an epoch boundary,
 /// takes the current weights and optimizer state from the ring, and since the global batches
 /// do not depend on how they are split, the run ends with the 2-worker run's weights.
