@@ -73,6 +73,23 @@ fn a_killed_coordinator_resumes_and_reaches_the_uninterrupted_weights() {
     kill_after_epochs(&args(&b), &b, 2);
     assert!(!b.join("summary.json").exists());
 
+    // A damaged checkpoint file is refused, by name, before anything trains on it.
+    let optimizer = b.join("checkpoint/optimizer.safetensors");
+    let good = std::fs::read(&optimizer).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x40;
+    std::fs::write(&optimizer, &bad).unwrap();
+    let o = coordinator(&["--resume", b.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("optimizer.safetensors: its SHA-256 is")
+            && stderr(&o).contains("changed or damaged"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&optimizer, &good).unwrap();
+
     let o = coordinator(&["--resume", b.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);

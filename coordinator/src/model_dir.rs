@@ -221,18 +221,45 @@ pub fn save(dir: &Path, meta: &ModelMeta, state: &Verified<'_>) -> Result<()> {
     Ok(())
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 /// Reads the weights (or optimizer state) file `name` of `dir` and checks it against the hash
 /// `model.json` recorded for it, if any.
 pub fn read_checked(dir: &Path, name: &str, recorded: Option<&str>) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    copy_checked(dir, name, recorded, &mut bytes, |_| {})?;
+    Ok(bytes)
+}
+
+/// Copies the file `name` of `dir` into `out` a block at a time, handing each block to `seen`
+/// as well, and checks it against the hash `model.json` recorded for it, if any: a file of any
+/// size costs a block of memory. Returns its length.
+pub fn copy_checked(
+    dir: &Path,
+    name: &str,
+    recorded: Option<&str>,
+    out: &mut impl std::io::Write,
+    mut seen: impl FnMut(&[u8]),
+) -> Result<u64> {
+    use sha2::Digest;
     let path = dir.join(name);
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut block = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = std::io::Read::read(&mut file, &mut block)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&block[..n]);
+        seen(&block[..n]);
+        out.write_all(&block[..n])
+            .with_context(|| format!("copying {}", path.display()))?;
+        len += n as u64;
+    }
     if let Some(want) = recorded {
-        let got = sha256(&bytes);
+        let got = hex::encode(hasher.finalize());
         if got != want {
             bail!(
                 "{}: its SHA-256 is {}… but {} records {}…: the file was changed or damaged \
@@ -244,7 +271,7 @@ pub fn read_checked(dir: &Path, name: &str, recorded: Option<&str>) -> Result<Ve
             );
         }
     }
-    Ok(bytes)
+    Ok(len)
 }
 
 /// The name of the first tensor (in name order) of the safetensors file that `file` reads

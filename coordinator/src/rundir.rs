@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model_dir::{self, ModelMeta, MODEL};
 use crate::record::{sorted_json, EpochLogEntry, MetricsLine};
+use crate::stored_state::StoredState;
 
 const COMMAND: &str = "command.json";
 const STATE: &str = "state.json";
@@ -92,8 +93,10 @@ pub struct RunState {
 
 /// What `--resume` starts from.
 pub struct Checkpoint {
-    pub weights: Vec<u8>,
-    pub optimizer: Vec<u8>,
+    /// Its weights and optimizer state, copied out of the checkpoint (a later checkpoint
+    /// replaces those files) and checked against their recorded hashes; taken as the run's
+    /// initial state.
+    pub state: Option<StoredState>,
     pub progress: RunState,
 }
 
@@ -197,16 +200,7 @@ impl RunDir {
         let meta = ModelMeta::from_json(&text)
             .with_context(|| format!("{} cannot be read", meta_path.display()))?;
         let checkpoint = Checkpoint {
-            weights: model_dir::read_checked(
-                &dir,
-                model_dir::WEIGHTS,
-                meta.weights_sha256.as_deref(),
-            )?,
-            optimizer: model_dir::read_checked(
-                &dir,
-                model_dir::OPTIMIZER,
-                meta.optimizer_sha256.as_deref(),
-            )?,
+            state: Some(StoredState::from_checkpoint(&dir, &meta, path)?),
             progress,
         };
         let mut text = String::new();

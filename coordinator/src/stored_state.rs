@@ -11,6 +11,8 @@ use anyhow::{Context, Result};
 use common::pb;
 use common::state_transfer::ModelState;
 
+use crate::model_dir::{self, ModelMeta};
+
 pub struct StoredState {
     /// Unnamed (it has no path), so it goes with the process, even one killed with SIGKILL.
     file: std::fs::File,
@@ -32,6 +34,33 @@ impl StoredState {
             file,
             len: state.len(),
             header,
+        })
+    }
+
+    /// The weights and optimizer state of the checkpoint in `checkpoint` (as `meta` describes
+    /// it), copied a block at a time into an unnamed file in `dir` (the run directory), each
+    /// checked against the hash `meta` records for it: a resumed run's coordinator never holds
+    /// them in memory.
+    pub fn from_checkpoint(checkpoint: &Path, meta: &ModelMeta, dir: &Path) -> Result<Self> {
+        use sha2::Digest;
+        let mut file = tempfile::tempfile_in(dir)
+            .with_context(|| format!("making a file for the initial state in {}", dir.display()))?;
+        let mut whole = sha2::Sha256::new();
+        let mut copy = |name: &str, recorded: Option<&str>| {
+            model_dir::copy_checked(checkpoint, name, recorded, &mut file, |b| whole.update(b))
+        };
+        let weights_bytes = copy(model_dir::WEIGHTS, meta.weights_sha256.as_deref())?;
+        let optimizer_bytes = copy(model_dir::OPTIMIZER, meta.optimizer_sha256.as_deref())?;
+        // The header a ModelState of these bytes gives.
+        let header = pb::StateHeader {
+            weights_bytes,
+            optimizer_bytes,
+            sha256: whole.finalize().to_vec(),
+        };
+        Ok(Self {
+            file,
+            len: weights_bytes + optimizer_bytes,
+            header: Some(header),
         })
     }
 

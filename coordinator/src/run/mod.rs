@@ -58,7 +58,7 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
     let mut checkpoint = opened.checkpoint;
 
     note.phase("preparing the training data");
-    let mut prepared = prepare::prepare(&plan, checkpoint.as_ref()).await?;
+    let mut prepared = prepare::prepare(&plan, checkpoint.is_some()).await?;
     let world = plan.world;
     let info = RunInfo {
         run_id: rand::random(),
@@ -66,17 +66,14 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
         ring_shared_memory: args.ring_transport == RingTransport::Auto,
         vocab_json: serde_json::to_string(&prepared.vocab)?,
         labels: prepared.labels.clone(),
-        // Moved to a file, not kept: the workers' state can be hundreds of MB.
-        initial_state: Arc::new(StoredState::new(
-            ModelState::new(
-                std::mem::take(&mut prepared.initial_weights),
-                checkpoint
-                    .as_mut()
-                    .map(|c| std::mem::take(&mut c.optimizer))
-                    .unwrap_or_default(),
-            ),
-            run_dir.path(),
-        )?),
+        // In a file, not kept in memory: the workers' state can be hundreds of MB.
+        initial_state: Arc::new(match checkpoint.as_mut().and_then(|c| c.state.take()) {
+            Some(state) => state,
+            None => StoredState::new(
+                ModelState::new(std::mem::take(&mut prepared.initial_weights), Vec::new()),
+                run_dir.path(),
+            )?,
+        }),
         encoder_dir: prepared.spec.encoder.as_ref().map(|e| e.path.clone()),
         spool_dir: run_dir.path().to_path_buf(),
         start_epoch: checkpoint.as_ref().map_or(0, |c| c.progress.epochs_done),

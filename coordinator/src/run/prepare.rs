@@ -14,7 +14,6 @@ use common::train::{AdamConfig, LrSchedule, RunSpec};
 
 use crate::cli::{HeadKind, ScheduleKind};
 use crate::plan::TrainPlan;
-use crate::rundir::Checkpoint;
 
 /// A test set, encoded, and how many of its sentences the training data also holds.
 pub(super) struct TestSet {
@@ -46,7 +45,7 @@ pub(super) struct Prepared {
     pub(super) initial_weights: Vec<u8>,
 }
 
-pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -> Result<Prepared> {
+pub(super) async fn prepare(plan: &TrainPlan, resumed: bool) -> Result<Prepared> {
     let args = &plan.args;
     let data_cfg = args.data.clone();
     let mut pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&data_cfg))
@@ -174,7 +173,8 @@ pub(super) async fn prepare(plan: &TrainPlan, checkpoint: Option<&Checkpoint>) -
         sources: pipeline.sources().len() as u32,
     };
     let initial_weights = match (&t.init_embeddings, &encoder) {
-        _ if checkpoint.is_some() => checkpoint.map(|c| c.weights.clone()).unwrap_or_default(),
+        // The checkpoint's state is the initial state.
+        _ if resumed => Vec::new(),
         (Some(path), _) => pretrained_weights(path, &spec, &vocab)?,
         (None, Some(e)) if e.mode == EncoderMode::Embeddings => encoder_table_weights(e, &spec)?,
         // Drawn by every worker from the seed, as the model's other weights are, or read by
