@@ -68,9 +68,11 @@ run, name, wall = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = [json.loads(l) for l in open(f"{run}/metrics.jsonl")]
 summary = json.load(open(f"{run}/summary.json"))
 rates = sorted(r["samples_per_s"] for r in rows)
+gpu = summary.get("peak_gpu_mb")
 print(f"{name}: median {rates[len(rates) // 2]:.0f} samples/s, epoch losses "
       + " ".join(f"{r['train_loss']:.4f}" for r in rows)
-      + f", test accuracy {summary['accuracy']:.4f}, {wall} s wall")
+      + f", test accuracy {summary['accuracy']:.4f}, {wall} s wall"
+      + (f", peak GPU memory {max(gpu):.0f} MB" if gpu else ""))
 PY
   else
     echo "$name: FAILED"; tail -20 "$out/$name.log"; status=1
@@ -121,7 +123,7 @@ import json, sys
 rows = [json.loads(l) for l in open(f"{sys.argv[1]}/metrics.jsonl")]
 s = json.load(open(f"{sys.argv[1]}/summary.json"))
 print("ours: training samples/s by epoch " + " ".join(f"{r['samples_per_s']:.1f}" for r in rows)
-      + "; peak GPU memory " + (f"{s['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in s else "not recorded"))
+      + "; peak GPU memory " + (f"{max(s['peak_gpu_mb']):.0f} MB" if "peak_gpu_mb" in s else "not recorded"))
 PY
 else
   echo "fine-tuning, ours: FAILED"; tail -20 "$out/finetune-ours.log"; status=1

@@ -61,6 +61,8 @@ fn one_worker_run_writes_its_record_and_evaluate_reproduces_it() {
     let rss = summary["peak_rss_mb"]["workers"].as_array().unwrap();
     assert_eq!(rss.len(), 1, "one worker's peak memory: {rss:?}");
     assert!(rss[0].as_f64().unwrap() > 1.0, "{rss:?}");
+    // GPU workers report their peak device memory; a CPU worker has none to report.
+    assert!(summary.get("peak_gpu_mb").is_none(), "{summary}");
     assert_eq!(
         json(&run.join("model/model.json"))["training"]["workers"],
         1

@@ -40,6 +40,22 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Memory in use on `device` as its driver reports it (the allocations, and what the allocator
+/// keeps for reuse; on a GPU shared with other processes, theirs too), in bytes; `None` on the
+/// CPU.
+pub fn device_memory_in_use(device: &candle_core::Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => d
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, total)| total.saturating_sub(free) as u64),
+        _ => None,
+    }
+}
+
 /// This machine's host name (Linux), or `unknown`: how workers and run locks name their host.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

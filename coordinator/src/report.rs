@@ -40,6 +40,8 @@ pub struct WorkerReport {
     pub encode_cached: u64,
     pub encode_seconds: f64,
     pub peak_rss_bytes: u64,
+    /// On a GPU: the most device memory in use after a step (0 on the CPU).
+    pub peak_device_bytes: u64,
     /// Training figures per source.
     pub sources: BTreeMap<u32, GroupTotals>,
     /// A non-finite loss was seen.
@@ -72,6 +74,7 @@ impl WorkerReport {
             encode_cached: r.encode_cached,
             encode_seconds: r.encode_seconds,
             peak_rss_bytes: r.peak_rss_bytes,
+            peak_device_bytes: r.peak_device_bytes,
             sources: r.sources.iter().map(GroupTotals::from_pb).collect(),
             diverged: r.diverged,
             state,

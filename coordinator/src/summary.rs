@@ -54,6 +54,10 @@ pub struct Summary {
     /// Wall seconds of the whole run (this process's part of it, for a resumed run).
     pub seconds: f64,
     pub peak_rss_mb: PeakRss,
+    /// Each worker's most GPU memory in use after a step, as the driver reports it (the
+    /// allocations and what the allocator keeps for reuse), MiB; absent on CPU workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_mb: Option<Vec<f64>>,
     pub seed: u64,
     /// The coordinator's version.
     pub version: String,

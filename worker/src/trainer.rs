@@ -179,6 +179,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
             applied: reply.start_applied,
         },
         figures: EpochFigures::default(),
+        peak_device_bytes: 0,
     };
     job.run(rt, reply.awaiting_admission)
 }
@@ -249,6 +250,8 @@ struct Job {
     /// What this replica has trained of `at.epoch` so far (kept across regroups within the
     /// epoch).
     figures: EpochFigures,
+    /// The most device memory in use after a step so far (0 on the CPU).
+    peak_device_bytes: u64,
 }
 
 impl Job {
@@ -370,6 +373,11 @@ impl Job {
                             None => Interrupt::Fatal(e),
                         });
                     }
+                    if let Some(used) =
+                        common::device_memory_in_use(self.replica.compute().device())
+                    {
+                        self.peak_device_bytes = self.peak_device_bytes.max(used);
+                    }
                     self.at.steps = step.index + 1;
                     self.at.applied += u64::from(step.global_batch);
                     if step.checkpoint {
@@ -419,6 +427,7 @@ impl Job {
         report.confusion = confusion.counts;
         report.bytes_sent = self.ring.take_bytes_sent();
         report.peak_rss_bytes = common::peak_rss_bytes();
+        report.peak_device_bytes = self.peak_device_bytes;
         let per_step = |s: f64| format!("{:.2}", s * 1e3 / report.steps.max(1) as f64);
         tracing::debug!(
             epoch = epoch + 1,

@@ -90,6 +90,8 @@ pub(super) struct Record {
     pub(super) eval: Option<(f64, Confusion)>,
     pub(super) samples_per_s: Vec<f64>,
     pub(super) worker_peak_rss: Vec<u64>,
+    /// Each worker's peak device memory (0 on the CPU).
+    pub(super) worker_peak_device: Vec<u64>,
     /// The last epoch's training metrics per source (none for one source).
     pub(super) train_by_source: Option<Vec<SourceFigures>>,
     /// Seconds spent encoding with --encoder (slowest worker per epoch, summed).
@@ -148,6 +150,7 @@ pub(super) async fn drive(
     let mut progress = resumed.unwrap_or_default();
     let mut epochs = progress.epochs_done;
     let mut worker_peak_rss: Vec<u64> = Vec::new();
+    let mut worker_peak_device: Vec<u64> = Vec::new();
     let mut train_by_source = None;
     let bar = progress_bar();
     // A run resumed after its early stop has nothing left to train.
@@ -222,13 +225,8 @@ pub(super) async fn drive(
         .await?;
         progress.workers_lost += s.lost.len() as u64;
         epochs = epoch + 1;
-        for &(id, rss) in &s.peak_rss {
-            let id = id as usize;
-            if id >= worker_peak_rss.len() {
-                worker_peak_rss.resize(id + 1, 0);
-            }
-            worker_peak_rss[id] = worker_peak_rss[id].max(rss);
-        }
+        keep_peaks(&mut worker_peak_rss, &s.peak_rss);
+        keep_peaks(&mut worker_peak_device, &s.peak_device);
         if let Some(why) = diverged(s.diverged, s.loss, labels.len()) {
             let kept = match run_dir.checkpoint().exists() {
                 true => format!(
@@ -393,6 +391,7 @@ pub(super) async fn drive(
         eval,
         samples_per_s,
         worker_peak_rss,
+        worker_peak_device,
         train_by_source,
         encode_seconds,
         epoch_log,
@@ -484,6 +483,17 @@ fn diverged(step_not_finite: bool, mean_loss: f64, classes: usize) -> Option<Str
         ))
     } else {
         None
+    }
+}
+
+/// Raises each worker's peak (by id) to what it reported, if higher.
+fn keep_peaks(peaks: &mut Vec<u64>, reported: &[(u32, u64)]) {
+    for &(id, bytes) in reported {
+        let id = id as usize;
+        if id >= peaks.len() {
+            peaks.resize(id + 1, 0);
+        }
+        peaks[id] = peaks[id].max(bytes);
     }
 }
 

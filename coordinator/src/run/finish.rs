@@ -130,6 +130,11 @@ pub(super) async fn finish(
             coordinator: mib(common::peak_rss_bytes()),
             workers: record.worker_peak_rss.iter().map(|b| mib(*b)).collect(),
         },
+        peak_gpu_mb: record
+            .worker_peak_device
+            .iter()
+            .any(|&b| b > 0)
+            .then(|| record.worker_peak_device.iter().map(|b| mib(*b)).collect()),
         seed: args.data.seed,
         version: env!("CARGO_PKG_VERSION").to_string(),
         config: RunConfig {

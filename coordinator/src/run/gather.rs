@@ -40,6 +40,8 @@ pub(super) struct EpochSummary {
     pub(super) diverged: bool,
     /// Peak resident memory of each reporting worker: its id, bytes.
     pub(super) peak_rss: Vec<(u32, u64)>,
+    /// Peak device memory of each reporting worker (0 on the CPU): its id, bytes.
+    pub(super) peak_device: Vec<(u32, u64)>,
     /// Training examples, loss and correct predictions per source (every worker's report holds
     /// the whole epoch's).
     pub(super) sources: BTreeMap<u32, GroupTotals>,
@@ -209,6 +211,10 @@ pub(super) async fn gather(
         None
     };
     let peak_rss = reports.iter().map(|r| (r.rank, r.peak_rss_bytes)).collect();
+    let peak_device = reports
+        .iter()
+        .map(|r| (r.rank, r.peak_device_bytes))
+        .collect();
     let reports_encoded = reports.iter().map(|r| r.encoded).sum();
     let reports_cached = reports.iter().map(|r| r.encode_cached).sum();
     let reports_encode_s = reports.iter().map(|r| r.encode_seconds).fold(0.0, f64::max);
@@ -232,6 +238,7 @@ pub(super) async fn gather(
         state: std::mem::take(&mut rank0.state),
         diverged: rank0.diverged,
         peak_rss,
+        peak_device,
         sources,
         encoded: reports_encoded,
         encode_cached: reports_cached,
