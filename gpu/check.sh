@@ -112,6 +112,23 @@ if os.path.exists(f"{out}/{corpus}-ours-cuda/metrics.jsonl") and os.path.exists(
 PY
 }
 bilstm trec data/trec
+echo "== evaluate --device cuda: the TREC model trained on cuda:0, tested again on the GPU"
+if [[ -f $out/trec-ours-cuda/summary.json ]]; then
+  if "$bundle/coordinator" evaluate --device cuda --model "$out/trec-ours-cuda/model" \
+      --data data/trec/test.tsv > "$out/evaluate-cuda.txt" 2> "$out/evaluate-cuda.log"; then
+    python3 - "$out" <<'PY'
+import json, re, sys
+out = sys.argv[1]
+text = open(f"{out}/evaluate-cuda.txt").read()
+found = re.search(r"accuracy\D*([0-9.]+)", text)
+trained = json.load(open(f"{out}/trec-ours-cuda/summary.json"))["accuracy"]
+print(f"evaluate --device cuda: accuracy {found.group(1) if found else '?'} "
+      f"(the run's own test: {trained:.4f})")
+PY
+  else
+    echo "evaluate --device cuda: FAILED"; tail -5 "$out/evaluate-cuda.log"; status=1
+  fi
+fi
 bilstm sst2 "$B/sst2"
 
 echo "== 6. fine-tuning: 500 SST-2 rows, 2 epochs on cuda:0, weights drawn at random"

@@ -151,3 +151,43 @@ fn predict_keeps_three_fields_a_line_and_names_sentences_it_cannot_read() {
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["unknown_fraction"], 0.5, "{v}");
 }
+
+/// `predict` and `evaluate` compute where `--device` says: the CPU gives the default's
+/// answers, and a GPU asked of a CPU build is refused with the way to a GPU build.
+#[test]
+fn predict_and_evaluate_take_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = trained(dir.path());
+    let test = trec_slice(dir.path(), "test.tsv", 150, 60);
+    let test = test.to_str().unwrap();
+    let texts = ["what is the capital of Peru ?", "who wrote Hamlet ?"];
+    let mut default = vec!["predict", "--model", &model];
+    default.extend(texts);
+    let o = coordinator(&default);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut on_cpu = vec!["predict", "--device", "cpu", "--model", &model];
+    on_cpu.extend(texts);
+    let p = coordinator(&on_cpu);
+    assert!(p.status.success(), "{}", stderr(&p));
+    assert_eq!(stdout(&p), stdout(&o));
+    let e = coordinator(&[
+        "evaluate", "--device", "cpu", "--model", &model, "--data", test,
+    ]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    assert!(stdout(&e).contains("accuracy"), "{}", stdout(&e));
+    // The tests run the CPU build.
+    for args in [
+        vec!["predict", "--device", "cuda", "--model", &model, "who ?"],
+        vec![
+            "evaluate", "--device", "cuda:0", "--model", &model, "--data", test,
+        ],
+    ] {
+        let o = coordinator(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("built without GPU support") && err.contains("gpu/build.sh"),
+            "{err}"
+        );
+    }
+}

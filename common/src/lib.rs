@@ -6,6 +6,7 @@ pub mod augment;
 pub mod balance_augment;
 pub mod collective;
 pub mod data;
+pub mod device;
 pub mod encoder;
 pub mod error;
 pub mod fsutil;

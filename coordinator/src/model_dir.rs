@@ -372,12 +372,12 @@ impl LoadedModel {
 const INFERENCE_CACHE: usize = 0;
 
 pub fn load(dir: &Path) -> Result<LoadedModel> {
-    load_with(dir, None)
+    load_with(dir, None, &Device::Cpu)
 }
 
-/// As [`load`]; a model trained with an encoder finds it at `encoder`, else where it was at
-/// training, and is refused when it is missing or differs.
-pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
+/// As [`load`], onto `device`; a model trained with an encoder finds it at `encoder`, else
+/// where it was at training, and is refused when it is missing or differs.
+pub fn load_with(dir: &Path, encoder: Option<&Path>, device: &Device) -> Result<LoadedModel> {
     if !dir.is_dir() {
         bail!(
             "{} is not a model directory (expected {META} and {WEIGHTS} in it)",
@@ -427,7 +427,7 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
             weights.display()
         );
     }
-    let mut model = Classifier::new(&meta.model, 0)?;
+    let mut model = Classifier::new_on(&meta.model, 0, device)?;
     model
         .load_weights_bytes(&bytes)
         .with_context(|| format!("loading the weights {}", weights.display()))?;
@@ -457,7 +457,7 @@ pub fn load_with(dir: &Path, encoder: Option<&Path>) -> Result<LoadedModel> {
                 )));
             }
             if meta.model.reads_encoder() {
-                let enc = Encoder::load_checked(dir_used, r, &Device::Cpu, INFERENCE_CACHE)
+                let enc = Encoder::load_checked(dir_used, r, device, INFERENCE_CACHE)
                     .map_err(|e| refuse(&e))?;
                 let wp = enc.wordpiece().clone();
                 model.attach_encoder(Arc::new(enc))?;

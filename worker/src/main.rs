@@ -4,7 +4,6 @@
 
 mod client;
 mod daemon;
-mod device;
 mod encoder_files;
 mod epoch_figures;
 mod health;
@@ -60,7 +59,7 @@ pub struct Args {
     /// Compute device: cpu, or cuda:N for GPU N (a worker built with gpu/build.sh). Workers
     /// on GPUs that all have NCCL all-reduce with it; otherwise over the TCP ring.
     #[arg(long, default_value = "cpu")]
-    pub device: device::DeviceSpec,
+    pub device: common::device::DeviceSpec,
     /// Check this build on --device and exit: the LSTM's gradients and a training step
     /// against the CPU, and (with NCCL) a one-rank all-reduce. For GPU machines (gpu/check.sh).
     #[arg(long)]

@@ -21,7 +21,7 @@ use common::train::{train_step, Adam, AdamConfig, Replica};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::device::DeviceSpec;
+use common::device::DeviceSpec;
 
 const BATCH: usize = 32;
 const STEPS: usize = 24;

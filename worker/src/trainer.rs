@@ -17,9 +17,9 @@ use common::state_transfer::{ModelState, Outgoing};
 use common::train::{evaluate, train_share, Adam, Replica, RunSpec, Share, StepError, Tally};
 
 use crate::client::{self, RingGeneration, TrainingProgress};
-use crate::device::DeviceSpec;
 use crate::epoch_figures::EpochFigures;
 use crate::Args;
+use common::device::DeviceSpec;
 
 /// Joins the coordinator at `url`, trains its run and returns when the run is over. Both
 /// `worker --coordinator URL` and every job of a daemon (`worker --listen`, which starts this

@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::Args;
 use common::data::config::UnknownLabels;
 use common::data::load::{BadLinePolicy, Format, LoadOptions};
+use common::device::DeviceSpec;
 use common::train::evaluate as evaluate_model;
 use serde_json::json;
 
@@ -50,10 +51,15 @@ pub struct EvaluateArgs {
     /// training). It must be the same encoder, byte for byte.
     #[arg(long, value_name = "DIR")]
     pub encoder: Option<PathBuf>,
+    /// Where to compute: cpu, cuda or cuda:N (a GPU needs the coordinator built by
+    /// gpu/build.sh). The same model gives the same labels anywhere, up to the last digits of
+    /// the probabilities.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda|cuda:N")]
+    pub device: DeviceSpec,
 }
 
 pub fn run(args: EvaluateArgs) -> Result<()> {
-    let m = model_dir::load_with(&args.model, args.encoder.as_deref())?;
+    let m = model_dir::load_with(&args.model, args.encoder.as_deref(), &args.device.open()?)?;
     let opts = LoadOptions {
         format: args.format,
         text_column: args.text_column,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use common::device::DeviceSpec;
 use common::train::predict_all_by;
 use serde_json::json;
 
@@ -36,6 +37,11 @@ pub struct PredictArgs {
     /// training). It must be the same encoder, byte for byte.
     #[arg(long, value_name = "DIR")]
     pub encoder: Option<PathBuf>,
+    /// Where to compute: cpu, cuda or cuda:N (a GPU needs the coordinator built by
+    /// gpu/build.sh). The same model gives the same labels anywhere, up to the last digits of
+    /// the probabilities.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda|cuda:N")]
+    pub device: DeviceSpec,
 }
 
 /// Above this fraction of unknown tokens a sentence's prediction is flagged in the log.
@@ -61,7 +67,7 @@ fn one_field(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    let m = model_dir::load_with(&args.model, args.encoder.as_deref())?;
+    let m = model_dir::load_with(&args.model, args.encoder.as_deref(), &args.device.open()?)?;
     let texts: Vec<String> = if !args.texts.is_empty() {
         args.texts
     } else {

@@ -1,15 +1,29 @@
-//! `--device`: where a worker computes.
+//! `--device`: where a worker trains, or `predict` and `evaluate` compute.
 
 use std::fmt;
 use std::str::FromStr;
-
-use anyhow::{Context, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
     Cpu,
     /// A CUDA GPU by ordinal.
     Cuda(usize),
+}
+
+/// Why a device could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(
+        "--device {0}: this binary was built without GPU support; build it with gpu/build.sh \
+         (cargo feature `cuda`)"
+    )]
+    NoGpuSupport(DeviceSpec),
+    #[error("opening {spec}: {source}")]
+    Open {
+        spec: DeviceSpec,
+        #[source]
+        source: candle_core::Error,
+    },
 }
 
 impl FromStr for DeviceSpec {
@@ -39,22 +53,20 @@ impl fmt::Display for DeviceSpec {
 
 impl DeviceSpec {
     /// Opens the device.
-    pub fn open(self) -> Result<candle_core::Device> {
+    pub fn open(self) -> Result<candle_core::Device, DeviceError> {
         match self {
             Self::Cpu => Ok(candle_core::Device::Cpu),
             Self::Cuda(n) => {
                 if !cfg!(feature = "cuda") {
-                    anyhow::bail!(
-                        "--device {self}: this worker was built without GPU support; build it \
-                         with gpu/build.sh (cargo feature `cuda`)"
-                    );
+                    return Err(DeviceError::NoGpuSupport(self));
                 }
-                candle_core::Device::new_cuda(n).with_context(|| format!("opening {self}"))
+                candle_core::Device::new_cuda(n)
+                    .map_err(|source| DeviceError::Open { spec: self, source })
             }
         }
     }
 
-    /// Whether this worker can all-reduce with NCCL on this device.
+    /// Whether a worker can all-reduce with NCCL on this device.
     pub fn nccl(self) -> bool {
         cfg!(feature = "nccl") && matches!(self, Self::Cuda(_))
     }
