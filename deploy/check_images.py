@@ -66,7 +66,9 @@ def made_by_build(source):
     if rel == "data":
         return (ROOT / "data").is_dir()
     binaries = {f"target/release/{b}" for b in ("coordinator", "worker")}
-    binaries.add(f"{gpu_target_dir()}/release/worker")
+    # The GPU build makes the packages gpu/build.sh names.
+    gpu_build = (ROOT / "gpu/build.sh").read_text()
+    binaries |= {f"{gpu_target_dir()}/release/{p}" for p in re.findall(r"-p (\w+)", gpu_build)}
     return rel in binaries
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with an NVIDIA GPU (CUDA 13 driver) and PyTorch, no Rust and no
 # network: run from the repository root with the binaries gpu/bundle.sh prebuilt on the
-# development machine in .gpu-bundle/ (worker with `cuda,nccl`, CPU coordinator; xz-compressed).
+# development machine in .gpu-bundle/ (worker and coordinator with `cuda,nccl`; xz-compressed).
 #
 #   1. worker --self-check: the LSTM layer's output and gradients on cuda:0 against the CPU's
 #      fused op (with the step's cell as Candle ops and as the fused cell kernels), ten
