@@ -11,13 +11,7 @@ use common::train::{compute_gradients, train_step, Adam, AdamConfig, Replica};
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn config(trained_layers: Option<usize>) -> ModelConfig {
-    let bert = serde_json::json!({
-        "vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "intermediate_size": 16, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 16,
-        "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
-        "pad_token_id": 0
-    });
+    let bert = crate::support::small_bert(50, 8);
     ModelConfig {
         input: InputConfig::Embedding {
             vocab_size: 50,

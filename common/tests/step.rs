@@ -417,13 +417,7 @@ impl<C: Collective> Collective for Recorded<C> {
 
 /// A small BERT fine-tuned under a mean-pooled head, every stage trained.
 fn finetune_config() -> ModelConfig {
-    let bert = serde_json::json!({
-        "vocab_size": 60, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "intermediate_size": 32, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 32,
-        "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
-        "pad_token_id": 0
-    });
+    let bert = support::small_bert(60, 16);
     ModelConfig {
         input: InputConfig::Embedding {
             vocab_size: 60,

@@ -211,3 +211,15 @@ pub fn encode(
         .collect();
     (seqs, ys, vocab.len() + 2, labels.len())
 }
+
+/// A small BERT's `config.json`: two layers of two heads, width `hidden`, the feed-forward
+/// layer and the positions twice that, `vocab` words, dropout 0.1 as MiniLM's.
+pub fn small_bert(vocab: usize, hidden: usize) -> serde_json::Value {
+    serde_json::json!({
+        "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 2 * hidden, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": 2 * hidden, "type_vocab_size": 2,
+        "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0
+    })
+}
