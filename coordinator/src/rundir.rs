@@ -96,7 +96,7 @@ pub struct Checkpoint {
     /// Its weights and optimizer state, copied out of the checkpoint (a later checkpoint
     /// replaces those files) and checked against their recorded hashes; taken as the run's
     /// initial state.
-    pub state: Option<StoredState>,
+    pub state: StoredState,
     pub progress: RunState,
 }
 
@@ -200,7 +200,7 @@ impl RunDir {
         let meta = ModelMeta::from_json(&text)
             .with_context(|| format!("{} cannot be read", meta_path.display()))?;
         let checkpoint = Checkpoint {
-            state: Some(StoredState::from_checkpoint(&dir, &meta, path)?),
+            state: StoredState::from_checkpoint(&dir, &meta, path)?,
             progress,
         };
         let mut text = String::new();

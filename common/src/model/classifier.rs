@@ -420,11 +420,15 @@ impl Classifier {
         keys: Option<&[u64]>,
         head: usize,
     ) -> Result<Tensor> {
-        let head = self.heads.get(head).ok_or_else(|| {
-            ModelError::Batch(format!("head {head} of a model with {}", self.heads.len()))
-        })?;
+        let head = self.head(head)?;
         let encoded = self.encode(x, lengths, mode, keys)?;
         head.forward(&encoded, mode, keys)
+    }
+
+    fn head(&self, k: usize) -> Result<&Head> {
+        self.heads.get(k).ok_or_else(|| {
+            ModelError::Batch(format!("head {k} of a model with {}", self.heads.len()))
+        })
     }
 
     /// The sentence vectors (B × D) of embedded tokens `x`: through the transformer, when the
@@ -475,17 +479,12 @@ impl Classifier {
             ),
         };
         if self.heads.len() == 1 || batch.labels().is_empty() {
-            let head = self.heads.get(batch.head()).ok_or_else(|| {
-                ModelError::Batch(format!(
-                    "head {} of a model with {}",
-                    batch.head(),
-                    self.heads.len()
-                ))
-            })?;
             let scored = vec![Scored {
                 head: batch.head(),
                 rows: None,
-                logits: head.forward(&encoded, Mode::Train, keys)?,
+                logits: self
+                    .head(batch.head())?
+                    .forward(&encoded, Mode::Train, keys)?,
             }];
             return Ok(Forward {
                 scored,

@@ -290,7 +290,6 @@ pub fn train_share(
     let start = Instant::now();
     let model = replica.compute();
     let buckets = model.buckets();
-    let failed = |what| move |source| StepError::Collective { what, source };
     let (mut grads, outcomes, reduce) = match share.batches.as_slice() {
         [batch] if share.is_own(collective) => {
             let overlap = collective.world_size() > 1 && buckets.len() > 1 && collective.overlaps();
@@ -402,10 +401,7 @@ fn compute_overlapped(
         (computed, summed, end)
     });
     let (sparse, outcomes) = computed?;
-    summed.map_err(|source| StepError::Collective {
-        what: "the dense gradients",
-        source,
-    })?;
+    summed.map_err(failed("the dense gradients"))?;
     Ok((Gradients { dense, sparse }, outcomes, end))
 }
 
@@ -417,7 +413,6 @@ fn all_reduce_slots(
     buckets: &[Range<usize>],
     per_slot: Vec<Gradients>,
 ) -> std::result::Result<Gradients, StepError> {
-    let failed = |what| move |source| StepError::Collective { what, source };
     let (slot_dense, tables): (Vec<Vec<f32>>, Vec<Vec<SparseRows>>) =
         per_slot.into_iter().map(|g| (g.dense, g.sparse)).unzip();
     let mut dense = vec![0f32; slot_dense.first().map_or(0, Vec::len)];
@@ -448,6 +443,11 @@ fn all_reduce_slots(
         });
     }
     Ok(Gradients { dense, sparse })
+}
+
+/// What a failed all-reduce of `what` becomes.
+fn failed(what: &'static str) -> impl Fn(CollectiveError) -> StepError {
+    move |source| StepError::Collective { what, source }
 }
 
 /// Divides the all-reduced sums by the global batch size, clips if configured, and steps Adam

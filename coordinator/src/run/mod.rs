@@ -55,10 +55,13 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
     let scheme = if tls.is_some() { "https" } else { "http" };
     let opened = opening::open(&plan, &note)?;
     let run_dir = &opened.run_dir;
-    let mut checkpoint = opened.checkpoint;
+    let (resumed_state, resumed) = match opened.checkpoint {
+        Some(c) => (Some(c.state), Some(c.progress)),
+        None => (None, None),
+    };
 
     note.phase("preparing the training data");
-    let mut prepared = prepare::prepare(&plan, checkpoint.is_some()).await?;
+    let mut prepared = prepare::prepare(&plan, resumed.is_some()).await?;
     let world = plan.world;
     let info = RunInfo {
         run_id: rand::random(),
@@ -67,7 +70,7 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
         vocab_json: serde_json::to_string(&prepared.vocab)?,
         labels: prepared.labels.clone(),
         // In a file, not kept in memory: the workers' state can be hundreds of MB.
-        initial_state: Arc::new(match checkpoint.as_mut().and_then(|c| c.state.take()) {
+        initial_state: Arc::new(match resumed_state {
             Some(state) => state,
             None => StoredState::new(
                 ModelState::new(std::mem::take(&mut prepared.initial_weights), Vec::new()),
@@ -76,9 +79,9 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
         }),
         encoder_dir: prepared.spec.encoder.as_ref().map(|e| e.path.clone()),
         spool_dir: run_dir.path().to_path_buf(),
-        start_epoch: checkpoint.as_ref().map_or(0, |c| c.progress.epochs_done),
-        start_step: checkpoint.as_ref().map_or(0, |c| c.progress.step),
-        start_applied: checkpoint.as_ref().map_or(0, |c| c.progress.applied),
+        start_epoch: resumed.as_ref().map_or(0, |p| p.epochs_done),
+        start_step: resumed.as_ref().map_or(0, |p| p.step),
+        start_applied: resumed.as_ref().map_or(0, |p| p.applied),
     };
     let (shared, mut inbox) = Shared::new(plan.token.clone(), world, info);
     let _metrics_server = match &args.metrics_addr {
@@ -139,15 +142,7 @@ async fn train(plan: TrainPlan, listener: TcpListener, note: Arc<StopNote>) -> R
             inbox: &mut inbox,
             fleet: &mut fleet,
         };
-        epochs::drive(
-            &plan,
-            crew,
-            &prepared,
-            run_dir,
-            checkpoint.map(|c| c.progress),
-            &note,
-        )
-        .await
+        epochs::drive(&plan, crew, &prepared, run_dir, resumed, &note).await
     }
     .await;
     shared.close();
