@@ -61,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let replica = Replica::new(&model, 0, &Device::Cpu)?;
     let mut opt = Adam::new(
-        replica.host().groups(),
+        replica.model().groups(),
         AdamConfig {
             lr: 1e-3,
             weight_decay: 0.01,
@@ -85,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let keys: Vec<u64> = (0..b as u64).map(|i| i + 100 * step as u64).collect();
         let batch = Batch::new(&rows, &labels)?.with_keys(&keys)?;
         let start = Instant::now();
-        let f = replica.compute().forward_train(&batch)?;
+        let f = replica.model().forward_train(&batch)?;
         forward.push(start.elapsed().as_secs_f64());
         drop(f);
         let start = Instant::now();

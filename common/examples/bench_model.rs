@@ -149,7 +149,7 @@ fn main() -> Result<(), String> {
     }
     .parts();
     let replica = Replica::new(&cfg, args.seed, &Device::Cpu).map_err(|e| e.to_string())?;
-    let model = replica.host();
+    let model = replica.model();
     let mut opt = Adam::new(model.groups(), AdamConfig::default());
 
     let mut rates = Vec::new();

@@ -66,9 +66,9 @@ fn only_the_word_rows_a_batch_touched_travel() -> TestResult {
 fn the_encoder_trains_at_its_own_rate_and_frozen_stages_not_at_all() -> TestResult {
     // At an encoder rate of 0 the encoder's groups stay, the head moves.
     let replica = Replica::new(&config(None), 3, &Device::Cpu)?;
-    let before = replica.host().to_bytes()?;
+    let before = replica.model().to_bytes()?;
     let mut opt = Adam::new(
-        replica.host().groups(),
+        replica.model().groups(),
         AdamConfig {
             encoder_lr: Some(0.0),
             ..AdamConfig::default()
@@ -83,7 +83,7 @@ fn the_encoder_trains_at_its_own_rate_and_frozen_stages_not_at_all() -> TestResu
         None,
         None,
     )?;
-    let after = replica.host();
+    let after = replica.model();
     let old = Classifier::new(&config(None), 0)?;
     let mut old = old;
     old.load_weights_bytes(&before)?;

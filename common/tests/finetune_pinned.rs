@@ -179,7 +179,7 @@ fn model() -> Result<Replica, Box<dyn std::error::Error>> {
     };
     let replica = Replica::new(&shape, 0, &Device::Cpu)?;
     let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
-    let host = replica.host();
+    let host = replica.model();
     host.load_encoder_weights(&tensors)?;
     let w: Vec<f32> = (0..2 * 384)
         .map(|i| (0.02 * (((i % 17) as f64 - 8.0) / 8.0)) as f32)
@@ -190,7 +190,6 @@ fn model() -> Result<Replica, Box<dyn std::error::Error>> {
     host.param("fc.bias")
         .ok_or("no head bias")?
         .set(&Tensor::new(&[0.01f32, -0.01], &Device::Cpu)?)?;
-    replica.sync()?;
     Ok(replica)
 }
 
@@ -235,7 +234,7 @@ fn check(
 #[test]
 fn gradients_match_pytorch_within_a_relative_thousandth() -> TestResult {
     let replica = model()?;
-    let model = replica.compute();
+    let model = replica.model();
     let batch = batch()?;
     let forward = model.forward_train(&batch)?;
     let logits = &forward.scored[0].logits;
@@ -265,7 +264,7 @@ fn gradients_match_pytorch_within_a_relative_thousandth() -> TestResult {
 fn three_adamw_steps_match_pytorch_within_1e_5() -> TestResult {
     let replica = model()?;
     let mut opt = Adam::new(
-        replica.host().groups(),
+        replica.model().groups(),
         AdamConfig {
             lr: 1e-3,
             weight_decay: 0.01,
@@ -277,7 +276,12 @@ fn three_adamw_steps_match_pytorch_within_1e_5() -> TestResult {
         train_step(&replica, &mut opt, &mut Local, Some(&batch), 4, None, None)?;
     }
     for (name, want) in &AFTER_3_STEPS {
-        let w = replica.host().param(name).ok_or(*name)?.as_tensor().clone();
+        let w = replica
+            .model()
+            .param(name)
+            .ok_or(*name)?
+            .as_tensor()
+            .clone();
         check(name, &w, want, |a, b| {
             (a - b).abs() <= 1e-5 * b.abs().max(1.0)
         })?;

@@ -9,6 +9,7 @@ mod encoder;
 mod encoder_trainable;
 mod finetune_model;
 mod finetune_pinned;
+mod held_on_device;
 mod lstm_gradcheck;
 mod multitask;
 mod padding;

@@ -6,13 +6,11 @@
 use crate::support;
 
 use std::error::Error;
-use std::net::TcpListener;
 use std::path::Path;
 use std::thread::ThreadId;
-use std::time::Duration;
 
 use candle_core::Device;
-use common::collective::{Collective, Local, RingAllReduce, RingAuth};
+use common::collective::{Collective, Local, RingAllReduce};
 use common::model::{
     Batch, FlatConfig, HeadConfig, InputConfig, ModelConfig, SequenceConfig, TransformerConfig,
 };
@@ -57,48 +55,11 @@ fn batch(seqs: &[Vec<u32>], labels: &[u32]) -> Option<Batch> {
     Some(Batch::new(&refs, labels).expect("a batch"))
 }
 
-fn weights(replica: &Replica) -> Vec<f32> {
-    let mut out = Vec::new();
-    for group in replica.host().groups() {
-        for (_, var) in &group.params {
-            out.extend(
-                support::flat(var.as_tensor())
-                    .unwrap()
-                    .iter()
-                    .map(|&x| x as f32),
-            );
-        }
-    }
-    out
-}
-
-fn ring(world: usize) -> Vec<RingAllReduce> {
-    let listeners: Vec<TcpListener> = (0..world)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let auth = RingAuth::new(b"step test token", 7);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = listeners
-            .iter()
-            .enumerate()
-            .map(|(r, l)| {
-                let (addrs, auth) = (&addrs, &auth);
-                s.spawn(move || RingAllReduce::connect(r, addrs, l, auth, Duration::from_secs(10)))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("ring thread").expect("ring"))
-            .collect()
-    })
-}
-
 #[test]
 fn two_workers_on_a_ring_reach_the_weights_of_one() -> TestResult {
     let (batches, cfg) = batches()?;
     let one = Replica::new(&cfg, 3, &Device::Cpu)?;
-    let mut opt = Adam::new(one.host().groups(), AdamConfig::default());
+    let mut opt = Adam::new(one.model().groups(), AdamConfig::default());
     // Examples in two groups (think sources): even and odd positions of each global batch.
     let groups =
         |from: usize, n: usize| -> Vec<u32> { (from..from + n).map(|i| (i % 2) as u32).collect() };
@@ -123,7 +84,7 @@ fn two_workers_on_a_ring_reach_the_weights_of_one() -> TestResult {
             w.add(t);
         }
     }
-    let rings = ring(2);
+    let rings = support::tcp_ring(2);
     let trained: Vec<(Vec<f32>, Vec<GroupTotals>)> = std::thread::scope(|s| {
         let handles: Vec<_> = rings
             .into_iter()
@@ -132,7 +93,7 @@ fn two_workers_on_a_ring_reach_the_weights_of_one() -> TestResult {
                 let (batches, cfg) = (&batches, &cfg);
                 s.spawn(move || {
                     let replica = Replica::new(cfg, 3, &Device::Cpu).unwrap();
-                    let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+                    let mut opt = Adam::new(replica.model().groups(), AdamConfig::default());
                     let mut totals = vec![GroupTotals::default(); 2];
                     for (k, (seqs, labels)) in batches.iter().enumerate() {
                         // The last step's examples all go to rank 0: rank 1 joins with none.
@@ -165,7 +126,7 @@ fn two_workers_on_a_ring_reach_the_weights_of_one() -> TestResult {
                             t.add(r);
                         }
                     }
-                    (weights(&replica), totals)
+                    (support::weights(&replica), totals)
                 })
             })
             .collect();
@@ -199,7 +160,7 @@ fn two_workers_on_a_ring_reach_the_weights_of_one() -> TestResult {
 
 /// The weights two workers reached are within 1e-5 of `one`'s, which trained.
 fn assert_like_one(one: &Replica, two: &[f32], cfg: &ModelConfig) -> TestResult {
-    let single = weights(one);
+    let single = support::weights(one);
     let diff = single
         .iter()
         .zip(two)
@@ -207,7 +168,7 @@ fn assert_like_one(one: &Replica, two: &[f32], cfg: &ModelConfig) -> TestResult 
         .fold(0f32, f32::max);
     assert!(diff <= 1e-5, "two workers differ from one by {diff}");
     assert!(
-        single != weights(&Replica::new(cfg, 3, &Device::Cpu)?),
+        single != support::weights(&Replica::new(cfg, 3, &Device::Cpu)?),
         "it trained"
     );
     Ok(())
@@ -245,8 +206,8 @@ impl Collective for Broken {
 fn a_failed_all_reduce_leaves_the_weights_untouched() -> TestResult {
     let (batches, cfg) = batches()?;
     let replica = Replica::new(&cfg, 3, &Device::Cpu)?;
-    let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
-    let before = weights(&replica);
+    let mut opt = Adam::new(replica.model().groups(), AdamConfig::default());
+    let before = support::weights(&replica);
     let (seqs, labels) = &batches[0];
     let b = batch(seqs, labels);
     let err = train_step(
@@ -260,8 +221,8 @@ fn a_failed_all_reduce_leaves_the_weights_untouched() -> TestResult {
     )
     .expect_err("the all-reduce fails");
     assert!(matches!(err, StepError::Collective { .. }), "{err}");
-    assert_eq!(weights(&replica), before);
-    assert_eq!(opt.state().step, 0);
+    assert_eq!(support::weights(&replica), before);
+    assert_eq!(opt.steps(), 0);
     Ok(())
 }
 
@@ -282,7 +243,7 @@ fn train_slots(
             .map(|(rank, mut ring)| {
                 s.spawn(move || {
                     let replica = Replica::new(cfg, 3, &Device::Cpu).unwrap();
-                    let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+                    let mut opt = Adam::new(replica.model().groups(), AdamConfig::default());
                     let (base, extra) = (SLOTS / world, SLOTS % world);
                     let first = rank * base + rank.min(extra);
                     let hosted = first..first + base + usize::from(rank < extra);
@@ -318,7 +279,7 @@ fn train_slots(
                         )
                         .unwrap();
                     }
-                    weights(&replica)
+                    support::weights(&replica)
                 })
             })
             .collect();
@@ -343,8 +304,8 @@ fn fewer_workers_hosting_the_slots_of_more_reach_the_same_bits() -> TestResult {
             .map(|r| Box::new(r) as Box<dyn Collective>)
             .collect()
     };
-    let three = train_slots(&batches, &cfg, boxed(ring(3)));
-    let two = train_slots(&batches, &cfg, boxed(ring(2)));
+    let three = train_slots(&batches, &cfg, boxed(support::tcp_ring(3)));
+    let two = train_slots(&batches, &cfg, boxed(support::tcp_ring(2)));
     assert!(two == three, "2 workers hosting 3 slots differ from 3");
     let one = train_slots(&batches, &cfg, vec![Box::new(Local)]);
     assert!(one == three, "1 worker hosting 3 slots differs from 3");
@@ -352,7 +313,7 @@ fn fewer_workers_hosting_the_slots_of_more_reach_the_same_bits() -> TestResult {
     // The whole batch as one slot: the same model up to rounding, but not the same bits.
     let whole = {
         let replica = Replica::new(&cfg, 3, &Device::Cpu)?;
-        let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+        let mut opt = Adam::new(replica.model().groups(), AdamConfig::default());
         for (seqs, labels) in &batches {
             let b = batch(seqs, labels);
             train_step(
@@ -365,7 +326,7 @@ fn fewer_workers_hosting_the_slots_of_more_reach_the_same_bits() -> TestResult {
                 None,
             )?;
         }
-        weights(&replica)
+        support::weights(&replica)
     };
     let diff = whole
         .iter()
@@ -463,24 +424,24 @@ fn a_fine_tuned_model_sums_each_bucket_on_a_thread_of_its_own_as_backward_comple
             .expect("a batch")
     };
     let one = Replica::new(&cfg, 3, &Device::Cpu)?;
-    let mut opt = Adam::new(one.host().groups(), AdamConfig::default());
+    let mut opt = Adam::new(one.model().groups(), AdamConfig::default());
     for (seqs, labels, keys) in &steps {
         let b = keyed(seqs, labels, keys);
         train_step(&one, &mut opt, &mut Local, Some(&b), 16, None, None)?;
     }
-    let buckets = one.host().buckets();
+    let buckets = one.model().buckets();
     // The head, two blocks and the embeddings' sum and norm, top first.
     assert_eq!(buckets.len(), 4);
 
     let trained: Vec<(Vec<f32>, Vec<Sum>, ThreadId)> = std::thread::scope(|s| {
-        let handles: Vec<_> = ring(2)
+        let handles: Vec<_> = support::tcp_ring(2)
             .into_iter()
             .enumerate()
             .map(|(rank, ring)| {
                 let (steps, cfg, keyed) = (&steps, &cfg, &keyed);
                 s.spawn(move || {
                     let replica = Replica::new(cfg, 3, &Device::Cpu).unwrap();
-                    let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+                    let mut opt = Adam::new(replica.model().groups(), AdamConfig::default());
                     let mut ring = Recorded {
                         inner: ring,
                         sums: Vec::new(),
@@ -491,7 +452,11 @@ fn a_fine_tuned_model_sums_each_bucket_on_a_thread_of_its_own_as_backward_comple
                         train_step(&replica, &mut opt, &mut ring, Some(&b), 16, None, None)
                             .unwrap();
                     }
-                    (weights(&replica), ring.sums, std::thread::current().id())
+                    (
+                        support::weights(&replica),
+                        ring.sums,
+                        std::thread::current().id(),
+                    )
                 })
             })
             .collect();

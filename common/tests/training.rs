@@ -59,7 +59,7 @@ fn step(replica: &Replica, opt: &mut Adam, batch: &Batch) -> Result<f64, Box<dyn
 fn training_loss_drops_over_two_epochs() -> TestResult {
     let Slice { seqs, labels, cfg } = trec_slice(300)?;
     let replica = Replica::new(&cfg.parts(), 0, &Device::Cpu)?;
-    let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+    let mut opt = Adam::new(replica.model().groups(), AdamConfig::default());
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
     let mut epoch_loss = Vec::new();
@@ -84,11 +84,11 @@ fn training_loss_drops_over_two_epochs() -> TestResult {
 fn saved_model_predicts_identically() -> TestResult {
     let Slice { seqs, labels, cfg } = trec_slice(64)?;
     let replica = Replica::new(&cfg.parts(), 5, &Device::Cpu)?;
-    let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+    let mut opt = Adam::new(replica.model().groups(), AdamConfig::default());
     let all: Vec<usize> = (0..seqs.len()).collect();
     let batch = batch_of(&seqs, &labels, &all)?;
     step(&replica, &mut opt, &batch)?;
-    let model = replica.host();
+    let model = replica.model();
 
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("model.safetensors");
@@ -121,7 +121,7 @@ fn stacked_layers_with_dropout_train_and_predict_deterministically() -> TestResu
         ..cfg
     };
     let replica = Replica::new(&cfg.parts(), 8, &Device::Cpu)?;
-    let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+    let mut opt = Adam::new(replica.model().groups(), AdamConfig::default());
     let all: Vec<usize> = (0..seqs.len()).collect();
     let mut losses = Vec::new();
     for idx in all.chunks(32).cycle().take(12) {
@@ -134,7 +134,7 @@ fn stacked_layers_with_dropout_train_and_predict_deterministically() -> TestResu
     let last: f64 = losses[9..].iter().sum();
     assert!(last < first, "{losses:?}");
     let batch = batch_of(&seqs, &labels, &all)?;
-    let model = replica.host();
+    let model = replica.model();
     assert_eq!(predict(model, &batch)?, predict(model, &batch)?);
     Ok(())
 }

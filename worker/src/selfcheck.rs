@@ -5,8 +5,10 @@
 //! 1. The LSTM layer of the default model's size: the device's composed layer against the
 //!    CPU's fused op, output and every gradient (f32: |a − b| ≤ tol · (1e-3 + max(|a|, |b|))).
 //! 2. Ten training steps of the classifier through [`Replica`] on the device against the same
-//!    steps on the CPU: the losses, and the weights at the end.
-//! 3. With NCCL: a one-rank communicator's dense and sparse all-reduce (a machine with one GPU
+//!    steps on the CPU: the losses, the weights at the end, and the copies of training state
+//!    between host and device the steps made (none: the state is held on the device).
+//! 3. With NCCL: a one-rank communicator's dense and sparse all-reduce from host memory, and
+//!    its in-place sum of a GPU buffer, as the step sums its buckets (a machine with one GPU
 //!    cannot form a bigger one).
 
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use candle_core::{Device, Tensor, Var};
 use common::collective::Local;
 use common::model::lstm_composed::{composed_layer, StepCell};
 use common::model::{Batch, Direction, FlatConfig, FusedLstm, LstmOutput, PackPlan};
-use common::train::{train_step, Adam, AdamConfig, Replica};
+use common::train::{train_step, transfers_counted, Adam, AdamConfig, Replica};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -181,10 +183,11 @@ fn training(device: &Device, spec: DeviceSpec) -> Result<bool> {
             Batch::new(&refs, &labels).context("a check batch")
         })
         .collect::<Result<Vec<_>>>()?;
-    let train = |on: &Device| -> Result<(Vec<f64>, Vec<f32>, f64)> {
+    let train = |on: &Device| -> Result<(Vec<f64>, Vec<f32>, f64, u64)> {
         let replica = Replica::new(&config, 11, on)?;
-        let mut opt = Adam::new(replica.host().groups(), AdamConfig::default());
+        let mut opt = replica.hold(Adam::new(replica.model().groups(), AdamConfig::default()))?;
         let mut losses = Vec::new();
+        let copies = transfers_counted().total();
         let start = Instant::now();
         for batch in &batches {
             let step = train_step(
@@ -199,14 +202,15 @@ fn training(device: &Device, spec: DeviceSpec) -> Result<bool> {
             losses.push(step.loss_sum() / batch.len() as f64);
         }
         let ms = start.elapsed().as_secs_f64() * 1e3 / batches.len() as f64;
+        let copies = transfers_counted().total() - copies;
         let first = replica
-            .host()
+            .model()
             .param("lstm.l0.w_ih")
             .context("the model has no lstm.l0.w_ih")?;
-        Ok((losses, flat(first.as_tensor())?, ms))
+        Ok((losses, flat(first.as_tensor())?, ms, copies))
     };
-    let (cpu_losses, cpu_w, cpu_ms) = train(&Device::Cpu)?;
-    let (dev_losses, dev_w, dev_ms) = train(device)?;
+    let (cpu_losses, cpu_w, cpu_ms, _) = train(&Device::Cpu)?;
+    let (dev_losses, dev_w, dev_ms, copies) = train(device)?;
     let loss_err = cpu_losses
         .iter()
         .zip(&dev_losses)
@@ -219,13 +223,15 @@ fn training(device: &Device, spec: DeviceSpec) -> Result<bool> {
         .zip(&dev_w)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
-    let ok = loss_err <= 1e-3 && weight_diff <= 2e-3;
+    let ok = loss_err <= 1e-3 && weight_diff <= 2e-3 && copies == 0;
     let shown: Vec<String> = dev_losses.iter().map(|l| format!("{l:.4}")).collect();
     println!("training losses on {spec}: {}", shown.join(" "));
     println!(
         "training 10 steps {spec} vs cpu: worst loss error {loss_err:.2e} (tolerance 1e-3), \
          largest weight difference {weight_diff:.2e} (tolerance 2e-3); {dev_ms:.1} ms/step on \
-         {spec}, {cpu_ms:.1} ms/step on the cpu"
+         {spec}, {cpu_ms:.1} ms/step on the cpu; {copies} copies of weights, gradients or \
+         optimizer state between host and device in {} steps (expected 0)",
+        batches.len()
     );
     Ok(ok)
 }
@@ -250,5 +256,28 @@ fn nccl(ordinal: usize) -> Result<bool> {
          {}",
         if ok { "unchanged (ok)" } else { "CHANGED" }
     );
-    Ok(ok)
+    // The step's way: a bucket summed in place in GPU memory, in a few sizes.
+    let gpu = Device::new_cuda(ordinal)?;
+    let mut in_place = true;
+    let mut shown = Vec::new();
+    for n in [1usize, 4_096, 500_000, 11_000_000] {
+        let values: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 0.25).collect();
+        let bucket = Tensor::from_slice(&values, n, &gpu)?;
+        let start = Instant::now();
+        comm.all_reduce_on_device(&bucket)?;
+        gpu.synchronize()?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        in_place &= bucket.to_vec1::<f32>()? == values;
+        shown.push(format!("{n} floats {ms:.2} ms"));
+    }
+    println!(
+        "nccl one-rank all-reduce of GPU buffers in place on cuda:{ordinal}: {} ({})",
+        shown.join(", "),
+        if in_place {
+            "unchanged (ok)"
+        } else {
+            "CHANGED"
+        }
+    );
+    Ok(ok && in_place)
 }

@@ -114,7 +114,7 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
             generation: 0,
             tls: ring_tls.clone(),
             device: args.device,
-            dense_len: replica.host().dense_len(),
+            dense_len: replica.model().dense_len(),
             membership: None,
             connect_timeout: Duration::from_secs(60),
         },
@@ -150,11 +150,14 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         replica.attach_encoder(Arc::new(encoder))?;
     }
     let opt = if initial.optimizer.is_empty() {
-        Adam::new(replica.host().groups(), spec.adam)
+        Adam::new(replica.model().groups(), spec.adam)
     } else {
-        Adam::from_bytes(replica.host().groups(), spec.adam, &initial.optimizer)
+        Adam::from_bytes(replica.model().groups(), spec.adam, &initial.optimizer)
             .context("loading the coordinator's optimizer state")?
     };
+    let opt = replica
+        .hold(opt)
+        .with_context(|| format!("moving the optimizer's state onto {}", args.device))?;
     drop(initial);
     membership.set_abort(abort);
     let mut job = Job {
@@ -373,8 +376,7 @@ impl Job {
                             None => Interrupt::Fatal(e),
                         });
                     }
-                    if let Some(used) =
-                        common::device_memory_in_use(self.replica.compute().device())
+                    if let Some(used) = common::device_memory_in_use(self.replica.model().device())
                     {
                         self.peak_device_bytes = self.peak_device_bytes.max(used);
                     }
@@ -394,7 +396,7 @@ impl Job {
                 }
                 Some(pb::epoch_message::Kind::Eval(eval)) => {
                     let part = evaluate_part(
-                        self.replica.compute(),
+                        self.replica.model(),
                         &eval.examples,
                         self.classes,
                         &mut confusion,
@@ -408,7 +410,7 @@ impl Job {
                 }
             }
         }
-        if let Some(encoder) = self.replica.compute().encoder() {
+        if let Some(encoder) = self.replica.model().encoder() {
             let stats = encoder.take_stats();
             self.figures.encoded += stats.encoded;
             self.figures.encode_cached += stats.cached;
@@ -471,7 +473,7 @@ impl Job {
     /// from where they lie.
     fn outgoing(&self) -> Result<Outgoing<'_>> {
         Ok(Outgoing {
-            weights: self.replica.host().to_pieces()?,
+            weights: self.replica.weights_pieces()?,
             optimizer: self.opt.to_pieces()?,
         })
     }
@@ -533,7 +535,7 @@ impl Job {
                 generation: reply.generation,
                 tls: self.ring_tls.clone(),
                 device: self.device,
-                dense_len: self.replica.host().dense_len(),
+                dense_len: self.replica.model().dense_len(),
                 membership: Some(&self.membership),
                 connect_timeout: REFORM_TIMEOUT,
             },
@@ -552,7 +554,7 @@ impl Job {
         let source = reply.state_source as usize;
         let mut state = if rank == source {
             pack_state(
-                &self.replica.host().to_bytes()?,
+                &self.replica.weights_bytes()?,
                 &self.opt.to_bytes()?,
                 &self.figures.trained_bytes(),
             )
@@ -570,8 +572,9 @@ impl Job {
             self.replica
                 .load_weights_bytes(weights)
                 .context("loading the broadcast weights")?;
-            self.opt = Adam::from_bytes(self.replica.host().groups(), self.spec.adam, optimizer)
+            let opt = Adam::from_bytes(self.replica.model().groups(), self.spec.adam, optimizer)
                 .context("loading the broadcast optimizer state")?;
+            self.opt = self.replica.hold(opt)?;
             // The figures go with the weights: those of the steps this worker adopts.
             if reply.epoch == self.at.epoch {
                 self.figures.adopt_trained(figures)?;

@@ -84,6 +84,22 @@ pub trait Collective: Send {
         true
     }
 
+    /// Whether [`Collective::all_reduce_on_device`] sums device buffers where they lie. Where it
+    /// does not, a step holding its training state on a device copies each bucket to the host
+    /// and back around [`Collective::all_reduce_sum`].
+    fn sums_on_device(&self) -> bool {
+        false
+    }
+
+    /// Element-wise sum across all ranks of `buf`, a contiguous f32 tensor on the training
+    /// device, in place (NCCL). Refused by collectives that sum host memory only.
+    fn all_reduce_on_device(&mut self, buf: &candle_core::Tensor) -> Result<(), CollectiveError> {
+        let _ = buf;
+        Err(CollectiveError::InvalidInput(
+            "this collective sums host buffers only".into(),
+        ))
+    }
+
     /// Replaces `bytes` on every rank with `root`'s (e.g. the weights and optimizer state of
     /// the survivor that got furthest, after a regroup). Rare and a few MB, so it rides on
     /// `all_reduce_sum`: every 16 bits of `root`'s bytes become one f32 that the other ranks

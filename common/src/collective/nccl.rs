@@ -2,10 +2,13 @@
 //! hands every rank the same NCCL unique id at rendezvous, and a fresh one at every regroup
 //! (the new rank 0's, see [`new_unique_id`]); the communicator is then formed by NCCL itself.
 //!
-//! Gradients live on the host between the backward pass and the optimizer (see
-//! `train::Replica`), so each call copies its buffer to the GPU, reduces there and copies back.
-//! The sparse embedding rows are gathered (counts first, then ids and rows padded to the
-//! largest count) and merged on the host in rank order, the same on every rank.
+//! A GPU worker holds its training state on the device (see `train::Replica`), so the step sums
+//! each bucket of its gradients in place there ([`Collective::all_reduce_on_device`]), tables
+//! included (summed whole: each rank touched its own rows). The host-memory calls remain for
+//! the rest (a short world's slots, the step's figures, broadcasts): each copies its buffer to
+//! the GPU, reduces there and copies back. Sparse rows from the host are gathered (counts
+//! first, then ids and rows padded to the largest count) and merged on the host in rank
+//! order, the same on every rank.
 //!
 //! NCCL waits for a dead peer forever, so nothing here blocks inside NCCL or CUDA without a
 //! way out. The communicator is formed on a helper thread that the caller waits for with a
@@ -15,6 +18,7 @@
 //! communicator (`ncclCommAbort`, which also stops a kernel still waiting for the dead), and
 //! the worker regroups with the survivors, who form a new one.
 
+use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +29,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaContext, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::cudarc::nccl::{result, result::NcclError, sys, Id, NcclType};
+use candle_core::{CpuStorage, CudaStorage, DType, InplaceOp1, Layout, Tensor};
 
 use super::deadline::{on_helper_thread, poll_until};
 use super::{check_sparse_input, Abort, Collective, CollectiveError};
@@ -234,6 +239,39 @@ impl NcclAllReduce {
         Ok(())
     }
 
+    /// Sums `len` floats of GPU memory across ranks, in place.
+    fn reduce_in_place(
+        &mut self,
+        buf: &mut impl DevicePtrMut<f32>,
+        len: usize,
+    ) -> Result<(), CollectiveError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let stream = self.stream.clone();
+        let enqueued = {
+            let (ptr, _written) = buf.device_ptr_mut(&stream);
+            // SAFETY: `buf` holds `len` floats on this communicator's GPU, summed in place.
+            unsafe {
+                result::all_reduce(
+                    ptr as *const c_void,
+                    ptr as *mut c_void,
+                    len,
+                    f32::as_nccl_type(),
+                    sys::ncclRedOp_t::ncclSum,
+                    self.comm.0,
+                    stream.cu_stream() as _,
+                )
+            }
+        };
+        enqueued
+            .map_err(nccl_err("all-reducing"))
+            .and_then(|_| self.wait("all-reducing"))?;
+        let n = self.world as u64;
+        self.bytes_sent += 2 * (n - 1) * (4 * len) as u64 / n.max(1);
+        Ok(())
+    }
+
     /// Every rank's `values` (each `len` long), rank after rank.
     fn gather<T>(&mut self, values: &[T], len: usize) -> Result<Vec<T>, CollectiveError>
     where
@@ -323,6 +361,37 @@ fn join(
     )
 }
 
+/// Hands a tensor's own GPU memory to [`NcclAllReduce::reduce_in_place`] (Candle's hook for an
+/// in-place op), so the sum neither copies nor allocates.
+struct SumInPlace<'a> {
+    comm: RefCell<&'a mut NcclAllReduce>,
+    outcome: RefCell<Option<Result<(), CollectiveError>>>,
+}
+
+impl InplaceOp1 for SumInPlace<'_> {
+    fn name(&self) -> &'static str {
+        "nccl_all_reduce"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
+        candle_core::bail!("NCCL sums GPU memory, and this tensor is on the CPU")
+    }
+
+    fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> candle_core::Result<()> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("NCCL sums contiguous tensors only");
+        };
+        let slice = storage.as_cuda_slice_mut::<f32>()?;
+        let mut view = slice.slice_mut(start..end);
+        let out = self
+            .comm
+            .borrow_mut()
+            .reduce_in_place(&mut view, end - start);
+        *self.outcome.borrow_mut() = Some(out);
+        Ok(())
+    }
+}
+
 impl Collective for NcclAllReduce {
     fn rank(&self) -> usize {
         self.rank
@@ -376,6 +445,42 @@ impl Collective for NcclAllReduce {
 
     fn take_bytes_sent(&mut self) -> u64 {
         std::mem::take(&mut self.bytes_sent)
+    }
+
+    fn sums_on_device(&self) -> bool {
+        true
+    }
+
+    fn all_reduce_on_device(&mut self, buf: &Tensor) -> Result<(), CollectiveError> {
+        if buf.dtype() != DType::F32 || !buf.device().is_cuda() {
+            return Err(CollectiveError::InvalidInput(format!(
+                "NCCL sums f32 GPU tensors, not {:?} on {:?}",
+                buf.dtype(),
+                buf.device()
+            )));
+        }
+        // NCCL's stream does not wait for Candle's: the gradient's kernels finish first.
+        buf.device()
+            .synchronize()
+            .map_err(|e| CollectiveError::Backend(format!("waiting for the GPU: {e}")))?;
+        let out = self.guarded(|me| {
+            let op = SumInPlace {
+                comm: RefCell::new(me),
+                outcome: RefCell::new(None),
+            };
+            buf.inplace_op1(&op)
+                .map_err(|e| CollectiveError::InvalidInput(e.to_string()))?;
+            op.outcome.into_inner().unwrap_or_else(|| {
+                Err(CollectiveError::Backend(
+                    "the in-place sum never ran".into(),
+                ))
+            })
+        });
+        if out.is_err() {
+            // NCCL may still write into it: it lives until the communicator is aborted.
+            self.stranded.push(Box::new(buf.clone()));
+        }
+        out
     }
 
     /// Not yet: the communicator has only ever run on the step's own thread, bound to its GPU

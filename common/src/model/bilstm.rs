@@ -32,6 +32,9 @@ pub struct BiLstm {
     layers: Vec<Layer>,
     between: Vec<Dropout>,
     hidden: usize,
+    /// Composes Candle ops on the CPU too, as on other devices (see
+    /// `Classifier::use_portable_ops`).
+    portable: bool,
 }
 
 /// Parameter names (under the builder's prefix) and shapes of a BiLSTM, in the fixed order of
@@ -85,10 +88,16 @@ pub fn bilstm(
         layers: stack,
         between,
         hidden,
+        portable: false,
     })
 }
 
 impl BiLstm {
+    /// Runs the ops every device has, on the CPU too, instead of the CPU's fused op.
+    pub(crate) fn use_portable_ops(&mut self) {
+        self.portable = true;
+    }
+
     /// Units per direction.
     pub fn hidden(&self) -> usize {
         self.hidden
@@ -154,7 +163,7 @@ impl BiLstm {
             // Inference must not build an autograd graph over the parameters.
             Mode::Eval => w.detach(),
         };
-        if !x.device().is_cpu() {
+        if self.portable || !x.device().is_cpu() {
             // The fused op's kernels are CPU code; other devices compose Candle ops.
             return composed_layer(
                 x,

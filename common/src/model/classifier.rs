@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use super::batch::Batch;
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
-use super::gradients::{Gradients, SparseRows};
+use super::gradients::{DeviceGradients, Gradients, SparseRows};
 use super::head::{self, Head};
 use super::init::uniform;
 use super::input::Input;
@@ -236,6 +236,13 @@ impl Classifier {
             groups,
             buckets,
         })
+    }
+
+    /// Runs the ops every device has, on the CPU too, instead of the CPU's fused LSTM: the
+    /// path an accelerator takes, run where the tests can check it. (A fine-tuned encoder's
+    /// fused attention and GELU stay: they are ordinary ops' equals, checked on their own.)
+    pub fn use_portable_ops(&mut self) {
+        self.sequence.use_portable_ops();
     }
 
     /// Gives a model that reads an encoder's vectors the encoder.
@@ -585,6 +592,36 @@ impl Classifier {
             None => None,
         };
         Ok(vec![self.input.gradient(batch, dx.as_deref())])
+    }
+
+    /// [`Classifier::backward`]'s gradients, left on the model's device: one flat tensor per
+    /// bucket, and the table's touched rows.
+    pub fn backward_on_device(
+        &self,
+        forward: Forward,
+        loss: &Tensor,
+        batch: &Batch,
+    ) -> Result<DeviceGradients> {
+        let Forward {
+            scored,
+            leaf,
+            cuts,
+            top,
+        } = forward;
+        drop(scored);
+        let (buckets, dx) = segments::backward_flat(
+            &self.buckets,
+            loss,
+            cuts,
+            top,
+            leaf.as_ref().map(Var::as_tensor),
+        )?;
+        let tables = vec![self.input.gradient_on_device(batch, dx.as_ref())?];
+        Ok(DeviceGradients {
+            ranges: self.buckets(),
+            buckets,
+            tables,
+        })
     }
 
     /// [`Classifier::backward`]'s gradients, all at once.

@@ -5,6 +5,9 @@
 //! Gradients are sums over examples, not means: workers hold different numbers of examples,
 //! so the caller divides once by the global batch size after summing across workers.
 
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
@@ -178,6 +181,127 @@ impl Gradients {
             .for_each(|(x, y)| *x += y);
         for (a, b) in self.sparse.iter_mut().zip(&other.sparse) {
             a.add(b)?;
+        }
+        Ok(())
+    }
+}
+
+/// Some rows of a table's gradient, left on the model's device: the ids on the host (they
+/// come from the batch), the rows (`ids.len() × dim`) on the device.
+#[derive(Debug, Clone)]
+pub struct TableRows {
+    /// Row indices, strictly increasing.
+    pub ids: Vec<u32>,
+    /// `None` when there are no ids.
+    pub rows: Option<Tensor>,
+    pub dim: usize,
+}
+
+impl TableRows {
+    pub fn empty(dim: usize) -> Self {
+        Self {
+            ids: Vec::new(),
+            rows: None,
+            dim,
+        }
+    }
+}
+
+/// One step's gradients left where the model lies (`train::Replica` holds the training state
+/// on the device): the flat dense gradient as one flat tensor per bucket, in the order of
+/// `Classifier::buckets`, and each sparse group's touched rows.
+#[derive(Debug, Clone)]
+pub struct DeviceGradients {
+    /// Each bucket's range of the flat dense gradient.
+    pub ranges: Vec<Range<usize>>,
+    pub buckets: Vec<Tensor>,
+    pub tables: Vec<TableRows>,
+}
+
+impl DeviceGradients {
+    /// No gradient at all (what a worker without an example of a step contributes), for
+    /// buckets `ranges` and tables of width `dims`, on `device`.
+    pub fn zeros(ranges: &[Range<usize>], dims: &[usize], device: &Device) -> Result<Self> {
+        Ok(Self {
+            ranges: ranges.to_vec(),
+            buckets: ranges
+                .iter()
+                .map(|r| Tensor::zeros(r.len(), DType::F32, device))
+                .collect::<candle_core::Result<_>>()?,
+            tables: dims.iter().map(|&d| TableRows::empty(d)).collect(),
+        })
+    }
+
+    /// The gradient of the dense values `range` (one parameter's), flat, from the bucket that
+    /// holds them.
+    pub fn dense(&self, range: &Range<usize>) -> Result<Tensor> {
+        self.ranges
+            .iter()
+            .zip(&self.buckets)
+            .find(|(r, _)| r.start <= range.start && range.end <= r.end)
+            .map(|(r, b)| b.narrow(0, range.start - r.start, range.len()))
+            .transpose()?
+            .ok_or_else(|| ModelError::Gradients(format!("no bucket holds dense values {range:?}")))
+    }
+
+    /// Table `t`'s gradient as the whole table (`like`'s shape): zero outside its rows.
+    pub fn table(&self, t: usize, like: &Tensor) -> Result<Tensor> {
+        let rows = self
+            .tables
+            .get(t)
+            .ok_or_else(|| ModelError::Gradients(format!("no gradient for table {t}")))?;
+        let whole = Tensor::zeros(like.shape(), like.dtype(), like.device())?;
+        match &rows.rows {
+            Some(r) => {
+                let ids = Tensor::from_slice(&rows.ids, rows.ids.len(), like.device())?;
+                Ok(whole.index_add(&ids, r, 0)?)
+            }
+            None => Ok(whole),
+        }
+    }
+
+    /// Multiplies every gradient by `factor`.
+    pub fn scale(&mut self, factor: f32) -> Result<()> {
+        let f = f64::from(factor);
+        for b in &mut self.buckets {
+            *b = b.affine(f, 0.0)?;
+        }
+        for t in &mut self.tables {
+            if let Some(r) = &mut t.rows {
+                *r = r.affine(f, 0.0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Scales the gradients down so that their L2 norm is at most `max`, as
+    /// [`Gradients::clip_norm`], without reading the norm back to the host.
+    pub fn clip_norm(&mut self, max: f32) -> Result<()> {
+        let mut squares = Vec::new();
+        for b in &self.buckets {
+            squares.push(b.sqr()?.sum_all()?);
+        }
+        for r in self.tables.iter().filter_map(|t| t.rows.as_ref()) {
+            squares.push(r.sqr()?.sum_all()?);
+        }
+        let Some(first) = squares.first() else {
+            return Ok(());
+        };
+        let mut total = first.clone();
+        for s in &squares[1..] {
+            total = (total + s)?;
+        }
+        let coef = (total.sqrt()? + 1e-6)?
+            .recip()?
+            .affine(f64::from(max), 0.0)?
+            .clamp(0f32, 1f32)?;
+        for b in &mut self.buckets {
+            *b = b.broadcast_mul(&coef)?;
+        }
+        for t in &mut self.tables {
+            if let Some(r) = &mut t.rows {
+                *r = r.broadcast_mul(&coef)?;
+            }
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use rand::Rng;
 use super::batch::{Batch, PAD};
 use super::config::InputConfig;
 use super::error::{ModelError, Result};
-use super::gradients::SparseRows;
+use super::gradients::{SparseRows, TableRows};
 use super::init::normal;
 use super::params::{GroupKind, GroupOptim, ParamGroup};
 use crate::encoder::Encoder;
@@ -160,6 +160,19 @@ impl Input {
         }
     }
 
+    /// As [`Input::gradient`], with `dx` and the rows left on their device.
+    pub(crate) fn gradient_on_device(
+        &self,
+        batch: &Batch,
+        dx: Option<&Tensor>,
+    ) -> Result<TableRows> {
+        let dim = self.config.dim();
+        match dx {
+            Some(dx) => scatter_rows_on_device(batch, dx, dim),
+            None => Ok(TableRows::empty(dim)),
+        }
+    }
+
     /// Overwrites rows of the table (e.g. with pretrained word vectors).
     pub(crate) fn set_rows(&self, rows: &[(u32, Vec<f32>)], device: &Device) -> Result<()> {
         let (v, e) = self.table.dims2()?;
@@ -184,23 +197,32 @@ impl Input {
     }
 }
 
-/// Sums the rows of `dx` (B × T × E) into the rows of the tokens they embedded.
-fn scatter_rows(batch: &Batch, dx: &[f32], dim: usize) -> SparseRows {
+/// Each valid, non-PAD token's position in the flat batch (B × T) with its id, in batch order.
+fn tokens(batch: &Batch) -> impl Iterator<Item = (usize, u32)> + '_ {
     let t_len = batch.steps();
-    let valid = || {
-        batch
-            .lengths()
-            .iter()
-            .enumerate()
-            .flat_map(move |(b, &len)| {
-                (0..len).map(move |t| (b * t_len + t, batch.ids()[b * t_len + t]))
-            })
-    };
-    let mut ids: Vec<u32> = valid().map(|(_, id)| id).filter(|&id| id != PAD).collect();
+    batch
+        .lengths()
+        .iter()
+        .enumerate()
+        .flat_map(move |(b, &len)| {
+            (0..len).map(move |t| (b * t_len + t, batch.ids()[b * t_len + t]))
+        })
+        .filter(|&(_, id)| id != PAD)
+}
+
+/// The table's rows that the batch touches: sorted, each once.
+fn touched(batch: &Batch) -> Vec<u32> {
+    let mut ids: Vec<u32> = tokens(batch).map(|(_, id)| id).collect();
     ids.sort_unstable();
     ids.dedup();
+    ids
+}
+
+/// Sums the rows of `dx` (B × T × E) into the rows of the tokens they embedded.
+fn scatter_rows(batch: &Batch, dx: &[f32], dim: usize) -> SparseRows {
+    let ids = touched(batch);
     let mut rows = vec![0.0; ids.len() * dim];
-    for (pos, id) in valid() {
+    for (pos, id) in tokens(batch) {
         if let Ok(k) = ids.binary_search(&id) {
             let src = &dx[pos * dim..(pos + 1) * dim];
             rows[k * dim..(k + 1) * dim]
@@ -210,4 +232,31 @@ fn scatter_rows(batch: &Batch, dx: &[f32], dim: usize) -> SparseRows {
         }
     }
     SparseRows { ids, rows, dim }
+}
+
+/// [`scatter_rows`] where `dx` lies: the rows stay on its device, and only the batch's
+/// positions go down.
+fn scatter_rows_on_device(batch: &Batch, dx: &Tensor, dim: usize) -> Result<TableRows> {
+    let ids = touched(batch);
+    if ids.is_empty() {
+        return Ok(TableRows::empty(dim));
+    }
+    let (positions, slots): (Vec<u32>, Vec<u32>) = tokens(batch)
+        .filter_map(|(pos, id)| Some((pos as u32, ids.binary_search(&id).ok()? as u32)))
+        .unzip();
+    let device = dx.device();
+    let n = positions.len();
+    let picked = dx
+        .reshape((dx.elem_count() / dim, dim))?
+        .index_select(&Tensor::from_vec(positions, n, device)?, 0)?;
+    let rows = Tensor::zeros((ids.len(), dim), picked.dtype(), device)?.index_add(
+        &Tensor::from_vec(slots, n, device)?,
+        &picked,
+        0,
+    )?;
+    Ok(TableRows {
+        ids,
+        rows: Some(rows),
+        dim,
+    })
 }

@@ -34,7 +34,7 @@ pub use config::{
     FlatConfig, HeadConfig, InputConfig, ModelConfig, SequenceConfig, TransformerConfig,
 };
 pub use error::{ModelError, Result};
-pub use gradients::{Gradients, SparseRows};
+pub use gradients::{DeviceGradients, Gradients, SparseRows, TableRows};
 pub use lstm_op::{Direction, FusedLstm, LstmOutput};
 pub use mode::Mode;
 pub use packing::PackPlan;

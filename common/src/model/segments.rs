@@ -52,6 +52,19 @@ impl Bucket {
         }
         Ok(())
     }
+
+    /// The parameters' gradients from `store` as one flat tensor on `device` (zeros for a
+    /// parameter without one, or without a store).
+    fn flat(&self, store: Option<&GradStore>, device: &candle_core::Device) -> Result<Tensor> {
+        let mut parts = Vec::with_capacity(self.params.len());
+        for (_, var) in &self.params {
+            parts.push(match store.and_then(|s| s.get(var)) {
+                Some(g) => g.flatten_all()?,
+                None => Tensor::zeros(var.elem_count(), DType::F32, device)?,
+            });
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
 }
 
 /// The buckets of `groups`' dense gradient, in the order the backward pass completes them (top
@@ -99,23 +112,65 @@ pub(crate) fn plan(groups: &[ParamGroup]) -> Vec<Bucket> {
 pub(crate) fn backward<'a>(
     buckets: &[Bucket],
     loss: &Tensor,
-    mut cuts: Vec<Cut>,
+    cuts: Vec<Cut>,
     top: Option<Tensor>,
     leaf: Option<&Tensor>,
     dense: &'a mut [f32],
     ready: &mut dyn FnMut(&'a mut [f32]),
 ) -> Result<Option<Tensor>> {
-    let mut pending = slices(buckets, dense)?;
+    let mut pending = slices(buckets, dense)?.into_iter();
+    backward_with(buckets, loss, cuts, top, leaf, &mut |bucket, store| {
+        let Some((_, slice)) = pending.next() else {
+            return Err(ModelError::Gradients("more buckets than slices".into()));
+        };
+        if let Some(store) = store {
+            bucket.fill(slice, store)?;
+        }
+        ready(slice);
+        Ok(())
+    })
+}
+
+/// As [`backward`], with each bucket's gradient left where the model lies: one flat tensor
+/// per bucket, in `buckets`' order (zeros where no segment reached).
+pub(crate) fn backward_flat(
+    buckets: &[Bucket],
+    loss: &Tensor,
+    cuts: Vec<Cut>,
+    top: Option<Tensor>,
+    leaf: Option<&Tensor>,
+) -> Result<(Vec<Tensor>, Option<Tensor>)> {
+    let mut flat = Vec::with_capacity(buckets.len());
+    let device = loss.device().clone();
+    let dx = backward_with(buckets, loss, cuts, top, leaf, &mut |bucket, store| {
+        flat.push(bucket.flat(store, &device)?);
+        Ok(())
+    })?;
+    Ok((flat, dx))
+}
+
+/// The segmented pass of [`backward`]: `done` gets each bucket, in `buckets`' order, with the
+/// gradients that complete it (`None`: no segment reached it, so its gradient is zero).
+fn backward_with(
+    buckets: &[Bucket],
+    loss: &Tensor,
+    mut cuts: Vec<Cut>,
+    top: Option<Tensor>,
+    leaf: Option<&Tensor>,
+    done: &mut dyn FnMut(&Bucket, Option<&GradStore>) -> Result<()>,
+) -> Result<Option<Tensor>> {
+    let mut pending = buckets.iter();
     // Hands on every bucket up to and including `part`'s (a part without one: none).
     let mut hand = |part: Part, store: Option<&GradStore>| -> Result<()> {
-        let Some(at) = pending.iter().position(|(b, _)| b.part == part) else {
+        if !pending.clone().any(|b| b.part == part) {
             return Ok(());
-        };
-        for (bucket, slice) in pending.drain(..=at) {
-            if let (true, Some(store)) = (bucket.part == part, store) {
-                bucket.fill(slice, store)?;
+        }
+        for bucket in pending.by_ref() {
+            let mine = bucket.part == part;
+            done(bucket, store.filter(|_| mine))?;
+            if mine {
+                break;
             }
-            ready(slice);
         }
         Ok(())
     };
@@ -144,8 +199,8 @@ pub(crate) fn backward<'a>(
         }
     }
     // Buckets no segment reached are zeros, and still travel.
-    for (_, slice) in pending {
-        ready(slice);
+    for bucket in pending {
+        done(bucket, None)?;
     }
     Ok(dx)
 }

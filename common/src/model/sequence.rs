@@ -60,6 +60,13 @@ impl SequenceEncoder {
         }
     }
 
+    /// Runs the ops every device has, on the CPU too.
+    pub(crate) fn use_portable_ops(&mut self) {
+        if let Self::BiLstm(lstm) = self {
+            lstm.use_portable_ops();
+        }
+    }
+
     /// Encodes `x` (row b valid for `lengths[b]` steps); in [`Mode::Train`] it records what
     /// backward needs and draws dropout from the rows' `keys`.
     pub(crate) fn forward(

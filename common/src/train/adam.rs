@@ -28,11 +28,16 @@ use std::path::Path;
 use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::adam_device::{places, DeviceMoments, Place};
+use super::adam_state::Coef;
+pub use super::adam_state::{AdamState, Moments};
 use super::schedule::LrSchedule;
 use crate::kernels::simd::multiversion;
 use crate::kernels::threads;
 use crate::model::persist::{concat, vector_pieces, write_bytes_atomically, Piece, Vector};
-use crate::model::{Gradients, GroupKind, GroupOptim, ModelError, ParamGroup, Result};
+use crate::model::{
+    DeviceGradients, Gradients, GroupKind, GroupOptim, ModelError, ParamGroup, Result,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -76,47 +81,14 @@ impl Default for AdamConfig {
     }
 }
 
-/// Everything Adam remembers between steps; save it to resume a run exactly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AdamState {
-    /// Steps taken.
-    pub step: u64,
-    /// First and second moments of the dense groups (flat, gradient order)…
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
-    /// …and of each sparse group's table, in group order.
-    pub tables: Vec<Moments>,
-}
-
-/// The moments of one table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Moments {
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
-}
-
 pub struct Adam {
     config: AdamConfig,
+    /// The step count, and the moments while they are held on the host.
     state: AdamState,
     /// The sparse groups' names, which name their moments in saved state (`m_embedding`).
     tables: Vec<String>,
-}
-
-/// The scalars of one step, as PyTorch computes them.
-#[derive(Clone, Copy)]
-struct Coef {
-    beta1: f32,
-    beta2: f32,
-    one_minus_beta1: f32,
-    one_minus_beta2: f32,
-    /// lr / (1 − β1^t)
-    step_size: f32,
-    /// 1 / √(1 − β2^t)
-    inv_bc2_sqrt: f32,
-    eps: f32,
-    /// What the gradients are multiplied by first (1 / global batch), in the same pass: one
-    /// sweep over the gradients fewer, and bitwise what scaling them beforehand gives.
-    grad_scale: f32,
+    /// The moments, while they are held on the parameters' device (then `state`'s are empty).
+    on_device: Option<DeviceMoments>,
 }
 
 /// One contiguous span of a parameter with its moments; `grad: None` means a zero gradient.
@@ -300,6 +272,7 @@ impl Adam {
                 tables,
             },
             tables: names,
+            on_device: None,
         }
     }
 
@@ -330,6 +303,7 @@ impl Adam {
             config,
             state,
             tables: tables.into_iter().map(|(name, _)| name).collect(),
+            on_device: None,
         })
     }
 
@@ -337,8 +311,34 @@ impl Adam {
         &self.config
     }
 
-    pub fn state(&self) -> &AdamState {
-        &self.state
+    /// Everything it remembers, copied out of the device where it is held there.
+    pub fn state(&self) -> Result<std::borrow::Cow<'_, AdamState>> {
+        match &self.on_device {
+            None => Ok(std::borrow::Cow::Borrowed(&self.state)),
+            Some(d) => Ok(std::borrow::Cow::Owned(d.download(self.state.step)?)),
+        }
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.state.step
+    }
+
+    /// Moves the moments onto the device of `groups`' parameters, where
+    /// [`Adam::step_on_device`] updates them (once; nothing to do when they are there).
+    pub fn hold_on_device(&mut self, groups: &[ParamGroup]) -> Result<()> {
+        if self.on_device.is_none() {
+            self.on_device = Some(DeviceMoments::upload(groups, &self.state)?);
+            self.state.m = Vec::new();
+            self.state.v = Vec::new();
+            self.state.tables = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Whether the moments are held on a device.
+    pub fn is_on_device(&self) -> bool {
+        self.on_device.is_some()
     }
 
     /// One update of `groups` with the (already averaged, clipped) gradients.
@@ -354,6 +354,11 @@ impl Adam {
         grads: &Gradients,
         scale: f32,
     ) -> Result<()> {
+        if self.on_device.is_some() {
+            return Err(ModelError::Gradients(
+                "host gradients for an optimizer held on a device".into(),
+            ));
+        }
         grads.validate(groups)?;
         if grads.dense.len() != self.state.m.len() || grads.sparse.len() != self.state.tables.len()
         {
@@ -418,6 +423,48 @@ impl Adam {
         Ok(())
     }
 
+    /// One update of `groups`, whose moments are held on their device (see
+    /// [`Adam::hold_on_device`]), with the gradients `grads` left there, multiplied by `scale`.
+    /// The same arithmetic as [`Adam::step_scaled`]; a table's untouched rows have gradient
+    /// zero, as there.
+    pub fn step_on_device(
+        &mut self,
+        groups: &[ParamGroup],
+        grads: &DeviceGradients,
+        scale: f32,
+    ) -> Result<()> {
+        if self.on_device.is_none() {
+            self.hold_on_device(groups)?;
+        }
+        self.state.step += 1;
+        let mut coefs = Vec::with_capacity(groups.len());
+        for group in groups {
+            let optim = self.settings(group);
+            coefs.push((
+                Coef {
+                    grad_scale: scale,
+                    ..self.coef(optim.lr_scale)
+                },
+                self.decay(&optim),
+            ));
+        }
+        let moments = self.on_device.as_mut().ok_or_else(|| {
+            ModelError::Gradients("the optimizer's moments are not on the device".into())
+        })?;
+        for (i, (k, group, var, place)) in places(groups).into_iter().enumerate() {
+            if group.optim.frozen {
+                continue;
+            }
+            let g = match place {
+                Place::Dense(range) => grads.dense(&range)?.reshape(var.shape())?,
+                Place::Table(t) => grads.table(t, var)?,
+            };
+            let (c, decay) = coefs[k];
+            moments.update(i, var, &g, c, decay)?;
+        }
+        Ok(())
+    }
+
     /// A group's settings with the run's on top: the encoder's learning rate for a
     /// pretrained encoder's group, and the run's weight decay where it has none of its own.
     fn settings(&self, group: &ParamGroup) -> GroupOptim {
@@ -478,6 +525,9 @@ impl Adam {
 
     /// The pieces of [`Adam::to_bytes`]'s file, the moments borrowed where they lie.
     pub fn to_pieces(&self) -> Result<Vec<Piece<'_>>> {
+        if let Some(d) = &self.on_device {
+            return d.pieces(self.state.step, &self.tables);
+        }
         let st = &self.state;
         let step = vec![i64::try_from(st.step).unwrap_or(i64::MAX)];
         let names: Vec<(String, String)> = self

@@ -1,80 +1,119 @@
-//! A worker's model when it computes on an accelerator: the master weights and Adam's state
-//! stay on the host, where the all-reduced gradients arrive (sparse embedding rows included)
-//! and the update is applied exactly as on a CPU worker; a copy on the device runs forward and
-//! backward and is refreshed from the host after every optimizer step. On the CPU the two are
-//! one model.
+//! A worker's model and where its training state is held.
 //!
-//! The copy costs one host-to-device transfer of the weights a step (about 6 MB for the
-//! default model on TREC), small beside the step on an H200 and simple to get right: every
-//! replica of a run, CPU or GPU, applies the same update to the same host weights.
+//! On the CPU the weights, the gradients and Adam's moments live in host memory, and the step
+//! runs the CPU's fused kernels on them. On an accelerator they all live on the device: the
+//! weights are the model's own variables there, the gradients stay device tensors, the
+//! optimizer updates in place there, and a step sends down only the batch and brings back
+//! only the losses and predictions. Checkpoints, recovery broadcasts and evaluation copy the
+//! weights out when they need them. The second way also runs on Candle's CPU device, with the
+//! ops every device has instead of the CPU's fused kernels, so that the tests check it.
 
 use candle_core::Device;
 
 use crate::model::{Classifier, ModelConfig, Result};
 
+/// Where a replica's training state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// In host memory, trained by the CPU's fused kernels.
+    Host,
+    /// On the model's device, trained by ops every device has.
+    Device,
+}
+
 pub struct Replica {
-    host: Classifier,
-    device: Option<Classifier>,
+    model: Classifier,
+    held: Held,
 }
 
 impl Replica {
-    /// The model of `config` initialised from `seed` (on the host, as on every worker), with a
-    /// copy on `device` unless that is the CPU.
+    /// The model of `config` initialised from `seed` (on the host, as on every worker, so that
+    /// every device starts from the same weights), held on the host on the CPU and on the
+    /// device otherwise.
     pub fn new(config: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
-        let host = Classifier::new(config, seed)?;
-        let device = if device.is_cpu() {
-            None
-        } else {
-            let copy = Classifier::new_on(config, seed, device)?;
-            copy.copy_weights_from(&host)?;
-            Some(copy)
+        let held = match device.is_cpu() {
+            true => Held::Host,
+            false => Held::Device,
         };
-        Ok(Self { host, device })
+        Self::held(config, seed, device, held)
     }
 
-    /// The master weights: what the optimizer updates and checkpoints save.
-    pub fn host(&self) -> &Classifier {
-        &self.host
+    /// As [`Replica::new`], held as `held` says: [`Held::Device`] on the CPU runs the device
+    /// path on Candle's CPU device.
+    pub fn held(config: &ModelConfig, seed: u64, device: &Device, held: Held) -> Result<Self> {
+        if held == Held::Host && !device.is_cpu() {
+            return Err(crate::model::ModelError::Config(format!(
+                "training state held on the host needs the CPU, not {device:?}"
+            )));
+        }
+        let host = Classifier::new(config, seed)?;
+        let model = match held {
+            Held::Host => host,
+            Held::Device => {
+                let mut model = Classifier::new_on(config, seed, device)?;
+                model.copy_weights_from(&host)?;
+                model.use_portable_ops();
+                model
+            }
+        };
+        Ok(Self { model, held })
     }
 
-    /// The model that runs forward and backward.
-    pub fn compute(&self) -> &Classifier {
-        self.device.as_ref().unwrap_or(&self.host)
+    /// The model: its weights are the master weights, wherever they are held.
+    pub fn model(&self) -> &Classifier {
+        &self.model
     }
 
-    /// Replaces the weights with those in `bytes` (safetensors), on the host and the device.
+    /// Where the training state lives.
+    pub fn where_held(&self) -> Held {
+        self.held
+    }
+
+    /// `opt`, with its moments moved to where this replica holds its training state.
+    pub fn hold(&self, mut opt: super::Adam) -> Result<super::Adam> {
+        if self.held == Held::Device {
+            opt.hold_on_device(self.model.groups())?;
+        }
+        Ok(opt)
+    }
+
+    /// The weights as safetensors bytes, copied out of the device where they are held there.
+    pub fn weights_bytes(&self) -> Result<Vec<u8>> {
+        self.count_copy();
+        self.model.to_bytes()
+    }
+
+    /// The pieces of [`Replica::weights_bytes`], each tensor copied out when its turn comes.
+    pub fn weights_pieces(&self) -> Result<Vec<crate::model::persist::Piece<'static>>> {
+        self.count_copy();
+        self.model.to_pieces()
+    }
+
+    fn count_copy(&self) {
+        if self.held == Held::Device {
+            super::transfers::count(super::transfers::Cargo::Weights);
+        }
+    }
+
+    /// Replaces the weights with those in `bytes` (safetensors).
     pub fn load_weights_bytes(&mut self, bytes: &[u8]) -> Result<()> {
-        self.host.load_weights_bytes(bytes)?;
-        self.sync()
+        self.count_copy();
+        self.model.load_weights_bytes(bytes)
     }
 
-    /// Sets the encoder's weights to the pretrained `tensors` (Hugging Face's names), on the
-    /// host and the device.
+    /// Sets the encoder's weights to the pretrained `tensors` (Hugging Face's names).
     pub fn load_encoder_weights(
         &mut self,
         tensors: &std::collections::HashMap<String, candle_core::Tensor>,
     ) -> Result<()> {
-        self.host.load_encoder_weights(tensors)?;
-        self.sync()
+        self.model.load_encoder_weights(tensors)
     }
 
-    /// Gives the model that runs forward the frozen encoder whose vectors it reads.
+    /// Gives the model the frozen encoder whose vectors it reads.
     pub fn attach_encoder(
         &mut self,
         encoder: std::sync::Arc<crate::encoder::Encoder>,
     ) -> Result<()> {
-        match &mut self.device {
-            Some(copy) => copy.attach_encoder(encoder),
-            None => self.host.attach_encoder(encoder),
-        }
-    }
-
-    /// Brings the device copy up to date with the host weights (after an optimizer step or a
-    /// weight load); nothing to do on the CPU.
-    pub fn sync(&self) -> Result<()> {
-        match &self.device {
-            Some(copy) => copy.copy_weights_from(&self.host),
-            None => Ok(()),
-        }
+        self.model.attach_encoder(encoder)
     }
 }

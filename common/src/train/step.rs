@@ -1,7 +1,9 @@
 //! The training step, as every worker runs it: forward and backward over the local examples,
 //! the all-reduce of the gradients with the other workers (the dense groups as one flat vector
-//! in the model's buckets, each sparse table as the rows the batch touched), the optimizer's
-//! update of the master weights, and the refresh of the device copy, each phase timed.
+//! in the model's buckets, each sparse table as the rows the batch touched), and the optimizer's
+//! update of the weights, each phase timed. This file holds the step's parts and its path for a
+//! replica held in host memory; one held on its device takes `step_device.rs`, with the same
+//! calls in the same order, and `step_entry.rs` picks the path.
 //!
 //! The buckets are ranges of the flat vector that the backward pass completes one after the
 //! other (a fine-tuned encoder's stages, top first). Where the collective allows it, a thread
@@ -25,7 +27,7 @@ use super::tally::{self, GroupTotals, Tally, TallyError};
 use crate::collective::{
     all_reduce_dense_slots, all_reduce_sparse_slots, Collective, CollectiveError,
 };
-use crate::model::{Batch, Classifier, Gradients, ModelError, Result, SparseRows};
+use crate::model::{Batch, Classifier, Forward, Gradients, ModelError, Result, SparseRows};
 
 /// The index of the largest value (NaN never wins).
 pub(crate) fn argmax(xs: &[f32]) -> usize {
@@ -90,6 +92,20 @@ fn backward_into<'a>(
     dense: &'a mut [f32],
     ready: &mut dyn FnMut(&'a mut [f32]),
 ) -> Result<(Vec<SparseRows>, Vec<Outcome>)> {
+    let forward = model.forward_train(batch)?;
+    let (total, outcomes) = loss_of(model, batch, &forward, class_weights)?;
+    let sparse = model.backward(forward, &total, batch, dense, ready)?;
+    Ok((sparse, outcomes))
+}
+
+/// The summed (class-weighted) cross-entropy of `forward`'s scores, as a scalar to run backward
+/// from, and each example's outcome, after checking that `batch` fits the model.
+pub(super) fn loss_of(
+    model: &Classifier,
+    batch: &Batch,
+    forward: &Forward,
+    class_weights: Option<&[f32]>,
+) -> Result<(Tensor, Vec<Outcome>)> {
     let classes = model.config().num_classes();
     if class_weights.is_some_and(|w| w.len() != classes) {
         return Err(ModelError::Batch(format!(
@@ -106,7 +122,6 @@ fn backward_into<'a>(
             "label {bad} ≥ number of classes {classes}"
         )));
     }
-    let forward = model.forward_train(batch)?;
     let mut outcomes = vec![
         Outcome {
             loss: 0.0,
@@ -157,8 +172,7 @@ fn backward_into<'a>(
         }
     }
     let total = total.ok_or_else(|| ModelError::Batch("no head scored the batch".into()))?;
-    let sparse = model.backward(forward, &total, batch, dense, ready)?;
-    Ok((sparse, outcomes))
+    Ok((total, outcomes))
 }
 
 /// Where a step's time went.
@@ -170,7 +184,7 @@ pub struct StepTimings {
     /// for the slowest worker included: the whole all-reduce, or, where its buckets are summed
     /// while backward goes on, what that did not hide.
     pub all_reduce: Duration,
-    /// The optimizer's update and the device copy's refresh.
+    /// The optimizer's update.
     pub update: Duration,
 }
 
@@ -236,46 +250,15 @@ impl<'a> Share<'a> {
 
     /// Whether the world has one rank per slot and this rank hosts its own, so that the
     /// ordinary all-reduce already sums as the slots require.
-    fn is_own(&self, collective: &dyn Collective) -> bool {
+    pub(super) fn is_own(&self, collective: &dyn Collective) -> bool {
         self.batches.len() == 1
             && self.slots == collective.world_size()
             && self.first == collective.rank()
     }
 }
 
-/// One optimizer step of a data-parallel run, for a worker holding `batch` (or none, when it
-/// holds no example of the step: it still joins the all-reduce) in a world of one slot per
-/// worker. See [`train_share`].
-pub fn train_step(
-    replica: &Replica,
-    opt: &mut Adam,
-    collective: &mut dyn Collective,
-    batch: Option<&Batch>,
-    global_batch_size: usize,
-    class_weights: Option<&[f32]>,
-    tally: Option<&Tally<'_>>,
-) -> std::result::Result<StepReport, StepError> {
-    let share = Share::own(collective, batch);
-    train_share(
-        replica,
-        opt,
-        collective,
-        &share,
-        global_batch_size,
-        class_weights,
-        tally,
-    )
-}
-
-/// One optimizer step of a data-parallel run. The gradients of each slot in `share` are
-/// computed on their own and summed across the workers by `collective` (over all the run's
-/// slots, in the order a world of one worker per slot adds them), divided by
-/// `global_batch_size`, clipped if the optimizer says so, and applied to the replica's master
-/// weights, whose device copy is then refreshed. Every worker applies the same sums, so every
-/// replica holds the same weights after every step. With a `tally`, the step's figures are
-/// summed across the workers too (see [`Tally`]; its groups follow the hosted examples in slot
-/// order). If an all-reduce fails, the weights are untouched.
-pub fn train_share(
+/// [`super::train_share`] for a replica held in host memory.
+pub(super) fn train_share_on_host(
     replica: &Replica,
     opt: &mut Adam,
     collective: &mut dyn Collective,
@@ -284,11 +267,8 @@ pub fn train_share(
     class_weights: Option<&[f32]>,
     tally: Option<&Tally<'_>>,
 ) -> std::result::Result<StepReport, StepError> {
-    if global_batch_size == 0 {
-        return Err(ModelError::Batch("global batch size 0".into()).into());
-    }
     let start = Instant::now();
-    let model = replica.compute();
+    let model = replica.model();
     let buckets = model.buckets();
     let (mut grads, outcomes, reduce) = match share.batches.as_slice() {
         [batch] if share.is_own(collective) => {
@@ -335,27 +315,9 @@ pub fn train_share(
             (grads, outcomes, reduce)
         }
     };
-    let totals = match tally {
-        Some(t) => tally::sum(
-            collective,
-            t,
-            &outcomes
-                .iter()
-                .map(|o| (o.loss, o.correct))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| match e {
-            TallyError::Model(e) => StepError::Model(e),
-            TallyError::Collective(source) => StepError::Collective {
-                what: "the step's figures",
-                source,
-            },
-        })?,
-        None => Vec::new(),
-    };
+    let totals = sum_figures(collective, tally, &outcomes)?;
     let update = Instant::now();
-    apply_gradients(replica.host(), opt, &mut grads, global_batch_size)?;
-    replica.sync()?;
+    apply_gradients(replica.model(), opt, &mut grads, global_batch_size)?;
     Ok(StepReport {
         outcomes,
         totals,
@@ -363,6 +325,25 @@ pub fn train_share(
             compute: reduce - start,
             all_reduce: update - reduce,
             update: update.elapsed(),
+        },
+    })
+}
+
+/// With a `tally`, the step's figures summed across the workers (see [`Tally`]).
+pub(super) fn sum_figures(
+    collective: &mut dyn Collective,
+    tally: Option<&Tally<'_>>,
+    outcomes: &[Outcome],
+) -> std::result::Result<Vec<GroupTotals>, StepError> {
+    let Some(t) = tally else {
+        return Ok(Vec::new());
+    };
+    let figures: Vec<(f32, bool)> = outcomes.iter().map(|o| (o.loss, o.correct)).collect();
+    tally::sum(collective, t, &figures).map_err(|e| match e {
+        TallyError::Model(e) => StepError::Model(e),
+        TallyError::Collective(source) => StepError::Collective {
+            what: "the step's figures",
+            source,
         },
     })
 }
@@ -407,7 +388,7 @@ fn compute_overlapped(
 
 /// Sums the slots' gradients across the workers as a world of one worker per slot would, bucket
 /// by bucket as that world does.
-fn all_reduce_slots(
+pub(super) fn all_reduce_slots(
     collective: &mut dyn Collective,
     share: &Share<'_>,
     buckets: &[Range<usize>],
@@ -446,7 +427,7 @@ fn all_reduce_slots(
 }
 
 /// What a failed all-reduce of `what` becomes.
-fn failed(what: &'static str) -> impl Fn(CollectiveError) -> StepError {
+pub(super) fn failed(what: &'static str) -> impl Fn(CollectiveError) -> StepError {
     move |source| StepError::Collective { what, source }
 }
 

@@ -223,3 +223,39 @@ pub fn small_bert(vocab: usize, hidden: usize) -> serde_json::Value {
         "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0
     })
 }
+
+/// Every parameter's values of `replica`'s model, flat, in group order.
+pub fn weights(replica: &common::train::Replica) -> Vec<f32> {
+    let mut out = Vec::new();
+    for group in replica.model().groups() {
+        for (_, var) in &group.params {
+            out.extend(flat(var.as_tensor()).unwrap().iter().map(|&x| x as f32));
+        }
+    }
+    out
+}
+
+/// A TCP ring of `world` ranks on loopback, formed.
+pub fn tcp_ring(world: usize) -> Vec<common::collective::RingAllReduce> {
+    use common::collective::{RingAllReduce, RingAuth};
+    let listeners: Vec<std::net::TcpListener> = (0..world)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let auth = RingAuth::new(b"step test token", 7);
+    let timeout = std::time::Duration::from_secs(10);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = listeners
+            .iter()
+            .enumerate()
+            .map(|(r, l)| {
+                let (addrs, auth) = (&addrs, &auth);
+                s.spawn(move || RingAllReduce::connect(r, addrs, l, auth, timeout))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("ring thread").expect("ring"))
+            .collect()
+    })
+}
