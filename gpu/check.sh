@@ -7,7 +7,7 @@
 #      fused op (with the step's cell as Candle ops and as the fused cell kernels), ten
 #      training steps against the CPU, a one-rank NCCL all-reduce;
 #   2. TREC (data/trec), 3 epochs, one worker on cuda:0: samples/s and the loss curve, with the
-#      cell as Candle ops (the default) and again with SMALLTEXT_GPU_CELL=fused;
+#      fused cell kernels (the default) and again with SMALLTEXT_GPU_CELL=ops (Candle's ops);
 #   3. the same 3 epochs on the CPU (2 threads) beside it;
 #   4. PyTorch's cuDNN LSTM (gpu/torch_bilstm.py, a copy of the reference) on the same GPU;
 #   5. steps 2 to 4 again on the bundle's SST-2 slice (2,000 training rows, its test set);
@@ -78,12 +78,12 @@ PY
     echo "$name: FAILED"; tail -20 "$out/$name.log"; status=1
   fi
 }
-bilstm() {  # corpus name, data folder: ours on cuda:0 (Candle ops, then the fused cell), on
-  # the CPU, and PyTorch's cuDNN LSTM, with the ratios
+bilstm() {  # corpus name, data folder: ours on cuda:0 (the fused cell, then Candle's ops),
+  # on the CPU, and PyTorch's cuDNN LSTM, with the ratios
   local corpus="$1" data="$2"
   echo "== $corpus, $epochs epochs, one worker on cuda:0"
   train "$corpus-ours-cuda" "$data" --device cuda --threads 2
-  SMALLTEXT_GPU_CELL=fused train "$corpus-ours-cuda-fused-cell" "$data" --device cuda --threads 2
+  SMALLTEXT_GPU_CELL=ops train "$corpus-ours-cuda-ops-cell" "$data" --device cuda --threads 2
   echo "== $corpus: the same on the CPU, 2 threads"
   train "$corpus-ours-cpu" "$data" --device cpu --threads 2
   echo "== $corpus: PyTorch (cuDNN LSTM) on cuda:0, same data and epochs"
@@ -104,8 +104,8 @@ def losses(run):
 if os.path.exists(f"{out}/{corpus}-ours-cuda/metrics.jsonl") and os.path.exists(f"{out}/{corpus}-torch.json"):
     torch = json.load(open(f"{out}/{corpus}-torch.json"))["samples_per_s_median"]
     print(f"{corpus}: ratio ours/PyTorch on the GPU (median epoch samples/s): {median('ours-cuda') / torch:.2f}")
-    if os.path.exists(f"{out}/{corpus}-ours-cuda-fused-cell/metrics.jsonl"):
-        print(f"{corpus}: ratio with the fused cell kernels: {median('ours-cuda-fused-cell') / torch:.2f}")
+    if os.path.exists(f"{out}/{corpus}-ours-cuda-ops-cell/metrics.jsonl"):
+        print(f"{corpus}: ratio with the cell as Candle ops: {median('ours-cuda-ops-cell') / torch:.2f}")
 if os.path.exists(f"{out}/{corpus}-ours-cuda/metrics.jsonl") and os.path.exists(f"{out}/{corpus}-ours-cpu/metrics.jsonl"):
     worst = max(abs(a - b) for a, b in zip(losses("ours-cuda"), losses("ours-cpu")))
     print(f"{corpus}: largest epoch-loss difference, cuda against CPU: {worst:.2e}")

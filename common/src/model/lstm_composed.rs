@@ -1,11 +1,12 @@
 //! The LSTM layer of [`FusedLstm`](super::FusedLstm) composed from ordinary Candle ops, so it
 //! runs on any backend with Candle's autograd doing the backpropagation through time. This is
-//! the GPU path (the fused op's kernels are CPU code); on the CPU it is slower than the fused
-//! op and used only to check one against the other.
+//! the GPU path (the fused op's kernels are CPU code) and the path of a replica held on the
+//! device (see `train::Replica`); on the CPU it is slower than the fused op and used only to
+//! check the device path.
 //!
 //! Same inputs, layout and result: `x` (B × T × E, right-padded), `w_ih` (2·4H × (E + 1)),
-//! `w_hh` (2 × 4H × (H + 1)), gates i, f, g, o; forward direction first. The whole batch
-//! steps together; a row's state is frozen (forward) or still zero (reverse) outside its
+//! `w_hh` (2 × 4H × (H + 1)), gates i, f, g, o; forward direction first. The whole batch,
+//! both directions, steps together; a row's state is frozen (forward) or still zero (reverse) outside its
 //! length, which is what reading the forward state at the true last token and starting the
 //! reverse direction there means.
 
@@ -25,12 +26,13 @@ pub enum StepCell {
 }
 
 impl StepCell {
-    /// What the GPU path uses: `SMALLTEXT_GPU_CELL=fused|ops`. `ops` by default, until the
-    /// fused kernels have been run and measured on a GPU (`gpu/check.sh` runs both).
+    /// What the GPU path uses: `SMALLTEXT_GPU_CELL=fused|ops`. `fused` by default (one launch
+    /// a step each way instead of seven or more); `ops` switches back to Candle's ops.
+    /// `gpu/check.sh` checks both against the CPU and trains with both.
     pub fn from_env() -> Result<Self> {
         match std::env::var("SMALLTEXT_GPU_CELL").as_deref() {
-            Err(std::env::VarError::NotPresent) | Ok("ops") => Ok(Self::Ops),
-            Ok("fused") => Ok(Self::Fused),
+            Err(std::env::VarError::NotPresent) | Ok("fused") => Ok(Self::Fused),
+            Ok("ops") => Ok(Self::Ops),
             Ok(other) => Err(ModelError::Config(format!(
                 "SMALLTEXT_GPU_CELL={other}: expected `ops` or `fused`"
             ))),
@@ -73,52 +75,76 @@ pub fn composed_layer(
     let shortest = lengths.iter().copied().min().unwrap_or(t);
     let flat = x.reshape((b * t, e))?;
 
-    let mut per_direction = Vec::with_capacity(2);
+    // The input projection of every step at once, a direction at a time; the recurrent
+    // weights of both directions as one 2 × H × 4H batch.
+    let mut projected = Vec::with_capacity(2);
+    let mut recurrent = Vec::with_capacity(2);
     for d in 0..2 {
         let w = w_ih.narrow(0, d * g, g)?;
         let r = w_hh.get(d)?;
         let bias = (w.narrow(1, e, 1)? + r.narrow(1, h, 1)?)?.squeeze(1)?;
-        // The input projection of every step at once; then one B × H · H × 4H product a step.
         // Candle's CUDA matmul takes a transposed operand only when it is a plain transpose
         // of a contiguous matrix, so the weight columns are made contiguous first.
-        let projected = flat
+        let p = flat
             .matmul(&w.narrow(1, 0, e)?.contiguous()?.t()?)?
             .broadcast_add(&bias)?
-            .reshape((b, t, g))?;
-        let r_t = r.narrow(1, 0, h)?.contiguous()?.t()?;
-        let mut state = Tensor::zeros((b, h), x.dtype(), device)?;
-        let mut cell = state.clone();
-        let mut states = vec![None; t];
-        let steps: Vec<usize> = if d == 0 {
-            (0..t).collect()
-        } else {
-            (0..t).rev().collect()
-        };
-        // Each step is a launch per op on a GPU, so the step does as few as it can: one
-        // sigmoid over all four gates, and no masking where none is needed. The forward
-        // direction runs every row to the end unmasked (what comes after a row's last token
-        // never reaches its earlier states) and reads each row's state at its last token
-        // afterwards. The reverse direction only has to keep rows at zero until they start,
-        // which a multiplication by `keep` does, and only at steps past the shortest row.
-        for s in steps {
-            let gates = (projected.narrow(1, s, 1)?.squeeze(1)? + state.matmul(&r_t)?)?;
-            match step_cell {
-                StepCell::Ops => {
-                    let act = candle_nn::ops::sigmoid(&gates)?;
-                    let c = gates.narrow(1, 2 * h, h)?.tanh()?;
-                    cell = ((act.narrow(1, h, h)? * &cell)? + (act.narrow(1, 0, h)? * c)?)?;
-                    state = (act.narrow(1, 3 * h, h)? * cell.tanh()?)?;
-                }
-                StepCell::Fused => (state, cell) = lstm_cell(&gates, &cell)?,
+            .reshape((b, t, g))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        projected.push(p);
+        recurrent.push(r.narrow(1, 0, h)?.t()?);
+    }
+    // Step k runs the forward direction at time k and the reverse one at time T − 1 − k, as
+    // one batch of two: each step's product, cell and masking are one launch for both.
+    let reversed: Vec<u32> = (0..t as u32).rev().collect();
+    let reversed = Tensor::from_vec(reversed, t, device)?;
+    let inputs = Tensor::stack(
+        &[&projected[0], &projected[1].index_select(&reversed, 0)?],
+        1,
+    )?
+    .contiguous()?;
+    let r_t = Tensor::stack(&recurrent, 0)?.contiguous()?;
+    // The reverse direction only has to keep rows at zero until they start: a multiplication
+    // by `keep` at its time, and by one for the forward direction, at steps past the shortest
+    // row.
+    let ones = Tensor::ones((t, b, 1), x.dtype(), device)?;
+    let masks = Tensor::stack(&[&ones, &keep.index_select(&reversed, 0)?], 1)?.contiguous()?;
+    let mut state = Tensor::zeros((2, b, h), x.dtype(), device)?;
+    let mut cell = state.clone();
+    let mut forward = Vec::with_capacity(t);
+    let mut reverse = vec![None; t];
+    // Each step is a launch per op on a GPU, so the step does as few as it can: one
+    // sigmoid over all four gates, and no masking where none is needed. The forward
+    // direction runs every row to the end unmasked (what comes after a row's last token
+    // never reaches its earlier states) and reads each row's state at its last token
+    // afterwards.
+    for k in 0..t {
+        let gates = (inputs.get(k)? + state.matmul(&r_t)?)?;
+        match step_cell {
+            StepCell::Ops => {
+                let act = candle_nn::ops::sigmoid(&gates)?;
+                let c = gates.narrow(2, 2 * h, h)?.tanh()?;
+                cell = ((act.narrow(2, h, h)? * &cell)? + (act.narrow(2, 0, h)? * c)?)?;
+                state = (act.narrow(2, 3 * h, h)? * cell.tanh()?)?;
             }
-            if d == 1 && s >= shortest {
-                let k = keep.get(s)?;
-                cell = cell.broadcast_mul(&k)?;
-                state = state.broadcast_mul(&k)?;
+            StepCell::Fused => {
+                let (hs, cs) = lstm_cell(&gates.reshape((2 * b, g))?, &cell.reshape((2 * b, h))?)?;
+                state = hs.reshape((2, b, h))?;
+                cell = cs.reshape((2, b, h))?;
             }
-            states[s] = Some(state.clone());
         }
-        let stacked = || Tensor::stack(&states.iter().flatten().collect::<Vec<_>>(), 1);
+        if t - 1 - k >= shortest {
+            let m = masks.get(k)?;
+            cell = cell.broadcast_mul(&m)?;
+            state = state.broadcast_mul(&m)?;
+        }
+        forward.push(state.get(0)?);
+        reverse[t - 1 - k] = Some(state.get(1)?);
+    }
+    let reverse: Vec<Tensor> = reverse.into_iter().flatten().collect();
+    let mut per_direction = Vec::with_capacity(2);
+    for (d, states) in [forward, reverse].iter().enumerate() {
+        let stacked = || Tensor::stack(states, 1);
         per_direction.push(match (output, d) {
             (LstmOutput::Last, 0) => {
                 let last: Vec<u32> = lengths
@@ -128,7 +154,8 @@ pub fn composed_layer(
                 let last = Tensor::from_vec(last, (b, 1, h), device)?;
                 stacked()?.gather(&last, 1)?.squeeze(1)?
             }
-            (LstmOutput::Last, _) => state,
+            // The reverse direction ends at time 0.
+            (LstmOutput::Last, _) => states[0].clone(),
             // Zero in padding, as the fused op.
             (LstmOutput::Sequence, _) => {
                 stacked()?.broadcast_mul(&keep.transpose(0, 1)?.contiguous()?)?
