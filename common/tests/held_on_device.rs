@@ -11,7 +11,7 @@ use std::error::Error;
 use std::path::Path;
 
 use candle_core::Device;
-use common::collective::{Collective, Local};
+use common::collective::{Collective, CollectiveError, Local, RingAllReduce};
 use common::model::{
     Batch, FlatConfig, HeadConfig, InputConfig, ModelConfig, SequenceConfig, TransformerConfig,
 };
@@ -155,27 +155,25 @@ fn training_held_on_the_device_matches_the_host_and_copies_no_state_in_a_step() 
     Ok(())
 }
 
-/// Half of every batch: rows `rank`, `rank + 2`, ….
-fn half(batch: &Batch, rank: usize) -> Batch {
-    let rows: Vec<usize> = (rank..batch.len()).step_by(2).collect();
-    let seqs: Vec<&[u32]> = rows.iter().map(|&i| batch.row(i)).collect();
-    let labels: Vec<u32> = rows.iter().map(|&i| batch.labels()[i]).collect();
-    Batch::new(&seqs, &labels).expect("a half batch")
-}
+/// A worker's weights at the end, and the copies of state it made.
+type Worker = (Vec<f32>, Transfers);
 
-#[test]
-fn two_workers_held_on_the_device_sum_over_a_tcp_ring_as_the_host_does() -> TestResult {
-    let (batches, cfg) = batches()?;
-    let batches = &batches[..6];
-    let (_, one, _, _) = train(&cfg, Held::Host, AdamConfig::default(), batches)?;
-    let rings = support::tcp_ring(2);
-    let trained: Vec<(Vec<f32>, Transfers)> = std::thread::scope(|s| {
-        let handles: Vec<_> = rings
+/// Two workers held on the device, each training half of every batch over a TCP ring (wrapped
+/// by `wrap`); each one's weights and the copies of state it made. Checks that both hold the
+/// same weights, within 1e-5 of one worker's on the host.
+fn two_workers(
+    cfg: &ModelConfig,
+    batches: &[Batch],
+    wrap: fn(RingAllReduce) -> Box<dyn Collective>,
+) -> Result<Vec<Worker>, Box<dyn Error>> {
+    let (_, one, _, _) = train(cfg, Held::Host, AdamConfig::default(), batches)?;
+    let trained: Vec<Worker> = std::thread::scope(|s| {
+        let handles: Vec<_> = support::tcp_ring(2)
             .into_iter()
             .enumerate()
-            .map(|(rank, mut ring)| {
-                let cfg = &cfg;
+            .map(|(rank, ring)| {
                 s.spawn(move || {
+                    let mut ring = wrap(ring);
                     let replica = Replica::held(cfg, 5, &Device::Cpu, Held::Device).unwrap();
                     let opt = Adam::new(replica.model().groups(), AdamConfig::default());
                     let mut opt = replica.hold(opt).unwrap();
@@ -185,7 +183,7 @@ fn two_workers_held_on_the_device_sum_over_a_tcp_ring_as_the_host_does() -> Test
                         train_step(
                             &replica,
                             &mut opt,
-                            &mut ring,
+                            ring.as_mut(),
                             Some(&mine),
                             batch.len(),
                             None,
@@ -205,6 +203,22 @@ fn two_workers_held_on_the_device_sum_over_a_tcp_ring_as_the_host_does() -> Test
     );
     let diff = largest_difference(&trained[0].0, &support::weights(&one));
     assert!(diff <= 1e-5, "two workers differ from one by {diff}");
+    Ok(trained)
+}
+
+/// Half of every batch: rows `rank`, `rank + 2`, ….
+fn half(batch: &Batch, rank: usize) -> Batch {
+    let rows: Vec<usize> = (rank..batch.len()).step_by(2).collect();
+    let seqs: Vec<&[u32]> = rows.iter().map(|&i| batch.row(i)).collect();
+    let labels: Vec<u32> = rows.iter().map(|&i| batch.labels()[i]).collect();
+    Batch::new(&seqs, &labels).expect("a half batch")
+}
+
+#[test]
+fn two_workers_held_on_the_device_sum_over_a_tcp_ring_as_the_host_does() -> TestResult {
+    let (batches, cfg) = batches()?;
+    let batches = &batches[..6];
+    let trained = two_workers(&cfg, batches, |ring| Box::new(ring))?;
     // The ring sums host memory: each step copies the one bucket and the table's rows up and
     // back, and nothing else.
     for (rank, (_, copies)) in trained.iter().enumerate() {
@@ -307,6 +321,81 @@ fn a_fine_tuned_encoder_held_on_the_device_trains_as_on_the_host() -> TestResult
         }
         let diff = largest_difference(&support::weights(&host), &support::weights(&dev));
         assert!(diff <= 1e-5, "{trained_layers:?}: weights differ by {diff}");
+    }
+    Ok(())
+}
+
+/// A TCP ring that sums a tensor's own memory in place, as NCCL sums GPU memory: with it the
+/// step takes its device branch here (buckets summed where they lie, the table's rows gathered
+/// on the device).
+struct SumsInPlace(RingAllReduce);
+
+/// Candle's hook for an in-place op: the ring sums the tensor's memory.
+struct RingSum<'a>(
+    std::cell::RefCell<&'a mut RingAllReduce>,
+    std::cell::RefCell<Option<Result<(), CollectiveError>>>,
+);
+
+impl candle_core::InplaceOp1 for RingSum<'_> {
+    fn name(&self) -> &'static str {
+        "ring_sum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let (candle_core::CpuStorage::F32(data), Some((a, b))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("contiguous f32 only");
+        };
+        *self.1.borrow_mut() = Some(self.0.borrow_mut().all_reduce_sum(&mut data[a..b]));
+        Ok(())
+    }
+}
+
+impl Collective for SumsInPlace {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
+        self.0.all_reduce_sum(buf)
+    }
+    fn all_reduce_sparse_rows(
+        &mut self,
+        ids: &mut Vec<u32>,
+        rows: &mut Vec<f32>,
+        row_len: usize,
+    ) -> Result<(), CollectiveError> {
+        self.0.all_reduce_sparse_rows(ids, rows, row_len)
+    }
+    fn take_bytes_sent(&mut self) -> u64 {
+        self.0.take_bytes_sent()
+    }
+    fn sums_on_device(&self) -> bool {
+        true
+    }
+    fn all_reduce_on_device(&mut self, buf: &candle_core::Tensor) -> Result<(), CollectiveError> {
+        let op = RingSum(std::cell::RefCell::new(&mut self.0), Default::default());
+        buf.inplace_op1(&op)
+            .map_err(|e| CollectiveError::InvalidInput(e.to_string()))?;
+        op.1.into_inner()
+            .unwrap_or_else(|| Err(CollectiveError::Backend("no sum ran".into())))
+    }
+}
+
+#[test]
+fn workers_whose_collective_sums_device_memory_copy_no_gradients() -> TestResult {
+    let (batches, cfg) = batches()?;
+    let batches = &batches[..6];
+    let trained = two_workers(&cfg, batches, |ring| Box::new(SumsInPlace(ring)))?;
+    for (rank, (_, copies)) in trained.iter().enumerate() {
+        assert_eq!(*copies, Transfers::default(), "rank {rank}");
     }
     Ok(())
 }

@@ -3,10 +3,10 @@
 //! (the new rank 0's, see [`new_unique_id`]); the communicator is then formed by NCCL itself.
 //!
 //! A GPU worker holds its training state on the device (see `train::Replica`), so the step sums
-//! each bucket of its gradients in place there ([`Collective::all_reduce_on_device`]), tables
-//! included (summed whole: each rank touched its own rows). The host-memory calls remain for
-//! the rest (a short world's slots, the step's figures, broadcasts): each copies its buffer to
-//! the GPU, reduces there and copies back. Sparse rows from the host are gathered (counts
+//! each bucket of its gradients in place there ([`Collective::all_reduce_on_device`]), and
+//! gathers the table's touched rows there (`train/step_device.rs`). The host-memory calls
+//! remain for the rest (a short world's slots, the step's figures, the rows' ids, broadcasts):
+//! each copies its buffer to the GPU, reduces there and copies back. Sparse rows from the host are gathered (counts
 //! first, then ids and rows padded to the largest count) and merged on the host in rank
 //! order, the same on every rank.
 //!

@@ -1,6 +1,7 @@
 //! The training step of a replica whose training state is held on its device (see
 //! `replica.rs`): the step of `step.rs`, with the gradients left on the device. They are summed
-//! there where the collective can (NCCL, in place, bucket by bucket); a collective that sums
+//! there where the collective can (NCCL, in place, bucket by bucket, and the table's touched
+//! rows gathered there); a collective that sums
 //! host memory gets each bucket copied up and back, counted (see `transfers.rs`). A world of
 //! one sums nothing, so nothing is copied. The optimizer then updates the weights in place on
 //! the device. A short world (a worker lost) sums its slots on the host, as `step.rs` does, so
@@ -16,6 +17,8 @@ use super::step::{
 };
 use super::tally::Tally;
 use super::transfers::{self, Cargo};
+use candle_core::{DType, Device, Tensor};
+
 use crate::collective::Collective;
 use crate::model::{
     params::sparse_shapes, Batch, Classifier, DeviceGradients, Gradients, GroupKind, ModelError,
@@ -129,25 +132,8 @@ fn sum_across(
                 .all_reduce_on_device(bucket)
                 .map_err(failed("the dense gradients"))?;
         }
-        // Each worker touched its own rows: the tables are summed whole, on the device.
-        let shapes = sparse_shapes(model.groups());
-        for (table, (n, dim)) in grads.tables.iter_mut().zip(shapes) {
-            let like = candle_core::Tensor::zeros((n, dim), candle_core::DType::F32, device)
-                .map_err(ModelError::from)?;
-            let whole = DeviceGradients {
-                ranges: Vec::new(),
-                buckets: Vec::new(),
-                tables: vec![table.clone()],
-            }
-            .table(0, &like)?;
-            collective
-                .all_reduce_on_device(&whole)
-                .map_err(failed("the embedding rows"))?;
-            *table = TableRows {
-                ids: (0..n as u32).collect(),
-                rows: Some(whole),
-                dim,
-            };
+        for table in &mut grads.tables {
+            gather_rows(collective, table, device)?;
         }
         return Ok(());
     }
@@ -172,6 +158,79 @@ fn sum_across(
             n => Some(transfers::down(&rows, (n, dim), device, Cargo::Gradients)?),
         };
     }
+    Ok(())
+}
+
+/// Gathers every worker's touched rows of one table on the device and sums them by id, the same
+/// on every worker, rank by rank. The counts and ids travel as host floats (exact below 2^24);
+/// the rows as one device buffer of a block per worker, each worker filling its own and the sum
+/// with the others' zeros gathering them exactly.
+fn gather_rows(
+    collective: &mut dyn Collective,
+    table: &mut TableRows,
+    device: &Device,
+) -> StepResult<()> {
+    const EXACT: usize = 1 << 24;
+    let (world, rank, dim) = (collective.world_size(), collective.rank(), table.dim);
+    if table.ids.last().is_some_and(|&id| id as usize >= EXACT) {
+        return Err(ModelError::Gradients(format!(
+            "table rows up to {EXACT} can be gathered on the device, not row {:?}",
+            table.ids.last()
+        ))
+        .into());
+    }
+    let mut counts = vec![0f32; world];
+    counts[rank] = table.ids.len() as f32;
+    collective
+        .all_reduce_sum(&mut counts)
+        .map_err(failed("the embedding rows"))?;
+    let counts: Vec<usize> = counts.iter().map(|&c| c as usize).collect();
+    let most = counts.iter().copied().max().unwrap_or(0);
+    if most == 0 {
+        *table = TableRows::empty(dim);
+        return Ok(());
+    }
+    let mut ids = vec![0f32; world * most];
+    for (k, &id) in table.ids.iter().enumerate() {
+        ids[rank * most + k] = id as f32;
+    }
+    collective
+        .all_reduce_sum(&mut ids)
+        .map_err(failed("the embedding rows"))?;
+    let zeros = |n: usize| Tensor::zeros((n, dim), DType::F32, device);
+    let before = rank * most;
+    let after = world * most - before - table.ids.len();
+    let mut blocks = vec![zeros(before).map_err(ModelError::from)?];
+    blocks.extend(table.rows.clone());
+    blocks.push(zeros(after).map_err(ModelError::from)?);
+    let blocks: Vec<Tensor> = blocks.into_iter().filter(|b| b.elem_count() > 0).collect();
+    let all = Tensor::cat(&blocks, 0).map_err(ModelError::from)?;
+    collective
+        .all_reduce_on_device(&all)
+        .map_err(failed("the embedding rows"))?;
+    // Every worker's entries, rank by rank, each with the place of its id among all ids.
+    let entries: Vec<(u32, u32)> = (0..world)
+        .flat_map(|r| (0..counts[r]).map(move |k| r * most + k))
+        .map(|at| (ids[at] as u32, at as u32))
+        .collect();
+    let mut union: Vec<u32> = entries.iter().map(|&(id, _)| id).collect();
+    union.sort_unstable();
+    union.dedup();
+    let (at, to): (Vec<u32>, Vec<u32>) = entries
+        .iter()
+        .map(|&(id, at)| (at, union.partition_point(|&u| u < id) as u32))
+        .unzip();
+    let n = at.len();
+    let rows = (|| {
+        let picked = all.index_select(&Tensor::from_vec(at, n, device)?, 0)?;
+        zeros(union.len())?.index_add(&Tensor::from_vec(to, n, device)?, &picked, 0)
+    })()
+    .map_err(ModelError::from)?;
+    *table = TableRows {
+        ids: union,
+        rows: Some(rows),
+        dim,
+    };
     Ok(())
 }
 
