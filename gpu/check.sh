@@ -5,7 +5,8 @@
 #
 #   1. worker --self-check: the LSTM layer's output and gradients on cuda:0 against the CPU's
 #      fused op (with the step's cell as Candle ops and as the fused cell kernels), ten
-#      training steps against the CPU, a one-rank NCCL all-reduce;
+#      training steps held on the device against the CPU (and the copies of state they made:
+#      none), a one-rank NCCL all-reduce from host memory and in place in GPU buffers;
 #   2. TREC (data/trec), 3 epochs, one worker on cuda:0: samples/s and the loss curve, with the
 #      fused cell kernels (the default) and again with SMALLTEXT_GPU_CELL=ops (Candle's ops);
 #   3. the same 3 epochs on the CPU (2 threads) beside it;
@@ -103,12 +104,19 @@ def losses(run):
     return [json.loads(l)["train_loss"] for l in open(f"{out}/{corpus}-{run}/metrics.jsonl")]
 if os.path.exists(f"{out}/{corpus}-ours-cuda/metrics.jsonl") and os.path.exists(f"{out}/{corpus}-torch.json"):
     torch = json.load(open(f"{out}/{corpus}-torch.json"))["samples_per_s_median"]
-    print(f"{corpus}: ratio ours/PyTorch on the GPU (median epoch samples/s): {median('ours-cuda') / torch:.2f}")
+    print(f"{corpus}: ratio ours/PyTorch on the GPU (median epoch samples/s): {median('ours-cuda') / torch:.2f} "
+          "(target at least 1.0, aim 2)")
     if os.path.exists(f"{out}/{corpus}-ours-cuda-ops-cell/metrics.jsonl"):
         print(f"{corpus}: ratio with the cell as Candle ops: {median('ours-cuda-ops-cell') / torch:.2f}")
 if os.path.exists(f"{out}/{corpus}-ours-cuda/metrics.jsonl") and os.path.exists(f"{out}/{corpus}-ours-cpu/metrics.jsonl"):
     worst = max(abs(a - b) for a, b in zip(losses("ours-cuda"), losses("ours-cpu")))
-    print(f"{corpus}: largest epoch-loss difference, cuda against CPU: {worst:.2e}")
+    print(f"{corpus}: largest epoch-loss difference, cuda against CPU: {worst:.2e} "
+          f"({'within' if worst <= 1e-3 else 'BEYOND'} 1e-3)")
+    acc = {run: json.load(open(f"{out}/{corpus}-{run}/summary.json"))["accuracy"]
+           for run in ("ours-cuda", "ours-cpu")}
+    points = 100 * abs(acc["ours-cuda"] - acc["ours-cpu"])
+    print(f"{corpus}: test accuracy cuda {acc['ours-cuda']:.4f}, CPU {acc['ours-cpu']:.4f}: "
+          f"{points:.2f} points apart ({'within' if points <= 1 else 'BEYOND'} 1)")
 PY
 }
 bilstm trec data/trec
