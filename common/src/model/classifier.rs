@@ -63,6 +63,14 @@ pub struct Forward {
     pub(super) top: Option<Tensor>,
 }
 
+impl Forward {
+    /// What the backward pass needs: the cuts, the top's leaf and the input's leaf. The scores
+    /// are dropped: the loss holds the top's graph.
+    fn into_pass(self) -> (Vec<Cut>, Option<Tensor>, Option<Var>) {
+        (self.cuts, self.top, self.leaf)
+    }
+}
+
 /// The logits (R × C) one head gives the batch's rows that are its own.
 pub struct Scored {
     pub head: usize,
@@ -566,14 +574,7 @@ impl Classifier {
                 self.dense_len()
             )));
         }
-        let Forward {
-            scored,
-            leaf,
-            cuts,
-            top,
-        } = forward;
-        // The loss holds the top's graph; the scores are not needed any more.
-        drop(scored);
+        let (cuts, top, leaf) = forward.into_pass();
         let dx = segments::backward(
             &self.buckets,
             loss,
@@ -602,13 +603,7 @@ impl Classifier {
         loss: &Tensor,
         batch: &Batch,
     ) -> Result<DeviceGradients> {
-        let Forward {
-            scored,
-            leaf,
-            cuts,
-            top,
-        } = forward;
-        drop(scored);
+        let (cuts, top, leaf) = forward.into_pass();
         let (buckets, dx) = segments::backward_flat(
             &self.buckets,
             loss,
