@@ -31,12 +31,25 @@ enum Model {
     Tasks,
     /// A tiny BERT fine-tuned on `--data train` (its directory beside the data).
     Finetune,
+    /// The seed's BiLSTM, its workers holding the training state as a GPU worker does
+    /// (`SMALLTEXT_HOLD=device`, on Candle's CPU device).
+    HeldOnDevice,
+}
+
+impl Model {
+    /// What the coordinator's environment passes on to its workers.
+    fn env(self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Model::HeldOnDevice => vec![("SMALLTEXT_HOLD", "device")],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// The training data's and model's flags.
 fn data_flags(train: &Path, model: Model) -> Vec<String> {
     match model {
-        Model::Plain => vec!["--data".into(), train.display().to_string()],
+        Model::Plain | Model::HeldOnDevice => vec!["--data".into(), train.display().to_string()],
         Model::Tasks => vec![
             "--task".into(),
             format!("trec={}", train.display()),
@@ -98,9 +111,10 @@ struct Running {
 }
 
 impl Running {
-    fn start(args: &[String]) -> Self {
+    fn start(args: &[String], model: Model) -> Self {
         let mut child = Command::new(bin("coordinator"))
             .args(args)
+            .envs(model.env())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -272,11 +286,14 @@ fn lose_one(victim: usize, signal: &str, reason: &str, model: Model) -> (String,
     let dir = tempfile::tempdir().unwrap();
     let (train, test) = setup(dir.path());
     let (whole, lost) = (dir.path().join("whole"), dir.path().join("lost"));
-    let a = args(&train, &test, &whole, model);
-    let o = coordinator(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = Command::new(bin("coordinator"))
+        .args(args(&train, &test, &whole, model))
+        .envs(model.env())
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let mut run = Running::start(&args(&train, &test, &lost, model));
+    let mut run = Running::start(&args(&train, &test, &lost, model), model);
     let pids: Vec<u32> = (0..3).map(|id| run.worker_pid(id)).collect();
     run.wait_into_second_epoch(&lost.join("metrics.jsonl"), 0.4);
     let pid = pids[victim];
@@ -307,6 +324,15 @@ fn lose_one(victim: usize, signal: &str, reason: &str, model: Model) -> (String,
 #[test]
 fn a_worker_killed_mid_epoch_is_replaced_by_resharding_among_the_survivors() {
     lose_one(1, "-KILL", "its process exited", Model::Plain);
+}
+
+/// Workers holding their training state on the device (as GPU workers do; here Candle's CPU
+/// device): the survivors adopt the furthest one's weights and moments, copied out of the
+/// device and back in, and the run ends with the undisturbed run's weights bit for bit.
+#[test]
+fn a_run_held_on_the_device_that_loses_a_worker_stays_exact() {
+    let (log, _) = lose_one(1, "-KILL", "its process exited", Model::HeldOnDevice);
+    assert!(log.contains("training state held on the device"), "{log}");
 }
 
 /// With two tasks the heads are dense parameters like the rest: the survivors of a lost
@@ -401,7 +427,7 @@ fn join_one(model: Model) {
     .map(|s| s.to_string())
     .collect();
     a.extend(common(&joined));
-    let mut run = Running::start(&a);
+    let mut run = Running::start(&a, model);
     let worker = || {
         Command::new(bin("worker"))
             .args(["--coordinator", &format!("http://127.0.0.1:{port}")])

@@ -191,3 +191,25 @@ fn predict_and_evaluate_take_a_device() {
         );
     }
 }
+
+/// Where a worker holds its training state is `SMALLTEXT_HOLD=host|device`; anything else stops
+/// the worker, and the run, with the variable named.
+#[test]
+fn a_worker_refuses_a_place_to_hold_its_state_it_does_not_know() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = trec_slice(dir.path(), "train.tsv", 0, 100);
+    let o = std::process::Command::new(smalltext_tests::bin("coordinator"))
+        .args(["--workers", "1", "--epochs", "1", "--data"])
+        .arg(&train)
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .env("SMALLTEXT_HOLD", "gpu")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "it ran: {err}");
+    assert!(
+        err.contains("SMALLTEXT_HOLD=gpu: expected `host` or `device`"),
+        "{err}"
+    );
+}

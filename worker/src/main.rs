@@ -57,7 +57,11 @@ pub struct Args {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_timeout: u64,
     /// Compute device: cpu, or cuda:N for GPU N (a worker built with gpu/build.sh). Workers
-    /// on GPUs that all have NCCL all-reduce with it; otherwise over the TCP ring.
+    /// on GPUs that all have NCCL all-reduce with it; otherwise over the TCP ring. A GPU
+    /// worker holds the weights, gradients and optimizer state on the GPU; a CPU worker in
+    /// host memory. SMALLTEXT_HOLD=device (in the environment) runs the GPU workers' path on
+    /// the CPU, for checking it; SMALLTEXT_GPU_CELL=ops takes Candle's ops for the LSTM's
+    /// cell instead of the fused kernels.
     #[arg(long, default_value = "cpu")]
     pub device: common::device::DeviceSpec,
     /// Check this build on --device and exit: the LSTM's gradients and a training step

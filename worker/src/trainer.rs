@@ -14,7 +14,7 @@ use common::metrics::Confusion;
 use common::model::{Batch, Classifier};
 use common::pb;
 use common::state_transfer::{ModelState, Outgoing};
-use common::train::{evaluate, train_share, Adam, Replica, RunSpec, Share, StepError, Tally};
+use common::train::{evaluate, train_share, Adam, Held, Replica, RunSpec, Share, StepError, Tally};
 
 use crate::client::{self, RingGeneration, TrainingProgress};
 use crate::epoch_figures::EpochFigures;
@@ -93,8 +93,12 @@ pub fn run(args: &Args, url: &str, token: &str, rt: &tokio::runtime::Runtime) ->
         ))?,
         None => ModelState::default(),
     };
-    let mut replica = Replica::new(&spec.model, spec.seed, &device)
+    let held = Held::from_env(&device)?;
+    let mut replica = Replica::held(&spec.model, spec.seed, &device, held)
         .with_context(|| format!("building the model on {}", args.device))?;
+    if held == Held::Device {
+        tracing::info!("training state held on the device ({})", args.device);
+    }
     let auth_id = reply.run_id;
     let backend = if reply.awaiting_admission {
         tracing::info!("the run is under way: this worker enters at the next epoch boundary");

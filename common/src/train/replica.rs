@@ -10,7 +10,7 @@
 
 use candle_core::Device;
 
-use crate::model::{Classifier, ModelConfig, Result};
+use crate::model::{Classifier, ModelConfig, ModelError, Result};
 
 /// Where a replica's training state lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,30 @@ pub enum Held {
     Host,
     /// On the model's device, trained by ops every device has.
     Device,
+}
+
+impl Held {
+    /// Where a worker on `device` holds its training state: `SMALLTEXT_HOLD=host|device`, by
+    /// default in host memory on the CPU and on the device otherwise. `device` on the CPU runs
+    /// the GPU workers' path on Candle's CPU device, for checking it.
+    pub fn from_env(device: &Device) -> Result<Self> {
+        let by_default = match device.is_cpu() {
+            true => Held::Host,
+            false => Held::Device,
+        };
+        match std::env::var("SMALLTEXT_HOLD").as_deref() {
+            Err(std::env::VarError::NotPresent) => Ok(by_default),
+            Ok("host") if device.is_cpu() => Ok(Held::Host),
+            Ok("device") => Ok(Held::Device),
+            Ok("host") => Err(ModelError::Config(
+                "SMALLTEXT_HOLD=host: training state held in host memory needs --device cpu".into(),
+            )),
+            Ok(other) => Err(ModelError::Config(format!(
+                "SMALLTEXT_HOLD={other}: expected `host` or `device`"
+            ))),
+            Err(e) => Err(ModelError::Config(format!("SMALLTEXT_HOLD: {e}"))),
+        }
+    }
 }
 
 pub struct Replica {
@@ -42,7 +66,7 @@ impl Replica {
     /// path on Candle's CPU device.
     pub fn held(config: &ModelConfig, seed: u64, device: &Device, held: Held) -> Result<Self> {
         if held == Held::Host && !device.is_cpu() {
-            return Err(crate::model::ModelError::Config(format!(
+            return Err(ModelError::Config(format!(
                 "training state held on the host needs the CPU, not {device:?}"
             )));
         }
