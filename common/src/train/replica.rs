@@ -22,16 +22,20 @@ pub enum Held {
 }
 
 impl Held {
+    /// Host memory on the CPU, the device otherwise.
+    pub fn by_default(device: &Device) -> Self {
+        match device.is_cpu() {
+            true => Held::Host,
+            false => Held::Device,
+        }
+    }
+
     /// Where a worker on `device` holds its training state: `SMALLTEXT_HOLD=host|device`, by
     /// default in host memory on the CPU and on the device otherwise. `device` on the CPU runs
     /// the GPU workers' path on Candle's CPU device, for checking it.
     pub fn from_env(device: &Device) -> Result<Self> {
-        let by_default = match device.is_cpu() {
-            true => Held::Host,
-            false => Held::Device,
-        };
         match std::env::var("SMALLTEXT_HOLD").as_deref() {
-            Err(std::env::VarError::NotPresent) => Ok(by_default),
+            Err(std::env::VarError::NotPresent) => Ok(Self::by_default(device)),
             Ok("host") if device.is_cpu() => Ok(Held::Host),
             Ok("device") => Ok(Held::Device),
             Ok("host") => Err(ModelError::Config(
@@ -55,11 +59,7 @@ impl Replica {
     /// every device starts from the same weights), held on the host on the CPU and on the
     /// device otherwise.
     pub fn new(config: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
-        let held = match device.is_cpu() {
-            true => Held::Host,
-            false => Held::Device,
-        };
-        Self::held(config, seed, device, held)
+        Self::held(config, seed, device, Held::by_default(device))
     }
 
     /// As [`Replica::new`], held as `held` says: [`Held::Device`] on the CPU runs the device

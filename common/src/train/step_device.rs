@@ -21,8 +21,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::collective::Collective;
 use crate::model::{
-    params::sparse_shapes, Batch, Classifier, DeviceGradients, Gradients, GroupKind, ModelError,
-    SparseRows, TableRows,
+    params::sparse_shapes, Batch, Classifier, DeviceGradients, Gradients, ModelError, SparseRows,
+    TableRows,
 };
 
 type StepResult<T> = std::result::Result<T, StepError>;
@@ -272,12 +272,7 @@ fn to_device(model: &Classifier, grads: &Gradients) -> StepResult<DeviceGradient
         )?);
     }
     let mut tables = Vec::with_capacity(grads.sparse.len());
-    for (s, group) in grads
-        .sparse
-        .iter()
-        .zip(model.groups().iter().filter(|g| !g.is_dense()))
-    {
-        debug_assert!(matches!(group.kind, GroupKind::Sparse { .. }));
+    for s in &grads.sparse {
         tables.push(TableRows {
             ids: s.ids.clone(),
             rows: match s.ids.len() {
