@@ -6,9 +6,9 @@
 //! each bucket of its gradients in place there ([`Collective::all_reduce_on_device`]), and
 //! gathers the table's touched rows there (`train/step_device.rs`). The host-memory calls
 //! remain for the rest (a short world's slots, the step's figures, the rows' ids, broadcasts):
-//! each copies its buffer to the GPU, reduces there and copies back. Sparse rows from the host are gathered (counts
-//! first, then ids and rows padded to the largest count) and merged on the host in rank
-//! order, the same on every rank.
+//! each copies its buffer to the GPU, reduces there and copies back. Sparse rows from the host
+//! are gathered (counts first, then ids and rows padded to the largest count) and merged on
+//! the host in rank order, the same on every rank.
 //!
 //! NCCL waits for a dead peer forever, so nothing here blocks inside NCCL or CUDA without a
 //! way out. The communicator is formed on a helper thread that the caller waits for with a

@@ -6,9 +6,9 @@
 //!
 //! Same inputs, layout and result: `x` (B × T × E, right-padded), `w_ih` (2·4H × (E + 1)),
 //! `w_hh` (2 × 4H × (H + 1)), gates i, f, g, o; forward direction first. The whole batch,
-//! both directions, steps together; a row's state is frozen (forward) or still zero (reverse) outside its
-//! length, which is what reading the forward state at the true last token and starting the
-//! reverse direction there means.
+//! both directions, steps together; a row's state is frozen (forward) or still zero (reverse)
+//! outside its length, which is what reading the forward state at the true last token and
+//! starting the reverse direction there means.
 
 use candle_core::Tensor;
 

@@ -336,11 +336,6 @@ impl Adam {
         Ok(())
     }
 
-    /// Whether the moments are held on a device.
-    pub fn is_on_device(&self) -> bool {
-        self.on_device.is_some()
-    }
-
     /// One update of `groups` with the (already averaged, clipped) gradients.
     pub fn step(&mut self, groups: &[ParamGroup], grads: &Gradients) -> Result<()> {
         self.step_scaled(groups, grads, 1.0)

@@ -57,7 +57,7 @@ pub(super) fn train_share(
                     Some(batch) => {
                         let (grads, mine) = gradients(model, batch, class_weights)?;
                         outcomes.extend(mine);
-                        to_host(&grads)?
+                        to_host(model, &grads)?
                     }
                     None => Gradients::zeros(model.groups()),
                 });
@@ -235,9 +235,8 @@ fn gather_rows(
 }
 
 /// The gradients as the host's step keeps them (for the slots' sums), copied up.
-fn to_host(grads: &DeviceGradients) -> StepResult<Gradients> {
-    let len = grads.ranges.iter().map(|r| r.end).max().unwrap_or(0);
-    let mut dense = vec![0f32; len];
+fn to_host(model: &Classifier, grads: &DeviceGradients) -> StepResult<Gradients> {
+    let mut dense = vec![0f32; model.dense_len()];
     for (range, bucket) in grads.ranges.iter().zip(&grads.buckets) {
         dense[range.clone()].copy_from_slice(&transfers::up(bucket, Cargo::Gradients)?);
     }
